@@ -1,0 +1,135 @@
+// The nanobind module kt_moe._native: binds the CPU probe, the read-only configs and the worker
+// pool. Only bindings live here; behaviour lives in the files these declarations come from.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "config/moe_config.hpp"
+#include "cpu/cpu_features.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+std::vector<std::string> level_names(const std::vector<kt_moe::IsaLevel>& levels) {
+  std::vector<std::string> names;
+  for (kt_moe::IsaLevel l : levels) names.emplace_back(kt_moe::isa_level_name(l));
+  return names;
+}
+
+nb::dict cpu_info() {
+  const kt_moe::CpuFeatures& f = kt_moe::cpu_features();
+  nb::dict features;
+  features["avx512f"] = f.avx512f;
+  features["avx512bw"] = f.avx512bw;
+  features["avx512vl"] = f.avx512vl;
+  features["avx512dq"] = f.avx512dq;
+  features["avx512_bf16"] = f.avx512_bf16;
+  features["avx512_vnni"] = f.avx512_vnni;
+  features["amx_tile"] = f.amx_tile;
+  features["amx_bf16"] = f.amx_bf16;
+  features["amx_int8"] = f.amx_int8;
+  features["os_zmm_state"] = f.os_zmm_state;
+  features["os_tile_state"] = f.os_tile_state;
+  features["amx_permitted"] = f.amx_permitted;
+  nb::dict info;
+  info["vendor"] = f.vendor;
+  info["features"] = features;
+  info["levels"] = level_names(f.available_levels());
+  info["best"] = kt_moe::isa_level_name(f.best_level());
+  info["active"] = kt_moe::isa_level_name(kt_moe::active_isa_level());
+  return info;
+}
+
+template <class Config, class Class>
+void bind_common_fields(Class& cls) {
+  cls.def_ro("expert_num", &Config::expert_num)
+      .def_ro("hidden_size", &Config::hidden_size)
+      .def_ro("intermediate_size", &Config::intermediate_size)
+      .def_ro("experts_per_token", &Config::experts_per_token)
+      .def_ro("num_gpu_experts", &Config::num_gpu_experts)
+      .def_ro("weight_path", &Config::weight_path)
+      .def_ro("layer_idx", &Config::layer_idx)
+      .def_ro("tp_size", &Config::tp_size)
+      .def_ro("chunked_prefill_size", &Config::chunked_prefill_size)
+      .def_ro("method", &Config::method);
+}
+
+void fill_common(kt_moe::MoECommonConfig& c, int expert_num, int hidden_size, int intermediate_size,
+                 int experts_per_token, int num_gpu_experts, std::string weight_path, int layer_idx,
+                 int tp_size, int chunked_prefill_size, std::string method) {
+  c.expert_num = expert_num;
+  c.hidden_size = hidden_size;
+  c.intermediate_size = intermediate_size;
+  c.experts_per_token = experts_per_token;
+  c.num_gpu_experts = num_gpu_experts;
+  c.weight_path = std::move(weight_path);
+  c.layer_idx = layer_idx;
+  c.tp_size = tp_size;
+  c.chunked_prefill_size = chunked_prefill_size;
+  c.method = std::move(method);
+}
+
+}  // namespace
+
+NB_MODULE(_native, m) {
+  m.doc() = "kt-moe native core: CPU probe, read-only engine configs, worker pool";
+
+  // ---- CPU probe -------------------------------------------------------------------------
+  m.def("cpu_info", &cpu_info,
+        "Features found by CPUID/XGETBV, the ISA levels available, the best and the active one.");
+  m.def(
+      "set_isa", [](const std::string& name) { kt_moe::set_active_isa_level(kt_moe::parse_isa_level(name)); },
+      "level"_a, "Force the kernel ISA level for the rest of the process (ValueError if unknown or unsupported).");
+  m.def("active_isa", []() { return std::string(kt_moe::isa_level_name(kt_moe::active_isa_level())); },
+        "The ISA level kernels dispatch on (honours KT_MOE_ISA).");
+
+  // ---- configs (read-only) ---------------------------------------------------------------
+  using kt_moe::MOEConfig;
+  using kt_moe::MOESFTConfig;
+  auto moe_config = nb::class_<MOEConfig>(m, "MOEConfig", "Frozen inference engine configuration.");
+  moe_config.def(
+      "__init__",
+      [](MOEConfig* self, int expert_num, int hidden_size, int intermediate_size, int experts_per_token,
+         int num_gpu_experts, std::string weight_path, int layer_idx, int tp_size, int chunked_prefill_size,
+         std::string method, bool cpu_save, std::optional<int> max_deferred_experts_per_token) {
+        new (self) MOEConfig();
+        fill_common(*self, expert_num, hidden_size, intermediate_size, experts_per_token, num_gpu_experts,
+                    std::move(weight_path), layer_idx, tp_size, chunked_prefill_size, std::move(method));
+        self->cpu_save = cpu_save;
+        self->max_deferred_experts_per_token = max_deferred_experts_per_token;
+      },
+      nb::kw_only(), "expert_num"_a = 0, "hidden_size"_a = 0, "intermediate_size"_a = 0,
+      "experts_per_token"_a = 0, "num_gpu_experts"_a = 0, "weight_path"_a = "", "layer_idx"_a = 0,
+      "tp_size"_a = 1, "chunked_prefill_size"_a = 0, "method"_a = "", "cpu_save"_a = false,
+      "max_deferred_experts_per_token"_a = nb::none());
+  bind_common_fields<MOEConfig>(moe_config);
+  moe_config.def_ro("cpu_save", &MOEConfig::cpu_save)
+      .def_ro("max_deferred_experts_per_token", &MOEConfig::max_deferred_experts_per_token);
+
+  auto sft_config = nb::class_<MOESFTConfig>(m, "MOESFTConfig", "Frozen SFT engine configuration (spec 2.1).");
+  sft_config.def(
+      "__init__",
+      [](MOESFTConfig* self, int expert_num, int hidden_size, int intermediate_size, int experts_per_token,
+         int num_gpu_experts, std::string weight_path, int layer_idx, int tp_size, int chunked_prefill_size,
+         std::string method, int lora_rank, float lora_alpha, int max_cache_depth) {
+        new (self) MOESFTConfig();
+        fill_common(*self, expert_num, hidden_size, intermediate_size, experts_per_token, num_gpu_experts,
+                    std::move(weight_path), layer_idx, tp_size, chunked_prefill_size, std::move(method));
+        self->lora_rank = lora_rank;
+        self->lora_alpha = lora_alpha;
+        self->max_cache_depth = max_cache_depth;
+      },
+      nb::kw_only(), "expert_num"_a = 0, "hidden_size"_a = 0, "intermediate_size"_a = 0,
+      "experts_per_token"_a = 0, "num_gpu_experts"_a = 0, "weight_path"_a = "", "layer_idx"_a = 0,
+      "tp_size"_a = 1, "chunked_prefill_size"_a = 0, "method"_a = "", "lora_rank"_a = 16,
+      "lora_alpha"_a = 32.0f, "max_cache_depth"_a = 1);
+  bind_common_fields<MOESFTConfig>(sft_config);
+  sft_config.def_ro("lora_rank", &MOESFTConfig::lora_rank)
+      .def_ro("lora_alpha", &MOESFTConfig::lora_alpha)
+      .def_ro("max_cache_depth", &MOESFTConfig::max_cache_depth);
+
+  // ---- worker pool -----------------------------------------------------------------------
+}

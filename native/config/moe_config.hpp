@@ -1,0 +1,38 @@
+// Immutable native configurations handed from the validated Python model to the engines.
+// Python validates every field (kt_moe/config.py); these structs only carry the values.
+// Bound read-only: once built, no field can change.
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace kt_moe {
+
+// Fields shared by the inference and the SFT engines.
+struct MoECommonConfig {
+  int expert_num = 0;           // E: experts in the layer
+  int hidden_size = 0;          // H
+  int intermediate_size = 0;    // I: per-expert intermediate size
+  int experts_per_token = 0;    // k: experts routed per token
+  int num_gpu_experts = 0;      // experts [0, num_gpu_experts) live on the GPU and are skipped here
+  std::string weight_path;      // directory holding the layer's weights
+  int layer_idx = 0;            // which layer of the checkpoint
+  int tp_size = 1;              // tensor-parallel parts = threadpool_count; each owns I / tp_size
+  int chunked_prefill_size = 0; // most tokens one engine call is sized for
+  std::string method;           // backend method name, e.g. "AMXINT4" or "AMXBF16_SFT"
+};
+
+// Inference engine configuration (spec 1.1 inference parameters).
+struct MOEConfig : MoECommonConfig {
+  bool cpu_save = false;                                  // keep results in CPU memory
+  std::optional<int> max_deferred_experts_per_token;      // none: no deferral
+};
+
+// SFT engine configuration (spec 2.1 plus the common fields above).
+struct MOESFTConfig : MoECommonConfig {
+  int lora_rank = 16;        // r
+  float lora_alpha = 32.0f;  // LoRA scale s = lora_alpha / lora_rank
+  int max_cache_depth = 1;   // forward_sft(save_for_backward=True) entries held at once
+};
+
+}  // namespace kt_moe
