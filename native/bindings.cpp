@@ -2,11 +2,15 @@
 // pool. Only bindings live here; behaviour lives in the files these declarations come from.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "config/moe_config.hpp"
 #include "cpu/cpu_features.hpp"
+#include "pool/numa_topology.hpp"
+#include "pool/pool_selftest.hpp"
+#include "pool/py_worker_pool.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -132,4 +136,36 @@ NB_MODULE(_native, m) {
       .def_ro("max_cache_depth", &MOESFTConfig::max_cache_depth);
 
   // ---- worker pool -----------------------------------------------------------------------
+  using kt_moe::PyWorkerPool;
+  using CountArray = nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+  nb::class_<PyWorkerPool>(m, "WorkerPool", nb::is_weak_referenceable(),
+                           "`threads` compute threads in `subpools` subpools (one per NUMA node on a server) "
+                           "and an ordered task queue (submit, then sync). Idle threads sleep.")
+      .def(nb::init<int, int>(), "threads"_a, "subpools"_a, "ValueError unless 1 <= subpools <= threads.")
+      .def_prop_ro("thread_count", [](PyWorkerPool& p) { return p.pool().thread_count(); })
+      .def_prop_ro("subpool_count", [](PyWorkerPool& p) { return p.pool().subpool_count(); })
+      .def("sync", &PyWorkerPool::sync,
+           "Wait, with the GIL released, for every task submitted so far; RuntimeError carrying the first "
+           "task error since the last sync.")
+      .def(
+          "submit_selftest",
+          [](PyWorkerPool& p, CountArray counts, int pause_us, int64_t fail_at, std::string message) {
+            p.submit(kt_moe::count_task(p.pool(), counts.data(), static_cast<int64_t>(counts.shape(0)), pause_us,
+                                        fail_at, std::move(message)),
+                     {nb::ndarray<>(counts)});
+          },
+          // noconvert: an implicitly converted copy, not the caller's array, would receive the counts
+          "counts"_a.noconvert(), nb::kw_only(), "pause_us"_a = 0, "fail_at"_a = -1,
+          "message"_a = "selftest failure",
+          "Diagnostic task: over all subpools add 1 to counts[i] for every i, sleeping pause_us per index; "
+          "index fail_at raises RuntimeError(message) at the next sync.");
+  m.def(
+      "numa_nodes",
+      [](const std::string& sysfs_dir) {
+        std::vector<std::pair<int, std::vector<int>>> nodes;
+        for (const kt_moe::NumaNode& n : kt_moe::read_numa_nodes(sysfs_dir)) nodes.emplace_back(n.id, n.cpus);
+        return nodes;
+      },
+      "sysfs_dir"_a = "/sys/devices/system/node",
+      "NUMA nodes with CPUs as (id, cpus) pairs, read from sysfs; one node with every CPU without NUMA support.");
 }

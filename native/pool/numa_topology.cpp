@@ -1,0 +1,134 @@
+// NUMA topology from sysfs and node-bound allocation through the raw mbind system call (no
+// libnuma link or load needed). See numa_topology.hpp for the contract.
+#include "pool/numa_topology.hpp"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace kt_moe {
+namespace {
+
+constexpr std::size_t kAlign = 64;
+constexpr int kMpolBind = 2;  // MPOL_BIND of <linux/mempolicy.h>
+
+std::string trim(const std::string& s) {
+  const char* ws = " \t\r\n";
+  std::size_t b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+int parse_cpu(const std::string& token, const std::string& whole) {
+  int value = -1;
+  auto [end, ec] = std::from_chars(token.data(), token.data() + token.size(), value);
+  if (ec != std::errc() || end != token.data() + token.size() || token.empty() || value < 0)
+    throw std::invalid_argument("bad CPU list '" + whole + "'");
+  return value;
+}
+
+bool multi_node() { return numa_nodes().size() > 1; }
+
+std::size_t page_rounded(std::size_t bytes) {
+  std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
+}
+
+// Fresh pages from mmap, bound to kernel node `node_id` before first touch.
+void* alloc_bound(std::size_t bytes, int node_id) {
+  std::size_t len = page_rounded(bytes);
+  void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  constexpr int kBitsPerWord = 8 * sizeof(unsigned long);
+  std::vector<unsigned long> mask(node_id / kBitsPerWord + 1, 0);
+  mask[node_id / kBitsPerWord] |= 1UL << (node_id % kBitsPerWord);
+  // The kernel reads maxnode - 1 bits; a failure (no permission, no NUMA) leaves the pages unbound.
+  syscall(SYS_mbind, p, len, kMpolBind, mask.data(), mask.size() * kBitsPerWord + 1, 0);
+  return p;
+}
+
+}  // namespace
+
+std::vector<int> parse_cpu_list(const std::string& text) {
+  std::vector<int> cpus;
+  std::string list = trim(text);
+  if (list.empty()) return cpus;
+  if (list.back() == ',') throw std::invalid_argument("bad CPU list '" + text + "'");
+  std::stringstream items(list);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    std::size_t dash = item.find('-');
+    int first = parse_cpu(item.substr(0, dash), text);
+    int last = dash == std::string::npos ? first : parse_cpu(item.substr(dash + 1), text);
+    if (last < first) throw std::invalid_argument("bad CPU list '" + text + "'");
+    for (int c = first; c <= last; ++c) cpus.push_back(c);
+  }
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  return cpus;
+}
+
+std::vector<NumaNode> read_numa_nodes(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::vector<NumaNode> nodes;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (name.size() <= 4 || name.compare(0, 4, "node") != 0 ||
+        name.find_first_not_of("0123456789", 4) != std::string::npos)
+      continue;
+    std::ifstream file(it->path() / "cpulist");
+    std::string text;
+    if (!std::getline(file, text)) continue;
+    try {
+      NumaNode node{std::stoi(name.substr(4)), parse_cpu_list(text)};
+      if (!node.cpus.empty()) nodes.push_back(std::move(node));
+    } catch (const std::exception&) {
+      continue;  // unreadable list: treat the node as absent
+    }
+  }
+  if (nodes.empty()) {
+    NumaNode all;
+    int n = std::max(1u, std::thread::hardware_concurrency());
+    for (int c = 0; c < n; ++c) all.cpus.push_back(c);
+    nodes.push_back(std::move(all));
+  }
+  std::sort(nodes.begin(), nodes.end(), [](const NumaNode& a, const NumaNode& b) { return a.id < b.id; });
+  return nodes;
+}
+
+const std::vector<NumaNode>& numa_nodes() {
+  static const std::vector<NumaNode> nodes = read_numa_nodes();
+  return nodes;
+}
+
+void* numa_alloc(std::size_t bytes, int node) {
+  if (node < 0 || node >= static_cast<int>(numa_nodes().size()))
+    throw std::invalid_argument("numa_alloc: node " + std::to_string(node) + " out of range [0, " +
+                                std::to_string(numa_nodes().size()) + ")");
+  if (bytes == 0) return nullptr;
+  if (multi_node()) return alloc_bound(bytes, numa_nodes()[node].id);
+  void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+void numa_free(void* p, std::size_t bytes) {
+  if (!p) return;
+  if (multi_node())
+    munmap(p, page_rounded(bytes));
+  else
+    std::free(p);
+}
+
+}  // namespace kt_moe

@@ -1,0 +1,105 @@
+// WorkerPool: subpool layout over NUMA nodes, for_each_subpool, and the dispatcher thread that
+// runs queued tasks in order and records the first error for sync().
+#include "pool/worker_pool.hpp"
+
+#include <stdexcept>
+#include <utility>
+
+#include "pool/numa_topology.hpp"
+
+namespace kt_moe {
+
+WorkerPool::WorkerPool(int threads, int subpools) : threads_(threads) {
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (subpools < 1) throw std::invalid_argument("subpools must be >= 1, got " + std::to_string(subpools));
+  if (subpools > threads)
+    throw std::invalid_argument("subpools (" + std::to_string(subpools) + ") must not exceed threads (" +
+                                std::to_string(threads) + ")");
+  const std::vector<NumaNode>& nodes = numa_nodes();
+  const int node_count = static_cast<int>(nodes.size());
+  for (int s = 0; s < subpools; ++s) {
+    int node = s % node_count;
+    int share = threads / subpools + (s < threads % subpools ? 1 : 0);
+    std::vector<int> pin = node_count > 1 ? nodes[node].cpus : std::vector<int>{};
+    subpools_.push_back(std::make_unique<Subpool>(share, node, pin));
+  }
+  dispatcher_ = std::thread(&WorkerPool::dispatch_loop, this);
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+  }
+  task_cv_.notify_one();
+  dispatcher_.join();
+}
+
+void WorkerPool::for_each_subpool(const std::function<void(int)>& fn) {
+  for (const auto& sp : subpools_)
+    if (sp->is_own_thread()) throw std::logic_error("WorkerPool::for_each_subpool called from a subpool thread");
+  std::lock_guard<std::mutex> turn(for_each_mutex_);
+  const int count = subpool_count();
+  for (int s = 0; s < count; ++s) subpools_[s]->start_on_leader([&fn, s] { fn(s); });
+  std::exception_ptr first;
+  for (int s = 0; s < count; ++s) {
+    try {
+      subpools_[s]->wait_leader();
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+void WorkerPool::submit(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    queue_.push_back(std::move(task));
+    ++submitted_;
+  }
+  task_cv_.notify_one();
+}
+
+void WorkerPool::sync() {
+  bool on_pool_thread = std::this_thread::get_id() == dispatcher_.get_id();
+  for (const auto& sp : subpools_) on_pool_thread = on_pool_thread || sp->is_own_thread();
+  if (on_pool_thread) throw std::logic_error("WorkerPool::sync called from a pool thread");
+  std::unique_lock<std::mutex> lk(m_);
+  const unsigned long long target = submitted_;
+  idle_cv_.wait(lk, [&] { return finished_ >= target; });
+  if (!has_error_) return;
+  has_error_ = false;
+  throw std::runtime_error(std::exchange(first_error_, std::string()));
+}
+
+void WorkerPool::dispatch_loop() {
+  std::unique_lock<std::mutex> lk(m_);
+  for (;;) {
+    task_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and every task has run
+    std::function<void()> task = std::move(queue_.front());
+    queue_.pop_front();
+    lk.unlock();
+    std::string error;
+    bool failed = true;
+    try {
+      task();
+      failed = false;
+    } catch (const std::exception& e) {
+      error = e.what();
+    } catch (...) {
+      error = "unknown exception in a worker pool task";
+    }
+    task = nullptr;  // release its captures before the task counts as finished
+    lk.lock();
+    if (failed && !has_error_) {
+      has_error_ = true;
+      first_error_ = std::move(error);
+    }
+    ++finished_;
+    idle_cv_.notify_all();
+  }
+}
+
+}  // namespace kt_moe

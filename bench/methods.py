@@ -1,0 +1,165 @@
+"""The cases the bench can run, by name: the torch baselines and every kt-moe method (spec 1.2).
+
+A case is built for one problem by setup(problem, threads) and run once by step(). A kt-moe case
+goes through kt_moe.KTMoEWrapper, so a method becomes measurable the day its engine exists: until
+then its setup or first step raises NotImplementedError (or Skipped while the wrapper cannot be
+imported) and the bench prints a "skipped" row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import List, Optional
+
+import torch
+
+from kt_moe.reference import LoraWeights, lora_moe
+from problem import LORA_ALPHA, Outputs, Problem
+
+# spec 1.2: method -> (mode, bytes per stored expert-weight element; quantization scales excluded,
+# None where the storage depends on the file, as GGUF's does).
+KT_METHODS = {
+    "AMXINT4": ("inference", 0.5),
+    "AMXINT8": ("inference", 1.0),
+    "RAWINT4": ("inference", 0.5),
+    "FP8": ("inference", 1.0),
+    "LLAMAFILE": ("inference", None),
+    "MOE_INT4": ("inference", 0.5),
+    "MOE_INT8": ("inference", 1.0),
+    "AMXBF16_SFT": ("sft", 2.0),
+    "AMXINT8_SFT": ("sft", 1.0),
+    "AMXINT4_SFT": ("sft", 0.5),
+    "AMXINT4_KGroup_SFT": ("sft", 0.5),
+}
+BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}
+
+
+class Skipped(Exception):
+    """The case cannot run in this build; the message says why."""
+
+
+class Case(ABC):
+    """One way to run the layer. Subclasses set name, mode and bytes_per_element (of the stored
+    expert weights, for the effective GB/s)."""
+
+    name: str
+    mode: str
+    bytes_per_element: Optional[float]
+
+    @abstractmethod
+    def setup(self, problem: Problem, threads: int) -> None:
+        """Build the case for `problem` (not timed)."""
+
+    @abstractmethod
+    def step(self) -> Outputs:
+        """Run the layer once (timed)."""
+
+
+class TorchBF16(Case):
+    """The plain torch bf16 loop a user writes: per expert with tokens, index them, F.linear gate
+    and up, silu * up, F.linear down, scale by the routing weight, index_add_ (the reference's loop
+    run in bf16)."""
+
+    name, mode, bytes_per_element = BASELINES["inference"], "inference", 2.0
+
+    def setup(self, problem: Problem, threads: int) -> None:
+        self.p = problem
+
+    def step(self) -> Outputs:
+        p = self.p
+        with torch.inference_mode():
+            return Outputs(lora_moe(p.x, p.expert_ids, p.weights, *p.experts, dtype=torch.bfloat16))
+
+
+class TorchBF16Autograd(Case):
+    """One SFT step in torch bf16: the same loop with the LoRA terms, input, routing weights and
+    the six LoRA tensors requiring grad, then .backward() of the problem's grad_output."""
+
+    name, mode, bytes_per_element = BASELINES["sft"], "sft", 2.0
+
+    def setup(self, problem: Problem, threads: int) -> None:
+        self.p = problem
+        self.x = problem.x.clone().requires_grad_()
+        self.weights = problem.weights.clone().requires_grad_()
+        self.lora = LoraWeights(*(t.clone().requires_grad_() for t in problem.lora))
+
+    def step(self) -> Outputs:
+        p, leaves = self.p, (self.x, self.weights, *self.lora)
+        for t in leaves:
+            t.grad = None
+        out = lora_moe(self.x, p.expert_ids, self.weights, *p.experts, self.lora, p.scale, dtype=torch.bfloat16)
+        out.backward(p.grad_output)
+        grads = {name: t.grad for name, t in self.lora._asdict().items()}
+        grads["routing_weights"] = self.weights.grad
+        return Outputs(out.detach(), self.x.grad, grads)
+
+
+def _ktmoe_wrapper(method: str, problem: Problem, threads: int):
+    """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded."""
+    try:
+        import kt_moe
+        factory = kt_moe.KTMoEWrapper
+    except (ImportError, AttributeError) as exc:
+        raise Skipped(f"kt_moe.KTMoEWrapper unavailable ({type(exc).__name__}: {exc})") from exc
+    s, mode = problem.shape, KT_METHODS[method][0]
+    sft = dict(lora_rank=problem.rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
+    wrapper = factory(layer_idx=0, num_experts=s.num_experts, num_experts_per_tok=s.top_k, hidden_size=s.hidden,
+                      moe_intermediate_size=s.intermediate, num_gpu_experts=0, cpuinfer_threads=threads,
+                      threadpool_count=1, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
+                      method=method, mode=mode, **sft)
+    wrapper.load_weights_from_tensors(*problem.experts, torch.arange(s.num_experts, dtype=torch.int64))
+    return wrapper
+
+
+class KTMoEInference(Case):
+    mode = "inference"
+
+    def __init__(self, method: str):
+        self.name, self.bytes_per_element = method, KT_METHODS[method][1]
+
+    def setup(self, problem: Problem, threads: int) -> None:
+        self.p = problem
+        self.wrapper = _ktmoe_wrapper(self.name, problem, threads)
+
+    def step(self) -> Outputs:
+        p = self.p
+        return Outputs(self.wrapper.forward(p.x, p.expert_ids, p.weights))
+
+
+class KTMoESFT(Case):
+    """forward_sft(save_for_backward=True) then backward(grad_output): one training step."""
+
+    mode = "sft"
+
+    def __init__(self, method: str):
+        self.name, self.bytes_per_element = method, KT_METHODS[method][1]
+
+    def setup(self, problem: Problem, threads: int) -> None:
+        self.p = problem
+        self.wrapper = _ktmoe_wrapper(self.name, problem, threads)
+        self.wrapper.init_lora_weights(*problem.lora)
+
+    def step(self) -> Outputs:
+        p = self.p
+        out = self.wrapper.forward_sft(p.x, p.expert_ids, p.weights, save_for_backward=True)
+        grad_input, grads = self.wrapper.backward(p.grad_output)
+        return Outputs(out, grad_input, grads)
+
+
+def mode_of(name: str) -> str:
+    """The mode a case name runs in; KeyError for an unknown name."""
+    baselines = {baseline: mode for mode, baseline in BASELINES.items()}
+    return baselines[name] if name in baselines else KT_METHODS[name][0]
+
+
+def names(mode: str) -> List[str]:
+    """Every case of `mode`: its baseline first, then the kt-moe methods in spec order."""
+    return [BASELINES[mode]] + [m for m, (m_mode, _) in KT_METHODS.items() if m_mode == mode]
+
+
+def make_case(name: str) -> Case:
+    if name == TorchBF16.name:
+        return TorchBF16()
+    if name == TorchBF16Autograd.name:
+        return TorchBF16Autograd()
+    return KTMoEInference(name) if KT_METHODS[name][0] == "inference" else KTMoESFT(name)

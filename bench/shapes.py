@@ -1,0 +1,23 @@
+"""The MoE layer shapes the bench knows, by name (--shape)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One MoE layer: E experts, top-k per token, hidden size H, expert intermediate size I."""
+
+    name: str
+    num_experts: int
+    top_k: int
+    hidden: int
+    intermediate: int
+
+
+SHAPES = {s.name: s for s in (
+    Shape("small", num_experts=8, top_k=2, hidden=1024, intermediate=512),
+    Shape("dsv2-lite", num_experts=64, top_k=6, hidden=2048, intermediate=1408),  # DeepSeek-V2-Lite
+    Shape("qwen3-30b", num_experts=128, top_k=8, hidden=2048, intermediate=768),  # Qwen3-30B-A3B
+)}

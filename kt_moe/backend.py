@@ -1,0 +1,47 @@
+"""What every wrapper shares: the validated config, its frozen native twin, the worker pool and
+the guards that turn a call of the other mode's methods into the spec's RuntimeError."""
+
+from __future__ import annotations
+
+from kt_moe import _native
+from kt_moe.config import KTMoEConfig
+from kt_moe.pool import shared_pool
+
+INFERENCE_ONLY_METHODS = ("forward", "submit_forward", "sync_forward", "select_deferred_experts")
+SFT_ONLY_METHODS = ("forward_sft", "backward", "init_lora_weights", "update_lora_weights")
+
+
+def _unavailable(name: str, mode: str):
+    def method(self, *args, **kwargs):
+        raise RuntimeError(f"{name}() not available in {mode} mode")
+
+    method.__name__ = name
+    method.__doc__ = f"Not available in {mode} mode: raises RuntimeError."
+    return method
+
+
+class MoEWrapperBase:
+    """Base of every backend; subclasses set `mode` ("inference" or "sft")."""
+
+    mode: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "mode" in cls.__dict__:
+            others = SFT_ONLY_METHODS if cls.mode == "inference" else INFERENCE_ONLY_METHODS
+            for name in others:
+                setattr(cls, name, _unavailable(name, cls.mode))
+
+    def __init__(self, config: KTMoEConfig):
+        if config.mode != self.mode:
+            raise ValueError(f"{type(self).__name__} runs mode='{self.mode}', the config has mode='{config.mode}'")
+        self.config = config
+        self.native_config = config.to_native()
+        self.isa = _native.active_isa()  # raises ValueError when KT_MOE_ISA asks for too much
+        self.pool = shared_pool(config.cpuinfer_threads, config.threadpool_count)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"{type(self).__name__}(method={c.method!r}, layer_idx={c.layer_idx}, experts={c.num_experts}, "
+                f"top_k={c.num_experts_per_tok}, hidden={c.hidden_size}, intermediate={c.moe_intermediate_size}, "
+                f"threads={c.cpuinfer_threads}/{c.threadpool_count}, isa={self.isa!r})")

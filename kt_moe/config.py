@@ -1,0 +1,260 @@
+"""The operator's configuration: one frozen pydantic model, the only place parameters are validated.
+
+`validate_config(**kwargs)` turns the KTMoEWrapper keyword arguments (spec 1.1) into a
+`KTMoEConfig` or raises `ConfigError` (a ValueError) whose text starts with the documented message
+of the first problem (spec 4); `config_errors(mapping)` lists every problem instead (the CLI).
+Problems come in this order: mode, method, each parameter in the constructor's order, then the
+rules that tie parameters together. `KTMoEConfig.to_native()` builds the read-only native config.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import reprlib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError,
+                      ValidationInfo, model_validator)
+from pydantic_core import PydanticCustomError, PydanticKnownError
+
+from kt_moe._native import MOEConfig, MOESFTConfig
+
+INFERENCE_METHODS = ("AMXINT4", "AMXINT8", "RAWINT4", "FP8", "LLAMAFILE", "MOE_INT4", "MOE_INT8")
+SFT_METHODS = ("AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT")
+METHODS = {"inference": INFERENCE_METHODS, "sft": SFT_METHODS}
+MODES = tuple(METHODS)
+
+# Parameters that only one mode reads. In the other mode they are accepted at their default and
+# ignored; any other value there is an error, since it would silently have no effect.
+MODE_ONLY_PARAMETERS = {
+    "inference": ("cpu_save", "max_deferred_experts_per_token"),
+    "sft": ("lora_rank", "lora_alpha", "max_cache_depth"),
+}
+
+INT32_MAX = 2**31 - 1  # the native configs hold 32-bit ints
+FLOAT32_MAX = 3.4028234663852886e38  # and a 32-bit float lora_alpha
+
+Mode = Literal[MODES]
+Method = Literal[INFERENCE_METHODS + SFT_METHODS]
+
+
+class ConfigError(ValueError):
+    """Invalid operator parameters. str() is one line per problem, the first problem first;
+    `errors` holds them as (parameter, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("\n".join(message for _, message in errors))
+
+
+def _error(kind: str, message: str) -> PydanticCustomError:
+    """A finished message (pydantic would substitute "{...}" again in any user text it holds)."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _type_error(value: Any, info: ValidationInfo, expected: str) -> PydanticCustomError:
+    return _error("strict_type", f"{info.field_name} must be {expected}, got {type(value).__name__}")
+
+
+def _integer(value: Any, info: ValidationInfo) -> int:
+    """Python and numpy integers; never bool, float or str."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _type_error(value, info, "an integer")
+    return int(value)
+
+
+def _optional_integer(value: Any, info: ValidationInfo) -> Optional[int]:
+    return None if value is None else _integer(value, info)
+
+
+def _number(value: Any, info: ValidationInfo) -> float:
+    """int or float (numpy ones too); never bool or str."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _type_error(value, info, "a number")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        raise PydanticKnownError("less_than_equal", {"le": FLOAT32_MAX}) if value > 0 else \
+            PydanticKnownError("greater_than", {"gt": 0}) from None
+
+
+def _bool(value: Any, info: ValidationInfo) -> bool:
+    if not isinstance(value, bool):
+        raise _type_error(value, info, "a bool")
+    return value
+
+
+def _path(value: Any, info: ValidationInfo) -> str:
+    """str or os.PathLike, stored as str."""
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise _type_error(value, info, "a string path")
+    return path
+
+
+def _mode(value: Any, info: ValidationInfo) -> str:
+    if not isinstance(value, str):
+        raise _type_error(value, info, "a string")
+    if value not in MODES:
+        expected = " or ".join(f"'{mode}'" for mode in MODES)
+        raise _error("unknown_mode", f"Unknown mode: '{value}'; expected {expected}")
+    return value
+
+
+def _method(value: Any, info: ValidationInfo) -> str:
+    """Judged against the mode; with no valid mode there is nothing to judge it against."""
+    if not isinstance(value, str):
+        raise _type_error(value, info, "a string")
+    mode = info.data.get("mode")
+    if mode is not None and value not in METHODS[mode]:
+        raise _error("unsupported_method", f"Method '{value}' not supported for mode '{mode}'; "
+                                           f"supported: {', '.join(METHODS[mode])}")
+    return value
+
+
+Count = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integer)]
+Index = Annotated[int, Field(ge=0, le=INT32_MAX), BeforeValidator(_integer)]
+
+
+class KTMoEConfig(BaseModel):
+    """Every parameter of the KTMoEWrapper factory (spec 1.1), validated. Build it with
+    `validate_config(**kwargs)` to get the documented ValueError (ConfigError) on bad input.
+
+    mode and method come first because method's valid values depend on mode; the other fields
+    follow the constructor's order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True)
+
+    mode: Annotated[Mode, PlainValidator(_mode, json_schema_input_type=Mode)] = "inference"
+    """"inference" (frozen experts, forward only) or "sft" (LoRA fine-tuning of the experts)."""
+    method: Annotated[Method, PlainValidator(_method, json_schema_input_type=Method)] = "AMXINT4"
+    """Backend method (weight format and kernel family), one of the selected mode's methods
+    (INFERENCE_METHODS or SFT_METHODS, spec 1.2)."""
+    layer_idx: Index
+    """Index of this MoE layer; selects the layer's weights."""
+    num_experts: Count
+    """Total routed experts of the layer (256 for DeepSeek-V3)."""
+    num_experts_per_tok: Count
+    """Experts chosen per token (top-k); at most num_experts."""
+    hidden_size: Count
+    """Hidden dimension (7168 for DeepSeek-V3)."""
+    moe_intermediate_size: Count
+    """Expert intermediate dimension (2048 for DeepSeek-V3); divisible by threadpool_count, since each
+    subpool owns an equal slice of it."""
+    num_gpu_experts: Index
+    """Experts that live on the GPU and are skipped here (usually 0 for SFT); at most num_experts."""
+    cpuinfer_threads: Count
+    """CPU compute threads, all subpools together."""
+    threadpool_count: Count
+    """NUMA subpools (tensor-parallel parts); at most cpuinfer_threads."""
+    weight_path: Annotated[str, BeforeValidator(_path)]
+    """Directory holding the weights (str or os.PathLike, stored as str)."""
+    chunked_prefill_size: Count
+    """Most tokens one forward call takes (chunked prefill size)."""
+    cpu_save: Annotated[bool, BeforeValidator(_bool)] = False
+    """Inference only: keep results in CPU memory. With mode="sft" it must keep its default."""
+    max_deferred_experts_per_token: Annotated[Optional[int], BeforeValidator(_optional_integer)] = None
+    """Inference only: experts per token whose execution is deferred, None or 0..num_experts_per_tok.
+    With mode="sft" it must keep its default."""
+    lora_rank: Count = 16
+    """SFT only: LoRA rank. With mode="inference" it must keep its default."""
+    lora_alpha: Annotated[float, Field(gt=0, le=FLOAT32_MAX, allow_inf_nan=False),
+                          BeforeValidator(_number)] = 32.0
+    """SFT only: LoRA scaling factor (scale = lora_alpha / lora_rank). With mode="inference" it must
+    keep its default."""
+    max_cache_depth: Count = 1
+    """SFT only: forwards saved for backward at once. With mode="inference" it must keep its default."""
+
+    @property
+    def is_sft(self) -> bool:
+        return self.mode == "sft"
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> KTMoEConfig:
+        errors = self._cross_field_errors()
+        if errors:
+            raise PydanticCustomError("cross_field", "{message}",
+                                      {"message": "\n".join(m for _, m in errors), "errors": errors})
+        return self
+
+    def _cross_field_errors(self) -> list[tuple[str, str]]:
+        k, deferred = self.num_experts_per_tok, self.max_deferred_experts_per_token
+        rules = [
+            ("num_experts_per_tok", k <= self.num_experts,
+             f"num_experts_per_tok ({k}) must not exceed num_experts ({self.num_experts})"),
+            ("moe_intermediate_size", self.moe_intermediate_size % self.threadpool_count == 0,
+             f"moe_intermediate_size ({self.moe_intermediate_size}) must be divisible by "
+             f"threadpool_count ({self.threadpool_count})"),
+            ("num_gpu_experts", self.num_gpu_experts <= self.num_experts,
+             f"num_gpu_experts ({self.num_gpu_experts}) must not exceed num_experts ({self.num_experts})"),
+            ("threadpool_count", self.threadpool_count <= self.cpuinfer_threads,
+             f"threadpool_count ({self.threadpool_count}) must not exceed "
+             f"cpuinfer_threads ({self.cpuinfer_threads})"),
+            ("max_deferred_experts_per_token", self.is_sft or deferred is None or 0 <= deferred <= k,
+             f"max_deferred_experts_per_token must be between 0 and num_experts_per_tok ({k}), got {deferred}"),
+        ]
+        errors = [(name, message) for name, ok, message in rules if not ok]
+        for mode, names in MODE_ONLY_PARAMETERS.items():
+            errors += [(name, f"{name} is only used with mode='{mode}' (got mode='{self.mode}')")
+                       for name in names
+                       if mode != self.mode and getattr(self, name) != type(self).model_fields[name].default]
+        return errors
+
+    def to_native(self) -> Union[MOEConfig, MOESFTConfig]:
+        """The read-only native config: MOEConfig for inference, MOESFTConfig for sft."""
+        common = dict(expert_num=self.num_experts, hidden_size=self.hidden_size,
+                      intermediate_size=self.moe_intermediate_size, experts_per_token=self.num_experts_per_tok,
+                      num_gpu_experts=self.num_gpu_experts, weight_path=self.weight_path,
+                      layer_idx=self.layer_idx, tp_size=self.threadpool_count,
+                      chunked_prefill_size=self.chunked_prefill_size, method=self.method)
+        if self.is_sft:
+            return MOESFTConfig(**common, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                                max_cache_depth=self.max_cache_depth)
+        return MOEConfig(**common, cpu_save=self.cpu_save,
+                         max_deferred_experts_per_token=self.max_deferred_experts_per_token)
+
+
+def _describe(error: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One pydantic error as (parameter, documented message) pairs."""
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "cross_field":
+        return ctx["errors"]
+    name = str(error["loc"][0])
+    if kind in ("extra_forbidden", "invalid_key"):
+        return [(name, f"unknown parameter '{name}'")]
+    if kind == "missing":
+        return [(name, f"{name} is required")]
+    if kind == "greater_than_equal":
+        rule = "must be non-negative" if ctx["ge"] == 0 else "must be positive"
+    elif kind == "greater_than":
+        rule = "must be positive"
+    elif kind == "less_than_equal":
+        rule = f"must be at most {ctx['le']}"
+    elif kind == "finite_number":
+        rule = "must be finite"
+    else:  # our own checks already spell the whole message
+        return [(name, error["msg"])]
+    return [(name, f"{name} {rule}, got {reprlib.repr(error['input'])}")]
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    return [problem for error in exc.errors() for problem in _describe(error)]
+
+
+def validate_config(**kwargs: Any) -> KTMoEConfig:
+    """The validated config for the factory's keyword arguments; ConfigError when any is invalid."""
+    try:
+        return KTMoEConfig.model_validate(kwargs)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def config_errors(data: Mapping[Any, Any]) -> list[tuple[str, str]]:
+    """Every problem of a parameter mapping (e.g. a config file) as (parameter, message); [] if valid."""
+    try:
+        KTMoEConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        return _problems(exc)
+    return []
