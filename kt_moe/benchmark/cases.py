@@ -2,8 +2,7 @@
 
 A case is built for one problem by setup(problem, threads) and run once by step(). A kt-moe case
 goes through kt_moe.KTMoEWrapper, so a method becomes measurable the day its engine exists: until
-then its setup or first step raises NotImplementedError (or Skipped while the wrapper cannot be
-imported) and the bench prints a "skipped" row.
+then its setup or first step raises NotImplementedError and the bench prints a "skipped" row.
 """
 
 from __future__ import annotations
@@ -13,29 +12,19 @@ from typing import List, Optional
 
 import torch
 
+from kt_moe.config import METHODS
+from kt_moe.wrapper import KTMoEWrapper
 from kt_moe.reference import LoraWeights, lora_moe
-from problem import LORA_ALPHA, Outputs, Problem
+from kt_moe.benchmark.problem import LORA_ALPHA, Outputs, Problem
 
-# spec 1.2: method -> (mode, bytes per stored expert-weight element; quantization scales excluded,
-# None where the storage depends on the file, as GGUF's does).
-KT_METHODS = {
-    "AMXINT4": ("inference", 0.5),
-    "AMXINT8": ("inference", 1.0),
-    "RAWINT4": ("inference", 0.5),
-    "FP8": ("inference", 1.0),
-    "LLAMAFILE": ("inference", None),
-    "MOE_INT4": ("inference", 0.5),
-    "MOE_INT8": ("inference", 1.0),
-    "AMXBF16_SFT": ("sft", 2.0),
-    "AMXINT8_SFT": ("sft", 1.0),
-    "AMXINT4_SFT": ("sft", 0.5),
-    "AMXINT4_KGroup_SFT": ("sft", 0.5),
+# Bytes per stored expert-weight element of each kt-moe method, for the effective GB/s
+# (quantization scales excluded; None where the storage depends on the file, as GGUF's does).
+BYTES_PER_ELEMENT = {
+    "AMXINT4": 0.5, "AMXINT8": 1.0, "RAWINT4": 0.5, "FP8": 1.0, "LLAMAFILE": None, "MOE_INT4": 0.5,
+    "MOE_INT8": 1.0, "AMXBF16_SFT": 2.0, "AMXINT8_SFT": 1.0, "AMXINT4_SFT": 0.5, "AMXINT4_KGroup_SFT": 0.5,
 }
+KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method in methods}
 BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}
-
-
-class Skipped(Exception):
-    """The case cannot run in this build; the message says why."""
 
 
 class Case(ABC):
@@ -96,17 +85,12 @@ class TorchBF16Autograd(Case):
 
 def _ktmoe_wrapper(method: str, problem: Problem, threads: int):
     """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded."""
-    try:
-        import kt_moe
-        factory = kt_moe.KTMoEWrapper
-    except (ImportError, AttributeError) as exc:
-        raise Skipped(f"kt_moe.KTMoEWrapper unavailable ({type(exc).__name__}: {exc})") from exc
-    s, mode = problem.shape, KT_METHODS[method][0]
+    s, mode = problem.shape, KT_METHOD_MODES[method]
     sft = dict(lora_rank=problem.rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
-    wrapper = factory(layer_idx=0, num_experts=s.num_experts, num_experts_per_tok=s.top_k, hidden_size=s.hidden,
-                      moe_intermediate_size=s.intermediate, num_gpu_experts=0, cpuinfer_threads=threads,
-                      threadpool_count=1, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
-                      method=method, mode=mode, **sft)
+    wrapper = KTMoEWrapper(layer_idx=0, num_experts=s.num_experts, num_experts_per_tok=s.top_k, hidden_size=s.hidden,
+                           moe_intermediate_size=s.intermediate, num_gpu_experts=0, cpuinfer_threads=threads,
+                           threadpool_count=1, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
+                           method=method, mode=mode, **sft)
     wrapper.load_weights_from_tensors(*problem.experts, torch.arange(s.num_experts, dtype=torch.int64))
     return wrapper
 
@@ -115,7 +99,7 @@ class KTMoEInference(Case):
     mode = "inference"
 
     def __init__(self, method: str):
-        self.name, self.bytes_per_element = method, KT_METHODS[method][1]
+        self.name, self.bytes_per_element = method, BYTES_PER_ELEMENT[method]
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
@@ -132,7 +116,7 @@ class KTMoESFT(Case):
     mode = "sft"
 
     def __init__(self, method: str):
-        self.name, self.bytes_per_element = method, KT_METHODS[method][1]
+        self.name, self.bytes_per_element = method, BYTES_PER_ELEMENT[method]
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
@@ -149,12 +133,12 @@ class KTMoESFT(Case):
 def mode_of(name: str) -> str:
     """The mode a case name runs in; KeyError for an unknown name."""
     baselines = {baseline: mode for mode, baseline in BASELINES.items()}
-    return baselines[name] if name in baselines else KT_METHODS[name][0]
+    return baselines[name] if name in baselines else KT_METHOD_MODES[name]
 
 
 def names(mode: str) -> List[str]:
     """Every case of `mode`: its baseline first, then the kt-moe methods in spec order."""
-    return [BASELINES[mode]] + [m for m, (m_mode, _) in KT_METHODS.items() if m_mode == mode]
+    return [BASELINES[mode]] + list(METHODS[mode])
 
 
 def make_case(name: str) -> Case:
@@ -162,4 +146,4 @@ def make_case(name: str) -> Case:
         return TorchBF16()
     if name == TorchBF16Autograd.name:
         return TorchBF16Autograd()
-    return KTMoEInference(name) if KT_METHODS[name][0] == "inference" else KTMoESFT(name)
+    return KTMoEInference(name) if KT_METHOD_MODES[name] == "inference" else KTMoESFT(name)

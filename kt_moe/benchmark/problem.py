@@ -15,7 +15,7 @@ import torch
 
 from kt_moe.reference import (LoraWeights, lora_moe_backward, moe_forward, random_experts, random_lora,
                               random_routing)
-from shapes import Shape
+from kt_moe.benchmark.shapes import Shape
 
 LORA_ALPHA = 32.0
 

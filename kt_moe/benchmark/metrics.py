@@ -11,8 +11,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from kt_moe.reference import relative_l2
-from problem import Outputs
-from shapes import Shape
+from kt_moe.benchmark.problem import Outputs
+from kt_moe.benchmark.shapes import Shape
 
 
 def time_steps(step: Callable[[], object], warmup: int, repeats: int) -> List[float]:

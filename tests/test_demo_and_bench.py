@@ -1,0 +1,52 @@
+"""`kt-moe demo` and bench/bench_moe.py run end to end at a small size: both examples, every
+method listed (run or skipped with its reason), baselines accurate against the reference."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kt_moe import cli
+from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_both_spec_examples(capsys):
+    assert cli.main(["demo", "--shape", "small", "--tokens", "8", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "spec 3.1: forward(" in out and "spec 3.2: forward_sft(" in out
+    for method in ("torch-bf16", "torch-bf16-autograd") + INFERENCE_METHODS + SFT_METHODS:
+        assert f" {method} " in out, method
+    assert "JSON" not in out
+
+
+def test_demo_rejects_bad_numbers():
+    out = subprocess.run([sys.executable, "-m", "kt_moe.cli", "demo", "--tokens", "0"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "must be positive" in out.stderr
+
+
+def test_bench_prints_table_and_json_lines(tmp_path):
+    json_out = tmp_path / "bench.jsonl"
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_moe.py"), "--shape", "small", "--q", "1,3",
+                          "--repeats", "2", "--warmup", "1", "--mode", "both", "--json-out", str(json_out)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "median ms" in out.stdout
+    records = [json.loads(line) for line in json_out.read_text().splitlines()]
+    gemm = [r for r in records if r["kind"] == "torch_gemm"]
+    cases = [r for r in records if r["kind"] == "case"]
+    assert len(gemm) == 1 and gemm[0]["gflop_per_s"] > 0
+    assert {r["method"] for r in cases} == {"torch-bf16", "torch-bf16-autograd"} | set(INFERENCE_METHODS) | set(SFT_METHODS)
+    assert {r["q"] for r in cases} == {1, 3}
+    for r in cases:
+        assert r["status"] in ("ok", "skipped"), r
+        if r["status"] == "ok":
+            assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+            assert r["err_out"] < 2e-2
+            assert r["vs_torch"] is not None and r["threads"] == 2
+            if r["mode"] == "sft":
+                assert r["err_grad"] < 2e-2 and not r["grads_missing"]
+        else:
+            assert r["reason"]
