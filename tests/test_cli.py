@@ -2,7 +2,6 @@
 installed console script."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -122,9 +121,8 @@ def test_info_prints_levels(capsys):
     assert fields["active"].strip() in fields["levels"]
 
 
-def test_info_reports_bad_isa_env_as_one_line():
-    out = subprocess.run([sys.executable, "-m", "kt_moe.cli", "info"], capture_output=True, text=True,
-                         env={**os.environ, "KT_MOE_ISA": "sse9"}, timeout=60)
+def test_info_reports_bad_isa_env_as_one_line(run_python):
+    out = run_python("-m", "kt_moe.cli", "info", env={"KT_MOE_ISA": "sse9"})
     assert out.returncode == 1
     assert out.stderr.startswith("kt-moe: error: KT_MOE_ISA: unknown ISA level 'sse9'")
     assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr

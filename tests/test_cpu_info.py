@@ -1,10 +1,6 @@
 """CPU probe: levels match what the kernel reports in /proc/cpuinfo; KT_MOE_ISA and set_isa force
 a lower level and refuse unknown or unsupported ones."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 import kt_moe
@@ -18,11 +14,6 @@ def proc_cpu_flags():
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
     return set()
-
-
-def run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=60)
 
 
 def test_levels_match_proc_cpuinfo():
@@ -39,17 +30,18 @@ def test_levels_match_proc_cpuinfo():
         assert info["features"][flag] == (flag in flags), flag
 
 
-def test_active_level_defaults_to_best():
-    out = run_python("import kt_moe; i = kt_moe.cpu_info(); print(i['active'], i['best'])", KT_MOE_ISA="")
+def test_active_level_defaults_to_best(run_python):
+    out = run_python("-c", "import kt_moe; i = kt_moe.cpu_info(); print(i['active'], i['best'])",
+                     env={"KT_MOE_ISA": ""})
     assert out.returncode == 0, out.stderr
     active, best = out.stdout.split()
     assert active == best
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_env_forces_each_available_level(level):
+def test_env_forces_each_available_level(level, run_python):
     available = kt_moe.cpu_info()["levels"]
-    out = run_python("import kt_moe; print(kt_moe.cpu_info()['active'])", KT_MOE_ISA=level)
+    out = run_python("-c", "import kt_moe; print(kt_moe.cpu_info()['active'])", env={"KT_MOE_ISA": level})
     if level in available:
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == level
@@ -58,10 +50,10 @@ def test_env_forces_each_available_level(level):
         assert f"asks for ISA level '{level}', but this CPU offers only" in out.stderr
 
 
-def test_env_unknown_level_is_a_clear_error_and_import_still_works():
+def test_env_unknown_level_is_a_clear_error_and_import_still_works(run_python):
     code = ("import kt_moe\n"
             "try:\n    kt_moe.cpu_info()\nexcept ValueError as e:\n    print('ERR', e)\n")
-    out = run_python(code, KT_MOE_ISA="sse9")
+    out = run_python("-c", code, env={"KT_MOE_ISA": "sse9"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERR KT_MOE_ISA: unknown ISA level 'sse9'")
 

@@ -21,9 +21,8 @@ def test_demo_runs_both_spec_examples(capsys):
     assert "JSON" not in out
 
 
-def test_demo_rejects_bad_numbers():
-    out = subprocess.run([sys.executable, "-m", "kt_moe.cli", "demo", "--tokens", "0"], capture_output=True,
-                         text=True, timeout=120)
+def test_demo_rejects_bad_numbers(run_python):
+    out = run_python("-m", "kt_moe.cli", "demo", "--tokens", "0")
     assert out.returncode != 0 and "must be positive" in out.stderr
 
 

@@ -1,10 +1,6 @@
 """KTMoEWrapper factory: validation first, NotImplementedError for engines not built yet, the
 backend class per method, the spec's mode-mismatch RuntimeErrors and shared worker pools."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 import kt_moe
@@ -111,7 +107,7 @@ def test_backend_rejects_config_of_other_mode(all_engines_built):
         AMXSFTMoEWrapper(config)
 
 
-def test_bad_isa_environment_fails_construction_clearly():
+def test_bad_isa_environment_fails_construction_clearly(run_python):
     code = ("import kt_moe\n"
             "from kt_moe import wrapper\n"
             "wrapper.ENGINES_NOT_BUILT = frozenset()\n"
@@ -121,7 +117,6 @@ def test_bad_isa_environment_fails_construction_clearly():
             "        weight_path='', chunked_prefill_size=16)\n"
             "except ValueError as e:\n"
             "    print('ERR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "KT_MOE_ISA": "nope"})
+    out = run_python("-c", code, env={"KT_MOE_ISA": "nope"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERR KT_MOE_ISA: unknown ISA level 'nope'")
