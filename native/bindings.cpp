@@ -42,6 +42,9 @@ nb::dict cpu_info() {
   info["vendor"] = f.vendor;
   info["features"] = features;
   info["levels"] = level_names(f.available_levels());
+  std::vector<kt_moe::IsaLevel> selectable = f.available_levels();
+  selectable.push_back(kt_moe::IsaLevel::amx_emulated);
+  info["selectable"] = level_names(selectable);
   info["best"] = kt_moe::isa_level_name(f.best_level());
   info["active"] = kt_moe::isa_level_name(kt_moe::active_isa_level());
   return info;
@@ -83,7 +86,8 @@ NB_MODULE(_native, m) {
 
   // ---- CPU probe -------------------------------------------------------------------------
   m.def("cpu_info", &cpu_info,
-        "Features found by CPUID/XGETBV, the ISA levels available, the best and the active one.");
+        "Features found by CPUID/XGETBV, the ISA levels available, those set_isa accepts (plus amx_emulated), "
+        "the best and the active one.");
   m.def(
       "set_isa", [](const std::string& name) { kt_moe::set_active_isa_level(kt_moe::parse_isa_level(name)); },
       "level"_a, "Force the kernel ISA level for the rest of the process (ValueError if unknown or unsupported).");

@@ -38,9 +38,14 @@ def test_active_level_defaults_to_best(run_python):
     assert active == best
 
 
-@pytest.mark.parametrize("level", LEVELS)
+def test_selectable_levels_add_emulated_amx():
+    info = kt_moe.cpu_info()
+    assert info["selectable"] == info["levels"] + ["amx_emulated"]
+
+
+@pytest.mark.parametrize("level", LEVELS + ["amx_emulated"])
 def test_env_forces_each_available_level(level, run_python):
-    available = kt_moe.cpu_info()["levels"]
+    available = kt_moe.cpu_info()["selectable"]
     out = run_python("-c", "import kt_moe; print(kt_moe.cpu_info()['active'])", env={"KT_MOE_ISA": level})
     if level in available:
         assert out.returncode == 0, out.stderr

@@ -14,8 +14,8 @@
 namespace kt_moe {
 namespace {
 
-constexpr const char* kLevelNames[] = {"generic", "avx512", "avx512_bf16", "amx"};
-constexpr int kLevelCount = 4;
+constexpr const char* kLevelNames[] = {"generic", "avx512", "avx512_bf16", "amx", "amx_emulated"};
+constexpr int kLevelCount = 5;
 
 struct CpuidRegs {
   uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -81,7 +81,7 @@ IsaLevel g_level = IsaLevel::generic;
 
 void check_supported(IsaLevel level, const char* source) {
   const CpuFeatures& f = cpu_features();
-  if (level <= f.best_level()) return;
+  if (level == IsaLevel::amx_emulated || level <= f.best_level()) return;
   std::string offered;
   for (IsaLevel l : f.available_levels()) offered += std::string(offered.empty() ? "" : ", ") + isa_level_name(l);
   throw std::invalid_argument(std::string(source) + " asks for ISA level '" + isa_level_name(level) +
@@ -96,7 +96,7 @@ IsaLevel parse_isa_level(const std::string& name) {
   for (int i = 0; i < kLevelCount; ++i)
     if (name == kLevelNames[i]) return static_cast<IsaLevel>(i);
   throw std::invalid_argument("unknown ISA level '" + name +
-                              "'; expected one of: generic, avx512, avx512_bf16, amx");
+                              "'; expected one of: generic, avx512, avx512_bf16, amx, amx_emulated");
 }
 
 IsaLevel CpuFeatures::best_level() const {

@@ -7,12 +7,15 @@
 
 namespace kt_moe {
 
-// Kernel levels, lowest to highest. Each level implies the ones below it.
+// Kernel levels. generic..amx go lowest to highest, each implying the ones below it.
 enum class IsaLevel : int {
   generic = 0,      // portable C++
   avx512 = 1,       // AVX-512 F, BW, VL, DQ with OS support for ZMM state
   avx512_bf16 = 2,  // + AVX512_BF16 and AVX512_VNNI
   amx = 3,          // + AMX-TILE, AMX-BF16, AMX-INT8 with OS tile-data permission
+  // The AMX kernels with every tile instruction emulated in portable C++ (kernels/amx/tile.hpp):
+  // runs on any CPU, slowly; never chosen automatically, only forced (tests, bug reports).
+  amx_emulated = 4,
 };
 
 const char* isa_level_name(IsaLevel level);
