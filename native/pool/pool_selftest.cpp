@@ -13,15 +13,10 @@ std::function<void()> count_task(WorkerPool& pool, int64_t* counts, int64_t n, i
                                  std::string message) {
   if (n < 0 || n > INT_MAX) throw std::invalid_argument("count_task: n must be in [0, INT_MAX]");
   return [&pool, counts, n, pause_us, fail_at, message = std::move(message)] {
-    const int parts = pool.subpool_count();
-    pool.for_each_subpool([&](int s) {
-      const int64_t begin = n * s / parts, end = n * (s + 1) / parts;
-      pool.subpool(s).parallel_for(static_cast<int>(end - begin), [&](int j) {
-        const int64_t i = begin + j;
-        if (i == fail_at) throw std::runtime_error(message);
-        if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
-        ++counts[i];
-      });
+    pool.parallel_for_all(static_cast<int>(n), [&](int i) {
+      if (i == fail_at) throw std::runtime_error(message);
+      if (pause_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
+      ++counts[i];
     });
   };
 }

@@ -2,6 +2,7 @@
 // runs queued tasks in order and records the first error for sync().
 #include "pool/worker_pool.hpp"
 
+#include <cstdint>
 #include <stdexcept>
 #include <utility>
 
@@ -50,6 +51,14 @@ void WorkerPool::for_each_subpool(const std::function<void(int)>& fn) {
     }
   }
   if (first) std::rethrow_exception(first);
+}
+
+void WorkerPool::parallel_for_all(int n, const std::function<void(int)>& fn) {
+  const int64_t parts = subpool_count();
+  for_each_subpool([&](int s) {
+    const int begin = static_cast<int>(n * s / parts), end = static_cast<int>(n * (s + 1) / parts);
+    subpool(s).parallel_for(end - begin, [&](int j) { fn(begin + j); });
+  });
 }
 
 void WorkerPool::submit(std::function<void()> task) {

@@ -37,6 +37,11 @@ class WorkerPool {
   // Concurrent callers take turns. std::logic_error when called from a subpool thread.
   void for_each_subpool(const std::function<void(int)>& fn);
 
+  // Runs fn(i) for every i in [0, n) on all threads of all subpools: subpool s takes the s-th
+  // contiguous share of the range and hands its indices out dynamically. Rethrows like
+  // for_each_subpool. For work with no subpool affinity (gathers, merges).
+  void parallel_for_all(int n, const std::function<void(int)>& fn);
+
   // Queues `task` and returns at once. Tasks run one at a time in submission order on the
   // dispatcher thread; a task should do its work through for_each_subpool. Tasks must not call
   // sync(). A task that throws does not stop the ones after it.

@@ -1,0 +1,5 @@
+"""Weight readers and writers (DESIGN.md section 4): Hugging Face safetensors checkpoints (hf_checkpoint)."""
+
+from kt_moe.weights.hf_checkpoint import HFExpertReader
+
+__all__ = ["HFExpertReader"]
