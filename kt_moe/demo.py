@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 
-from kt_moe.benchmark.cases import names
+from kt_moe.benchmark.cases import BASELINES, ktmoe_wrapper, names
 from kt_moe.benchmark.problem import LORA_ALPHA, Problem
 from kt_moe.benchmark.report import Reporter
 from kt_moe.benchmark.runner import cpu_model, isa_level, run_case
 from kt_moe.benchmark.shapes import SHAPES
+from kt_moe.reference import LoraWeights, lora_moe_forward
 
 EXAMPLES = {
     "inference": "spec 3.1: forward(hidden_states bf16 [q, H], topk_ids int64 [q, k], topk_weights fp32 [q, k])",
@@ -29,11 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cpuinfer_threads")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the SFT example")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (median shown)")
+    parser.add_argument("--steps", type=int, default=5, help="training steps of the SFT example")
 
 
 def run(args: argparse.Namespace) -> int:
-    if min(args.tokens, args.threads, args.rank, args.repeats) < 1:
-        raise SystemExit("kt-moe demo: --tokens, --threads, --rank and --repeats must be positive")
+    if min(args.tokens, args.threads, args.rank, args.repeats, args.steps) < 1:
+        raise SystemExit("kt-moe demo: --tokens, --threads, --rank, --repeats and --steps must be positive")
     with open(os.devnull, "w") as no_json:  # the demo prints the table only
         return _run(args, Reporter(no_json))
 
@@ -59,4 +62,32 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
                 baseline_ms, record["vs_torch"] = record["median_ms"], 1.0
             failed |= record["status"] == "error"
             reporter.case(record)
+            if mode == "sft" and name != BASELINES["sft"] and record["status"] == "ok":
+                train(name, problem, args.threads, args.steps)
     return 1 if failed else 0
+
+
+def train(method: str, problem: Problem, threads: int, steps: int) -> None:
+    """The spec 3.2 training loop: LoRA B starts at zero, AdamW fits the output of a teacher LoRA
+    (the problem's), one forward_sft + backward + step + update_lora_weights per step."""
+    wrapper = ktmoe_wrapper(method, problem, threads)
+    teacher = problem.lora
+    student = LoraWeights(*(t.clone() if "_a" in name else torch.zeros_like(t)
+                            for name, t in teacher._asdict().items()))
+    for t in student:
+        t.requires_grad_()
+    wrapper.init_lora_weights(*student)
+    target = lora_moe_forward(problem.x, problem.expert_ids, problem.weights, *problem.experts, teacher,
+                              problem.scale)
+    optimizer = torch.optim.AdamW(student, lr=1e-3, weight_decay=0.0)
+    print(f"  training {method}: {steps} steps of AdamW towards a teacher LoRA (MSE loss)")
+    for step in range(steps):
+        start = time.perf_counter()
+        out = wrapper.forward_sft(problem.x, problem.expert_ids, problem.weights, save_for_backward=True)
+        diff = out.float() - target
+        loss = float(diff.pow(2).mean())
+        wrapper.backward(2 * diff / diff.numel())
+        optimizer.step()
+        optimizer.zero_grad()
+        wrapper.update_lora_weights()
+        print(f"  step {step + 1}: loss {loss:.3e}, {(time.perf_counter() - start) * 1e3:.1f} ms", flush=True)

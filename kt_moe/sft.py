@@ -6,11 +6,14 @@ factory refuses it at construction (see kt_moe.wrapper.ENGINES_NOT_BUILT).
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from kt_moe import _native
 from kt_moe.backend import MoEWrapperBase
+from kt_moe.tensor_checks import FLOAT_DTYPES, INDEX_DTYPES, as_contiguous, check_expert_map, check_tensor
+from kt_moe.weights.hf_checkpoint import HFExpertReader
 
 
 class BaseSFTMoEWrapper(MoEWrapperBase):
@@ -46,5 +49,107 @@ class BaseSFTMoEWrapper(MoEWrapperBase):
         raise NotImplementedError(f"{type(self).__name__}.update_lora_weights")
 
 
+LORA_NAMES = ("gate_lora_a", "gate_lora_b", "up_lora_a", "up_lora_b", "down_lora_a", "down_lora_b")
+LORA_DTYPES = (torch.bfloat16, torch.float32)
+
+
 class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
-    """AMXBF16_SFT, AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT."""
+    """AMXBF16_SFT (and, as their engines land, AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT).
+
+    Every call runs on the worker pool and returns when done. LoRA tensors are bf16 (read in place:
+    an optimizer's in-place update is seen after update_lora_weights()) or fp32 (the engine then
+    reads a bf16 copy that update_lora_weights() refreshes). forward_sft takes at most
+    chunked_prefill_size tokens per call. A saved forward holds
+    `engine.cached_bytes_per_routed_slot` bytes per routed (token, slot) pair.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.engine = _native.TP_MOE_SFT(self.native_config, self.pool)
+        self._lora: Optional[Tuple[torch.Tensor, ...]] = None  # the caller's tensors
+        self._lora_bf16: Optional[Tuple[torch.Tensor, ...]] = None  # what the engine reads
+
+    def _lora_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        c = self.config
+        E, H, I, r = c.num_experts, c.hidden_size, c.moe_intermediate_size, c.lora_rank
+        return dict(gate_lora_a=(E, r, H), gate_lora_b=(E, I, r), up_lora_a=(E, r, H), up_lora_b=(E, I, r),
+                    down_lora_a=(E, r, I), down_lora_b=(E, H, r))
+
+    def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
+        c = self.config
+        expert_map = check_expert_map(physical_to_logical_map, c.num_experts, c.num_experts)
+        if not c.weight_path:
+            raise ValueError("weight_path is empty: load_weights() reads the Hugging Face checkpoint in weight_path "
+                             "(use load_weights_from_tensors() for weights already in memory)")
+        reader = HFExpertReader(c.weight_path, c.layer_idx, c.num_experts, c.hidden_size, c.moe_intermediate_size)
+        for slot, (_, gate, up, down) in enumerate(reader.experts(expert_map.tolist())):
+            self.engine.load_expert_task(slot, gate, up, down)
+
+    def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                                  physical_to_logical_map: torch.Tensor) -> None:
+        c = self.config
+        H, I = c.hidden_size, c.moe_intermediate_size
+        check_tensor(gate, "gate", (-1, I, H), FLOAT_DTYPES)
+        logical = gate.shape[0]
+        check_tensor(up, "up", (logical, I, H), FLOAT_DTYPES)
+        check_tensor(down, "down", (logical, H, I), FLOAT_DTYPES)
+        expert_map = check_expert_map(physical_to_logical_map, c.num_experts, logical)
+        for slot, e in enumerate(expert_map.tolist()):  # one expert converted at a time
+            self.engine.load_expert_task(slot, as_contiguous(gate[e], torch.bfloat16),
+                                         as_contiguous(up[e], torch.bfloat16), as_contiguous(down[e], torch.bfloat16))
+
+    def init_lora_weights(self, gate_a: torch.Tensor, gate_b: torch.Tensor, up_a: torch.Tensor,
+                          up_b: torch.Tensor, down_a: torch.Tensor, down_b: torch.Tensor) -> None:
+        tensors = (gate_a, gate_b, up_a, up_b, down_a, down_b)
+        for name, tensor in zip(LORA_NAMES, tensors):
+            check_tensor(tensor, name, self._lora_shapes()[name], LORA_DTYPES)
+            if not tensor.is_contiguous():
+                raise ValueError(f"{name} must be contiguous (the engine reads it in place)")
+        self._lora = tensors
+        self._lora_bf16 = tuple(t.detach() if t.dtype == torch.bfloat16 else t.detach().to(torch.bfloat16)
+                                for t in tensors)
+        self.engine.update_lora_weights_task(*self._lora_bf16)
+
+    def update_lora_weights(self) -> None:
+        if self._lora is None:
+            raise RuntimeError("LoRA weights not initialized: call init_lora_weights() first")
+        with torch.no_grad():
+            for tensor, copy in zip(self._lora, self._lora_bf16):
+                if copy.data_ptr() != tensor.data_ptr():
+                    copy.copy_(tensor)
+        self.engine.update_lora_weights_task(*self._lora_bf16)
+
+    def forward_sft(self, hidden_states: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+                    save_for_backward: bool = True) -> torch.Tensor:
+        c = self.config
+        k = c.num_experts_per_tok
+        check_tensor(hidden_states, "hidden_states", (-1, c.hidden_size), FLOAT_DTYPES)
+        q = hidden_states.shape[0]
+        if q < 1:
+            raise ValueError("hidden_states must hold at least one token")
+        if q > c.chunked_prefill_size:
+            raise ValueError(f"hidden_states has {q} tokens, more than chunked_prefill_size "
+                             f"({c.chunked_prefill_size}); split the batch or raise chunked_prefill_size")
+        check_tensor(expert_ids, "expert_ids", (q, k), INDEX_DTYPES)
+        check_tensor(weights, "weights", (q, k), FLOAT_DTYPES)
+        output = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
+        self.engine.forward_sft_task(q, k, as_contiguous(expert_ids, torch.int64),
+                                     as_contiguous(weights.detach(), torch.float32),
+                                     as_contiguous(hidden_states.detach(), torch.bfloat16), output,
+                                     bool(save_for_backward))
+        return output
+
+    def backward(self, grad_output: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        c = self.config
+        check_tensor(grad_output, "grad_output", (-1, c.hidden_size), FLOAT_DTYPES)
+        q = grad_output.shape[0]
+        grad_input = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
+        grads = {name: torch.empty(shape, dtype=torch.float32) for name, shape in self._lora_shapes().items()}
+        grads["routing_weights"] = torch.empty(q, c.num_experts_per_tok, dtype=torch.float32)
+        self.engine.backward_task(q, c.num_experts_per_tok, as_contiguous(grad_output.detach(), torch.bfloat16),
+                                  grad_input, *(grads[name] for name in LORA_NAMES), grads["routing_weights"])
+        for name, tensor in zip(LORA_NAMES, self._lora):
+            grads[name] = grads[name].to(tensor.dtype)
+            if tensor.requires_grad:
+                tensor.grad = grads[name].clone() if tensor.grad is None else tensor.grad.add_(grads[name])
+        return grad_input, grads

@@ -1,6 +1,7 @@
 // The nanobind module kt_moe._native: binds the CPU probe, the read-only configs and the worker
 // pool. Only bindings live here; behaviour lives in the files these declarations come from.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -8,9 +9,11 @@
 
 #include "config/moe_config.hpp"
 #include "cpu/cpu_features.hpp"
+#include "kernels/gemm_bf16.hpp"
 #include "pool/numa_topology.hpp"
 #include "pool/pool_selftest.hpp"
 #include "pool/py_worker_pool.hpp"
+#include "py/py_sft_engine.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -82,7 +85,7 @@ void fill_common(kt_moe::MoECommonConfig& c, int expert_num, int hidden_size, in
 }  // namespace
 
 NB_MODULE(_native, m) {
-  m.doc() = "kt-moe native core: CPU probe, read-only engine configs, worker pool";
+  m.doc() = "kt-moe native core: CPU probe, read-only engine configs, worker pool, engines";
 
   // ---- CPU probe -------------------------------------------------------------------------
   m.def("cpu_info", &cpu_info,
@@ -139,6 +142,62 @@ NB_MODULE(_native, m) {
       .def_ro("lora_alpha", &MOESFTConfig::lora_alpha)
       .def_ro("max_cache_depth", &MOESFTConfig::max_cache_depth);
 
+  // ---- kernels (test hooks) --------------------------------------------------------------
+  {
+    using Array = nb::ndarray<>;  // device, dtype, rank and strides are checked below
+    // Checks one operand: a CPU [rows, cols] array of `dtype` with unit column stride; returns its
+    // leading dimension (row stride, in elements).
+    auto leading_dim = [](const Array& x, const char* name, nb::dlpack::dtype dtype, const char* dtype_name,
+                          int64_t rows, int64_t cols) -> int64_t {
+      auto fail = [name](const std::string& what) { throw std::invalid_argument(std::string(name) + ": " + what); };
+      if (x.device_type() != nb::device::cpu::value) fail("expected a CPU array");
+      if (x.dtype() != dtype) fail(std::string("expected dtype ") + dtype_name);
+      if (x.ndim() != 2) fail("expected a 2-d array");
+      if (int64_t(x.shape(0)) != rows || int64_t(x.shape(1)) != cols)
+        fail("expected shape (" + std::to_string(rows) + ", " + std::to_string(cols) + "), got (" +
+             std::to_string(x.shape(0)) + ", " + std::to_string(x.shape(1)) + ")");
+      if (cols > 1 && x.stride(1) != 1) fail("rows must be contiguous (stride(1) == 1)");
+      if (rows > 1 && x.stride(0) < cols) fail("row stride must be at least the row length");
+      return rows > 1 ? x.stride(0) : std::max<int64_t>(cols, 1);
+    };
+    m.def(
+        "gemm_bf16_test",
+        [leading_dim](const std::string& level_name, Array a, const std::string& a_layout, Array b,
+                      const std::string& b_layout, Array c, float alpha, bool accumulate, int64_t m_, int64_t n_,
+                      int64_t k_) {
+          const kt_moe::IsaLevel level = kt_moe::parse_isa_level(level_name);
+          if (level != kt_moe::IsaLevel::amx_emulated && level > kt_moe::cpu_features().best_level())
+            throw std::invalid_argument("ISA level '" + level_name + "' is not available on this CPU");
+          if (a_layout != "mk" && a_layout != "km") throw std::invalid_argument("a_layout must be 'mk' or 'km'");
+          if (b_layout != "nk" && b_layout != "kn") throw std::invalid_argument("b_layout must be 'nk' or 'kn'");
+          constexpr int64_t kMaxDim = 1 << 30;
+          if (m_ < 0 || n_ < 0 || k_ < 0 || m_ > kMaxDim || n_ > kMaxDim || k_ > kMaxDim)
+            throw std::invalid_argument("m, n and k must be in [0, 2^30]");
+          const nb::dlpack::dtype bf16{static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+          kt_moe::GemmArgs args;
+          args.m = int(m_), args.n = int(n_), args.k = int(k_);
+          args.a_layout = a_layout == "mk" ? kt_moe::ALayout::mk : kt_moe::ALayout::km;
+          args.b_layout = b_layout == "nk" ? kt_moe::BLayout::nk : kt_moe::BLayout::kn;
+          const bool a_mk = args.a_layout == kt_moe::ALayout::mk, b_nk = args.b_layout == kt_moe::BLayout::nk;
+          args.lda = leading_dim(a, "a", bf16, "bfloat16", a_mk ? m_ : k_, a_mk ? k_ : m_);
+          args.ldb = leading_dim(b, "b", bf16, "bfloat16", b_nk ? n_ : k_, b_nk ? k_ : n_);
+          args.ldc = leading_dim(c, "c", nb::dtype<float>(), "float32", m_, n_);
+          args.a = static_cast<const kt_moe::bf16_t*>(a.data());
+          args.b = static_cast<const kt_moe::bf16_t*>(b.data());
+          args.c = static_cast<float*>(c.data());
+          args.alpha = alpha;
+          args.accumulate = accumulate;
+          const kt_moe::GemmFn kernel = kt_moe::gemm_bf16_kernel(level);
+          nb::gil_scoped_release release;
+          kernel(args);
+        },
+        "level"_a, "a"_a, "a_layout"_a, "b"_a, "b_layout"_a, "c"_a.noconvert(), "alpha"_a, "accumulate"_a, "m"_a,
+        "n"_a, "k"_a,
+        "Test hook: c = (accumulate ? c : 0) + alpha * a @ b with the bf16 GEMM kernel of `level`. a: bf16 "
+        "[m, k] (a_layout 'mk') or [k, m] ('km'); b: bf16 [n, k] ('nk') or [k, n] ('kn'); c: float32 [m, n], "
+        "written in place. Row-strided views are accepted (stride(1) == 1). ValueError on bad input.");
+  }
+
   // ---- worker pool -----------------------------------------------------------------------
   using kt_moe::PyWorkerPool;
   using CountArray = nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -172,4 +231,41 @@ NB_MODULE(_native, m) {
       },
       "sysfs_dir"_a = "/sys/devices/system/node",
       "NUMA nodes with CPUs as (id, cpus) pairs, read from sysfs; one node with every CPU without NUMA support.");
+
+  // ---- SFT engine (spec 2.2) -------------------------------------------------------------
+  using kt_moe::py::PySftEngine;
+  nb::class_<PySftEngine>(m, "TP_MOE_SFT",
+                          "LoRA SFT engine of one MoE layer on a WorkerPool (one subpool per tensor-parallel part). "
+                          "Every *_task runs on the pool and returns when done (GIL released).")
+      .def(
+          "__init__",
+          [](PySftEngine* self, const kt_moe::MOESFTConfig& config, PyWorkerPool& pool) {
+            new (self) PySftEngine(config, pool.pool());
+          },
+          "config"_a, "pool"_a, nb::keep_alive<1, 3>())
+      .def_prop_ro("config", [](PySftEngine& e) { return e.engine().config(); })
+      .def_prop_ro("cache_depth", [](PySftEngine& e) { return e.engine().cache_depth(); },
+                   "Saved forwards waiting for backward.")
+      .def_prop_ro("cached_bytes_per_routed_slot",
+                   [](PySftEngine& e) { return e.engine().cached_bytes_per_routed_slot(); },
+                   "Bytes a saved forward holds per routed (token, slot) pair.")
+      .def("warm_up_task", [](PySftEngine& e) { e.engine().warm_up(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "One forward without saving over every CPU expert (needs weights and LoRA).")
+      .def("load_weights_task", &PySftEngine::load_weights, "gate"_a.noconvert(), "up"_a.noconvert(),
+           "down"_a.noconvert(), "physical_to_logical_map"_a.noconvert(),
+           "gate, up [E_logical, I, H], down [E_logical, H, I] bf16; slot p gets logical expert map[p] (int64 [E]).")
+      .def("load_expert_task", &PySftEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
+           "down"_a.noconvert(), "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`.")
+      .def("update_lora_weights_task", &PySftEngine::update_lora, "gate_a"_a.noconvert(), "gate_b"_a.noconvert(),
+           "up_a"_a.noconvert(), "up_b"_a.noconvert(), "down_a"_a.noconvert(), "down_b"_a.noconvert(),
+           "Point the engine at the six bf16 LoRA tensors; they are read in place by later calls.")
+      .def("forward_sft_task", &PySftEngine::forward, "qlen"_a, "k"_a, "expert_ids"_a.noconvert(),
+           "weights"_a.noconvert(), "input"_a.noconvert(), "output"_a.noconvert(), "save"_a,
+           "expert_ids int64 [q, k], weights fp32 [q, k], input bf16 [q, H] -> output bf16 [q, H].")
+      .def("backward_task", &PySftEngine::backward, "qlen"_a, "k"_a, "grad_output"_a.noconvert(),
+           "grad_input"_a.noconvert(), "grad_gate_a"_a.noconvert(), "grad_gate_b"_a.noconvert(),
+           "grad_up_a"_a.noconvert(), "grad_up_b"_a.noconvert(), "grad_down_a"_a.noconvert(),
+           "grad_down_b"_a.noconvert(), "grad_weights"_a.noconvert(),
+           "Pops the latest saved forward: grad_output bf16 [q, H] -> grad_input bf16 [q, H], fp32 LoRA "
+           "gradients (overwritten) and grad_weights fp32 [q, k].");
 }

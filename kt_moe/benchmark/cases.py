@@ -83,7 +83,7 @@ class TorchBF16Autograd(Case):
         return Outputs(out.detach(), self.x.grad, grads)
 
 
-def _ktmoe_wrapper(method: str, problem: Problem, threads: int):
+def ktmoe_wrapper(method: str, problem: Problem, threads: int):
     """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded."""
     s, mode = problem.shape, KT_METHOD_MODES[method]
     sft = dict(lora_rank=problem.rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
@@ -103,7 +103,7 @@ class KTMoEInference(Case):
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
-        self.wrapper = _ktmoe_wrapper(self.name, problem, threads)
+        self.wrapper = ktmoe_wrapper(self.name, problem, threads)
 
     def step(self) -> Outputs:
         p = self.p
@@ -120,7 +120,7 @@ class KTMoESFT(Case):
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
-        self.wrapper = _ktmoe_wrapper(self.name, problem, threads)
+        self.wrapper = ktmoe_wrapper(self.name, problem, threads)
         self.wrapper.init_lora_weights(*problem.lora)
 
     def step(self) -> Outputs:

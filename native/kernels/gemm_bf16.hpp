@@ -2,7 +2,9 @@
 // (weights stored [N, K] as Hugging Face stores them), the backward's transposed products
 // (weights read as [K, N]) and the thin LoRA products and gradients (A read as [K, M]).
 // Inputs are bf16, accumulation and output fp32. Each call is single-threaded: the engines
-// parallelise over experts and blocks and call these from the worker threads.
+// parallelise over experts and blocks and call these from the worker threads. The avx512_bf16 and
+// amx levels (amx_emulated too) keep their instructions' DAZ/FTZ: bf16 denormal inputs count as
+// zero and denormal fp32 results become zero; generic and avx512 keep denormals.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,49 @@
+"""Checks of the tensors callers hand to the wrappers: shape, dtype, device and layout, each
+failure a ValueError naming the argument and what was expected."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
+    return " or ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(value, name: str, shape: Tuple[int, ...], dtypes: Sequence[torch.dtype]) -> torch.Tensor:
+    """`value` itself when it is a CPU tensor of one of `dtypes` with exactly `shape` (-1: any size)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got device {value.device}")
+    if value.dtype not in dtypes:
+        raise ValueError(f"{name} must be {_dtype_names(dtypes)}, got {str(value.dtype).replace('torch.', '')}")
+    if value.dim() != len(shape) or any(want not in (-1, got) for want, got in zip(shape, value.shape)):
+        raise ValueError(f"{name} shape mismatch: expected {tuple(shape)}, got {tuple(value.shape)}")
+    return value
+
+
+def as_contiguous(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`value` in `dtype`, C-contiguous: the tensor itself when it already is (no copy)."""
+    return value.to(dtype).contiguous()
+
+
+def check_expert_map(value, num_experts: int, num_logical: int) -> torch.Tensor:
+    """physical_to_logical_map: int64 [num_experts] with entries in [0, num_logical)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"physical_to_logical_map must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != torch.int64:
+        raise ValueError(f"physical_to_logical_map must be int64, got {str(value.dtype).replace('torch.', '')}")
+    if value.dim() != 1 or value.shape[0] != num_experts:
+        raise ValueError(f"physical_to_logical_map must have shape ({num_experts},), got {tuple(value.shape)}")
+    value = value.cpu().contiguous()
+    bad = ((value < 0) | (value >= num_logical)).nonzero()
+    if bad.numel():
+        p = int(bad[0, 0])
+        raise ValueError(f"physical_to_logical_map[{p}] = {int(value[p])} is out of range [0, {num_logical})")
+    return value

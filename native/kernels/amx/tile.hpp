@@ -1,0 +1,50 @@
+// The AMX tile layer the AMX kernels are written against: the few tile instructions they use,
+// with two implementations behind one interface, chosen at compile time:
+//   tile_intrinsics.hpp  the instructions themselves (level amx; -mamx-tile -mamx-bf16)
+//   tile_emulated.hpp    portable C++ following Intel's pseudo-code for each instruction (level
+//                        amx_emulated; defined by KT_AMX_EMULATED=1, no ISA flags), so that every
+//                        CPU runs the AMX kernels' packing, tiling and tails.
+//
+// Interface (namespace kt_moe::KT_KERNEL_NS::tile; tile numbers T, C, A, B are 0..7):
+//   Config                       the 64-byte LDTILECFG block, palette 1
+//   configure(const Config&)     LDTILECFG: per-thread state; zeroes every tile
+//   release()                    TILERELEASE: back to the initial (unconfigured) state
+//   zero<T>()                    TILEZERO
+//   load<T>(base, stride_bytes)  TILELOADD: rows[T] rows of colsb[T] bytes, row r at base + r * stride
+//   store<T>(base, stride_bytes) TILESTORED
+//   dpbf16ps<C, A, B>()          TDPBF16PS: C[m][n] (fp32) += sum over k pairs of
+//                                A[m][pair k] . B[pair row k][n] (bf16 pairs, see tile_emulated.hpp)
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/level_namespace.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+namespace tile {
+
+constexpr int kTileCount = 8;     // palette 1: tmm0..tmm7
+constexpr int kMaxRows = 16;      // palette 1: rows per tile
+constexpr int kMaxColBytes = 64;  // palette 1: bytes per tile row
+
+// LDTILECFG's memory operand (Intel SDM, "Tile configuration"): palette 1, start_row 0, then the
+// bytes per row and the rows of each tile; tiles 8..15 and the reserved bytes must be zero.
+struct alignas(64) Config {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(Config) == 64, "LDTILECFG reads exactly 64 bytes");
+
+}  // namespace tile
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe
+
+#if defined(KT_AMX_EMULATED) && KT_AMX_EMULATED
+#include "kernels/amx/tile_emulated.hpp"
+#else
+#include "kernels/amx/tile_intrinsics.hpp"
+#endif

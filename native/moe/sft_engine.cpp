@@ -1,0 +1,471 @@
+// SftEngine: weight slices, the forward cache, and the forward / backward as phases of
+// expert-block tasks on the worker pool (each phase a barrier). Rows are routed (token, slot)
+// pairs grouped by expert (routing.hpp); "slice" is one subpool's share of the intermediate size.
+#include "moe/sft_engine.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/cpu_features.hpp"
+#include "moe/bf16.hpp"
+#include "pool/numa_topology.hpp"
+
+namespace kt_moe {
+namespace {
+
+constexpr int kIntermediateBlock = 128;  // columns of a slice per (expert, block) task
+constexpr int kHiddenBlock = 256;        // hidden columns per (expert, block) task
+
+int block_count(int size, int block) { return (size + block - 1) / block; }
+
+// C[m, n] (+)= alpha * a[m, :] . b[n, :]   (a [M, K] mk, b stored [N, K])
+void gemm_nt(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
+             int64_t ldc, float alpha = 1.0f, bool accumulate = false) {
+  gemm({m, n, k, a, lda, ALayout::mk, b, ldb, BLayout::nk, c, ldc, alpha, accumulate});
+}
+
+// C[m, n] (+)= alpha * sum_k a[m, k] b[k, n]   (a [M, K] mk, b stored [K, N])
+void gemm_nn(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
+             int64_t ldc, float alpha = 1.0f, bool accumulate = false) {
+  gemm({m, n, k, a, lda, ALayout::mk, b, ldb, BLayout::kn, c, ldc, alpha, accumulate});
+}
+
+// C[m, n] = alpha * sum_k a[k, m] b[k, n]   (a stored [K, M], b stored [K, N]): a sum over rows
+void gemm_tn(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
+             int64_t ldc, float alpha) {
+  gemm({m, n, k, a, lda, ALayout::km, b, ldb, BLayout::kn, c, ldc, alpha, false});
+}
+
+// A per-thread fp32 scratch of at least n elements (small products before their bf16 rounding).
+float* thread_scratch(size_t n) {
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch.data();
+}
+
+void to_bf16(const float* src, bf16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+float sigmoid(float g) { return 1.0f / (1.0f + std::exp(-g)); }
+
+}  // namespace
+
+struct SftEngine::Slice {
+  int begin = 0;            // first intermediate row of the slice
+  bf16_t* gate = nullptr;   // [E, Is, H]
+  bf16_t* up = nullptr;     // [E, Is, H]
+  bf16_t* down = nullptr;   // [E, H, Is]
+  size_t bytes = 0;         // of the one allocation the three live in
+  ~Slice() { numa_free(gate, bytes); }
+};
+
+// What forward() computes and backward() reads. R = routed rows, Is = slice size.
+struct SftEngine::ForwardState {
+  Routing routing;
+  std::vector<float> weights;  // [q * k] routing weights
+  Buffer<bf16_t> x;            // [R, H] the rows' tokens
+  Buffer<bf16_t> ax_gate;      // [R, r] A_g x
+  Buffer<bf16_t> ax_up;        // [R, r] A_u x
+  struct PerSlice {
+    Buffer<float> gate, up;    // [R, Is] pre-activation g and u
+    Buffer<bf16_t> az;         // [R, r] this slice's share of A_d z
+    Buffer<float> y;           // [R, H] this slice's share of the expert output; slice 0 ends as the sum
+  };
+  std::vector<PerSlice> slices;
+};
+
+// Scratch of one forward or backward, reused by the next.
+struct SftEngine::Scratch {
+  Buffer<bf16_t> d;   // [R, H] w * dy
+  Buffer<bf16_t> bd;  // [R, r] B_d^T d
+  struct PerSlice {
+    Buffer<bf16_t> z, dg, du;  // [R, Is]
+    Buffer<float> dz;          // [R, Is]
+    Buffer<bf16_t> bg, bu;     // [R, r] this slice's share of B_g^T dg, B_u^T du
+    Buffer<float> dx;          // [R, H] this slice's share of grad_input rows
+    Buffer<float> gate_a, up_a, down_b;  // slices >= 1: their shares of the summed LoRA gradients
+  };
+  std::vector<PerSlice> slices;
+};
+
+SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
+    : config_(config), pool_(pool), scratch_(std::make_unique<Scratch>()) {
+  const MOESFTConfig& c = config_;
+  if (c.expert_num < 1 || c.hidden_size < 1 || c.intermediate_size < 1 || c.experts_per_token < 1 ||
+      c.lora_rank < 1 || c.max_cache_depth < 1 || c.tp_size < 1)
+    throw std::invalid_argument("MOESFTConfig: expert_num, hidden_size, intermediate_size, experts_per_token, "
+                                "lora_rank, max_cache_depth and tp_size must be positive");
+  if (c.num_gpu_experts < 0 || c.num_gpu_experts > c.expert_num)
+    throw std::invalid_argument("MOESFTConfig: num_gpu_experts must be in [0, expert_num]");
+  if (c.tp_size != pool.subpool_count())
+    throw std::invalid_argument("MOESFTConfig.tp_size (" + std::to_string(c.tp_size) +
+                                ") must equal the pool's subpool count (" + std::to_string(pool.subpool_count()) + ")");
+  if (c.intermediate_size % c.tp_size != 0)
+    throw std::invalid_argument("MOESFTConfig: intermediate_size must be divisible by tp_size");
+  slice_size_ = c.intermediate_size / c.tp_size;
+  scale_ = c.lora_alpha / static_cast<float>(c.lora_rank);
+  const size_t slice_elems = size_t(c.expert_num) * slice_size_ * c.hidden_size;
+  for (int s = 0; s < c.tp_size; ++s) {
+    auto slice = std::make_unique<Slice>();
+    slice->begin = s * slice_size_;
+    slice->bytes = 3 * slice_elems * sizeof(bf16_t);
+    slice->gate = static_cast<bf16_t*>(numa_alloc(slice->bytes, pool.subpool(s).node()));
+    slice->up = slice->gate + slice_elems;
+    slice->down = slice->up + slice_elems;
+    slices_.push_back(std::move(slice));
+  }
+  loaded_.assign(c.expert_num, 0);
+  scratch_->slices.resize(c.tp_size);
+}
+
+SftEngine::~SftEngine() = default;
+
+void SftEngine::run(const std::function<void()>& work) {
+  pool_.submit(work);
+  pool_.sync();
+}
+
+void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
+  const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size, Is = slice_size_;
+  if (slot < 0 || slot >= E)
+    throw std::invalid_argument("expert slot " + std::to_string(slot) + " out of range [0, " + std::to_string(E) + ")");
+  run([&] {
+    pool_.for_each_subpool([&](int s) {  // each subpool writes (first-touches) its own slice
+      Slice& w = *slices_[s];
+      std::memcpy(w.gate + size_t(slot) * Is * H, gate + size_t(w.begin) * H, size_t(Is) * H * sizeof(bf16_t));
+      std::memcpy(w.up + size_t(slot) * Is * H, up + size_t(w.begin) * H, size_t(Is) * H * sizeof(bf16_t));
+      for (int h = 0; h < H; ++h)
+        std::memcpy(w.down + (size_t(slot) * H + h) * Is, down + size_t(h) * I + w.begin, size_t(Is) * sizeof(bf16_t));
+    });
+  });
+  if (!loaded_[slot]) {
+    loaded_[slot] = 1;
+    ++loaded_count_;
+  }
+}
+
+void SftEngine::set_lora(const LoraTensors& lora) {
+  if (!lora.gate_a || !lora.gate_b || !lora.up_a || !lora.up_b || !lora.down_a || !lora.down_b)
+    throw std::invalid_argument("set_lora: every LoRA tensor is required");
+  lora_ = lora;
+}
+
+void SftEngine::check_ready() const {
+  if (!weights_loaded())
+    throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
+                             std::to_string(loaded_count_) + " of " + std::to_string(config_.expert_num) +
+                             " experts loaded)");
+  if (!lora_set()) throw std::runtime_error("LoRA weights not initialized: call init_lora_weights() first");
+}
+
+std::unique_ptr<SftEngine::ForwardState> SftEngine::acquire_state() {
+  if (free_.empty()) return std::make_unique<ForwardState>();
+  std::unique_ptr<ForwardState> state = std::move(free_.back());
+  free_.pop_back();
+  return state;
+}
+
+void SftEngine::release_state(std::unique_ptr<ForwardState> state) {
+  if (free_.size() < 2) free_.push_back(std::move(state));  // enough for save / no-save alternation
+}
+
+size_t SftEngine::cached_bytes_per_routed_slot() const {
+  const size_t H = config_.hidden_size, r = config_.lora_rank, Is = slice_size_, tp = config_.tp_size;
+  // x, A_g x, A_u x; per slice g, u (fp32), A_d z share (bf16), y share (fp32); the slot's routing
+  return H * 2 + 2 * r * 2 + tp * (2 * Is * 4 + r * 2 + H * 4) + 4 * sizeof(int) + sizeof(float);
+}
+
+void SftEngine::forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
+                        bool save) {
+  check_ready();
+  if (q < 1) throw std::invalid_argument("forward: q must be positive");
+  if (save && cache_depth() >= config_.max_cache_depth)
+    throw std::runtime_error("Forward cache full: " + std::to_string(cache_depth()) +
+                             " saved forwards (max_cache_depth) are waiting for backward()");
+  std::unique_ptr<ForwardState> state = acquire_state();
+  state->routing = route_tokens(expert_ids, q, config_.experts_per_token, config_.expert_num,
+                                config_.num_gpu_experts);
+  state->weights.assign(weights, weights + size_t(q) * config_.experts_per_token);
+  const GemmFn gemm = gemm_bf16_kernel(active_isa_level());
+  run([&] { compute_forward(*state, x, out, gemm); });
+  if (save)
+    cache_.push_back(std::move(state));
+  else
+    release_state(std::move(state));
+}
+
+void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, GemmFn gemm) {
+  const Routing& rt = st.routing;
+  const int H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank, k = rt.k;
+  const int Is = slice_size_, R = rt.rows(), na = static_cast<int>(rt.active_experts.size());
+  const std::vector<int>& experts = rt.active_experts;
+  bf16_t* X = st.x.ensure(size_t(R) * H);
+  bf16_t* ax_gate = st.ax_gate.ensure(size_t(R) * r);
+  bf16_t* ax_up = st.ax_up.ensure(size_t(R) * r);
+  st.slices.resize(config_.tp_size);
+  for (int s = 0; s < config_.tp_size; ++s) {
+    st.slices[s].gate.ensure(size_t(R) * Is);
+    st.slices[s].up.ensure(size_t(R) * Is);
+    st.slices[s].az.ensure(size_t(R) * r);
+    st.slices[s].y.ensure(size_t(R) * H);
+    scratch_->slices[s].z.ensure(size_t(R) * Is);
+  }
+
+  // Gather each expert's tokens; LoRA A products (the same for every slice).
+  pool_.parallel_for_all(na, [&](int i) {
+    const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
+    for (int row = b; row < b + n; ++row)
+      std::memcpy(X + size_t(row) * H, x + size_t(rt.row_slot[row] / k) * H, size_t(H) * sizeof(bf16_t));
+    float* tmp = thread_scratch(size_t(n) * r);
+    gemm_nt(gemm, n, r, H, X + size_t(b) * H, H, lora_.gate_a + size_t(e) * r * H, H, tmp, r);
+    to_bf16(tmp, ax_gate + size_t(b) * r, size_t(n) * r);
+    gemm_nt(gemm, n, r, H, X + size_t(b) * H, H, lora_.up_a + size_t(e) * r * H, H, tmp, r);
+    to_bf16(tmp, ax_up + size_t(b) * r, size_t(n) * r);
+  });
+
+  pool_.for_each_subpool([&](int s) {
+    Subpool& sp = pool_.subpool(s);
+    const Slice& w = *slices_[s];
+    ForwardState::PerSlice& ss = st.slices[s];
+    bf16_t* z = scratch_->slices[s].z.data();
+    // g = W_g x + s B_g (A_g x), u likewise, z = silu(g) * u: per (expert, intermediate block).
+    const int ib = block_count(Is, kIntermediateBlock);
+    sp.parallel_for(na * ib, [&](int task) {
+      const int e = experts[task / ib], c0 = (task % ib) * kIntermediateBlock;
+      const int nc = std::min(kIntermediateBlock, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      float* g = ss.gate.data() + size_t(b) * Is + c0;
+      float* u = ss.up.data() + size_t(b) * Is + c0;
+      const size_t w_off = (size_t(e) * Is + c0) * H, b_off = (size_t(e) * I + w.begin + c0) * r;
+      gemm_nt(gemm, n, nc, H, X + size_t(b) * H, H, w.gate + w_off, H, g, Is);
+      gemm_nt(gemm, n, nc, r, ax_gate + size_t(b) * r, r, lora_.gate_b + b_off, r, g, Is, scale_, true);
+      gemm_nt(gemm, n, nc, H, X + size_t(b) * H, H, w.up + w_off, H, u, Is);
+      gemm_nt(gemm, n, nc, r, ax_up + size_t(b) * r, r, lora_.up_b + b_off, r, u, Is, scale_, true);
+      for (int m = 0; m < n; ++m)
+        for (int c = 0; c < nc; ++c) {
+          const float gv = g[size_t(m) * Is + c];
+          z[size_t(b + m) * Is + c0 + c] = float_to_bf16(gv * sigmoid(gv) * u[size_t(m) * Is + c]);
+        }
+    });
+    // This slice's share of A_d z, per expert.
+    sp.parallel_for(na, [&](int i) {
+      const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
+      float* tmp = thread_scratch(size_t(n) * r);
+      gemm_nt(gemm, n, r, Is, z + size_t(b) * Is, Is, lora_.down_a + size_t(e) * r * I + w.begin, I, tmp, r);
+      to_bf16(tmp, ss.az.data() + size_t(b) * r, size_t(n) * r);
+    });
+    // y = W_d z + s B_d (A_d z) (this slice's share), per (expert, hidden block).
+    const int hb = block_count(H, kHiddenBlock);
+    sp.parallel_for(na * hb, [&](int task) {
+      const int e = experts[task / hb], h0 = (task % hb) * kHiddenBlock;
+      const int nh = std::min(kHiddenBlock, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      float* y = ss.y.data() + size_t(b) * H + h0;
+      gemm_nt(gemm, n, nh, Is, z + size_t(b) * Is, Is, w.down + (size_t(e) * H + h0) * Is, Is, y, H);
+      gemm_nt(gemm, n, nh, r, ss.az.data() + size_t(b) * r, r, lora_.down_b + (size_t(e) * H + h0) * r, r, y, H,
+              scale_, true);
+    });
+  });
+
+  // out[t] = sum_j w_j y_(t, j); slice 0's y becomes the sum over slices (kept for backward).
+  pool_.parallel_for_all(rt.q, [&](int t) {
+    float* acc = thread_scratch(H);
+    std::fill(acc, acc + H, 0.0f);
+    for (int j = 0; j < k; ++j) {
+      const int row = rt.slot_row[size_t(t) * k + j];
+      if (row < 0) continue;
+      float* y = st.slices[0].y.data() + size_t(row) * H;
+      for (int s = 1; s < config_.tp_size; ++s) {
+        const float* ys = st.slices[s].y.data() + size_t(row) * H;
+        for (int h = 0; h < H; ++h) y[h] += ys[h];
+      }
+      const float wt = st.weights[size_t(t) * k + j];
+      for (int h = 0; h < H; ++h) acc[h] += wt * y[h];
+    }
+    to_bf16(acc, out + size_t(t) * H, H);
+  });
+}
+
+void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads,
+                         float* grad_weights) {
+  if (cache_.empty())
+    throw std::runtime_error("No forward cache available: call forward_sft(..., save_for_backward=True) first");
+  if (q != cache_.back()->routing.q)
+    throw std::invalid_argument("grad_output has " + std::to_string(q) + " tokens, the saved forward had " +
+                                std::to_string(cache_.back()->routing.q));
+  std::unique_ptr<ForwardState> state = std::move(cache_.back());
+  cache_.pop_back();
+  const GemmFn gemm = gemm_bf16_kernel(active_isa_level());
+  run([&] { compute_backward(*state, grad_out, grad_in, grads, grad_weights, gemm); });
+  release_state(std::move(state));
+}
+
+void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,
+                                 const LoraGradients& grads, float* grad_weights, GemmFn gemm) {
+  const Routing& rt = st.routing;
+  const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
+  const int r = config_.lora_rank, k = rt.k, Is = slice_size_, R = rt.rows(), tp = config_.tp_size;
+  const int na = static_cast<int>(rt.active_experts.size());
+  const std::vector<int>& experts = rt.active_experts;
+  bf16_t* D = scratch_->d.ensure(size_t(R) * H);
+  bf16_t* bd = scratch_->bd.ensure(size_t(R) * r);
+  for (int s = 0; s < tp; ++s) {
+    Scratch::PerSlice& sc = scratch_->slices[s];
+    sc.z.ensure(size_t(R) * Is);
+    sc.dg.ensure(size_t(R) * Is);
+    sc.du.ensure(size_t(R) * Is);
+    sc.dz.ensure(size_t(R) * Is);
+    sc.bg.ensure(size_t(R) * r);
+    sc.bu.ensure(size_t(R) * r);
+    sc.dx.ensure(size_t(R) * H);
+    if (s > 0) {
+      sc.gate_a.ensure(size_t(E) * r * H);
+      sc.up_a.ensure(size_t(E) * r * H);
+      sc.down_b.ensure(size_t(E) * H * r);
+    }
+  }
+
+  // dL/dw = <dy, y_e> per slot; d = w dy per row.
+  pool_.parallel_for_all(rt.q, [&](int t) {
+    const bf16_t* dy = grad_out + size_t(t) * H;
+    for (int j = 0; j < k; ++j) {
+      const size_t slot = size_t(t) * k + j;
+      const int row = rt.slot_row[slot];
+      if (row < 0) {
+        grad_weights[slot] = 0.0f;
+        continue;
+      }
+      const float* y = st.slices[0].y.data() + size_t(row) * H;
+      const float wt = st.weights[slot];
+      bf16_t* d = D + size_t(row) * H;
+      float dot = 0.0f;
+      for (int h = 0; h < H; ++h) {
+        const float g = bf16_to_float(dy[h]);
+        dot += g * y[h];
+        d[h] = float_to_bf16(wt * g);
+      }
+      grad_weights[slot] = dot;
+    }
+  });
+  // Zero every gradient (experts without rows keep zeros); B_d^T d per expert.
+  pool_.parallel_for_all(E, [&](int e) {
+    std::fill_n(grads.gate_a + size_t(e) * r * H, size_t(r) * H, 0.0f);
+    std::fill_n(grads.up_a + size_t(e) * r * H, size_t(r) * H, 0.0f);
+    std::fill_n(grads.gate_b + size_t(e) * I * r, size_t(I) * r, 0.0f);
+    std::fill_n(grads.up_b + size_t(e) * I * r, size_t(I) * r, 0.0f);
+    std::fill_n(grads.down_a + size_t(e) * r * I, size_t(r) * I, 0.0f);
+    std::fill_n(grads.down_b + size_t(e) * H * r, size_t(H) * r, 0.0f);
+  });
+  pool_.parallel_for_all(na, [&](int i) {
+    const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
+    float* tmp = thread_scratch(size_t(n) * r);
+    gemm_nn(gemm, n, r, H, D + size_t(b) * H, H, lora_.down_b + size_t(e) * H * r, r, tmp, r);
+    to_bf16(tmp, bd + size_t(b) * r, size_t(n) * r);
+  });
+
+  pool_.for_each_subpool([&](int s) {
+    Subpool& sp = pool_.subpool(s);
+    const Slice& w = *slices_[s];
+    const ForwardState::PerSlice& ss = st.slices[s];
+    Scratch::PerSlice& sc = scratch_->slices[s];
+    bf16_t *z = sc.z.data(), *dg = sc.dg.data(), *du = sc.du.data();
+    // dz = W_d^T d + s A_d^T (B_d^T d); dg, du; dA_d, dB_g, dB_u: per (expert, intermediate block).
+    const int ib = block_count(Is, kIntermediateBlock);
+    sp.parallel_for(na * ib, [&](int task) {
+      const int e = experts[task / ib], c0 = (task % ib) * kIntermediateBlock;
+      const int nc = std::min(kIntermediateBlock, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      float* dz = sc.dz.data() + size_t(b) * Is + c0;
+      gemm_nn(gemm, n, nc, H, D + size_t(b) * H, H, w.down + size_t(e) * H * Is + c0, Is, dz, Is);
+      gemm_nn(gemm, n, nc, r, bd + size_t(b) * r, r, lora_.down_a + size_t(e) * r * I + w.begin + c0, I, dz, Is,
+              scale_, true);
+      for (int m = 0; m < n; ++m)
+        for (int c = 0; c < nc; ++c) {
+          const size_t at = size_t(b + m) * Is + c0 + c;
+          const float g = ss.gate.data()[at], u = ss.up.data()[at], dzv = dz[size_t(m) * Is + c];
+          const float sg = sigmoid(g), silu = g * sg;
+          z[at] = float_to_bf16(silu * u);
+          dg[at] = float_to_bf16(dzv * u * sg * (1.0f + g * (1.0f - sg)));
+          du[at] = float_to_bf16(dzv * silu);
+        }
+      const size_t rows_at = size_t(b) * Is + c0;
+      gemm_tn(gemm, r, nc, n, bd + size_t(b) * r, r, z + rows_at, Is,
+              grads.down_a + size_t(e) * r * I + w.begin + c0, I, scale_);
+      const size_t b_off = (size_t(e) * I + w.begin + c0) * r;
+      gemm_tn(gemm, nc, r, n, dg + rows_at, Is, st.ax_gate.data() + size_t(b) * r, r, grads.gate_b + b_off, r, scale_);
+      gemm_tn(gemm, nc, r, n, du + rows_at, Is, st.ax_up.data() + size_t(b) * r, r, grads.up_b + b_off, r, scale_);
+    });
+    // Per expert: this slice's B^T dg, B^T du and its shares of dA_g, dA_u, dB_d.
+    float* grad_gate_a = s == 0 ? grads.gate_a : sc.gate_a.data();
+    float* grad_up_a = s == 0 ? grads.up_a : sc.up_a.data();
+    float* grad_down_b = s == 0 ? grads.down_b : sc.down_b.data();
+    sp.parallel_for(na, [&](int i) {
+      const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
+      float* tmp = thread_scratch(size_t(n) * r);
+      const size_t b_off = (size_t(e) * I + w.begin) * r;
+      gemm_nn(gemm, n, r, Is, dg + size_t(b) * Is, Is, lora_.gate_b + b_off, r, tmp, r);
+      to_bf16(tmp, sc.bg.data() + size_t(b) * r, size_t(n) * r);
+      gemm_nn(gemm, n, r, Is, du + size_t(b) * Is, Is, lora_.up_b + b_off, r, tmp, r);
+      to_bf16(tmp, sc.bu.data() + size_t(b) * r, size_t(n) * r);
+      const bf16_t* xe = st.x.data() + size_t(b) * H;
+      gemm_tn(gemm, r, H, n, sc.bg.data() + size_t(b) * r, r, xe, H, grad_gate_a + size_t(e) * r * H, H, scale_);
+      gemm_tn(gemm, r, H, n, sc.bu.data() + size_t(b) * r, r, xe, H, grad_up_a + size_t(e) * r * H, H, scale_);
+      gemm_tn(gemm, H, r, n, D + size_t(b) * H, H, ss.az.data() + size_t(b) * r, r, grad_down_b + size_t(e) * H * r,
+              r, scale_);
+    });
+    // dx = W_g^T dg + W_u^T du + s (A_g^T B_g^T dg + A_u^T B_u^T du) (this slice's share), per (expert, hidden block).
+    const int hb = block_count(H, kHiddenBlock);
+    sp.parallel_for(na * hb, [&](int task) {
+      const int e = experts[task / hb], h0 = (task % hb) * kHiddenBlock;
+      const int nh = std::min(kHiddenBlock, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      float* dx = sc.dx.data() + size_t(b) * H + h0;
+      const size_t w_off = size_t(e) * Is * H + h0, a_off = size_t(e) * r * H + h0;
+      gemm_nn(gemm, n, nh, Is, dg + size_t(b) * Is, Is, w.gate + w_off, H, dx, H);
+      gemm_nn(gemm, n, nh, Is, du + size_t(b) * Is, Is, w.up + w_off, H, dx, H, 1.0f, true);
+      gemm_nn(gemm, n, nh, r, sc.bg.data() + size_t(b) * r, r, lora_.gate_a + a_off, H, dx, H, scale_, true);
+      gemm_nn(gemm, n, nh, r, sc.bu.data() + size_t(b) * r, r, lora_.up_a + a_off, H, dx, H, scale_, true);
+    });
+  });
+
+  // grad_input[t] = sum over the token's rows and the slices; the slices' LoRA gradient shares.
+  pool_.parallel_for_all(rt.q, [&](int t) {
+    float* acc = thread_scratch(H);
+    std::fill(acc, acc + H, 0.0f);
+    for (int j = 0; j < k; ++j) {
+      const int row = rt.slot_row[size_t(t) * k + j];
+      if (row < 0) continue;
+      for (int s = 0; s < tp; ++s) {
+        const float* dx = scratch_->slices[s].dx.data() + size_t(row) * H;
+        for (int h = 0; h < H; ++h) acc[h] += dx[h];
+      }
+    }
+    to_bf16(acc, grad_in + size_t(t) * H, H);
+  });
+  if (tp > 1)
+    pool_.parallel_for_all(na, [&](int i) {
+      const int e = experts[i];
+      for (int s = 1; s < tp; ++s) {
+        const Scratch::PerSlice& sc = scratch_->slices[s];
+        const size_t ra = size_t(e) * r * H, br = size_t(e) * H * r;
+        for (size_t j = 0; j < size_t(r) * H; ++j) {
+          grads.gate_a[ra + j] += sc.gate_a.data()[ra + j];
+          grads.up_a[ra + j] += sc.up_a.data()[ra + j];
+          grads.down_b[br + j] += sc.down_b.data()[br + j];
+        }
+      }
+    });
+}
+
+void SftEngine::warm_up() {
+  check_ready();
+  const int k = config_.experts_per_token, first = config_.num_gpu_experts, cpu_experts = config_.expert_num - first;
+  const int q = std::max(1, (cpu_experts + k - 1) / k);
+  std::vector<int64_t> ids(size_t(q) * k, -1);
+  for (int i = 0; i < cpu_experts; ++i) ids[i] = first + i;
+  std::vector<float> weights(ids.size(), 1.0f);
+  std::vector<bf16_t> x(size_t(q) * config_.hidden_size, 0), out(x.size());
+  forward(q, ids.data(), weights.data(), x.data(), out.data(), false);
+}
+
+}  // namespace kt_moe

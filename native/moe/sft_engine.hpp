@@ -1,0 +1,109 @@
+// The LoRA fine-tuning engine of one MoE layer (AMXBF16_SFT). The frozen bf16 experts are split by
+// intermediate slice over the pool's subpools (tensor parallel: subpool s owns rows
+// [s * I / tp, (s + 1) * I / tp) of gate/up and the same columns of down); the LoRA adapters are
+// read in place from the caller's tensors. forward() can save what backward() needs on a bounded
+// stack; backward() pops the latest entry and produces grad_input, the six LoRA gradients and the
+// routing-weight gradient (math: DESIGN.md section 3).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "config/moe_config.hpp"
+#include "kernels/gemm_bf16.hpp"
+#include "moe/buffer.hpp"
+#include "moe/routing.hpp"
+#include "pool/worker_pool.hpp"
+
+namespace kt_moe {
+
+// The caller's LoRA tensors, bf16, contiguous; E experts, rank r.
+struct LoraTensors {
+  const bf16_t* gate_a = nullptr;  // [E, r, H]
+  const bf16_t* gate_b = nullptr;  // [E, I, r]
+  const bf16_t* up_a = nullptr;    // [E, r, H]
+  const bf16_t* up_b = nullptr;    // [E, I, r]
+  const bf16_t* down_a = nullptr;  // [E, r, I]
+  const bf16_t* down_b = nullptr;  // [E, H, r]
+};
+
+// fp32 gradients with the shapes of LoraTensors; backward() overwrites them (zero for experts
+// that got no token).
+struct LoraGradients {
+  float* gate_a = nullptr;
+  float* gate_b = nullptr;
+  float* up_a = nullptr;
+  float* up_b = nullptr;
+  float* down_a = nullptr;
+  float* down_b = nullptr;
+};
+
+class SftEngine {
+ public:
+  // Allocates the base-weight storage of every subpool (on its NUMA node). std::invalid_argument
+  // when the config's sizes are not positive, tp_size differs from the pool's subpool count or
+  // intermediate_size is not divisible by tp_size.
+  SftEngine(const MOESFTConfig& config, WorkerPool& pool);
+  ~SftEngine();
+  SftEngine(const SftEngine&) = delete;
+  SftEngine& operator=(const SftEngine&) = delete;
+
+  const MOESFTConfig& config() const { return config_; }
+
+  // Copies one expert into physical slot `slot`: gate, up [I, H] and down [H, I], bf16, contiguous.
+  // Each subpool copies its own slice.
+  void load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
+  bool weights_loaded() const { return loaded_count_ == config_.expert_num; }
+
+  void set_lora(const LoraTensors& lora);
+  bool lora_set() const { return lora_.gate_a != nullptr; }
+
+  // x [q, H] bf16, expert_ids [q, k], weights [q, k] fp32 -> out [q, H] bf16, q >= 1. With `save`
+  // pushes the forward's state on the cache (RuntimeError "Forward cache full" before any work
+  // when max_cache_depth entries are held). std::runtime_error "Weights not loaded" / "LoRA weights
+  // not initialized"; std::invalid_argument for bad expert ids.
+  void forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out, bool save);
+
+  // Pops the latest saved forward (std::runtime_error "No forward cache available" when none):
+  // grad_out [q, H] bf16 -> grad_in [q, H] bf16, LoRA gradients, grad_weights [q, k] fp32
+  // (dL/dweights). std::invalid_argument when q differs from the saved forward's (the entry stays).
+  void backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads, float* grad_weights);
+
+  int cache_depth() const { return static_cast<int>(cache_.size()); }
+  // Bytes one routed (token, slot) pair holds in a saved forward.
+  size_t cached_bytes_per_routed_slot() const;
+
+  // Runs a forward without saving over one token per expert (sizes the scratch, pages the
+  // weights in). Needs weights and LoRA like forward().
+  void warm_up();
+
+  struct ForwardState;
+  struct Scratch;
+
+ private:
+  struct Slice;  // one subpool's base weights
+
+  void check_ready() const;
+  std::unique_ptr<ForwardState> acquire_state();
+  void release_state(std::unique_ptr<ForwardState> state);
+  void run(const std::function<void()>& work);  // on the pool, waiting for it
+  void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, GemmFn gemm);
+  void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads,
+                        float* grad_weights, GemmFn gemm);
+
+  MOESFTConfig config_;
+  WorkerPool& pool_;
+  int slice_size_;  // I / tp
+  float scale_;     // lora_alpha / lora_rank
+  std::vector<std::unique_ptr<Slice>> slices_;
+  std::vector<char> loaded_;
+  int loaded_count_ = 0;
+  LoraTensors lora_;
+  std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
+  std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse
+  std::unique_ptr<Scratch> scratch_;
+};
+
+}  // namespace kt_moe

@@ -1,0 +1,113 @@
+// The object Python sees as kt_moe._native.TP_MOE_SFT (spec 2.2): an SftEngine plus the checks of
+// the arrays it is handed and the references to the LoRA tensors it reads in place. Every *_task
+// runs on the worker pool and returns when it has finished. Included by bindings.cpp only.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "moe/sft_engine.hpp"
+#include "py/arrays.hpp"
+
+namespace kt_moe::py {
+
+class PySftEngine {
+ public:
+  PySftEngine(const MOESFTConfig& config, WorkerPool& pool) : engine_(config, pool) {}
+
+  SftEngine& engine() { return engine_; }
+
+  // gate, up [E_logical, I, H], down [E_logical, H, I] bf16; physical slot p gets logical expert map[p].
+  void load_weights(const Array& gate, const Array& up, const Array& down, const Array& map) {
+    const MOESFTConfig& c = engine_.config();
+    const int64_t logical = gate.ndim() == 3 ? int64_t(gate.shape(0)) : -1;
+    const int64_t I = c.intermediate_size, H = c.hidden_size;
+    const bf16_t* g = checked<const bf16_t>(gate, "gate", DType::bf16, {logical, I, H});
+    const bf16_t* u = checked<const bf16_t>(up, "up", DType::bf16, {logical, I, H});
+    const bf16_t* d = checked<const bf16_t>(down, "down", DType::bf16, {logical, H, I});
+    const int64_t* m = checked<const int64_t>(map, "physical_to_logical_map", DType::i64, {c.expert_num});
+    for (int p = 0; p < c.expert_num; ++p)
+      if (m[p] < 0 || m[p] >= logical)
+        throw std::invalid_argument("physical_to_logical_map[" + std::to_string(p) + "] = " + std::to_string(m[p]) +
+                                    " is out of range [0, " + std::to_string(logical) + ")");
+    nanobind::gil_scoped_release unlocked;
+    for (int p = 0; p < c.expert_num; ++p)
+      engine_.load_expert(p, g + m[p] * I * H, u + m[p] * I * H, d + m[p] * H * I);
+  }
+
+  // One expert into physical slot `slot`: gate, up [I, H], down [H, I] bf16.
+  void load_expert(int slot, const Array& gate, const Array& up, const Array& down) {
+    const MOESFTConfig& c = engine_.config();
+    const int64_t I = c.intermediate_size, H = c.hidden_size;
+    const bf16_t* g = checked<const bf16_t>(gate, "gate", DType::bf16, {I, H});
+    const bf16_t* u = checked<const bf16_t>(up, "up", DType::bf16, {I, H});
+    const bf16_t* d = checked<const bf16_t>(down, "down", DType::bf16, {H, I});
+    nanobind::gil_scoped_release unlocked;
+    engine_.load_expert(slot, g, u, d);
+  }
+
+  // The six LoRA tensors (bf16, spec 3.2 shapes), read in place until the next call.
+  void update_lora(const Array& gate_a, const Array& gate_b, const Array& up_a, const Array& up_b,
+                   const Array& down_a, const Array& down_b) {
+    const MOESFTConfig& c = engine_.config();
+    const int64_t E = c.expert_num, r = c.lora_rank, H = c.hidden_size, I = c.intermediate_size;
+    LoraTensors t;
+    t.gate_a = checked<const bf16_t>(gate_a, "gate_lora_a", DType::bf16, {E, r, H});
+    t.gate_b = checked<const bf16_t>(gate_b, "gate_lora_b", DType::bf16, {E, I, r});
+    t.up_a = checked<const bf16_t>(up_a, "up_lora_a", DType::bf16, {E, r, H});
+    t.up_b = checked<const bf16_t>(up_b, "up_lora_b", DType::bf16, {E, I, r});
+    t.down_a = checked<const bf16_t>(down_a, "down_lora_a", DType::bf16, {E, r, I});
+    t.down_b = checked<const bf16_t>(down_b, "down_lora_b", DType::bf16, {E, H, r});
+    engine_.set_lora(t);
+    lora_refs_ = {gate_a, gate_b, up_a, up_b, down_a, down_b};
+  }
+
+  void forward(int qlen, int k, const Array& expert_ids, const Array& weights, const Array& input,
+               const Array& output, bool save) {
+    const MOESFTConfig& c = engine_.config();
+    check_batch(qlen, k);
+    const int64_t H = c.hidden_size;
+    const int64_t* ids = checked<const int64_t>(expert_ids, "expert_ids", DType::i64, {qlen, k});
+    const float* w = checked<const float>(weights, "weights", DType::f32, {qlen, k});
+    const bf16_t* x = checked<const bf16_t>(input, "input", DType::bf16, {qlen, H});
+    bf16_t* out = checked<bf16_t>(output, "output", DType::bf16, {qlen, H});
+    nanobind::gil_scoped_release unlocked;
+    engine_.forward(qlen, ids, w, x, out, save);
+  }
+
+  void backward(int qlen, int k, const Array& grad_output, const Array& grad_input, const Array& grad_gate_a,
+                const Array& grad_gate_b, const Array& grad_up_a, const Array& grad_up_b, const Array& grad_down_a,
+                const Array& grad_down_b, const Array& grad_weights) {
+    const MOESFTConfig& c = engine_.config();
+    check_batch(qlen, k);
+    const int64_t E = c.expert_num, r = c.lora_rank, H = c.hidden_size, I = c.intermediate_size;
+    const bf16_t* dy = checked<const bf16_t>(grad_output, "grad_output", DType::bf16, {qlen, H});
+    bf16_t* dx = checked<bf16_t>(grad_input, "grad_input", DType::bf16, {qlen, H});
+    LoraGradients g;
+    g.gate_a = checked<float>(grad_gate_a, "grad_gate_lora_a", DType::f32, {E, r, H});
+    g.gate_b = checked<float>(grad_gate_b, "grad_gate_lora_b", DType::f32, {E, I, r});
+    g.up_a = checked<float>(grad_up_a, "grad_up_lora_a", DType::f32, {E, r, H});
+    g.up_b = checked<float>(grad_up_b, "grad_up_lora_b", DType::f32, {E, I, r});
+    g.down_a = checked<float>(grad_down_a, "grad_down_lora_a", DType::f32, {E, r, I});
+    g.down_b = checked<float>(grad_down_b, "grad_down_lora_b", DType::f32, {E, H, r});
+    float* dw = checked<float>(grad_weights, "grad_weights", DType::f32, {qlen, k});
+    nanobind::gil_scoped_release unlocked;
+    engine_.backward(qlen, dy, dx, g, dw);
+  }
+
+ private:
+  void check_batch(int qlen, int k) const {
+    if (qlen < 1) throw std::invalid_argument("qlen must be positive, got " + std::to_string(qlen));
+    if (k != engine_.config().experts_per_token)
+      throw std::invalid_argument("k (" + std::to_string(k) + ") must equal experts_per_token (" +
+                                  std::to_string(engine_.config().experts_per_token) + ")");
+  }
+
+  SftEngine engine_;
+  std::array<Array, 6> lora_refs_;  // keep the tensors the engine reads alive
+};
+
+}  // namespace kt_moe::py
