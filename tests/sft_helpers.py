@@ -23,7 +23,6 @@ TOL = 1e-2  # relative L2 bound of AMXBF16_SFT against the fp32 reference (bf16 
 MIN_NORM = 1e-2  # every tensor compared by relative error must have at least this norm
 LORA_NAMES = LoraWeights._fields  # gate_lora_a, gate_lora_b, up_lora_a, up_lora_b, down_lora_a, down_lora_b
 GRAD_NAMES = LORA_NAMES + ("routing_weights",)
-ISA_LEVELS = ("generic", "avx512", "avx512_bf16", "amx", "amx_emulated")
 START_ISA = kt_moe.cpu_info()["active"]  # the best level, unless KT_MOE_ISA forced another one
 
 

@@ -16,8 +16,17 @@
 namespace kt_moe {
 namespace {
 
-constexpr int kIntermediateBlock = 128;  // columns of a slice per (expert, block) task
-constexpr int kHiddenBlock = 256;        // hidden columns per (expert, block) task
+// Column blocks per expert task: whole rows stream best (one kernel call per weight), so an
+// expert is split only when there are too few experts to give every thread several tasks.
+constexpr int kTasksPerThread = 4;
+constexpr int kBlockAlign = 32;
+
+// Columns per (expert, block) task for a `size`-wide output over `experts` experts.
+int block_columns(int size, int experts, int threads) {
+  const int blocks = std::max(1, (kTasksPerThread * threads + experts - 1) / std::max(experts, 1));
+  const int columns = (size + blocks - 1) / blocks;
+  return std::min(size, (columns + kBlockAlign - 1) / kBlockAlign * kBlockAlign);
+}
 
 int block_count(int size, int block) { return (size + block - 1) / block; }
 
@@ -233,10 +242,10 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
     ForwardState::PerSlice& ss = st.slices[s];
     bf16_t* z = scratch_->slices[s].z.data();
     // g = W_g x + s B_g (A_g x), u likewise, z = silu(g) * u: per (expert, intermediate block).
-    const int ib = block_count(Is, kIntermediateBlock);
+    const int iw = block_columns(Is, na, sp.thread_count()), ib = block_count(Is, iw);
     sp.parallel_for(na * ib, [&](int task) {
-      const int e = experts[task / ib], c0 = (task % ib) * kIntermediateBlock;
-      const int nc = std::min(kIntermediateBlock, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      const int e = experts[task / ib], c0 = (task % ib) * iw;
+      const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* g = ss.gate.data() + size_t(b) * Is + c0;
       float* u = ss.up.data() + size_t(b) * Is + c0;
       const size_t w_off = (size_t(e) * Is + c0) * H, b_off = (size_t(e) * I + w.begin + c0) * r;
@@ -258,10 +267,10 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
       to_bf16(tmp, ss.az.data() + size_t(b) * r, size_t(n) * r);
     });
     // y = W_d z + s B_d (A_d z) (this slice's share), per (expert, hidden block).
-    const int hb = block_count(H, kHiddenBlock);
+    const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
     sp.parallel_for(na * hb, [&](int task) {
-      const int e = experts[task / hb], h0 = (task % hb) * kHiddenBlock;
-      const int nh = std::min(kHiddenBlock, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      const int e = experts[task / hb], h0 = (task % hb) * hw;
+      const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* y = ss.y.data() + size_t(b) * H + h0;
       gemm_nt(gemm, n, nh, Is, z + size_t(b) * Is, Is, w.down + (size_t(e) * H + h0) * Is, Is, y, H);
       gemm_nt(gemm, n, nh, r, ss.az.data() + size_t(b) * r, r, lora_.down_b + (size_t(e) * H + h0) * r, r, y, H,
@@ -372,10 +381,10 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
     Scratch::PerSlice& sc = scratch_->slices[s];
     bf16_t *z = sc.z.data(), *dg = sc.dg.data(), *du = sc.du.data();
     // dz = W_d^T d + s A_d^T (B_d^T d); dg, du; dA_d, dB_g, dB_u: per (expert, intermediate block).
-    const int ib = block_count(Is, kIntermediateBlock);
+    const int iw = block_columns(Is, na, sp.thread_count()), ib = block_count(Is, iw);
     sp.parallel_for(na * ib, [&](int task) {
-      const int e = experts[task / ib], c0 = (task % ib) * kIntermediateBlock;
-      const int nc = std::min(kIntermediateBlock, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      const int e = experts[task / ib], c0 = (task % ib) * iw;
+      const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* dz = sc.dz.data() + size_t(b) * Is + c0;
       gemm_nn(gemm, n, nc, H, D + size_t(b) * H, H, w.down + size_t(e) * H * Is + c0, Is, dz, Is);
       gemm_nn(gemm, n, nc, r, bd + size_t(b) * r, r, lora_.down_a + size_t(e) * r * I + w.begin + c0, I, dz, Is,
@@ -415,10 +424,10 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
               r, scale_);
     });
     // dx = W_g^T dg + W_u^T du + s (A_g^T B_g^T dg + A_u^T B_u^T du) (this slice's share), per (expert, hidden block).
-    const int hb = block_count(H, kHiddenBlock);
+    const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
     sp.parallel_for(na * hb, [&](int task) {
-      const int e = experts[task / hb], h0 = (task % hb) * kHiddenBlock;
-      const int nh = std::min(kHiddenBlock, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
+      const int e = experts[task / hb], h0 = (task % hb) * hw;
+      const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* dx = sc.dx.data() + size_t(b) * H + h0;
       const size_t w_off = size_t(e) * Is * H + h0, a_off = size_t(e) * r * H + h0;
       gemm_nn(gemm, n, nh, Is, dg + size_t(b) * Is, Is, w.gate + w_off, H, dx, H);
