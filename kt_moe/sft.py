@@ -1,7 +1,7 @@
-"""SFT wrappers: BaseSFTMoEWrapper (spec 1.4) and AMXSFTMoEWrapper (LoRA on frozen experts).
+"""SFT wrappers: BaseSFTMoEWrapper (spec 1.4) and AMXSFTMoEWrapper (LoRA on frozen experts,
+running on the native TP_MOE_SFT engine). User guide: docs/sft.md.
 
-The engine behind these classes is built by later work; until a method's engine exists the
-factory refuses it at construction (see kt_moe.wrapper.ENGINES_NOT_BUILT).
+Methods whose engine is not built yet are refused by the factory (kt_moe.wrapper.ENGINES_NOT_BUILT).
 """
 
 from __future__ import annotations
