@@ -59,8 +59,6 @@ void to_bf16(const float* src, bf16_t* dst, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
-float sigmoid(float g) { return 1.0f / (1.0f + std::exp(-g)); }
-
 }  // namespace
 
 struct SftEngine::Slice {
@@ -199,15 +197,16 @@ void SftEngine::forward(int q, const int64_t* expert_ids, const float* weights, 
   state->routing = route_tokens(expert_ids, q, config_.experts_per_token, config_.expert_num,
                                 config_.num_gpu_experts);
   state->weights.assign(weights, weights + size_t(q) * config_.experts_per_token);
-  const GemmFn gemm = gemm_bf16_kernel(active_isa_level());
-  run([&] { compute_forward(*state, x, out, gemm); });
+  const EngineKernels kernels = EngineKernels::for_level(active_isa_level());
+  run([&] { compute_forward(*state, x, out, kernels); });
   if (save)
     cache_.push_back(std::move(state));
   else
     release_state(std::move(state));
 }
 
-void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, GemmFn gemm) {
+void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels) {
+  const GemmFn gemm = kernels.gemm;
   const Routing& rt = st.routing;
   const int H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank, k = rt.k;
   const int Is = slice_size_, R = rt.rows(), na = static_cast<int>(rt.active_experts.size());
@@ -254,10 +253,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
       gemm_nt(gemm, n, nc, H, X + size_t(b) * H, H, w.up + w_off, H, u, Is);
       gemm_nt(gemm, n, nc, r, ax_up + size_t(b) * r, r, lora_.up_b + b_off, r, u, Is, scale_, true);
       for (int m = 0; m < n; ++m)
-        for (int c = 0; c < nc; ++c) {
-          const float gv = g[size_t(m) * Is + c];
-          z[size_t(b + m) * Is + c0 + c] = float_to_bf16(gv * sigmoid(gv) * u[size_t(m) * Is + c]);
-        }
+        kernels.swiglu.forward(g + size_t(m) * Is, u + size_t(m) * Is, z + size_t(b + m) * Is + c0, nc);
     });
     // This slice's share of A_d z, per expert.
     sp.parallel_for(na, [&](int i) {
@@ -306,13 +302,14 @@ void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const L
                                 std::to_string(cache_.back()->routing.q));
   std::unique_ptr<ForwardState> state = std::move(cache_.back());
   cache_.pop_back();
-  const GemmFn gemm = gemm_bf16_kernel(active_isa_level());
-  run([&] { compute_backward(*state, grad_out, grad_in, grads, grad_weights, gemm); });
+  const EngineKernels kernels = EngineKernels::for_level(active_isa_level());
+  run([&] { compute_backward(*state, grad_out, grad_in, grads, grad_weights, kernels); });
   release_state(std::move(state));
 }
 
 void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,
-                                 const LoraGradients& grads, float* grad_weights, GemmFn gemm) {
+                                 const LoraGradients& grads, float* grad_weights, const EngineKernels& kernels) {
+  const GemmFn gemm = kernels.gemm;
   const Routing& rt = st.routing;
   const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
   const int r = config_.lora_rank, k = rt.k, Is = slice_size_, R = rt.rows(), tp = config_.tp_size;
@@ -389,15 +386,11 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       gemm_nn(gemm, n, nc, H, D + size_t(b) * H, H, w.down + size_t(e) * H * Is + c0, Is, dz, Is);
       gemm_nn(gemm, n, nc, r, bd + size_t(b) * r, r, lora_.down_a + size_t(e) * r * I + w.begin + c0, I, dz, Is,
               scale_, true);
-      for (int m = 0; m < n; ++m)
-        for (int c = 0; c < nc; ++c) {
-          const size_t at = size_t(b + m) * Is + c0 + c;
-          const float g = ss.gate.data()[at], u = ss.up.data()[at], dzv = dz[size_t(m) * Is + c];
-          const float sg = sigmoid(g), silu = g * sg;
-          z[at] = float_to_bf16(silu * u);
-          dg[at] = float_to_bf16(dzv * u * sg * (1.0f + g * (1.0f - sg)));
-          du[at] = float_to_bf16(dzv * silu);
-        }
+      for (int m = 0; m < n; ++m) {
+        const size_t at = size_t(b + m) * Is + c0;
+        kernels.swiglu.backward(ss.gate.data() + at, ss.up.data() + at, dz + size_t(m) * Is, z + at, dg + at,
+                                du + at, nc);
+      }
       const size_t rows_at = size_t(b) * Is + c0;
       gemm_tn(gemm, r, nc, n, bd + size_t(b) * r, r, z + rows_at, Is,
               grads.down_a + size_t(e) * r * I + w.begin + c0, I, scale_);

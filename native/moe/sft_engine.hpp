@@ -13,6 +13,7 @@
 
 #include "config/moe_config.hpp"
 #include "kernels/gemm_bf16.hpp"
+#include "kernels/swiglu.hpp"
 #include "moe/buffer.hpp"
 #include "moe/routing.hpp"
 #include "pool/worker_pool.hpp"
@@ -38,6 +39,13 @@ struct LoraGradients {
   float* up_b = nullptr;
   float* down_a = nullptr;
   float* down_b = nullptr;
+};
+
+// The kernels one forward or backward uses, chosen from the active ISA level when it starts.
+struct EngineKernels {
+  GemmFn gemm;
+  SwigluKernels swiglu;
+  static EngineKernels for_level(IsaLevel level) { return {gemm_bf16_kernel(level), swiglu_kernels(level)}; }
 };
 
 class SftEngine {
@@ -89,9 +97,9 @@ class SftEngine {
   std::unique_ptr<ForwardState> acquire_state();
   void release_state(std::unique_ptr<ForwardState> state);
   void run(const std::function<void()>& work);  // on the pool, waiting for it
-  void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, GemmFn gemm);
+  void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels);
   void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads,
-                        float* grad_weights, GemmFn gemm);
+                        float* grad_weights, const EngineKernels& kernels);
 
   MOESFTConfig config_;
   WorkerPool& pool_;
