@@ -5,15 +5,15 @@
 // and the odd elements of the bf16 pairs in two separate fp32 sums per output (FMA, round to
 // nearest even, denormal inputs read as zero, denormal results flushed to zero) that are added to
 // the destination at the end. What the hardware would refuse (#GP for a bad configuration, #UD
-// for an unconfigured tile or mismatched shapes) ends the process with a message, as a fault would.
+// for an unconfigured tile or mismatched shapes) throws std::logic_error naming the instruction.
 // Compiled without ISA flags (level amx_emulated).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/amx/tile.hpp"
 
@@ -36,9 +36,10 @@ struct Registers {
 
 inline thread_local Registers registers;
 
+// A kernel bug the hardware would fault on: raised as an exception (RuntimeError in Python), so
+// that the process survives it.
 [[noreturn]] inline void fault(const char* instruction, const char* what) {
-  std::fprintf(stderr, "kt-moe emulated AMX: %s: %s\n", instruction, what);
-  std::abort();
+  throw std::logic_error(std::string("kt-moe emulated AMX: ") + instruction + ": " + what);
 }
 
 inline void require_configured(int t, const char* instruction) {
