@@ -355,8 +355,10 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       grad_weights[slot] = dot;
     }
   });
-  // Zero every gradient (experts without rows keep zeros); B_d^T d per expert.
+  // Zero the gradients of experts without rows (the phases below overwrite the others); B_d^T d
+  // per expert.
   pool_.parallel_for_all(E, [&](int e) {
+    if (rt.rows_of(e) > 0) return;
     std::fill_n(grads.gate_a + size_t(e) * r * H, size_t(r) * H, 0.0f);
     std::fill_n(grads.up_a + size_t(e) * r * H, size_t(r) * H, 0.0f);
     std::fill_n(grads.gate_b + size_t(e) * I * r, size_t(I) * r, 0.0f);
