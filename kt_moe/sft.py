@@ -6,7 +6,7 @@ Methods whose engine is not built yet are refused by the factory (kt_moe.wrapper
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -68,7 +68,6 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         self.engine = _native.TP_MOE_SFT(self.native_config, self.pool)
         self._lora: Optional[Tuple[torch.Tensor, ...]] = None  # the caller's tensors
         self._lora_bf16: Optional[Tuple[torch.Tensor, ...]] = None  # what the engine reads
-        self._grad_buffers: Optional[List[torch.Tensor]] = None  # fp32 LoRA gradients, engine side
 
     def _lora_shapes(self) -> Dict[str, Tuple[int, ...]]:
         c = self.config
@@ -146,13 +145,11 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         q = grad_output.shape[0]
         grad_input = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
         routing_grad = torch.empty(q, c.num_experts_per_tok, dtype=torch.float32)
-        if self._grad_buffers is None:  # fp32 engine outputs, reused: what we return is a fresh copy
-            self._grad_buffers = [torch.empty(shape, dtype=torch.float32) for shape in self._lora_shapes().values()]
+        grads = {name: torch.empty(shape, dtype=tensor.dtype)
+                 for (name, shape), tensor in zip(self._lora_shapes().items(), self._lora)}
         self.engine.backward_task(q, c.num_experts_per_tok, as_contiguous(grad_output.detach(), torch.bfloat16),
-                                  grad_input, *self._grad_buffers, routing_grad)
-        grads = {}
-        for name, tensor, buffer in zip(LORA_NAMES, self._lora, self._grad_buffers):
-            grads[name] = buffer.to(tensor.dtype, copy=True)
+                                  grad_input, *grads.values(), routing_grad)
+        for name, tensor in zip(LORA_NAMES, self._lora):
             if tensor.requires_grad:
                 tensor.grad = grads[name].clone() if tensor.grad is None else tensor.grad.add_(grads[name])
         grads["routing_weights"] = routing_grad

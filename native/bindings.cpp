@@ -266,6 +266,6 @@ NB_MODULE(_native, m) {
            "grad_input"_a.noconvert(), "grad_gate_a"_a.noconvert(), "grad_gate_b"_a.noconvert(),
            "grad_up_a"_a.noconvert(), "grad_up_b"_a.noconvert(), "grad_down_a"_a.noconvert(),
            "grad_down_b"_a.noconvert(), "grad_weights"_a.noconvert(),
-           "Pops the latest saved forward: grad_output bf16 [q, H] -> grad_input bf16 [q, H], fp32 LoRA "
-           "gradients (overwritten) and grad_weights fp32 [q, k].");
+           "Pops the latest saved forward: grad_output bf16 [q, H] -> grad_input bf16 [q, H], the LoRA "
+           "gradients (fp32 or bf16 buffers, overwritten) and grad_weights fp32 [q, k].");
 }

@@ -89,6 +89,7 @@ struct SftEngine::ForwardState {
 struct SftEngine::Scratch {
   Buffer<bf16_t> d;   // [R, H] w * dy
   Buffer<bf16_t> bd;  // [R, r] B_d^T d
+  Buffer<float> grads[6];  // the LoRA gradients in fp32 (GradientOutputs order), kept between calls
   struct PerSlice {
     Buffer<bf16_t> z, dg, du;  // [R, Is]
     Buffer<float> dz;          // [R, Is]
@@ -293,7 +294,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
   });
 }
 
-void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads,
+void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads,
                          float* grad_weights) {
   if (cache_.empty())
     throw std::runtime_error("No forward cache available: call forward_sft(..., save_for_backward=True) first");
@@ -303,8 +304,30 @@ void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const L
   std::unique_ptr<ForwardState> state = std::move(cache_.back());
   cache_.pop_back();
   const EngineKernels kernels = EngineKernels::for_level(active_isa_level());
-  run([&] { compute_backward(*state, grad_out, grad_in, grads, grad_weights, kernels); });
+  const size_t E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
+  const size_t r = config_.lora_rank;
+  Buffer<float>* g = scratch_->grads;
+  const LoraGradients fp32{g[0].ensure(E * r * H), g[1].ensure(E * I * r), g[2].ensure(E * r * H),
+                           g[3].ensure(E * I * r), g[4].ensure(E * r * I), g[5].ensure(E * H * r)};
+  run([&] {
+    compute_backward(*state, grad_out, grad_in, fp32, grad_weights, kernels);
+    write_gradients(fp32, grads);
+  });
   release_state(std::move(state));
+}
+
+void SftEngine::write_gradients(const LoraGradients& grads, const GradientOutputs& out) {
+  const size_t H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank;
+  const float* src[6] = {grads.gate_a, grads.gate_b, grads.up_a, grads.up_b, grads.down_a, grads.down_b};
+  const size_t per_expert[6] = {r * H, I * r, r * H, I * r, r * I, H * r};
+  pool_.parallel_for_all(6 * config_.expert_num, [&](int task) {
+    const int which = task % 6;
+    const size_t n = per_expert[which], at = size_t(task / 6) * n;
+    if (out[which].bf16)
+      to_bf16(src[which] + at, static_cast<bf16_t*>(out[which].data) + at, n);
+    else
+      std::memcpy(static_cast<float*>(out[which].data) + at, src[which] + at, n * sizeof(float));
+  });
 }
 
 void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,

@@ -6,6 +6,7 @@
 // routing-weight gradient (math: DESIGN.md section 3).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -30,8 +31,7 @@ struct LoraTensors {
   const bf16_t* down_b = nullptr;  // [E, H, r]
 };
 
-// fp32 gradients with the shapes of LoraTensors; backward() overwrites them (zero for experts
-// that got no token).
+// fp32 gradients with the shapes of LoraTensors, as the backward phases produce them.
 struct LoraGradients {
   float* gate_a = nullptr;
   float* gate_b = nullptr;
@@ -40,6 +40,14 @@ struct LoraGradients {
   float* down_a = nullptr;
   float* down_b = nullptr;
 };
+
+// Where backward() leaves one LoRA gradient: the caller's buffer with the shape of its LoRA
+// tensor, fp32 or bf16. All six, in the order gate_a, gate_b, up_a, up_b, down_a, down_b.
+struct GradientOutput {
+  void* data = nullptr;
+  bool bf16 = false;
+};
+using GradientOutputs = std::array<GradientOutput, 6>;
 
 // The kernels one forward or backward uses, chosen from the active ISA level when it starts.
 struct EngineKernels {
@@ -75,9 +83,10 @@ class SftEngine {
   void forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out, bool save);
 
   // Pops the latest saved forward (std::runtime_error "No forward cache available" when none):
-  // grad_out [q, H] bf16 -> grad_in [q, H] bf16, LoRA gradients, grad_weights [q, k] fp32
-  // (dL/dweights). std::invalid_argument when q differs from the saved forward's (the entry stays).
-  void backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads, float* grad_weights);
+  // grad_out [q, H] bf16 -> grad_in [q, H] bf16, the LoRA gradients (written to `grads`, zero for
+  // experts without tokens), grad_weights [q, k] fp32 (dL/dweights). std::invalid_argument when q
+  // differs from the saved forward's (the entry stays).
+  void backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads, float* grad_weights);
 
   int cache_depth() const { return static_cast<int>(cache_.size()); }
   // Bytes one routed (token, slot) pair holds in a saved forward.
@@ -100,6 +109,8 @@ class SftEngine {
   void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels);
   void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads,
                         float* grad_weights, const EngineKernels& kernels);
+  // Copies the fp32 gradients of every expert to the caller's buffers, rounding to bf16 where asked.
+  void write_gradients(const LoraGradients& grads, const GradientOutputs& out);
 
   MOESFTConfig config_;
   WorkerPool& pool_;

@@ -86,19 +86,26 @@ class PySftEngine {
     const int64_t E = c.expert_num, r = c.lora_rank, H = c.hidden_size, I = c.intermediate_size;
     const bf16_t* dy = checked<const bf16_t>(grad_output, "grad_output", DType::bf16, {qlen, H});
     bf16_t* dx = checked<bf16_t>(grad_input, "grad_input", DType::bf16, {qlen, H});
-    LoraGradients g;
-    g.gate_a = checked<float>(grad_gate_a, "grad_gate_lora_a", DType::f32, {E, r, H});
-    g.gate_b = checked<float>(grad_gate_b, "grad_gate_lora_b", DType::f32, {E, I, r});
-    g.up_a = checked<float>(grad_up_a, "grad_up_lora_a", DType::f32, {E, r, H});
-    g.up_b = checked<float>(grad_up_b, "grad_up_lora_b", DType::f32, {E, I, r});
-    g.down_a = checked<float>(grad_down_a, "grad_down_lora_a", DType::f32, {E, r, I});
-    g.down_b = checked<float>(grad_down_b, "grad_down_lora_b", DType::f32, {E, H, r});
+    const GradientOutputs g = {gradient(grad_gate_a, "grad_gate_a", {E, r, H}),
+                               gradient(grad_gate_b, "grad_gate_b", {E, I, r}),
+                               gradient(grad_up_a, "grad_up_a", {E, r, H}),
+                               gradient(grad_up_b, "grad_up_b", {E, I, r}),
+                               gradient(grad_down_a, "grad_down_a", {E, r, I}),
+                               gradient(grad_down_b, "grad_down_b", {E, H, r})};
     float* dw = checked<float>(grad_weights, "grad_weights", DType::f32, {qlen, k});
     nanobind::gil_scoped_release unlocked;
     engine_.backward(qlen, dy, dx, g, dw);
   }
 
  private:
+  // A gradient output: fp32 or bf16 with the given shape.
+  static GradientOutput gradient(const Array& a, const char* name, std::initializer_list<int64_t> shape) {
+    const bool bf16 = has_dtype(a, DType::bf16);
+    return {bf16 ? static_cast<void*>(checked<bf16_t>(a, name, DType::bf16, shape))
+                 : static_cast<void*>(checked<float>(a, name, DType::f32, shape)),
+            bf16};
+  }
+
   void check_batch(int qlen, int k) const {
     if (qlen < 1) throw std::invalid_argument("qlen must be positive, got " + std::to_string(qlen));
     if (k != engine_.config().experts_per_token)
