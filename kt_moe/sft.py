@@ -145,11 +145,11 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         q = grad_output.shape[0]
         grad_input = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
         routing_grad = torch.empty(q, c.num_experts_per_tok, dtype=torch.float32)
-        grads = {name: torch.empty(shape, dtype=tensor.dtype)
-                 for (name, shape), tensor in zip(self._lora_shapes().items(), self._lora)}
+        dtypes = [t.dtype for t in self._lora] if self._lora else [torch.float32] * len(LORA_NAMES)
+        grads = {name: torch.empty(shape, dtype=dtype) for (name, shape), dtype in zip(self._lora_shapes().items(), dtypes)}
         self.engine.backward_task(q, c.num_experts_per_tok, as_contiguous(grad_output.detach(), torch.bfloat16),
                                   grad_input, *grads.values(), routing_grad)
-        for name, tensor in zip(LORA_NAMES, self._lora):
+        for name, tensor in zip(LORA_NAMES, self._lora):  # set: the engine had a saved forward
             if tensor.requires_grad:
                 tensor.grad = grads[name].clone() if tensor.grad is None else tensor.grad.add_(grads[name])
         grads["routing_weights"] = routing_grad

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kt_moe.reference import relative_l2
-from sft_helpers import MAIN, TOL, Result, assert_close, build, step
+from sft_helpers import MAIN, TOL, Result, assert_close, build, make_wrapper, step
 
 SHAPE = MAIN
 K = 4
@@ -25,6 +25,12 @@ def test_backward_with_empty_cache():
     wrapper, layer = build(SHAPE, top_k=K)
     with pytest.raises(RuntimeError, match="No forward cache available"):
         wrapper.backward(layer.batch(3, K).grad_output)
+
+
+def test_backward_before_anything_is_loaded():
+    wrapper = make_wrapper(SHAPE, top_k=K)
+    with pytest.raises(RuntimeError, match="No forward cache available"):
+        wrapper.backward(torch.zeros(3, SHAPE.hidden, dtype=torch.bfloat16))
 
 
 def test_backward_pops_its_entry():
