@@ -59,7 +59,16 @@ def test_unknown_mode_and_method_messages():
         make("AMXINT4", mode="sft")
 
 
-@pytest.mark.parametrize("method", sorted(EXPECTED_CLASS))
+def test_backend_table():
+    assert wrapper.BACKENDS == EXPECTED_CLASS
+
+
+# SFT backends build their native engine at construction, which exists only for built methods;
+# the inference backends hold no engine yet and construct for every method.
+CONSTRUCTIBLE = sorted(set(EXPECTED_CLASS) - (set(SFT_METHODS) & wrapper.ENGINES_NOT_BUILT))
+
+
+@pytest.mark.parametrize("method", CONSTRUCTIBLE)
 def test_backend_class_per_method(method, all_engines_built):
     backend = make(method)
     assert type(backend) is EXPECTED_CLASS[method]
@@ -120,3 +129,10 @@ def test_bad_isa_environment_fails_construction_clearly(run_python):
     out = run_python("-c", code, env={"KT_MOE_ISA": "nope"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ERR KT_MOE_ISA: unknown ISA level 'nope'")
+
+
+@pytest.mark.parametrize("method", sorted(set(SFT_METHODS) & wrapper.ENGINES_NOT_BUILT))
+def test_sft_backend_built_directly_refuses_a_method_without_engine(method):
+    config = make("AMXBF16_SFT").config.model_copy(update={"method": method})
+    with pytest.raises(ValueError, match=f"runs method AMXBF16_SFT .*not '{method}'"):
+        AMXSFTMoEWrapper(config)

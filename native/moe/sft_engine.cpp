@@ -109,6 +109,8 @@ SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
                                 "lora_rank, max_cache_depth and tp_size must be positive");
   if (c.num_gpu_experts < 0 || c.num_gpu_experts > c.expert_num)
     throw std::invalid_argument("MOESFTConfig: num_gpu_experts must be in [0, expert_num]");
+  if (c.method != "AMXBF16_SFT")
+    throw std::invalid_argument("the SFT engine runs method AMXBF16_SFT (a bf16 base), not '" + c.method + "'");
   if (c.tp_size != pool.subpool_count())
     throw std::invalid_argument("MOESFTConfig.tp_size (" + std::to_string(c.tp_size) +
                                 ") must equal the pool's subpool count (" + std::to_string(pool.subpool_count()) + ")");
