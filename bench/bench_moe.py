@@ -5,7 +5,7 @@ inputs in the same run, each checked once against kt_moe.reference.
         --warmup 2 [--methods AMXINT4,...] [--mode inference|sft|both] [--rank 16] [--json-out FILE]
 
 Per case: median and min-max of the timed steps, tokens/s, effective GB/s of the expert weights
-read and GFLOP/s of the base GEMMs (formulas in metrics.py), the ratio to the torch baseline of
+read and GFLOP/s of the base GEMMs (formulas in kt_moe/benchmark/metrics.py), the ratio to the torch baseline of
 the same mode, shape, q and threads (baseline median / case median: above 1 is faster), and the
 relative L2 error of the output (and, for sft, the worst of grad_input and the gradients).
 A kt-moe method whose engine is not built prints a "skipped" row. Exit status 1 if a case errored.
