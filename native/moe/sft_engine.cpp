@@ -143,6 +143,7 @@ void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, cons
   const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size, Is = slice_size_;
   if (slot < 0 || slot >= E)
     throw std::invalid_argument("expert slot " + std::to_string(slot) + " out of range [0, " + std::to_string(E) + ")");
+  std::lock_guard<std::mutex> lock(call_mutex_);
   run([&] {
     pool_.for_each_subpool([&](int s) {  // each subpool writes (first-touches) its own slice
       Slice& w = *slices_[s];
@@ -161,6 +162,7 @@ void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, cons
 void SftEngine::set_lora(const LoraTensors& lora) {
   if (!lora.gate_a || !lora.gate_b || !lora.up_a || !lora.up_b || !lora.down_a || !lora.down_b)
     throw std::invalid_argument("set_lora: every LoRA tensor is required");
+  std::lock_guard<std::mutex> lock(call_mutex_);
   lora_ = lora;
 }
 
@@ -191,10 +193,16 @@ size_t SftEngine::cached_bytes_per_routed_slot() const {
 
 void SftEngine::forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
                         bool save) {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  forward_locked(q, expert_ids, weights, x, out, save);
+}
+
+void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x,
+                               bf16_t* out, bool save) {
   check_ready();
   if (q < 1) throw std::invalid_argument("forward: q must be positive");
-  if (save && cache_depth() >= config_.max_cache_depth)
-    throw std::runtime_error("Forward cache full: " + std::to_string(cache_depth()) +
+  if (save && int(cache_.size()) >= config_.max_cache_depth)
+    throw std::runtime_error("Forward cache full: " + std::to_string(cache_.size()) +
                              " saved forwards (max_cache_depth) are waiting for backward()");
   std::unique_ptr<ForwardState> state = acquire_state();
   state->routing = route_tokens(expert_ids, q, config_.experts_per_token, config_.expert_num,
@@ -298,6 +306,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
 
 void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads,
                          float* grad_weights) {
+  std::lock_guard<std::mutex> lock(call_mutex_);
   if (cache_.empty())
     throw std::runtime_error("No forward cache available: call forward_sft(..., save_for_backward=True) first");
   if (q != cache_.back()->routing.q)
@@ -487,6 +496,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
 }
 
 void SftEngine::warm_up() {
+  std::lock_guard<std::mutex> lock(call_mutex_);
   check_ready();
   const int k = config_.experts_per_token, first = config_.num_gpu_experts, cpu_experts = config_.expert_num - first;
   const int q = std::max(1, (cpu_experts + k - 1) / k);
@@ -494,7 +504,7 @@ void SftEngine::warm_up() {
   for (int i = 0; i < cpu_experts; ++i) ids[i] = first + i;
   std::vector<float> weights(ids.size(), 1.0f);
   std::vector<bf16_t> x(size_t(q) * config_.hidden_size, 0), out(x.size());
-  forward(q, ids.data(), weights.data(), x.data(), out.data(), false);
+  forward_locked(q, ids.data(), weights.data(), x.data(), out.data(), false);
 }
 
 }  // namespace kt_moe

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "config/moe_config.hpp"
@@ -56,6 +57,7 @@ struct EngineKernels {
   static EngineKernels for_level(IsaLevel level) { return {gemm_bf16_kernel(level), swiglu_kernels(level)}; }
 };
 
+// Calls from several threads are serialised (one engine call at a time).
 class SftEngine {
  public:
   // Allocates the base-weight storage of every subpool (on its NUMA node). std::invalid_argument
@@ -88,7 +90,10 @@ class SftEngine {
   // differs from the saved forward's (the entry stays).
   void backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads, float* grad_weights);
 
-  int cache_depth() const { return static_cast<int>(cache_.size()); }
+  int cache_depth() const {
+    std::lock_guard<std::mutex> lock(call_mutex_);
+    return static_cast<int>(cache_.size());
+  }
   // Bytes one routed (token, slot) pair holds in a saved forward.
   size_t cached_bytes_per_routed_slot() const;
 
@@ -103,6 +108,8 @@ class SftEngine {
   struct Slice;  // one subpool's base weights
 
   void check_ready() const;
+  void forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
+                      bool save);
   std::unique_ptr<ForwardState> acquire_state();
   void release_state(std::unique_ptr<ForwardState> state);
   void run(const std::function<void()>& work);  // on the pool, waiting for it
@@ -123,6 +130,7 @@ class SftEngine {
   std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
   std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse
   std::unique_ptr<Scratch> scratch_;
+  mutable std::mutex call_mutex_;  // held by every public call that touches the state above
 };
 
 }  // namespace kt_moe
