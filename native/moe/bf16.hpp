@@ -4,9 +4,9 @@
 #include <cstdint>
 #include <cstring>
 
-namespace kt_moe {
+#include "kernels/gemm_bf16.hpp"  // bf16_t
 
-using bf16_t = uint16_t;
+namespace kt_moe {
 
 inline float bf16_to_float(bf16_t h) {
   const uint32_t bits = uint32_t(h) << 16;
