@@ -1,5 +1,5 @@
 """The native TP_MOE_SFT object (spec 2.2) used directly: its task methods, warm-up, the cache
-depth it reports, and concurrent calls from several Python threads (serialised, no crash)."""
+depth it reports, and concurrent calls from several Python threads (same results, no crash)."""
 
 import threading
 
@@ -70,7 +70,7 @@ def test_engine_refuses_a_pool_of_another_shape():
         _native.TP_MOE_SFT(config, _native.WorkerPool(2, 1))
 
 
-def test_concurrent_calls_are_serialised(layer):
+def test_concurrent_calls_give_the_same_results(layer):
     gate, up, down, lora = layer
     sft = engine()
     sft.load_weights_task(gate, up, down, torch.arange(E))

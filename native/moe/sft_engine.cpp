@@ -48,7 +48,7 @@ void gemm_tn(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, con
   gemm({m, n, k, a, lda, ALayout::km, b, ldb, BLayout::kn, c, ldc, alpha, false});
 }
 
-// A per-thread fp32 scratch of at least n elements (small products before their bf16 rounding).
+// A per-thread fp32 scratch of at least n elements (small products, merge accumulators).
 float* thread_scratch(size_t n) {
   thread_local std::vector<float> scratch;
   if (scratch.size() < n) scratch.resize(n);
@@ -57,6 +57,14 @@ float* thread_scratch(size_t n) {
 
 void to_bf16(const float* src, bf16_t* dst, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
+// dst [m, r] = bf16(a [m, K] mk . b): a thin LoRA product, rounded because it feeds the next GEMM.
+void thin_product(GemmFn gemm, BLayout b_layout, int m, int r, int k, const bf16_t* a, int64_t lda,
+                  const bf16_t* b, int64_t ldb, bf16_t* dst) {
+  float* tmp = thread_scratch(size_t(m) * r);
+  gemm({m, r, k, a, lda, ALayout::mk, b, ldb, b_layout, tmp, r, 1.0f, false});
+  to_bf16(tmp, dst, size_t(m) * r);
 }
 
 }  // namespace
@@ -239,11 +247,10 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
     const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
     for (int row = b; row < b + n; ++row)
       std::memcpy(X + size_t(row) * H, x + size_t(rt.row_slot[row] / k) * H, size_t(H) * sizeof(bf16_t));
-    float* tmp = thread_scratch(size_t(n) * r);
-    gemm_nt(gemm, n, r, H, X + size_t(b) * H, H, lora_.gate_a + size_t(e) * r * H, H, tmp, r);
-    to_bf16(tmp, ax_gate + size_t(b) * r, size_t(n) * r);
-    gemm_nt(gemm, n, r, H, X + size_t(b) * H, H, lora_.up_a + size_t(e) * r * H, H, tmp, r);
-    to_bf16(tmp, ax_up + size_t(b) * r, size_t(n) * r);
+    thin_product(gemm, BLayout::nk, n, r, H, X + size_t(b) * H, H, lora_.gate_a + size_t(e) * r * H, H,
+                 ax_gate + size_t(b) * r);
+    thin_product(gemm, BLayout::nk, n, r, H, X + size_t(b) * H, H, lora_.up_a + size_t(e) * r * H, H,
+                 ax_up + size_t(b) * r);
   });
 
   pool_.for_each_subpool([&](int s) {
@@ -269,9 +276,8 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
     // This slice's share of A_d z, per expert.
     sp.parallel_for(na, [&](int i) {
       const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
-      float* tmp = thread_scratch(size_t(n) * r);
-      gemm_nt(gemm, n, r, Is, z + size_t(b) * Is, Is, lora_.down_a + size_t(e) * r * I + w.begin, I, tmp, r);
-      to_bf16(tmp, ss.az.data() + size_t(b) * r, size_t(n) * r);
+      thin_product(gemm, BLayout::nk, n, r, Is, z + size_t(b) * Is, Is, lora_.down_a + size_t(e) * r * I + w.begin,
+                   I, ss.az.data() + size_t(b) * r);
     });
     // y = W_d z + s B_d (A_d z) (this slice's share), per (expert, hidden block).
     const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
@@ -402,9 +408,8 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
   });
   pool_.parallel_for_all(na, [&](int i) {
     const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
-    float* tmp = thread_scratch(size_t(n) * r);
-    gemm_nn(gemm, n, r, H, D + size_t(b) * H, H, lora_.down_b + size_t(e) * H * r, r, tmp, r);
-    to_bf16(tmp, bd + size_t(b) * r, size_t(n) * r);
+    thin_product(gemm, BLayout::kn, n, r, H, D + size_t(b) * H, H, lora_.down_b + size_t(e) * H * r, r,
+                 bd + size_t(b) * r);
   });
 
   pool_.for_each_subpool([&](int s) {
@@ -440,12 +445,11 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
     float* grad_down_b = s == 0 ? grads.down_b : sc.down_b.data();
     sp.parallel_for(na, [&](int i) {
       const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
-      float* tmp = thread_scratch(size_t(n) * r);
       const size_t b_off = (size_t(e) * I + w.begin) * r;
-      gemm_nn(gemm, n, r, Is, dg + size_t(b) * Is, Is, lora_.gate_b + b_off, r, tmp, r);
-      to_bf16(tmp, sc.bg.data() + size_t(b) * r, size_t(n) * r);
-      gemm_nn(gemm, n, r, Is, du + size_t(b) * Is, Is, lora_.up_b + b_off, r, tmp, r);
-      to_bf16(tmp, sc.bu.data() + size_t(b) * r, size_t(n) * r);
+      thin_product(gemm, BLayout::kn, n, r, Is, dg + size_t(b) * Is, Is, lora_.gate_b + b_off, r,
+                   sc.bg.data() + size_t(b) * r);
+      thin_product(gemm, BLayout::kn, n, r, Is, du + size_t(b) * Is, Is, lora_.up_b + b_off, r,
+                   sc.bu.data() + size_t(b) * r);
       const bf16_t* xe = st.x.data() + size_t(b) * H;
       gemm_tn(gemm, r, H, n, sc.bg.data() + size_t(b) * r, r, xe, H, grad_gate_a + size_t(e) * r * H, H, scale_);
       gemm_tn(gemm, r, H, n, sc.bu.data() + size_t(b) * r, r, xe, H, grad_up_a + size_t(e) * r * H, H, scale_);
