@@ -2,7 +2,9 @@
 // the AMX instructions (level amx) and with their portable emulation (level amx_emulated, no ISA
 // flags; the packing and tail code here is portable C++ for that reason).
 //
-// Follows the plan of gemm_bf16_plan.hpp, T[rows, cols] = R[rows, depth] x P(depth, cols):
+// Follows the plan of gemm_bf16_plan.hpp, T[rows, cols] = R[rows, depth] x P(depth, cols). Plans
+// whose P is stored kj and whose R has few rows (the backward's products for the tokens of one
+// expert) go to gemm_bf16_amx_parity.cpp, which reads P in place; the others are handled here:
 //   - R (the weight in the forward, [N, K] as stored; the tokens in the backward) feeds the "A"
 //     tiles straight from memory: 16 rows x 32 k per tile, read with R's own row stride, never
 //     packed. Only partial row groups (rows % 16) and the partial last k chunk (depth % 32) go
@@ -14,14 +16,12 @@
 //     that it is read along its rows, and keeps fp32 partial sums between blocks (panel_shape).
 //   - Micro-kernel: up to 2 R tiles x 2 P tiles -> 4 fp32 result tiles; results go through a small
 //     buffer to C (alpha, accumulate, C or C^T: gemm_bf16_store.hpp).
-// Tile registers: results 0..3 (C(a, b) = 2a + b), R tiles 4 and 5, P tiles 6 and 7; every tile
-// is configured at its largest shape (16 rows x 64 bytes). The configuration is per thread and
-// other code may change it, so each call loads it and releases the tiles before returning.
+// Tile registers: results 0..3 (C(a, b) = 2a + b), R tiles 4 and 5, P tiles 6 and 7.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-#include "kernels/amx/tile.hpp"
+#include "kernels/gemm_bf16_amx_tiles.hpp"
 #include "kernels/gemm_bf16_levels.hpp"
 #include "kernels/gemm_bf16_plan.hpp"
 #include "kernels/gemm_bf16_store.hpp"
@@ -32,30 +32,9 @@ namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace {
 
-constexpr int kTileRows = tile::kMaxRows;             // 16 rows of R / of a result tile
-constexpr int kTileK = tile::kMaxColBytes / 2;        // 32 k (bf16) per R tile row
-constexpr int kTilePairs = kTileK / 2;                // 16 k pairs = rows of a P tile
-constexpr int kResultCols = tile::kMaxColBytes / 4;   // 16 fp32 columns of a result tile
 static_assert(kResultCols == kVnniCols, "a packed column group is one P tile wide");
 
 enum : int { kC00 = 0, kC01 = 1, kC10 = 2, kC11 = 3, kR0 = 4, kR1 = 5, kP0 = 6, kP1 = 7 };
-
-tile::Config full_config() {
-  tile::Config cfg;
-  for (int t = 0; t < tile::kTileCount; ++t) {
-    cfg.rows[t] = tile::kMaxRows;
-    cfg.colsb[t] = tile::kMaxColBytes;
-  }
-  return cfg;
-}
-
-// Configures the tiles for one call and releases them when it ends.
-struct TileScope {
-  TileScope() { tile::configure(full_config()); }
-  ~TileScope() { tile::release(); }
-  TileScope(const TileScope&) = delete;
-  TileScope& operator=(const TileScope&) = delete;
-};
 
 // Where the R tiles of one 16-row group come from: chunk kc at base + kc * 32 with row stride ld,
 // except the partial last chunk, which is the zero-padded 16 x 32 copy `k_tail` when not null.
@@ -240,7 +219,10 @@ void gemm_tiles(const GemmPlan& p) {
 void gemm_bf16(const GemmArgs& args) {
   const GemmPlan plan = plan_gemm_bf16(args);
   if (plan.rows == 0 || plan.cols == 0) return;
-  gemm_tiles(plan);
+  if (plan.p_layout == PLayout::kj && plan.rows <= kParityMaxRows)
+    gemm_bf16_amx_parity(plan);
+  else
+    gemm_tiles(plan);
 }
 
 }  // namespace KT_KERNEL_NS

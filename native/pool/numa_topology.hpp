@@ -30,8 +30,9 @@ const std::vector<NumaNode>& numa_nodes();
 
 // `bytes` of 64-byte aligned memory (nullptr for 0; std::bad_alloc when out of memory). When the
 // machine has more than one node, the pages are bound to node index `node` (mbind; a refusal by
-// the kernel, e.g. in a container, leaves them unbound rather than failing); with one node it is
-// a plain aligned allocation. Throws std::invalid_argument unless 0 <= node < numa_nodes().size().
+// the kernel, e.g. in a container, leaves them unbound rather than failing). From 2 MB on the
+// memory is 2 MB aligned and asks for transparent huge pages (MADV_HUGEPAGE); smaller
+// allocations on a one-node machine are plain aligned allocations. Throws std::invalid_argument unless 0 <= node < numa_nodes().size().
 void* numa_alloc(std::size_t bytes, int node);
 
 // Frees memory from numa_alloc; `bytes` must be the size it was allocated with. nullptr is a no-op.

@@ -1,0 +1,43 @@
+// What the two AMX bf16 GEMM paths share (gemm_bf16_amx.cpp: P packed; gemm_bf16_amx_parity.cpp:
+// P read in place): the tile geometry and the per-call tile configuration. Every tile is
+// configured at its largest shape (16 rows x 64 bytes). The configuration is per thread and other
+// code may change it, so each call loads it and releases the tiles before returning.
+#pragma once
+
+#include "kernels/amx/tile.hpp"
+#include "kernels/gemm_bf16_plan.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+
+constexpr int kTileRows = tile::kMaxRows;            // 16 rows of an "A" tile / of a result tile
+constexpr int kTileK = tile::kMaxColBytes / 2;       // 32 bf16 per "A" tile row (16 k pairs)
+constexpr int kTilePairs = kTileK / 2;               // 16 pair rows of a "B" tile
+constexpr int kResultCols = tile::kMaxColBytes / 4;  // 16 fp32 columns of a result tile
+
+inline tile::Config full_tile_config() {
+  tile::Config cfg;
+  for (int t = 0; t < tile::kTileCount; ++t) {
+    cfg.rows[t] = tile::kMaxRows;
+    cfg.colsb[t] = tile::kMaxColBytes;
+  }
+  return cfg;
+}
+
+// Configures the tiles for one call and releases them when it ends.
+struct TileScope {
+  TileScope() { tile::configure(full_tile_config()); }
+  ~TileScope() { tile::release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+// Plans whose P is stored kj and whose R has at most kParityMaxRows rows (gemm_bf16_amx_parity.cpp).
+// Reading P in place costs twice the tile products of packing it: with a few rows (one expert's
+// tokens in the backward at q = 128) the product is memory-bound and that work is free; from
+// three row groups on, the packed path of gemm_bf16_amx.cpp is faster.
+constexpr int kParityMaxRows = 32;
+void gemm_bf16_amx_parity(const GemmPlan& p);
+
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe
