@@ -4,7 +4,9 @@ inputs in the same run, each checked once against kt_moe.reference.
     python bench/bench_moe.py --shape small,dsv2-lite --q 1,128,512 --threads 2 --repeats 10 \
         --warmup 2 [--methods AMXINT4,...] [--mode inference|sft|both] [--rank 16] [--json-out FILE]
 
-Per case: median and min-max of the timed steps, tokens/s, effective GB/s of the expert weights
+The cases of one shape, q and thread count are set up together and timed round-robin (one step
+of each per round), so that their ratios hold while the machine's speed drifts. Per case: median
+and min-max of the timed steps, tokens/s, effective GB/s of the expert weights
 read and GFLOP/s of the base GEMMs (formulas in kt_moe/benchmark/metrics.py), the ratio to the torch baseline of
 the same mode, shape, q and threads (baseline median / case median: above 1 is faster), and the
 relative L2 error of the output (and, for sft, the worst of grad_input and the gradients).
@@ -24,7 +26,7 @@ from kt_moe.benchmark.cases import BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
 from kt_moe.benchmark.report import Reporter
-from kt_moe.benchmark.runner import cpu_model, isa_level, run_case
+from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
 from kt_moe.benchmark.shapes import SHAPES
 
 MODES = ("inference", "sft")
@@ -91,12 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             problem = Problem(SHAPES[shape_name], q, args.rank)
             for mode, case_names in args.cases.items():
                 for threads in args.threads:
-                    baseline_ms = None
-                    for name in case_names:
-                        record = run_case(name, problem, threads, args.warmup, args.repeats, isa, baseline_ms)
-                        if name == BASELINES[mode] and record["status"] == "ok":
-                            baseline_ms = record["median_ms"]
-                            record["vs_torch"] = 1.0
+                    for record in run_cases(case_names, problem, threads, args.warmup, args.repeats, isa):
                         failed |= record["status"] == "error"
                         reporter.case(dict(record, kind="case"))
     reporter.close()

@@ -1,5 +1,5 @@
 """The `kt-moe` command: validate a config file, print the config's JSON Schema, show what the CPU
-offers, run the demo.
+offers, run the demo, convert a Hugging Face checkpoint's experts to pre-quantized files.
 
 Each subcommand is one function taking the parsed arguments and returning the exit status.
 """
@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TextIO
+
+from safetensors import SafetensorError
 
 from kt_moe import _native
 from kt_moe.config import KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
+from kt_moe.quant import METHOD_SCHEMES
+from kt_moe.weights.convert import convert_checkpoint, parse_layers
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -62,6 +67,64 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(parser.parse_args(args.demo_args))
 
 
+class _ProgressBar:
+    """The converter's progress: one line redrawn in place with \\r, e.g.
+    `[############............]  50%  32/64 experts  layer 3: quantizing (32/64)`;
+    draws nothing when disabled (a stream that is not a terminal, or --quiet)."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO, enabled: bool):
+        self.stream, self.enabled, self.drawn = stream, enabled, 0
+
+    def update(self, done: int, total: int, message: str) -> None:
+        if not self.enabled:
+            return
+        filled = self.WIDTH * done // max(total, 1)
+        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}%  "
+                f"{done}/{total} experts  {message}")[:shutil.get_terminal_size().columns - 1]  # no wrapping
+        self.stream.write("\r" + line.ljust(self.drawn))
+        self.stream.flush()
+        self.drawn = len(line)
+
+    def finish(self) -> None:
+        """End the line, so that what follows starts on a line of its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = 0
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return parse_layers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Errors (bad input, a file written for other settings, I/O) are one line on stderr, exit 1."""
+    bar = _ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        results = convert_checkpoint(args.input, args.output, args.method, layers=args.layers, force=args.force,
+                                     progress=bar.update)
+    except (ValueError, OSError, SafetensorError) as exc:
+        bar.finish()
+        print(f"kt-moe: error: {'; '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        bar.finish()
+        print("kt-moe: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    bar.finish()
+    if not args.quiet:
+        actions = [r.action for r in results]
+        counts = ", ".join(f"{actions.count(a)} {a}" for a in ("written", "rewritten", "replaced", "skipped")
+                           if a in actions)
+        print(f"{len(results)} layer(s) in {args.output} ({counts})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kt-moe", description="CPU Mixture-of-Experts operators.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="show the CPU's ISA levels and the active one").set_defaults(handler=_info)
     demo = commands.add_parser("demo", add_help=False, help="run the demo ('kt-moe demo --help' for its options)")
     demo.set_defaults(handler=_demo)
+    convert = commands.add_parser(
+        "convert", help="quantize a Hugging Face checkpoint's routed experts into pre-quantized files",
+        description="Quantize the routed experts of a Hugging Face checkpoint into one pre-quantized file per "
+                    "layer (docs/quantization.md). Rerunning resumes: layers whose file verifies are skipped, "
+                    "damaged files are rewritten; a file written for other settings is an error unless --force.")
+    convert.add_argument("--method", required=True, choices=list(METHOD_SCHEMES), help="quantization method")
+    convert.add_argument("--input", required=True, metavar="HF_DIR", help="Hugging Face checkpoint directory")
+    convert.add_argument("--output", required=True, metavar="DIR", help="directory for the layer files")
+    convert.add_argument("--layers", type=_layers, metavar="A-B",
+                         help="layers to convert: A-B, A, or a comma-separated list (default: every MoE layer)")
+    convert.add_argument("--force", action="store_true", help="overwrite layer files written for other settings")
+    convert.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    convert.set_defaults(handler=_convert)
     return parser
 
 

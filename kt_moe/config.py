@@ -21,7 +21,8 @@ from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from kt_moe._native import MOEConfig, MOESFTConfig
 
-INFERENCE_METHODS = ("AMXINT4", "AMXINT8", "RAWINT4", "FP8", "LLAMAFILE", "MOE_INT4", "MOE_INT8")
+# The spec's inference methods (1.2), then BF16: unquantized bf16 experts (AMXMoEWrapper).
+INFERENCE_METHODS = ("AMXINT4", "AMXINT8", "RAWINT4", "FP8", "LLAMAFILE", "MOE_INT4", "MOE_INT8", "BF16")
 SFT_METHODS = ("AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT")
 METHODS = {"inference": INFERENCE_METHODS, "sft": SFT_METHODS}
 MODES = tuple(METHODS)

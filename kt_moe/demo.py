@@ -1,7 +1,9 @@
 """`kt-moe demo`: the two usage examples of spec section 3 (inference forward; SFT forward_sft +
 backward) at a layer size this machine holds, for the torch bf16 baseline and every kt-moe method:
 what ran, how fast, and the relative L2 error against kt_moe.reference. A method whose engine is
-not built yet shows as "skipped"."""
+not built yet shows as "skipped". BF16 also walks through the asynchronous calls (submit_forward /
+sync_forward) and deferred experts, which every inference method shares; each built SFT method runs
+a few training steps."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import torch
 from kt_moe.benchmark.cases import BASELINES, ktmoe_wrapper, names
 from kt_moe.benchmark.problem import LORA_ALPHA, Problem
 from kt_moe.benchmark.report import Reporter
-from kt_moe.benchmark.runner import cpu_model, isa_level, run_case
+from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
 from kt_moe.benchmark.shapes import SHAPES
-from kt_moe.reference import LoraWeights, lora_moe_forward
+from kt_moe.reference import LoraWeights, lora_moe_forward, relative_l2
+
+ASYNC_EXAMPLE_METHOD = "BF16"  # the walk-through runs once, on the method whose weights load at once
 
 EXAMPLES = {
     "inference": "spec 3.1: forward(hidden_states bf16 [q, H], topk_ids int64 [q, k], topk_weights fp32 [q, k])",
@@ -54,17 +58,39 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
     for mode, example in EXAMPLES.items():
         reporter.note("\n" + example.format(rank=args.rank, alpha=LORA_ALPHA))
         reporter.header()
-        baseline_ms = None
-        for name in names(mode):
-            record = run_case(name, problem, args.threads, warmup=1, repeats=args.repeats, isa=isa,
-                              baseline_ms=baseline_ms)
-            if baseline_ms is None and record["status"] == "ok":
-                baseline_ms, record["vs_torch"] = record["median_ms"], 1.0
+        for name, record in zip(names(mode), run_cases(names(mode), problem, args.threads, warmup=1,
+                                                       repeats=args.repeats, isa=isa)):
             failed |= record["status"] == "error"
             reporter.case(record)
             if mode == "sft" and name != BASELINES["sft"] and record["status"] == "ok":
                 train(name, problem, args.threads, args.steps)
+            if name == ASYNC_EXAMPLE_METHOD and record["status"] == "ok":
+                serve(name, problem, args.threads)
     return 1 if failed else 0
+
+
+def serve(method: str, problem: Problem, threads: int) -> None:
+    """The spec 3.1 call pattern split in two: submit_forward returns at once, sync_forward waits;
+    then the lowest-scored experts of each token deferred (select_deferred_experts) and fetched with
+    sync_deferred_forward: immediate + deferred must match the reference."""
+    k = problem.shape.top_k
+    deferred_k = k // 2
+    wrapper = ktmoe_wrapper(method, problem, threads, max_deferred_experts_per_token=deferred_k)
+    reference = problem.reference("inference").out
+    x, ids, weights = problem.x, problem.expert_ids, problem.weights
+    start = time.perf_counter()
+    wrapper.submit_forward(x, ids, weights, 0)
+    submitted = time.perf_counter()
+    wrapper.sync_forward(x, 0)
+    synced = time.perf_counter()
+    immediate, deferred = wrapper.select_deferred_experts(ids, weights, k - deferred_k)
+    now = wrapper.forward(x, immediate, weights, 0, deferred_ids=deferred)
+    first = time.perf_counter()
+    later = wrapper.sync_deferred_forward(0)
+    error = relative_l2(now.float() + later.float(), reference)
+    print(f"  async {method}: submit_forward returned after {(submitted - start) * 1e3:.2f} ms, sync_forward "
+          f"after {(synced - start) * 1e3:.1f} ms; {deferred_k} of {k} experts per token deferred: immediate "
+          f"output after {(first - synced) * 1e3:.1f} ms, immediate + deferred err {error:.1e}", flush=True)
 
 
 def train(method: str, problem: Problem, threads: int, steps: int) -> None:

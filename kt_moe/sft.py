@@ -12,8 +12,8 @@ import torch
 
 from kt_moe import _native
 from kt_moe.backend import MoEWrapperBase
-from kt_moe.tensor_checks import FLOAT_DTYPES, INDEX_DTYPES, as_contiguous, check_expert_map, check_tensor
-from kt_moe.weights.hf_checkpoint import HFExpertReader
+from kt_moe.tensor_checks import FLOAT_DTYPES, INDEX_DTYPES, as_contiguous, check_tensor
+from kt_moe.weights.expert_source import checkpoint_experts, tensor_experts
 
 
 class BaseSFTMoEWrapper(MoEWrapperBase):
@@ -76,27 +76,13 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
                     down_lora_a=(E, r, I), down_lora_b=(E, H, r))
 
     def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
-        c = self.config
-        expert_map = check_expert_map(physical_to_logical_map, c.num_experts, c.num_experts)
-        if not c.weight_path:
-            raise ValueError("weight_path is empty: load_weights() reads the Hugging Face checkpoint in weight_path "
-                             "(use load_weights_from_tensors() for weights already in memory)")
-        reader = HFExpertReader(c.weight_path, c.layer_idx, c.num_experts, c.hidden_size, c.moe_intermediate_size)
-        for slot, (_, gate, up, down) in enumerate(reader.experts(expert_map.tolist())):
+        for slot, gate, up, down in checkpoint_experts(self.config, physical_to_logical_map):
             self.engine.load_expert_task(slot, gate, up, down)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
-        c = self.config
-        H, I = c.hidden_size, c.moe_intermediate_size
-        check_tensor(gate, "gate", (-1, I, H), FLOAT_DTYPES)
-        logical = gate.shape[0]
-        check_tensor(up, "up", (logical, I, H), FLOAT_DTYPES)
-        check_tensor(down, "down", (logical, H, I), FLOAT_DTYPES)
-        expert_map = check_expert_map(physical_to_logical_map, c.num_experts, logical)
-        for slot, e in enumerate(expert_map.tolist()):  # one expert converted at a time
-            self.engine.load_expert_task(slot, as_contiguous(gate[e], torch.bfloat16),
-                                         as_contiguous(up[e], torch.bfloat16), as_contiguous(down[e], torch.bfloat16))
+        for slot, g, u, d in tensor_experts(self.config, gate, up, down, physical_to_logical_map):
+            self.engine.load_expert_task(slot, g, u, d)
 
     def init_lora_weights(self, gate_a: torch.Tensor, gate_b: torch.Tensor, up_a: torch.Tensor,
                           up_b: torch.Tensor, down_a: torch.Tensor, down_b: torch.Tensor) -> None:

@@ -15,12 +15,15 @@ def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
     return " or ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def check_tensor(value, name: str, shape: Tuple[int, ...], dtypes: Sequence[torch.dtype]) -> torch.Tensor:
-    """`value` itself when it is a CPU tensor of one of `dtypes` with exactly `shape` (-1: any size)."""
+def check_tensor(value, name: str, shape: Tuple[int, ...], dtypes: Sequence[torch.dtype],
+                 devices: Sequence[str] = ("cpu",)) -> torch.Tensor:
+    """`value` itself when it is a tensor of one of `dtypes` with exactly `shape` (-1: any size) on a
+    device of one of the types `devices` (default: the CPU only)."""
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU, got device {value.device}")
+    if value.device.type not in devices:
+        where = "on the CPU" if tuple(devices) == ("cpu",) else f"on a {' or '.join(devices)} device"
+        raise ValueError(f"{name} must be {where}, got device {value.device}")
     if value.dtype not in dtypes:
         raise ValueError(f"{name} must be {_dtype_names(dtypes)}, got {str(value.dtype).replace('torch.', '')}")
     if value.dim() != len(shape) or any(want not in (-1, got) for want, got in zip(shape, value.shape)):

@@ -18,6 +18,7 @@ BACKENDS = {
     "LLAMAFILE": LlamafileMoEWrapper,
     "MOE_INT4": GeneralMoEWrapper,
     "MOE_INT8": GeneralMoEWrapper,
+    "BF16": AMXMoEWrapper,
     "AMXBF16_SFT": AMXSFTMoEWrapper,
     "AMXINT8_SFT": AMXSFTMoEWrapper,
     "AMXINT4_SFT": AMXSFTMoEWrapper,
@@ -26,7 +27,7 @@ BACKENDS = {
 
 # Methods whose engine is not built yet: the factory refuses them at construction. The work that
 # builds an engine removes its methods from this set.
-ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT"}
+ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "BF16", "AMXINT8", "AMXINT4"}
 
 
 class KTMoEWrapper:

@@ -13,6 +13,8 @@
 #include "pool/numa_topology.hpp"
 #include "pool/pool_selftest.hpp"
 #include "pool/py_worker_pool.hpp"
+#include "py/py_infer_engine.hpp"
+#include "py/py_quant_kernels.hpp"
 #include "py/py_sft_engine.hpp"
 
 namespace nb = nanobind;
@@ -231,6 +233,9 @@ NB_MODULE(_native, m) {
       },
       "sysfs_dir"_a = "/sys/devices/system/node",
       "NUMA nodes with CPUs as (id, cpus) pairs, read from sysfs; one node with every CPU without NUMA support.");
+
+  kt_moe::py::bind_infer_engine(m);
+  kt_moe::py::bind_quant_kernels(m);
 
   // ---- SFT engine (spec 2.2) -------------------------------------------------------------
   using kt_moe::py::PySftEngine;

@@ -26,6 +26,15 @@ def expert_tensor_names(layer: int, e: int, scheme: str = "deepseek") -> Tuple[s
     return tuple(name.format(L=layer, e=e) for name in EXPERT_NAMES[scheme])
 
 
+def random_layers(layers: Iterable[int], experts: int, hidden: int, inter: int, seed: int = 0
+                  ) -> Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """{layer: (gate [E, I, H], up [E, I, H], down [E, H, I])} of N(0, 1) fp32 values, different per
+    layer, for write_hf_checkpoint."""
+    g = torch.Generator().manual_seed(seed)
+    return {layer: (torch.randn(experts, inter, hidden, generator=g), torch.randn(experts, inter, hidden, generator=g),
+                    torch.randn(experts, hidden, inter, generator=g)) for layer in layers}
+
+
 def write_hf_checkpoint(directory, layers: Mapping[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                         scheme: str = "deepseek", dtype: torch.dtype = torch.bfloat16, shards: int = 1,
                         extra: Optional[Dict[str, torch.Tensor]] = None, drop: Iterable[str] = ()) -> Path:

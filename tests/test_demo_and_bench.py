@@ -10,6 +10,8 @@ from kt_moe import cli
 from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
+# Relative L2 bounds of the output against the fp32 reference where the method quantizes (2e-2 otherwise).
+OUT_ERROR_BOUND = {"AMXINT8": 3e-2, "AMXINT4": 0.15}
 
 
 def test_demo_runs_both_spec_examples(capsys):
@@ -43,7 +45,7 @@ def test_bench_prints_table_and_json_lines(tmp_path):
         assert r["status"] in ("ok", "skipped"), r
         if r["status"] == "ok":
             assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
-            assert r["err_out"] < 2e-2
+            assert r["err_out"] < OUT_ERROR_BOUND.get(r["method"], 2e-2), r
             assert r["vs_torch"] is not None and r["threads"] == 2
             if r["mode"] == "sft":
                 assert r["err_grad"] < 2e-2 and not r["grads_missing"]

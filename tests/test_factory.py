@@ -13,8 +13,8 @@ from kt_moe.sft import AMXSFTMoEWrapper, BaseSFTMoEWrapper
 EXPECTED_CLASS = {
     "AMXINT4": AMXMoEWrapper, "AMXINT8": AMXMoEWrapper, "RAWINT4": NativeMoEWrapper,
     "FP8": NativeMoEWrapper, "LLAMAFILE": LlamafileMoEWrapper, "MOE_INT4": GeneralMoEWrapper,
-    "MOE_INT8": GeneralMoEWrapper, "AMXBF16_SFT": AMXSFTMoEWrapper, "AMXINT8_SFT": AMXSFTMoEWrapper,
-    "AMXINT4_SFT": AMXSFTMoEWrapper, "AMXINT4_KGroup_SFT": AMXSFTMoEWrapper,
+    "MOE_INT8": GeneralMoEWrapper, "BF16": AMXMoEWrapper, "AMXBF16_SFT": AMXSFTMoEWrapper,
+    "AMXINT8_SFT": AMXSFTMoEWrapper, "AMXINT4_SFT": AMXSFTMoEWrapper, "AMXINT4_KGroup_SFT": AMXSFTMoEWrapper,
 }
 
 
@@ -63,9 +63,10 @@ def test_backend_table():
     assert wrapper.BACKENDS == EXPECTED_CLASS
 
 
-# SFT backends build their native engine at construction, which exists only for built methods;
-# the inference backends hold no engine yet and construct for every method.
-CONSTRUCTIBLE = sorted(set(EXPECTED_CLASS) - (set(SFT_METHODS) & wrapper.ENGINES_NOT_BUILT))
+# AMXSFTMoEWrapper and AMXMoEWrapper build their native engine at construction, which exists only
+# for built methods; the other inference backends hold no engine yet and construct for every method.
+WITH_ENGINE = {m for m, cls in EXPECTED_CLASS.items() if cls in (AMXSFTMoEWrapper, AMXMoEWrapper)}
+CONSTRUCTIBLE = sorted(set(EXPECTED_CLASS) - (WITH_ENGINE & wrapper.ENGINES_NOT_BUILT))
 
 
 @pytest.mark.parametrize("method", CONSTRUCTIBLE)

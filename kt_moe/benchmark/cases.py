@@ -21,7 +21,8 @@ from kt_moe.benchmark.problem import LORA_ALPHA, Outputs, Problem
 # (quantization scales excluded; None where the storage depends on the file, as GGUF's does).
 BYTES_PER_ELEMENT = {
     "AMXINT4": 0.5, "AMXINT8": 1.0, "RAWINT4": 0.5, "FP8": 1.0, "LLAMAFILE": None, "MOE_INT4": 0.5,
-    "MOE_INT8": 1.0, "AMXBF16_SFT": 2.0, "AMXINT8_SFT": 1.0, "AMXINT4_SFT": 0.5, "AMXINT4_KGroup_SFT": 0.5,
+    "MOE_INT8": 1.0, "BF16": 2.0, "AMXBF16_SFT": 2.0, "AMXINT8_SFT": 1.0, "AMXINT4_SFT": 0.5,
+    "AMXINT4_KGroup_SFT": 0.5,
 }
 KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method in methods}
 BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}
@@ -83,14 +84,15 @@ class TorchBF16Autograd(Case):
         return Outputs(out.detach(), self.x.grad, grads)
 
 
-def ktmoe_wrapper(method: str, problem: Problem, threads: int):
-    """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded."""
+def ktmoe_wrapper(method: str, problem: Problem, threads: int, **options):
+    """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded; `options`
+    are further KTMoEWrapper arguments (e.g. max_deferred_experts_per_token)."""
     s, mode = problem.shape, KT_METHOD_MODES[method]
     sft = dict(lora_rank=problem.rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
     wrapper = KTMoEWrapper(layer_idx=0, num_experts=s.num_experts, num_experts_per_tok=s.top_k, hidden_size=s.hidden,
                            moe_intermediate_size=s.intermediate, num_gpu_experts=0, cpuinfer_threads=threads,
                            threadpool_count=1, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
-                           method=method, mode=mode, **sft)
+                           method=method, mode=mode, **sft, **options)
     wrapper.load_weights_from_tensors(*problem.experts, torch.arange(s.num_experts, dtype=torch.int64))
     return wrapper
 

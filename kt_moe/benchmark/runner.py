@@ -1,16 +1,17 @@
-"""Runs one benchmark case: set up, check once against the fp32 reference, warm up, time; returns
-the case's JSON record. Shared by bench/bench_moe.py and `kt-moe demo`."""
+"""Runs the benchmark cases of one problem: set up, check once against the fp32 reference, warm up,
+time round-robin; returns the cases' JSON records. Shared by bench/bench_moe.py and `kt-moe demo`."""
 
 from __future__ import annotations
 
 import platform
+import time
 import traceback
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from kt_moe.benchmark.cases import BASELINES, make_case
-from kt_moe.benchmark.metrics import Stats, accuracy, step_flops, time_steps, weight_bytes
+from kt_moe.benchmark.metrics import Stats, accuracy, step_flops, weight_bytes
 from kt_moe.benchmark.problem import Problem
 
 
@@ -31,10 +32,39 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def run_case(name: str, problem: Problem, threads: int, warmup: int, repeats: int, isa: str,
-             baseline_ms: Optional[float]) -> Dict:
-    """Set up, check once against the reference, warm up and time one case; its JSON record."""
+def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, repeats: int,
+              isa: str) -> List[Dict]:
+    """Set up every case of `names` (the mode's torch baseline first), check each once against the
+    fp32 reference, then time them round-robin: each round times one step of every case, so that
+    all cases share the machine's slow and fast spells (this machine is shared and noisy) and their
+    ratios compare like with like. One JSON record per case, in order; vs_torch is relative to the
+    first case when it ran."""
     torch.set_num_threads(threads)
+    records, ready = [], []
+    for name in names:
+        record, case = _prepare(name, problem, threads, isa)
+        records.append(record)
+        if case is not None:
+            ready.append((len(records) - 1, case))
+    times = {i: [] for i, _ in ready}
+    for _ in range(warmup):
+        for _, case in ready:
+            case.step()
+    for _ in range(repeats):
+        for i, case in ready:
+            start = time.perf_counter()
+            case.step()
+            times[i].append(time.perf_counter() - start)
+    baseline_ms = None
+    for i, case in ready:
+        records[i] = _timed_record(records[i], case, problem, times[i], baseline_ms)
+        if i == 0:
+            baseline_ms, records[0]["vs_torch"] = records[0]["median_ms"], 1.0
+    return records
+
+
+def _prepare(name: str, problem: Problem, threads: int, isa: str):
+    """(record, case): the case set up and checked once, or (a skipped/error record, None)."""
     case = make_case(name)
     s = problem.shape
     record = dict(shape=s.name, num_experts=s.num_experts, top_k=s.top_k, hidden=s.hidden,
@@ -43,21 +73,25 @@ def run_case(name: str, problem: Problem, threads: int, warmup: int, repeats: in
                   rank=problem.rank if case.mode == "sft" else None)
     try:
         case.setup(problem, threads)
-        errors, missing = accuracy(case.step(), problem.reference(case.mode))
-        times = time_steps(case.step, warmup, repeats)
+        case.errors, case.missing = accuracy(case.step(), problem.reference(case.mode))
     except NotImplementedError as exc:
-        return dict(record, status="skipped", reason=f"NotImplementedError: {exc}")
+        return dict(record, status="skipped", reason=f"NotImplementedError: {exc}"), None
     except Exception as exc:  # one broken case must not hide the others: report it and go on
         traceback.print_exc()
-        return dict(record, status="error", reason=f"{type(exc).__name__}: {exc}")
+        return dict(record, status="error", reason=f"{type(exc).__name__}: {exc}"), None
+    return record, case
+
+
+def _timed_record(record: Dict, case, problem: Problem, times: List[float], baseline_ms: Optional[float]) -> Dict:
     st = Stats.of(times)
+    s = problem.shape
     nbytes = weight_bytes(s, problem.distinct_experts, case.bytes_per_element, case.mode)
-    grad_errors = [v for k, v in errors.items() if k != "out"]
+    grad_errors = [v for k, v in case.errors.items() if k != "out"]
     return dict(
         record, status="ok", times_ms=[t * 1e3 for t in times], median_ms=st.median * 1e3, min_ms=st.min * 1e3,
         max_ms=st.max * 1e3, p25_ms=st.p25 * 1e3, p75_ms=st.p75 * 1e3, tokens_per_s=problem.q / st.median,
         distinct_experts=problem.distinct_experts, gb_per_s=None if nbytes is None else nbytes / st.median / 1e9,
         gflop_per_s=step_flops(s, problem.q, case.mode) / st.median / 1e9,
         vs_torch=None if baseline_ms is None else baseline_ms / (st.median * 1e3),
-        err_out=errors["out"], err_grad=max(grad_errors) if grad_errors else None, errors=errors,
-        grads_missing=missing)
+        err_out=case.errors["out"], err_grad=max(grad_errors) if grad_errors else None, errors=case.errors,
+        grads_missing=case.missing)

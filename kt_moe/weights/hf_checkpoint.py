@@ -10,6 +10,9 @@ with gate and up [I, H] and down [H, I]; BF16, F16 or F32 on disk, returned as b
 Files are opened with safetensors' safe_open (a memory map plus the JSON header): construction
 reads headers only (names, shapes, dtypes); expert(e) reads that expert's three tensors and nothing
 else, so peak memory stays near one expert whatever the size of the files.
+
+list_moe_layers(directory) finds every layer with routed experts, its naming scheme, expert count
+and sizes, from the tensor names and one header per layer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import contextlib
 import json
 import operator
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -129,6 +134,10 @@ class HFExpertReader:
             raise ValueError(f"{len(missing)} expert tensor(s) missing for layer {self.layer_idx} "
                              f"in {self.directory}: {shown}")
 
+    def files(self) -> List[Path]:
+        """The checkpoint files holding this layer's expert tensors, sorted."""
+        return sorted(set(self._files.values()))
+
     def _check_id(self, e: int) -> int:
         if not 0 <= e < self.num_experts:
             raise ValueError(f"expert id {e} out of range [0, {self.num_experts})")
@@ -169,3 +178,51 @@ class HFExpertReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class MoELayerInfo:
+    """A layer with routed experts, as found in a checkpoint's tensor names and headers."""
+
+    layer_idx: int
+    scheme: str  # "deepseek" or "mixtral"
+    num_experts: int  # highest expert id + 1
+    hidden_size: int
+    intermediate_size: int
+
+
+def _gate_pattern(scheme: str) -> "re.Pattern[str]":
+    """Matches the gate weight names of a naming scheme, capturing (layer, expert)."""
+    prefix, projs = SCHEMES[scheme]
+    return re.compile(re.escape(prefix).replace(re.escape("{L}"), r"(\d+)") + rf"(\d+)\.{projs[0]}\.weight")
+
+
+def list_moe_layers(weight_path: Union[str, os.PathLike]) -> List[MoELayerInfo]:
+    """Every layer of the checkpoint directory with routed experts, in layer order. The expert count
+    is the highest expert id + 1 and the sizes come from the lowest id's gate weight [I, H]; only
+    tensor names and one header per layer are read (HFExpertReader checks the rest)."""
+    directory = Path(weight_path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    weight_map, index = _read_weight_map(directory)
+    experts: Dict[int, Dict[str, List[int]]] = {}  # layer -> scheme -> expert ids
+    for scheme in SCHEMES:
+        pattern = _gate_pattern(scheme)
+        for name in weight_map:
+            match = pattern.fullmatch(name)
+            if match:
+                experts.setdefault(int(match[1]), {}).setdefault(scheme, []).append(int(match[2]))
+    layers = []
+    for layer_idx in sorted(experts):
+        scheme = _detect_scheme(weight_map, layer_idx, directory)
+        ids = experts[layer_idx][scheme]
+        prefix, projs = SCHEMES[scheme]
+        gate = f"{prefix.format(L=layer_idx)}{min(ids)}.{projs[0]}.weight"
+        if not weight_map[gate].is_file():
+            raise FileNotFoundError(f"shard {weight_map[gate]} named by {index} not found")
+        with safe_open(weight_map[gate], framework="pt") as f:
+            shape = f.get_slice(gate).get_shape()
+        if len(shape) != 2:
+            raise ValueError(f"{gate} in {weight_map[gate]}: expected a matrix [I, H], got shape {list(shape)}")
+        layers.append(MoELayerInfo(layer_idx, scheme, max(ids) + 1, hidden_size=shape[1], intermediate_size=shape[0]))
+    return layers

@@ -188,7 +188,7 @@ void gemm_bf16_amx_parity(const GemmPlan& p) {
     acc = static_cast<float*>(
         thread_scratch(ScratchSlot::accumulators, sizeof(float) * groups * kTileRows * acc_ld));
   const int64_t e_stride = e_ld * int64_t(sizeof(bf16_t));
-  TileScope scope;
+  const tile::Scope scope(full_tile_config());
   for (int c0 = 0; c0 < chunks; c0 += kBlockChunks) {
     const int cn = std::min(kBlockChunks, chunks - c0);
     const bool first = c0 == 0, last = c0 + cn == chunks;

@@ -1,7 +1,6 @@
 // What the two AMX bf16 GEMM paths share (gemm_bf16_amx.cpp: P packed; gemm_bf16_amx_parity.cpp:
-// P read in place): the tile geometry and the per-call tile configuration. Every tile is
-// configured at its largest shape (16 rows x 64 bytes). The configuration is per thread and other
-// code may change it, so each call loads it and releases the tiles before returning.
+// P read in place): the tile geometry and their tile configuration, every tile at its largest
+// shape (16 rows x 64 bytes), loaded per call through tile::Scope.
 #pragma once
 
 #include "kernels/amx/tile.hpp"
@@ -23,14 +22,6 @@ inline tile::Config full_tile_config() {
   }
   return cfg;
 }
-
-// Configures the tiles for one call and releases them when it ends.
-struct TileScope {
-  TileScope() { tile::configure(full_tile_config()); }
-  ~TileScope() { tile::release(); }
-  TileScope(const TileScope&) = delete;
-  TileScope& operator=(const TileScope&) = delete;
-};
 
 // Plans whose P is stored kj and whose R has at most kParityMaxRows rows (gemm_bf16_amx_parity.cpp).
 // Reading P in place costs twice the tile products of packing it: with a few rows (one expert's

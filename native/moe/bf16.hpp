@@ -1,6 +1,7 @@
 // Scalar bf16 <-> fp32 conversions (round to nearest even) for the engines' elementwise code.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -21,6 +22,11 @@ inline bf16_t float_to_bf16(float f) {
   if ((bits & 0x7fffffffu) > 0x7f800000u) return bf16_t((bits >> 16) | 0x40u);  // NaN stays NaN
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return bf16_t(bits >> 16);
+}
+
+// dst[i] = bf16(src[i]) for i < n.
+inline void to_bf16(const float* src, bf16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
 }
 
 }  // namespace kt_moe

@@ -18,9 +18,12 @@ struct Routing {
   int rows_of(int e) const { return expert_begin[e + 1] - expert_begin[e]; }
 };
 
-// expert_ids: [q, k]. A slot with id -1, or with an id in [0, num_gpu_experts) (an expert that
-// lives on the GPU), is skipped. Throws std::invalid_argument naming the token, slot and id for
-// any other id outside [0, num_experts).
+// expert_ids: [q, k]. A slot with id -1, or with an id e whose skip[e] is nonzero (an expert that
+// lives on the GPU; skip: [num_experts], or null for none), is skipped. Throws
+// std::invalid_argument naming the token, slot and id for any other id outside [0, num_experts).
+Routing route_tokens(const int64_t* expert_ids, int q, int k, int num_experts, const uint8_t* skip);
+
+// The same with the experts [0, num_gpu_experts) skipped.
 Routing route_tokens(const int64_t* expert_ids, int q, int k, int num_experts, int num_gpu_experts);
 
 }  // namespace kt_moe

@@ -11,72 +11,21 @@
 
 #include "cpu/cpu_features.hpp"
 #include "moe/bf16.hpp"
-#include "pool/numa_topology.hpp"
+#include "moe/expert_tasks.hpp"
+#include "moe/gemm_calls.hpp"
 
 namespace kt_moe {
 namespace {
 
-// Column blocks per expert task: whole rows stream best (one kernel call per weight), so an
-// expert is split only when there are too few experts to give every thread several tasks.
-constexpr int kTasksPerThread = 4;
-constexpr int kBlockAlign = 32;
-
-// Columns per (expert, block) task for a `size`-wide output over `experts` experts.
-int block_columns(int size, int experts, int threads) {
-  const int blocks = std::max(1, (kTasksPerThread * threads + experts - 1) / std::max(experts, 1));
-  const int columns = (size + blocks - 1) / blocks;
-  return std::min(size, (columns + kBlockAlign - 1) / kBlockAlign * kBlockAlign);
-}
-
-int block_count(int size, int block) { return (size + block - 1) / block; }
-
-// C[m, n] (+)= alpha * a[m, :] . b[n, :]   (a [M, K] mk, b stored [N, K])
-void gemm_nt(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
-             int64_t ldc, float alpha = 1.0f, bool accumulate = false) {
-  gemm({m, n, k, a, lda, ALayout::mk, b, ldb, BLayout::nk, c, ldc, alpha, accumulate});
-}
-
-// C[m, n] (+)= alpha * sum_k a[m, k] b[k, n]   (a [M, K] mk, b stored [K, N])
-void gemm_nn(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
-             int64_t ldc, float alpha = 1.0f, bool accumulate = false) {
-  gemm({m, n, k, a, lda, ALayout::mk, b, ldb, BLayout::kn, c, ldc, alpha, accumulate});
-}
-
-// C[m, n] = alpha * sum_k a[k, m] b[k, n]   (a stored [K, M], b stored [K, N]): a sum over rows
-void gemm_tn(GemmFn gemm, int m, int n, int k, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
-             int64_t ldc, float alpha) {
-  gemm({m, n, k, a, lda, ALayout::km, b, ldb, BLayout::kn, c, ldc, alpha, false});
-}
-
-// A per-thread fp32 scratch of at least n elements (small products, merge accumulators).
-float* thread_scratch(size_t n) {
-  thread_local std::vector<float> scratch;
-  if (scratch.size() < n) scratch.resize(n);
-  return scratch.data();
-}
-
-void to_bf16(const float* src, bf16_t* dst, size_t n) {
-  for (size_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
-}
-
 // dst [m, r] = bf16(a [m, K] mk . b): a thin LoRA product, rounded because it feeds the next GEMM.
 void thin_product(GemmFn gemm, BLayout b_layout, int m, int r, int k, const bf16_t* a, int64_t lda,
                   const bf16_t* b, int64_t ldb, bf16_t* dst) {
-  float* tmp = thread_scratch(size_t(m) * r);
+  float* tmp = thread_floats(size_t(m) * r);
   gemm({m, r, k, a, lda, ALayout::mk, b, ldb, b_layout, tmp, r, 1.0f, false});
   to_bf16(tmp, dst, size_t(m) * r);
 }
 
 }  // namespace
-
-struct SftEngine::Slice {
-  int begin = 0;            // first intermediate row of the slice
-  bf16_t* gate = nullptr;   // [E, Is, H]
-  bf16_t* up = nullptr;     // [E, Is, H]
-  bf16_t* down = nullptr;   // [E, H, Is]
-  size_t bytes = 0;         // of the one allocation the three live in
-  ~Slice() { numa_free(gate, bytes); }
-};
 
 // What forward() computes and backward() reads. R = routed rows, Is = slice size.
 struct SftEngine::ForwardState {
@@ -126,17 +75,7 @@ SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
     throw std::invalid_argument("MOESFTConfig: intermediate_size must be divisible by tp_size");
   slice_size_ = c.intermediate_size / c.tp_size;
   scale_ = c.lora_alpha / static_cast<float>(c.lora_rank);
-  const size_t slice_elems = size_t(c.expert_num) * slice_size_ * c.hidden_size;
-  for (int s = 0; s < c.tp_size; ++s) {
-    auto slice = std::make_unique<Slice>();
-    slice->begin = s * slice_size_;
-    slice->bytes = 3 * slice_elems * sizeof(bf16_t);
-    slice->gate = static_cast<bf16_t*>(numa_alloc(slice->bytes, pool.subpool(s).node()));
-    slice->up = slice->gate + slice_elems;
-    slice->down = slice->up + slice_elems;
-    slices_.push_back(std::move(slice));
-  }
-  loaded_.assign(c.expert_num, 0);
+  weights_ = std::make_unique<Bf16ExpertSlices>(c.expert_num, c.hidden_size, c.intermediate_size, pool);
   scratch_->slices.resize(c.tp_size);
 }
 
@@ -148,23 +87,9 @@ void SftEngine::run(const std::function<void()>& work) {
 }
 
 void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
-  const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size, Is = slice_size_;
-  if (slot < 0 || slot >= E)
-    throw std::invalid_argument("expert slot " + std::to_string(slot) + " out of range [0, " + std::to_string(E) + ")");
+  weights_->check_slot(slot);
   std::lock_guard<std::mutex> lock(call_mutex_);
-  run([&] {
-    pool_.for_each_subpool([&](int s) {  // each subpool writes (first-touches) its own slice
-      Slice& w = *slices_[s];
-      std::memcpy(w.gate + size_t(slot) * Is * H, gate + size_t(w.begin) * H, size_t(Is) * H * sizeof(bf16_t));
-      std::memcpy(w.up + size_t(slot) * Is * H, up + size_t(w.begin) * H, size_t(Is) * H * sizeof(bf16_t));
-      for (int h = 0; h < H; ++h)
-        std::memcpy(w.down + (size_t(slot) * H + h) * Is, down + size_t(h) * I + w.begin, size_t(Is) * sizeof(bf16_t));
-    });
-  });
-  if (!loaded_[slot]) {
-    loaded_[slot] = 1;
-    ++loaded_count_;
-  }
+  run([&] { weights_->load(slot, gate, up, down); });
 }
 
 void SftEngine::set_lora(const LoraTensors& lora) {
@@ -177,7 +102,7 @@ void SftEngine::set_lora(const LoraTensors& lora) {
 void SftEngine::check_ready() const {
   if (!weights_loaded())
     throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
-                             std::to_string(loaded_count_) + " of " + std::to_string(config_.expert_num) +
+                             std::to_string(weights_->loaded_count()) + " of " + std::to_string(config_.expert_num) +
                              " experts loaded)");
   if (!lora_set()) throw std::runtime_error("LoRA weights not initialized: call init_lora_weights() first");
 }
@@ -227,7 +152,7 @@ void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* we
 void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels) {
   const GemmFn gemm = kernels.gemm;
   const Routing& rt = st.routing;
-  const int H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank, k = rt.k;
+  const int H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank;
   const int Is = slice_size_, R = rt.rows(), na = static_cast<int>(rt.active_experts.size());
   const std::vector<int>& experts = rt.active_experts;
   bf16_t* X = st.x.ensure(size_t(R) * H);
@@ -245,8 +170,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
   // Gather each expert's tokens; LoRA A products (the same for every slice).
   pool_.parallel_for_all(na, [&](int i) {
     const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
-    for (int row = b; row < b + n; ++row)
-      std::memcpy(X + size_t(row) * H, x + size_t(rt.row_slot[row] / k) * H, size_t(H) * sizeof(bf16_t));
+    gather_expert_rows(rt, e, x, H, X);
     thin_product(gemm, BLayout::nk, n, r, H, X + size_t(b) * H, H, lora_.gate_a + size_t(e) * r * H, H,
                  ax_gate + size_t(b) * r);
     thin_product(gemm, BLayout::nk, n, r, H, X + size_t(b) * H, H, lora_.up_a + size_t(e) * r * H, H,
@@ -255,7 +179,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
 
   pool_.for_each_subpool([&](int s) {
     Subpool& sp = pool_.subpool(s);
-    const Slice& w = *slices_[s];
+    const Bf16ExpertSlices::Slice& w = weights_->slice(s);
     ForwardState::PerSlice& ss = st.slices[s];
     bf16_t* z = scratch_->slices[s].z.data();
     // g = W_g x + s B_g (A_g x), u likewise, z = silu(g) * u: per (expert, intermediate block).
@@ -292,22 +216,9 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
   });
 
   // out[t] = sum_j w_j y_(t, j); slice 0's y becomes the sum over slices (kept for backward).
-  pool_.parallel_for_all(rt.q, [&](int t) {
-    float* acc = thread_scratch(H);
-    std::fill(acc, acc + H, 0.0f);
-    for (int j = 0; j < k; ++j) {
-      const int row = rt.slot_row[size_t(t) * k + j];
-      if (row < 0) continue;
-      float* y = st.slices[0].y.data() + size_t(row) * H;
-      for (int s = 1; s < config_.tp_size; ++s) {
-        const float* ys = st.slices[s].y.data() + size_t(row) * H;
-        for (int h = 0; h < H; ++h) y[h] += ys[h];
-      }
-      const float wt = st.weights[size_t(t) * k + j];
-      for (int h = 0; h < H; ++h) acc[h] += wt * y[h];
-    }
-    to_bf16(acc, out + size_t(t) * H, H);
-  });
+  std::vector<float*> ys;
+  for (ForwardState::PerSlice& ss : st.slices) ys.push_back(ss.y.data());
+  combine_expert_outputs(pool_, rt, st.weights.data(), ys, H, out);
 }
 
 void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads,
@@ -414,7 +325,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
 
   pool_.for_each_subpool([&](int s) {
     Subpool& sp = pool_.subpool(s);
-    const Slice& w = *slices_[s];
+    const Bf16ExpertSlices::Slice& w = weights_->slice(s);
     const ForwardState::PerSlice& ss = st.slices[s];
     Scratch::PerSlice& sc = scratch_->slices[s];
     bf16_t *z = sc.z.data(), *dg = sc.dg.data(), *du = sc.du.data();
@@ -472,7 +383,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
 
   // grad_input[t] = sum over the token's rows and the slices; the slices' LoRA gradient shares.
   pool_.parallel_for_all(rt.q, [&](int t) {
-    float* acc = thread_scratch(H);
+    float* acc = thread_floats(H);
     std::fill(acc, acc + H, 0.0f);
     for (int j = 0; j < k; ++j) {
       const int row = rt.slot_row[size_t(t) * k + j];

@@ -17,6 +17,7 @@
 #include "kernels/gemm_bf16.hpp"
 #include "kernels/swiglu.hpp"
 #include "moe/buffer.hpp"
+#include "moe/expert_slices.hpp"
 #include "moe/routing.hpp"
 #include "pool/worker_pool.hpp"
 
@@ -73,7 +74,7 @@ class SftEngine {
   // Copies one expert into physical slot `slot`: gate, up [I, H] and down [H, I], bf16, contiguous.
   // Each subpool copies its own slice.
   void load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
-  bool weights_loaded() const { return loaded_count_ == config_.expert_num; }
+  bool weights_loaded() const { return weights_->all_loaded(); }
 
   void set_lora(const LoraTensors& lora);
   bool lora_set() const { return lora_.gate_a != nullptr; }
@@ -105,8 +106,6 @@ class SftEngine {
   struct Scratch;
 
  private:
-  struct Slice;  // one subpool's base weights
-
   void check_ready() const;
   void forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
                       bool save);
@@ -123,9 +122,7 @@ class SftEngine {
   WorkerPool& pool_;
   int slice_size_;  // I / tp
   float scale_;     // lora_alpha / lora_rank
-  std::vector<std::unique_ptr<Slice>> slices_;
-  std::vector<char> loaded_;
-  int loaded_count_ = 0;
+  std::unique_ptr<Bf16ExpertSlices> weights_;  // the frozen base, one slice per subpool
   LoraTensors lora_;
   std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
   std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse

@@ -15,9 +15,18 @@ namespace kt_moe::py {
 // Any dtype, CPU, C-contiguous; bound with .noconvert() so that the engine sees the caller's memory.
 using Array = nanobind::ndarray<nanobind::device::cpu, nanobind::c_contig>;
 
-enum class DType { bf16, f32, i64 };
+enum class DType { bf16, f32, i64, i8, u8 };
 
-inline const char* dtype_name(DType d) { return d == DType::bf16 ? "bfloat16" : d == DType::f32 ? "float32" : "int64"; }
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::bf16: return "bfloat16";
+    case DType::f32: return "float32";
+    case DType::i64: return "int64";
+    case DType::i8: return "int8";
+    case DType::u8: return "uint8";
+  }
+  return "?";
+}
 
 inline bool has_dtype(const Array& a, DType d) {
   const nanobind::dlpack::dtype t = a.dtype();
@@ -26,6 +35,8 @@ inline bool has_dtype(const Array& a, DType d) {
     case DType::bf16: return t.code == uint8_t(nanobind::dlpack::dtype_code::Bfloat) && t.bits == 16;
     case DType::f32: return t.code == uint8_t(nanobind::dlpack::dtype_code::Float) && t.bits == 32;
     case DType::i64: return t.code == uint8_t(nanobind::dlpack::dtype_code::Int) && t.bits == 64;
+    case DType::i8: return t.code == uint8_t(nanobind::dlpack::dtype_code::Int) && t.bits == 8;
+    case DType::u8: return t.code == uint8_t(nanobind::dlpack::dtype_code::UInt) && t.bits == 8;
   }
   return false;
 }
@@ -54,6 +65,14 @@ T* checked(const Array& a, const char* name, DType dtype, std::initializer_list<
     throw std::invalid_argument(std::string(name) + " shape mismatch: expected " + shape_text(shape) + ", got " +
                                 shape_text(a));
   return static_cast<T*>(a.data());
+}
+
+// The (qlen, k) of a batch an engine is handed: qlen >= 1 and k equal to the config's experts_per_token.
+inline void check_batch(int qlen, int k, int experts_per_token) {
+  if (qlen < 1) throw std::invalid_argument("qlen must be positive, got " + std::to_string(qlen));
+  if (k != experts_per_token)
+    throw std::invalid_argument("k (" + std::to_string(k) + ") must equal experts_per_token (" +
+                                std::to_string(experts_per_token) + ")");
 }
 
 }  // namespace kt_moe::py

@@ -68,7 +68,7 @@ class PySftEngine {
   void forward(int qlen, int k, const Array& expert_ids, const Array& weights, const Array& input,
                const Array& output, bool save) {
     const MOESFTConfig& c = engine_.config();
-    check_batch(qlen, k);
+    check_batch(qlen, k, c.experts_per_token);
     const int64_t H = c.hidden_size;
     const int64_t* ids = checked<const int64_t>(expert_ids, "expert_ids", DType::i64, {qlen, k});
     const float* w = checked<const float>(weights, "weights", DType::f32, {qlen, k});
@@ -82,7 +82,7 @@ class PySftEngine {
                 const Array& grad_gate_b, const Array& grad_up_a, const Array& grad_up_b, const Array& grad_down_a,
                 const Array& grad_down_b, const Array& grad_weights) {
     const MOESFTConfig& c = engine_.config();
-    check_batch(qlen, k);
+    check_batch(qlen, k, c.experts_per_token);
     const int64_t E = c.expert_num, r = c.lora_rank, H = c.hidden_size, I = c.intermediate_size;
     const bf16_t* dy = checked<const bf16_t>(grad_output, "grad_output", DType::bf16, {qlen, H});
     bf16_t* dx = checked<bf16_t>(grad_input, "grad_input", DType::bf16, {qlen, H});
@@ -104,13 +104,6 @@ class PySftEngine {
     return {bf16 ? static_cast<void*>(checked<bf16_t>(a, name, DType::bf16, shape))
                  : static_cast<void*>(checked<float>(a, name, DType::f32, shape)),
             bf16};
-  }
-
-  void check_batch(int qlen, int k) const {
-    if (qlen < 1) throw std::invalid_argument("qlen must be positive, got " + std::to_string(qlen));
-    if (k != engine_.config().experts_per_token)
-      throw std::invalid_argument("k (" + std::to_string(k) + ") must equal experts_per_token (" +
-                                  std::to_string(engine_.config().experts_per_token) + ")");
   }
 
   SftEngine engine_;

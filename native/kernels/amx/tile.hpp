@@ -14,6 +14,10 @@
 //   store<T>(base, stride_bytes) TILESTORED
 //   dpbf16ps<C, A, B>()          TDPBF16PS: C[m][n] (fp32) += sum over k pairs of
 //                                A[m][pair k] . B[pair row k][n] (bf16 pairs, see tile_emulated.hpp)
+//   dpbssd<C, A, B>()            TDPBSSD: C[m][n] (int32, wrapping) += sum over k quads of
+//                                A[m][quad k] . B[quad row k][n], 4 byte products each, both signed
+//   dpbsud<C, A, B>()            TDPBSUD: the same with A's bytes signed and B's unsigned
+//   Scope scope(cfg)             configure(cfg) now, release() when the scope ends
 #pragma once
 
 #include <cstdint>
@@ -38,6 +42,19 @@ struct alignas(64) Config {
   uint8_t rows[16] = {};
 };
 static_assert(sizeof(Config) == 64, "LDTILECFG reads exactly 64 bytes");
+
+inline void configure(const Config& cfg);  // defined by the implementation included below
+inline void release();
+
+// The tile configuration of one kernel call: the configuration is per thread and other code may
+// change it, so a call loads its own and releases the tiles before returning.
+class Scope {
+ public:
+  explicit Scope(const Config& cfg) { configure(cfg); }
+  ~Scope() { release(); }
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+};
 
 }  // namespace tile
 }  // namespace KT_KERNEL_NS

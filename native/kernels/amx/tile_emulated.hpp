@@ -1,12 +1,13 @@
 // The AMX tile layer (tile.hpp) in portable C++, one function per instruction, following the
 // pseudo-code of the Intel SDM (LDTILECFG, TILERELEASE, TILEZERO, TILELOADD, TILESTORED,
-// TDPBF16PS): the tile registers and the configuration are per-thread state, rows and bytes past
-// a tile's configured shape read as zero and are written as zero, TDPBF16PS accumulates the even
-// and the odd elements of the bf16 pairs in two separate fp32 sums per output (FMA, round to
-// nearest even, denormal inputs read as zero, denormal results flushed to zero) that are added to
-// the destination at the end. What the hardware would refuse (#GP for a bad configuration, #UD
-// for an unconfigured tile or mismatched shapes) throws std::logic_error naming the instruction.
-// Compiled without ISA flags (level amx_emulated).
+// TDPBF16PS, TDPBSSD, TDPBSUD): the tile registers and the configuration are per-thread state,
+// rows and bytes past a tile's configured shape read as zero and are written as zero, TDPBF16PS
+// accumulates the even and the odd elements of the bf16 pairs in two separate fp32 sums per output
+// (FMA, round to nearest even, denormal inputs read as zero, denormal results flushed to zero)
+// that are added to the destination at the end, TDPBSSD/TDPBSUD add the four products of sign- or
+// zero-extended bytes to each int32 of the destination (wrapping). What the hardware would refuse
+// (#GP for a bad configuration, #UD for an unconfigured tile or mismatched shapes) throws
+// std::logic_error naming the instruction. Compiled without ISA flags (level amx_emulated).
 #pragma once
 
 #include <cmath>
@@ -114,16 +115,22 @@ inline float make_fp32(const uint8_t* bf16) {
   return flush_denormal(f);
 }
 
+// The #UD checks of the dot-product instructions: C [m x n dwords] += A [m x k dwords] . B [k x n dwords].
+inline void require_dot_shapes(int c, int a, int b, const char* instruction) {
+  require_configured(c, instruction);
+  require_configured(a, instruction);
+  require_configured(b, instruction);
+  const Config& cfg = registers.config;
+  if (cfg.colsb[c] % 4 != 0 || cfg.colsb[a] % 4 != 0 || cfg.colsb[b] % 4 != 0 || cfg.colsb[c] != cfg.colsb[b] ||
+      cfg.colsb[a] / 4 != cfg.rows[b] || cfg.rows[c] != cfg.rows[a])
+    fault(instruction, "#UD: tile shapes do not match");
+}
+
 template <int C, int A, int B>
 inline void dpbf16ps() {
   static_assert(0 <= C && C < kTileCount && 0 <= A && A < kTileCount && 0 <= B && B < kTileCount, "tile number");
-  require_configured(C, "tdpbf16ps");
-  require_configured(A, "tdpbf16ps");
-  require_configured(B, "tdpbf16ps");
+  require_dot_shapes(C, A, B, "tdpbf16ps");
   const Config& cfg = registers.config;
-  if (cfg.colsb[C] % 4 != 0 || cfg.colsb[A] % 4 != 0 || cfg.colsb[B] % 4 != 0 || cfg.colsb[C] != cfg.colsb[B] ||
-      cfg.colsb[A] / 4 != cfg.rows[B] || cfg.rows[C] != cfg.rows[A])
-    fault("tdpbf16ps", "#UD: tile shapes do not match");
   const int elements_src1 = cfg.colsb[A] / 4, elements_dest = cfg.colsb[C] / 4;
   for (int m = 0; m < cfg.rows[C]; ++m) {
     float temp1[kMaxColBytes / 2] = {};
@@ -144,6 +151,39 @@ inline void dpbf16ps() {
     std::memset(registers.data[C][m] + 4 * elements_dest, 0, kMaxColBytes - 4 * elements_dest);  // write_row_and_zero
   }
   for (int m = cfg.rows[C]; m < kMaxRows; ++m) std::memset(registers.data[C][m], 0, kMaxColBytes);  // zero_upper_rows
+}
+
+// TDPBSSD / TDPBSUD: for each dword of C, DPBD(c, a, b) = c + the four products
+// of a's and b's bytes, each byte sign-extended (ASigned / BSigned) or zero-extended; int32 wraps.
+template <int C, int A, int B, bool ASigned, bool BSigned>
+inline void dot_bytes(const char* instruction) {
+  static_assert(0 <= C && C < kTileCount && 0 <= A && A < kTileCount && 0 <= B && B < kTileCount, "tile number");
+  require_dot_shapes(C, A, B, instruction);
+  const Config& cfg = registers.config;
+  const int elements_src1 = cfg.colsb[A] / 4, elements_dest = cfg.colsb[C] / 4;
+  auto extend = [](uint8_t byte, bool is_signed) { return is_signed ? int32_t(int8_t(byte)) : int32_t(byte); };
+  for (int m = 0; m < cfg.rows[C]; ++m) {
+    uint32_t tmp[kMaxColBytes / 4];
+    std::memcpy(tmp, registers.data[C][m], sizeof tmp);
+    for (int k = 0; k < elements_src1; ++k)
+      for (int n = 0; n < elements_dest; ++n)
+        for (int i = 0; i < 4; ++i)
+          tmp[n] += uint32_t(extend(registers.data[A][m][4 * k + i], ASigned) *
+                             extend(registers.data[B][k][4 * n + i], BSigned));
+    std::memcpy(registers.data[C][m], tmp, 4 * elements_dest);
+    std::memset(registers.data[C][m] + 4 * elements_dest, 0, kMaxColBytes - 4 * elements_dest);  // write_row_and_zero
+  }
+  for (int m = cfg.rows[C]; m < kMaxRows; ++m) std::memset(registers.data[C][m], 0, kMaxColBytes);  // zero_upper_rows
+}
+
+template <int C, int A, int B>
+inline void dpbssd() {
+  dot_bytes<C, A, B, true, true>("tdpbssd");
+}
+
+template <int C, int A, int B>
+inline void dpbsud() {
+  dot_bytes<C, A, B, true, false>("tdpbsud");
 }
 
 }  // namespace tile

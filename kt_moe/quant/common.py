@@ -1,0 +1,42 @@
+"""What the quantization schemes share: the checks of their tensor arguments and the row blocks
+that keep the fp32 working copy small (one block is quantized at a time, so memory stays near the
+input's size and the work stays in cache)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from kt_moe.tensor_checks import FLOAT_DTYPES, check_tensor
+
+BLOCK_ELEMENTS = 1 << 18  # fp32 values per block (1 MiB): large enough to split across threads, small enough for L2/L3
+
+
+def check_matrices(value, name: str, dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> torch.Tensor:
+    """`value` when it is a non-empty CPU tensor [N, K] or [E, N, K] of one of `dtypes`."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() not in (2, 3) or value.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty [N, K] or [E, N, K] tensor, got shape {tuple(value.shape)}")
+    return check_tensor(value, name, (-1,) * value.dim(), dtypes)
+
+
+def check_finite(reduced: torch.Tensor, name: str) -> None:
+    """`reduced` holds per-row or per-group maxima/minima: NaN and inf propagate into them, so this
+    small check stands for a check of every weight."""
+    if not bool(torch.isfinite(reduced).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; only finite weights can be quantized")
+
+
+def rows_per_block(cols: int) -> int:
+    """How many rows of `cols` values make a block of about BLOCK_ELEMENTS values (at least one)."""
+    return max(1, BLOCK_ELEMENTS // cols)
+
+
+def row_blocks(rows: int, cols: int) -> Iterator[slice]:
+    """Consecutive slices of `rows` rows, rows_per_block(cols) at a time. A row is always quantized
+    whole and on its own, so the result never depends on the blocking."""
+    step = rows_per_block(cols)
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))

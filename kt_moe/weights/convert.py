@@ -1,0 +1,191 @@
+"""The converter behind `kt-moe convert`: quantize a Hugging Face checkpoint's routed experts into
+our pre-quantized files (kt_moe.weights.prequantized), one layer at a time.
+
+Per selected layer: read the experts one at a time with HFExpertReader (bf16, the values an online
+load quantizes, so a converted file equals online quantization of the same checkpoint), quantize
+gate, up and down with the method's scheme (kt_moe.quant), then write the layer's file, which
+appears under its final name only once complete. Peak memory: one layer's quantized tensors plus
+the expert being quantized.
+
+Rerunning the same command resumes. For a layer whose file already exists:
+  - metadata matching the settings and the source identity, checksum verified: skipped;
+  - unreadable, incomplete or failing its checksum: rewritten;
+  - written for other settings or from another source: every such file is reported in one
+    ValueError before anything is converted; force=True rewrites them instead.
+The source identity is the names and sizes of the checkpoint files holding the layer: it tells
+another model or layout apart, not a same-shaped checkpoint with other values (convert that into
+another directory, or with force).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Union
+
+from kt_moe.weights.hf_checkpoint import HFExpertReader, MoELayerInfo, list_moe_layers
+from kt_moe.weights.prequantized import (MATRICES, ExpertParts, LayerSettings, PrequantizedCorruptError,
+                                         PrequantizedLayerReader, PrequantizedMismatchError, layer_file,
+                                         write_layer)
+
+Progress = Callable[[int, int, str], None]  # (experts done, experts in all, what is happening now)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """What the converter did with one layer. action: "written" (no file before), "skipped" (the
+    file verified), "rewritten" (the file was damaged), "replaced" (other settings, with force)."""
+
+    layer_idx: int
+    action: str
+    path: Path
+
+
+# what becomes of a layer, by the state of its existing file ("match" turns "rewritten" if it fails
+# its checksum)
+ACTIONS = {"none": "written", "corrupt": "rewritten", "mismatch": "replaced", "match": "skipped"}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    settings: LayerSettings
+    reader: HFExpertReader  # checked; it opens the checkpoint's files only when experts are read
+    source: str
+    existing: str  # the layer's file: "none", "match" (header matches; verify), "corrupt" or "mismatch"
+    problem: str = ""  # why, for "mismatch"
+
+
+def parse_layers(text: str) -> List[int]:
+    """Layer ids from "A", "A-B" (inclusive) or a comma-separated list of those, sorted, no repeats."""
+    layers = set()
+    for item in text.split(","):
+        bounds = item.strip().split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise ValueError(f"expected a layer, a range A-B or a comma-separated list of them, got {text!r}")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if low > high:
+            raise ValueError(f"range {item.strip()!r} is empty (start after end)")
+        layers.update(range(low, high + 1))
+    return sorted(layers)
+
+
+def format_layers(layers: Iterable[int]) -> str:
+    """Sorted layer ids as ranges: [1, 2, 3, 7] -> "1-3, 7"."""
+    ranges: List[List[int]] = []
+    for layer in sorted(layers):
+        if ranges and layer == ranges[-1][1] + 1:
+            ranges[-1][1] = layer
+        else:
+            ranges.append([layer, layer])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def source_identity(directory: Path, files: Sequence[Path]) -> str:
+    """The recorded identity of a layer's source: its files' names (relative to the checkpoint
+    directory) and sizes, as compact JSON."""
+    return json.dumps({"files": {str(f.relative_to(directory)): f.stat().st_size for f in files}},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def _select(infos: List[MoELayerInfo], layers: Optional[Iterable[int]], directory: Path) -> List[MoELayerInfo]:
+    if not infos:
+        raise ValueError(f"no routed-expert weights found in {directory} (expected names like "
+                         "model.layers.{L}.mlp.experts.{e}.gate_proj.weight or "
+                         "model.layers.{L}.block_sparse_moe.experts.{e}.w1.weight)")
+    if layers is None:
+        return infos
+    by_layer = {info.layer_idx: info for info in infos}
+    wanted = sorted(set(layers))
+    absent = [layer for layer in wanted if layer not in by_layer]
+    if absent:
+        raise ValueError(f"layer(s) {format_layers(absent)} have no routed experts in {directory}; "
+                         f"its MoE layers are {format_layers(by_layer)}")
+    return [by_layer[layer] for layer in wanted]
+
+
+def _open_existing(output: Path, settings: LayerSettings, source: str) -> PrequantizedLayerReader:
+    return PrequantizedLayerReader(output, settings.layer_idx, settings.num_experts, settings.hidden_size,
+                                   settings.intermediate_size, settings.method, source=source)
+
+
+def _plan(source_dir: Path, output: Path, method: str, info: MoELayerInfo) -> _Plan:
+    """The layer's settings, checked source reader and identity, and the state of its file in
+    `output` (from the header only)."""
+    settings = LayerSettings(method, info.layer_idx, info.num_experts, info.hidden_size, info.intermediate_size)
+    reader = HFExpertReader(source_dir, info.layer_idx, info.num_experts, info.hidden_size, info.intermediate_size)
+    source = source_identity(source_dir, reader.files())
+    try:
+        _open_existing(output, settings, source).close()
+    except FileNotFoundError:
+        return _Plan(settings, reader, source, "none")
+    except PrequantizedMismatchError as exc:
+        return _Plan(settings, reader, source, "mismatch", str(exc))
+    except PrequantizedCorruptError:
+        return _Plan(settings, reader, source, "corrupt")
+    return _Plan(settings, reader, source, "match")
+
+
+def _verified(output: Path, plan: _Plan) -> bool:
+    """Whether the layer's file (whose header matched) passes its checksum."""
+    with _open_existing(output, plan.settings, plan.source) as existing:
+        try:
+            existing.verify()
+        except PrequantizedCorruptError:
+            return False
+    return True
+
+
+def _mismatch_message(plans: List[_Plan]) -> str:
+    """The first mismatching file's problem, the other such layers and what to do."""
+    others = [plan.settings.layer_idx for plan in plans[1:]]
+    more = f" (so were the files of layer(s) {format_layers(others)})" if others else ""
+    return f"{plans[0].problem}{more}; use another output directory, or --force to overwrite"
+
+
+def _quantized_experts(plan: _Plan, report: Progress, done: int, total: int) -> List[ExpertParts]:
+    """The layer's experts, read one at a time and quantized; progress reported after each."""
+    L, E = plan.settings.layer_idx, plan.settings.num_experts
+    quantize, experts = plan.settings.scheme.quantize, []
+    report(done, total, f"layer {L}: quantizing (0/{E})")
+    for _, *weights in plan.reader.experts():
+        experts.append({m: quantize(w) for m, w in zip(MATRICES, weights)})
+        report(done + len(experts), total, f"layer {L}: quantizing ({len(experts)}/{E})")
+    return experts
+
+
+def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], method: str,
+                       layers: Optional[Iterable[int]] = None, force: bool = False,
+                       progress: Optional[Progress] = None) -> List[LayerResult]:
+    """Convert the routed experts of the checkpoint in `input_dir` (every MoE layer, or `layers`)
+    to `method` (AMXINT8 or AMXINT4) in `output_dir` (created if needed), resuming as the module
+    docstring describes. `progress(done, total, message)` is called as experts are quantized.
+    Returns one LayerResult per layer, in layer order."""
+    source_dir, output = Path(input_dir), Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} exists and is not a directory")
+    report = progress or (lambda done, total, message: None)
+    plans = [_plan(source_dir, output, method, info)
+             for info in _select(list_moe_layers(source_dir), layers, source_dir)]
+    mismatched = [plan for plan in plans if plan.existing == "mismatch"]
+    if mismatched and not force:
+        raise ValueError(_mismatch_message(mismatched))
+    output.mkdir(parents=True, exist_ok=True)
+
+    results, done, total = [], 0, sum(plan.settings.num_experts for plan in plans)
+    for plan in plans:
+        L, E, action = plan.settings.layer_idx, plan.settings.num_experts, ACTIONS[plan.existing]
+        if plan.existing == "match":
+            report(done, total, f"layer {L}: verifying the existing file")
+            if _verified(output, plan):
+                done += E
+                report(done, total, f"layer {L}: verified, skipped")
+                results.append(LayerResult(L, action, layer_file(output, L)))
+                continue
+            action = "rewritten"
+        experts = _quantized_experts(plan, report, done, total)
+        done += E
+        report(done, total, f"layer {L}: writing")
+        results.append(LayerResult(L, action, write_layer(output, plan.settings, experts, plan.source)))
+    return results

@@ -1,0 +1,93 @@
+// quantize_activations (gemm_quant.hpp): bf16 rows -> int8 records with per-group scales and
+// sums. Portable C++ written so that the compiler vectorises it; compiled for generic (no ISA
+// flags) and avx512, both with -ffp-contract=off (CMakeLists.txt): every step is exact or one
+// correctly rounded fp32 operation (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead
+// of twice), so both builds give bit-identical records.
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "kernels/gemm_quant.hpp"
+#include "kernels/gemm_quant_levels.hpp"
+#include "kernels/level_namespace.hpp"
+#include "kernels/quant_layout.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+namespace {
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// One group of `len` <= G values into q [G] (zeros past len), *scale and *sum. Inlined with
+// len = G for whole groups, so that the loops have a constant trip count.
+template <int G>
+__attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int len, int8_t* q, float* scale,
+                                                          float* sum) {
+  uint16_t amax_bits = 0;  // |x| orders like its bits without the sign (NaN above Inf)
+  for (int i = 0; i < len; ++i) amax_bits = std::max<uint16_t>(amax_bits, a[i] & 0x7FFF);
+  const float amax = bf16_to_float(amax_bits);
+  std::memset(q, 0, G);
+  *sum = 0.0f;
+  if (!(amax >= FLT_MIN && amax <= FLT_MAX)) {  // zeros or denormals only: 0; Inf or NaN: NaN results
+    *scale = amax >= FLT_MIN ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+    return;
+  }
+  const float inv = float(quant_layout::kActQMax) / amax;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: x + kRound - kRound rounds |x| < 2^22 half to even
+  int32_t s = 0;
+  for (int i = 0; i < len; ++i) {
+    const float x = bf16_to_float(a[i]) * inv;
+    const int32_t v = static_cast<int32_t>((x + kRound) - kRound);
+    q[i] = static_cast<int8_t>(v);
+    s += v;
+  }
+  *scale = amax / float(quant_layout::kActQMax);
+  *sum = float(s);
+}
+
+}  // namespace
+
+void quantize_activations(const QuantizeArgs& args) {
+  if (args.m < 0) throw std::invalid_argument("kt-moe quantize_activations: m must not be negative");
+  const QuantActLayout layout = quant_act_layout(args.format, args.k);
+  if (args.m == 0) return;
+  if (!args.a || !args.out) throw std::invalid_argument("kt-moe quantize_activations: null pointer");
+  if (args.m > 1 && args.lda < args.k)
+    throw std::invalid_argument("kt-moe quantize_activations: lda = " + std::to_string(args.lda) + " < k");
+  if (args.out_stride < layout.row_bytes || args.out_stride % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(args.out) % 4 != 0)
+    throw std::invalid_argument("kt-moe quantize_activations: records need a stride >= " +
+                                std::to_string(layout.row_bytes) +
+                                " bytes, a multiple of 4, and 4-byte aligned memory");
+  for (int r = 0; r < args.m; ++r) {
+    const bf16_t* a = args.a + int64_t(r) * args.lda;
+    uint8_t* rec = args.out + int64_t(r) * args.out_stride;
+    auto* q = reinterpret_cast<int8_t*>(rec);
+    auto* scale = reinterpret_cast<float*>(rec + layout.scale_offset);
+    auto* sum = reinterpret_cast<float*>(rec + layout.sum_offset);
+    auto groups = [&](auto group) {
+      constexpr int G = decltype(group)::value;
+      const int whole = args.k / G;
+      for (int g = 0; g < whole; ++g) quantize_group<G>(a + g * G, G, q + g * G, scale + g, sum + g);
+      if (whole < layout.groups)  // the partial last group
+        quantize_group<G>(a + whole * G, args.k - whole * G, q + whole * G, scale + whole, sum + whole);
+    };
+    if (layout.group == quant_layout::kInt8Group)
+      groups(std::integral_constant<int, quant_layout::kInt8Group>{});
+    else
+      groups(std::integral_constant<int, quant_layout::kInt4Group>{});
+  }
+}
+
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe

@@ -1,0 +1,52 @@
+// What every quantized GEMM kernel (gemm_quant_*.cpp) shares: reading an activation record, the
+// INT8 rows' zero-point correction, and writing a block of results into C. Compiled per level
+// (everything lives in the level's namespace, see level_namespace.hpp).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/gemm_quant.hpp"
+#include "kernels/level_namespace.hpp"
+#include "kernels/quant_layout.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+
+// One quantized activation row: q [k_padded], scale [groups], sum [groups].
+struct QuantRow {
+  const int8_t* q;
+  const float* scale;
+  const float* sum;
+};
+
+// Row i of the product: record row_ids[i] (or i).
+inline QuantRow quant_row(const QuantGemmArgs& args, const QuantActLayout& layout, int i) {
+  const int r = args.row_ids ? args.row_ids[i] : i;
+  const uint8_t* rec = args.a.data + int64_t(r) * args.a.stride;
+  return {reinterpret_cast<const int8_t*>(rec), reinterpret_cast<const float*>(rec + layout.scale_offset),
+          reinterpret_cast<const float*>(rec + layout.sum_offset)};
+}
+
+// INT8 stores q + 128, so every group dot product of a row carries 128 * sum_g(a_s * a_sum) too:
+// the value to subtract (before the column scale), computed in this order at every level.
+inline float int8_row_offset(const float* scale, const float* sum, int groups) {
+  float s = 0.0f;
+  for (int g = 0; g < groups; ++g) s = __builtin_fmaf(scale[g], sum[g], s);
+  return float(quant_layout::kInt8Zero) * s;
+}
+
+// Asks for the cache lines of [p, p + bytes) (prefetcht0): the kernels stream the packed weight
+// and request it a block or a few KB ahead, so that enough misses are in flight for one thread to
+// approach the memory bandwidth (the hardware prefetchers stop at 4 KB pages).
+inline void prefetch_bytes(const void* p, int bytes) {
+  for (int i = 0; i < bytes; i += 64) __builtin_prefetch(static_cast<const char*>(p) + i, 0, 3);
+}
+
+// c[j] = (accumulate ? c[j] : 0) + v[j] for j < cols.
+inline void store_columns(float* c, const float* v, int cols, bool accumulate) {
+  for (int j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + v[j] : v[j];
+}
+
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe

@@ -1,0 +1,53 @@
+// The bf16 weights of every expert of a layer, split by intermediate slice over a pool's subpools
+// (tensor parallel): subpool s owns rows [s * Is, (s + 1) * Is) of gate and up and the same columns
+// of down, Is = I / tp, in memory on its NUMA node. Shared by the SFT and the inference engines.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "kernels/gemm_bf16.hpp"
+#include "pool/worker_pool.hpp"
+
+namespace kt_moe {
+
+class Bf16ExpertSlices {
+ public:
+  struct Slice {
+    int begin = 0;           // first intermediate row of the slice
+    bf16_t* gate = nullptr;  // [E, Is, H]
+    bf16_t* up = nullptr;    // [E, Is, H]
+    bf16_t* down = nullptr;  // [E, H, Is]
+    size_t bytes = 0;        // of the one allocation the three live in
+    ~Slice();
+  };
+
+  // Allocates one slice per subpool of `pool` (tp = its subpool count) on the subpool's node.
+  // std::invalid_argument when a size is not positive or I is not divisible by tp.
+  Bf16ExpertSlices(int experts, int hidden, int intermediate, WorkerPool& pool);
+
+  int slice_size() const { return slice_size_; }  // Is
+  const Slice& slice(int s) const { return *slices_[s]; }
+
+  // std::invalid_argument naming the slot unless 0 <= slot < E.
+  void check_slot(int slot) const;
+
+  // Copies one expert (gate, up [I, H], down [H, I], bf16, contiguous) into physical slot `slot`
+  // (checked with check_slot first), each subpool its own slice (so pages are first touched on
+  // their node). Runs for_each_subpool on the calling thread: the engines call it from a task
+  // queued on the pool, behind their other work.
+  void load(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
+
+  int loaded_count() const { return loaded_count_; }
+  bool all_loaded() const { return loaded_count_ == experts_; }
+
+ private:
+  int experts_, hidden_, intermediate_, slice_size_;
+  WorkerPool& pool_;
+  std::vector<std::unique_ptr<Slice>> slices_;
+  std::vector<char> loaded_;
+  int loaded_count_ = 0;
+};
+
+}  // namespace kt_moe

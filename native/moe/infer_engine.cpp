@@ -1,0 +1,222 @@
+// InferEngine: tickets and their jobs on the worker pool, chunking, and the forward phases.
+// Rows are routed (token, slot) pairs grouped by expert (routing.hpp); "slice" is one subpool's
+// share of the intermediate size.
+#include "moe/infer_engine.hpp"
+
+#include <algorithm>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "kernels/swiglu.hpp"
+#include "moe/expert_tasks.hpp"
+
+namespace kt_moe {
+
+struct InferEngine::Job {
+  std::function<void()> work;
+  bool done = false;
+  std::exception_ptr error;
+};
+
+// Scratch of one chunk, reused by the next. R = routed rows, Is = slice size. Each slice gathers
+// its own copy of the rows' tokens (memory of its node; no barrier between the gather and its work).
+struct InferEngine::Scratch {
+  struct PerSlice {
+    Buffer<bf16_t> x;  // [R, H] the rows' tokens
+    Buffer<bf16_t> z;  // [R, Is] silu(g) * u
+    Buffer<float> y;   // [R, H] this slice's share of the rows' expert outputs
+  };
+  std::vector<PerSlice> slices;
+};
+
+InferEngine::InferEngine(const MOEConfig& config, WorkerPool& pool)
+    : config_(config), pool_(pool), scratch_(std::make_unique<Scratch>()) {
+  const MOEConfig& c = config_;
+  if (c.expert_num < 1 || c.hidden_size < 1 || c.intermediate_size < 1 || c.experts_per_token < 1 ||
+      c.tp_size < 1 || c.chunked_prefill_size < 1)
+    throw std::invalid_argument("MOEConfig: expert_num, hidden_size, intermediate_size, experts_per_token, "
+                                "tp_size and chunked_prefill_size must be positive");
+  if (c.num_gpu_experts < 0 || c.num_gpu_experts > c.expert_num)
+    throw std::invalid_argument("MOEConfig: num_gpu_experts must be in [0, expert_num]");
+  if (c.tp_size != pool.subpool_count())
+    throw std::invalid_argument("MOEConfig.tp_size (" + std::to_string(c.tp_size) +
+                                ") must equal the pool's subpool count (" + std::to_string(pool.subpool_count()) + ")");
+  if (c.intermediate_size % c.tp_size != 0)
+    throw std::invalid_argument("MOEConfig: intermediate_size must be divisible by tp_size");
+  weights_ = make_infer_weights(c, pool);
+  scratch_->slices.resize(c.tp_size);
+  set_gpu_experts(nullptr);
+}
+
+InferEngine::~InferEngine() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  finished_cv_.wait(lock, [&] { return running_ == 0; });
+}
+
+uint64_t InferEngine::enqueue_locked(std::function<void()> work) {
+  auto job = std::make_shared<Job>();
+  job->work = std::move(work);
+  const uint64_t ticket = ++last_ticket_;
+  jobs_.emplace(ticket, job);
+  ++running_;
+  pool_.submit([this, job] {
+    try {
+      job->work();
+    } catch (...) {
+      job->error = std::current_exception();
+    }
+    job->work = nullptr;  // release its captures before the job counts as done
+    std::lock_guard<std::mutex> lock(mutex_);
+    job->done = true;
+    --running_;
+    finished_cv_.notify_all();
+  });
+  return ticket;
+}
+
+void InferEngine::wait(uint64_t ticket) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const auto it = jobs_.find(ticket);
+  if (it == jobs_.end())
+    throw std::invalid_argument("no queued work with ticket " + std::to_string(ticket) +
+                                " (never submitted, or already waited for)");
+  const std::shared_ptr<Job> job = it->second;
+  finished_cv_.wait(lock, [&] { return job->done; });
+  jobs_.erase(ticket);
+  if (job->error) std::rethrow_exception(job->error);
+}
+
+int InferEngine::pending() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int>(jobs_.size());
+}
+
+template <class Format>
+Format& InferEngine::format_as(const char* wanted) {
+  auto* format = dynamic_cast<Format*>(weights_.get());
+  if (!format)
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + weights_->format() +
+                                ", not " + wanted);
+  return *format;
+}
+
+void InferEngine::run_queued(std::function<void()> work) {
+  uint64_t ticket;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ticket = enqueue_locked(std::move(work));
+  }
+  wait(ticket);
+}
+
+void InferEngine::load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
+  Bf16InferWeights& format = format_as<Bf16InferWeights>("bf16");
+  format.check_slot(slot);
+  run_queued([&] { format.load(slot, gate, up, down); });
+}
+
+void InferEngine::load_quant_expert(int slot, const QuantInferWeights::Matrix& gate,
+                                    const QuantInferWeights::Matrix& up, const QuantInferWeights::Matrix& down) {
+  QuantInferWeights& format = format_as<QuantInferWeights>("a quantized format");
+  format.check_slot(slot);
+  run_queued([&] { format.load(slot, gate, up, down); });
+}
+
+void InferEngine::set_gpu_experts(const uint8_t* mask) {
+  const int E = config_.expert_num;
+  std::lock_guard<std::mutex> lock(mutex_);
+  on_gpu_.assign(E, 0);
+  for (int e = 0; e < E; ++e) on_gpu_[e] = mask ? (mask[e] != 0) : (e < config_.num_gpu_experts);
+}
+
+std::vector<uint8_t> InferEngine::gpu_experts() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return on_gpu_;
+}
+
+uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out) {
+  if (q < 1) throw std::invalid_argument("forward: q must be positive, got " + std::to_string(q));
+  const int E = config_.expert_num, k = config_.experts_per_token, H = config_.hidden_size;
+  const int chunk = config_.chunked_prefill_size;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!weights_loaded())
+    throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
+                             std::to_string(weights_->loaded_count()) + " of " + std::to_string(E) +
+                             " experts loaded)");
+  // Routing the whole batch checks every id; a batch above one chunk is then routed per chunk.
+  auto routes = std::make_shared<std::vector<Routing>>();
+  routes->push_back(route_tokens(expert_ids, q, k, E, on_gpu_.data()));
+  if (q > chunk) {
+    routes->clear();
+    for (int t0 = 0; t0 < q; t0 += chunk)
+      routes->push_back(route_tokens(expert_ids + size_t(t0) * k, std::min(chunk, q - t0), k, E, on_gpu_.data()));
+  }
+  const IsaLevel level = active_isa_level();
+  return enqueue_locked([this, routes, weights, x, out, level, chunk, k, H] {
+    for (size_t c = 0; c < routes->size(); ++c) {
+      const size_t t0 = c * size_t(chunk);
+      compute((*routes)[c], weights + t0 * k, x + t0 * H, out + t0 * H, level);
+    }
+  });
+}
+
+void InferEngine::compute(const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out, IsaLevel level) {
+  const int H = config_.hidden_size, Is = weights_->slice_size(), R = rt.rows();
+  const int na = static_cast<int>(rt.active_experts.size());
+  const std::vector<int>& experts = rt.active_experts;
+  const SwigluKernels swiglu = swiglu_kernels(level);
+  std::vector<float*> ys;
+  for (Scratch::PerSlice& sc : scratch_->slices) {
+    sc.x.ensure(size_t(R) * H);
+    sc.z.ensure(size_t(R) * Is);
+    ys.push_back(sc.y.ensure(size_t(R) * H));
+  }
+
+  if (na > 0) {
+    InferWeights& w = *weights_;
+    const bool convert = w.converts_inputs();
+    if (convert) w.prepare_inputs(R);
+    pool_.for_each_subpool([&](int s) {
+      Subpool& sp = pool_.subpool(s);
+      bf16_t* X = scratch_->slices[s].x.data();
+      bf16_t* z = scratch_->slices[s].z.data();
+      float* y = ys[s];
+      sp.parallel_for(na, [&](int i) {
+        const int e = experts[i], b = rt.expert_begin[e];
+        gather_expert_rows(rt, e, x, H, X);
+        if (convert) w.convert_gate_up_input(level, s, X, b, b + rt.rows_of(e));
+      });
+      // z = silu(x W_gate^T) * (x W_up^T), per (expert, intermediate block); g and u are indexed
+      // by the slice's column.
+      const int iw = block_columns(Is, na, sp.thread_count()), ib = block_count(Is, iw);
+      sp.parallel_for(na * ib, [&](int task) {
+        const int e = experts[task / ib], c0 = (task % ib) * iw;
+        const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
+        float* g = thread_floats(2 * size_t(n) * Is);
+        float* u = g + size_t(n) * Is;
+        w.gate_up(level, s, e, X, b, n, c0, nc, g, u, Is);
+        for (int m = 0; m < n; ++m) {
+          const size_t at = size_t(m) * Is + c0;
+          swiglu.forward(g + at, u + at, z + size_t(b + m) * Is + c0, nc);
+        }
+      });
+      if (convert)
+        sp.parallel_for(na, [&](int i) {
+          const int e = experts[i], b = rt.expert_begin[e];
+          w.convert_down_input(level, s, z, b, b + rt.rows_of(e));
+        });
+      // y = z W_down^T (this slice's share), per (expert, hidden block).
+      const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
+      sp.parallel_for(na * hb, [&](int task) {
+        const int e = experts[task / hb], h0 = (task % hb) * hw;
+        const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
+        w.down(level, s, e, z, b, n, h0, nh, y + size_t(b) * H, H);
+      });
+    });
+  }
+  combine_expert_outputs(pool_, rt, weights, ys, H, out);
+}
+
+}  // namespace kt_moe

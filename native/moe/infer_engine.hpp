@@ -1,0 +1,105 @@
+// The inference engine of one MoE layer: out[t] = sum over the token's CPU experts e of
+// w_e * W_down(silu(W_gate x_t) * W_up x_t) (DESIGN.md section 3 without LoRA). The experts' weights
+// live in an InferWeights format (infer_weights.hpp), each subpool owning a slice of every expert's
+// intermediate dimension (tensor parallel; the slices' partial outputs are summed in fp32).
+//
+// Work is asynchronous: submit() routes the batch on the calling thread (bad ids fail there), queues
+// the compute on the worker pool and returns a ticket at once; wait(ticket) blocks until that work
+// is done and rethrows its error. Each forward runs as phases on the pool: in every subpool at once,
+// gather each expert's tokens (a copy per subpool), then (expert, column block) tasks for gate/up +
+// SwiGLU and for down (with few experts, as in decode, every expert is split across all threads so
+// each weight byte is read once); then, over all threads, the weighted merge of the subpools'
+// partial outputs into the output rows. Batches above chunked_prefill_size
+// tokens run as consecutive chunks of at most that many, so scratch never exceeds
+// chunked_prefill_size * k rows.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "config/moe_config.hpp"
+#include "cpu/cpu_features.hpp"
+#include "kernels/gemm_bf16.hpp"
+#include "moe/buffer.hpp"
+#include "moe/infer_weights.hpp"
+#include "moe/routing.hpp"
+#include "pool/worker_pool.hpp"
+
+namespace kt_moe {
+
+class InferEngine {
+ public:
+  // std::invalid_argument when a size of the config is not positive, num_gpu_experts is outside
+  // [0, expert_num], tp_size differs from the pool's subpool count, intermediate_size is not
+  // divisible by tp_size, or the method has no weight format (make_infer_weights).
+  InferEngine(const MOEConfig& config, WorkerPool& pool);
+  // Waits for every piece of work this engine queued (waited for or not).
+  ~InferEngine();
+  InferEngine(const InferEngine&) = delete;
+  InferEngine& operator=(const InferEngine&) = delete;
+
+  const MOEConfig& config() const { return config_; }
+  const InferWeights& weights() const { return *weights_; }
+  bool weights_loaded() const { return weights_->loaded_count() == config_.expert_num; }
+
+  // Method BF16: copies one expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`,
+  // on the pool after the work queued before it; returns when done. std::invalid_argument for a bad
+  // slot or when the method stores another format.
+  void load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
+  // Methods AMXINT8 / AMXINT4: packs one expert given in the canonical quantized format of the
+  // method (QuantInferWeights::Matrix; gate, up W [I, H], down W [H, I]) likewise.
+  void load_quant_expert(int slot, const QuantInferWeights::Matrix& gate, const QuantInferWeights::Matrix& up,
+                         const QuantInferWeights::Matrix& down);
+
+  // Which experts live on the GPU (their slots are skipped): mask [E], nonzero = on the GPU; null
+  // restores the config's experts [0, num_gpu_experts). Applies to forwards submitted afterwards.
+  void set_gpu_experts(const uint8_t* mask);
+  std::vector<uint8_t> gpu_experts() const;
+
+  // x [q, H] bf16, expert_ids [q, k] int64, weights [q, k] fp32 -> out [q, H] bf16 (written by the
+  // queued work), q >= 1. Slots with id -1 or a GPU expert add nothing. Returns the ticket to wait
+  // for; the four arrays must stay valid and untouched until wait(ticket) returns.
+  // std::runtime_error "Weights not loaded" before every slot is loaded; std::invalid_argument for
+  // q < 1 or an id outside [-1, E) (nothing is queued then).
+  uint64_t submit(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out);
+
+  // Blocks until the work of `ticket` has finished and rethrows what it threw. Each ticket is
+  // waited for once: an unknown or already waited ticket is std::invalid_argument.
+  void wait(uint64_t ticket);
+
+  // Tickets queued and not yet waited for.
+  int pending() const;
+
+ private:
+  struct Job;
+  struct Scratch;
+
+  // Queues work on the pool and returns its ticket (mutex_ held).
+  uint64_t enqueue_locked(std::function<void()> work);
+  // Queues work behind the work already queued and waits for it.
+  void run_queued(std::function<void()> work);
+  // The weight format as a Format; std::invalid_argument naming `wanted` when the method has another.
+  template <class Format>
+  Format& format_as(const char* wanted);
+  // One chunk: rt routes its tokens x [c, H] with weights [c, k] into out [c, H].
+  void compute(const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out, IsaLevel level);
+
+  MOEConfig config_;
+  WorkerPool& pool_;
+  std::unique_ptr<InferWeights> weights_;
+  std::unique_ptr<Scratch> scratch_;  // used by the queued work only, which runs one piece at a time
+  std::vector<uint8_t> on_gpu_;       // [E]
+
+  mutable std::mutex mutex_;  // guards the members below and on_gpu_
+  std::condition_variable finished_cv_;
+  std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // queued and not yet waited for
+  uint64_t last_ticket_ = 0;
+  int running_ = 0;  // queued pieces of work not finished yet
+};
+
+}  // namespace kt_moe

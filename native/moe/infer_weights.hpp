@@ -1,0 +1,153 @@
+// How the inference engine stores the experts' weights and multiplies by them: one class per weight
+// format behind one interface, so that the engine's routing, tasks and threading do not depend on
+// the format. BF16 (Bf16InferWeights) reads bf16 weights with the bf16 GEMM kernels; AMXINT8 /
+// AMXINT4 (QuantInferWeights) keep them packed for the quantized kernels (kernels/gemm_quant.hpp),
+// which read int8-quantized activations: such a format converts each chunk's inputs once
+// (convert_*), before the products read them. make_infer_weights() maps a method to its format.
+//
+// Every format splits each expert by intermediate slice over the pool's subpools (tensor parallel):
+// slice s holds rows [s * Is, (s + 1) * Is) of gate and up and the same columns of down, Is = I / tp,
+// in memory of the subpool's NUMA node.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "config/moe_config.hpp"
+#include "cpu/cpu_features.hpp"
+#include "kernels/gemm_bf16.hpp"
+#include "kernels/gemm_quant.hpp"
+#include "moe/buffer.hpp"
+#include "moe/expert_slices.hpp"
+#include "pool/worker_pool.hpp"
+
+namespace kt_moe {
+
+class InferWeights {
+ public:
+  virtual ~InferWeights() = default;
+
+  virtual const char* format() const = 0;       // "bf16", "int8_channel", "int4_group32"
+  virtual int slice_size() const = 0;           // Is = I / tp
+  virtual int loaded_count() const = 0;         // physical slots loaded so far
+  virtual void check_slot(int slot) const = 0;  // std::invalid_argument unless 0 <= slot < E
+
+  // Whether the products read their inputs in another form than bf16. If so the engine, for each
+  // chunk of R routed rows, calls prepare_inputs(R), then, per slice s, convert_gate_up_input for
+  // the rows of slice s's gathered x [R, H] and, once slice s's z [R, Is] is complete,
+  // convert_down_input for its rows; both for disjoint row ranges [r0, r1) from several threads.
+  virtual bool converts_inputs() const = 0;
+  virtual void prepare_inputs(int rows) = 0;
+  virtual void convert_gate_up_input(IsaLevel level, int s, const bf16_t* x, int r0, int r1) = 0;
+  virtual void convert_down_input(IsaLevel level, int s, const bf16_t* z, int r0, int r1) = 0;
+
+  // Slice s, expert `slot`, the chunk's rows [b, b + n) (x: [R, H] bf16, slice s's copy of the
+  // whole chunk), the slice's intermediate columns [c0, c0 + nc), with the kernels of `level`:
+  //   g[m * ldc + c] = x[b + m, :] . W_gate[slot][begin + c, :]   and u likewise with W_up,
+  // for m < n and c0 <= c < c0 + nc (g and u are indexed by the slice's column).
+  virtual void gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc, float* g,
+                       float* u, int64_t ldc) const = 0;
+
+  // Slice s's share of the down projection for rows [b, b + n) (z: [R, Is] bf16, the whole chunk),
+  // hidden columns [h0, h0 + nh):
+  //   y[m * ldy + h] = z[b + m, :] . W_down[slot][h, begin : begin + Is]   m < n, h0 <= h < h0 + nh.
+  virtual void down(IsaLevel level, int s, int slot, const bf16_t* z, int b, int n, int h0, int nh, float* y,
+                    int64_t ldy) const = 0;
+};
+
+// Method BF16: the experts as given, bf16, read in place by the bf16 GEMM kernels.
+class Bf16InferWeights final : public InferWeights {
+ public:
+  Bf16InferWeights(const MOEConfig& config, WorkerPool& pool);
+
+  const char* format() const override { return "bf16"; }
+  int slice_size() const override { return slices_.slice_size(); }
+  int loaded_count() const override { return slices_.loaded_count(); }
+  void check_slot(int slot) const override { slices_.check_slot(slot); }
+
+  // One expert (gate, up [I, H], down [H, I] bf16) into `slot`; see Bf16ExpertSlices::load.
+  void load(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) { slices_.load(slot, gate, up, down); }
+
+  bool converts_inputs() const override { return false; }
+  void prepare_inputs(int) override {}
+  void convert_gate_up_input(IsaLevel, int, const bf16_t*, int, int) override {}
+  void convert_down_input(IsaLevel, int, const bf16_t*, int, int) override {}
+
+  void gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc, float* g, float* u,
+               int64_t ldc) const override;
+  void down(IsaLevel level, int s, int slot, const bf16_t* z, int b, int n, int h0, int nh, float* y,
+            int64_t ldy) const override;
+
+ private:
+  Bf16ExpertSlices slices_;
+  int hidden_;
+};
+
+// Methods AMXINT8 (int8_channel) and AMXINT4 (int4_group32): every expert's slices packed for the
+// quantized kernels; the rows of x and z quantized once per chunk. int4_group32 needs H and Is to
+// be multiples of 32.
+class QuantInferWeights final : public InferWeights {
+ public:
+  // One matrix W [N, K] of one expert, whole, in the canonical format (kernels/gemm_quant.hpp),
+  // C-contiguous: int8_channel: values int8 q [N, K], scale fp32 [N], zero null; int4_group32:
+  // values uint8 codes [N, K / 2], scale fp32 [N, K / 32], zero uint8 [N, K / 32].
+  struct Matrix {
+    const void* values = nullptr;
+    const float* scale = nullptr;
+    const uint8_t* zero = nullptr;
+  };
+
+  // std::invalid_argument when the format's shape rules do not hold for H and Is.
+  QuantInferWeights(const MOEConfig& config, WorkerPool& pool, QuantFormat format);
+  ~QuantInferWeights() override;
+
+  QuantFormat quant_format() const { return format_; }
+  const char* format() const override { return quant_format_name(format_); }
+  int slice_size() const override { return slice_size_; }
+  int loaded_count() const override { return loaded_count_; }
+  void check_slot(int slot) const override;
+
+  // Packs one expert (gate and up W [I, H], down W [H, I]) into `slot`, each subpool its own slice.
+  // Runs for_each_subpool on the calling thread, like Bf16ExpertSlices::load.
+  void load(int slot, const Matrix& gate, const Matrix& up, const Matrix& down);
+
+  bool converts_inputs() const override { return true; }
+  void prepare_inputs(int rows) override;
+  void convert_gate_up_input(IsaLevel level, int s, const bf16_t* x, int r0, int r1) override;
+  void convert_down_input(IsaLevel level, int s, const bf16_t* z, int r0, int r1) override;
+
+  void gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc, float* g, float* u,
+               int64_t ldc) const override;
+  void down(IsaLevel level, int s, int slot, const bf16_t* z, int b, int n, int h0, int nh, float* y,
+            int64_t ldy) const override;
+
+ private:
+  struct Slice;
+  // Where the packed gate, up or down (which = 0, 1, 2) of expert `slot` lives in slice s, and
+  // the view the kernels read.
+  uint8_t* packed(int s, int slot, int which) const;
+  QuantWeightView weight(int s, int slot, int which) const;
+  // Packs rows [n0, n0 + n) and columns [k0, k0 + k) of m (a W [rows, cols]) into dst.
+  void pack(const Matrix& m, int cols, int n0, int n, int k0, int k, uint8_t* dst) const;
+
+  QuantFormat format_;
+  int experts_, hidden_, intermediate_, slice_size_;
+  WorkerPool& pool_;
+  int64_t gate_bytes_, down_bytes_;  // of one packed [Is, H] and one packed [H, Is]
+  std::vector<std::unique_ptr<Slice>> slices_;
+  std::vector<char> loaded_;
+  int loaded_count_ = 0;
+  QuantActLayout x_layout_, z_layout_;  // the records of a row of x (k = H) and of z (k = Is)
+  struct Records {
+    Buffer<uint8_t> x, z;  // [R] quantized rows of x and of z
+  };
+  std::vector<Records> records_;  // per slice
+};
+
+// The weight format of config.method: BF16, AMXINT8, AMXINT4 (allocated per subpool).
+// std::invalid_argument naming the method when it has no native format.
+std::unique_ptr<InferWeights> make_infer_weights(const MOEConfig& config, WorkerPool& pool);
+
+}  // namespace kt_moe

@@ -1,0 +1,169 @@
+// The object Python sees as kt_moe._native.TP_MOE: an InferEngine plus the checks of the arrays it
+// is handed and the references that keep a queued forward's arrays alive until its sync. Also
+// bind_infer_engine(), the binding of the class, so that bindings.cpp needs one line for it.
+// Included by bindings.cpp only.
+#pragma once
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/vector.h>
+
+#include <array>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "moe/infer_engine.hpp"
+#include "pool/py_worker_pool.hpp"
+#include "py/arrays.hpp"
+
+namespace kt_moe::py {
+
+class PyInferEngine {
+ public:
+  PyInferEngine(const MOEConfig& config, WorkerPool& pool) : engine_(config, pool) {}
+
+  InferEngine& engine() { return engine_; }
+
+  // One expert into physical slot `slot`: gate, up [I, H], down [H, I] bf16 (method BF16).
+  void load_expert(int slot, const Array& gate, const Array& up, const Array& down) {
+    const MOEConfig& c = engine_.config();
+    const int64_t I = c.intermediate_size, H = c.hidden_size;
+    const bf16_t* g = checked<const bf16_t>(gate, "gate", DType::bf16, {I, H});
+    const bf16_t* u = checked<const bf16_t>(up, "up", DType::bf16, {I, H});
+    const bf16_t* d = checked<const bf16_t>(down, "down", DType::bf16, {H, I});
+    nanobind::gil_scoped_release unlocked;
+    engine_.load_bf16_expert(slot, g, u, d);
+  }
+
+  // One expert into physical slot `slot` in the canonical quantized format of the method
+  // (AMXINT8: [q int8, scale fp32]; AMXINT4: [codes uint8, scale fp32, zero uint8]; gate and up of
+  // W [I, H], down of W [H, I]; see kernels/gemm_quant.hpp).
+  void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
+                         const std::vector<Array>& down) {
+    const MOEConfig& c = engine_.config();
+    const auto* format = dynamic_cast<const QuantInferWeights*>(&engine_.weights());
+    if (!format)
+      throw std::invalid_argument("method " + c.method + " stores its experts as " + engine_.weights().format() +
+                                  ": load them with load_expert_task");
+    const int64_t I = c.intermediate_size, H = c.hidden_size;
+    const QuantFormat f = format->quant_format();
+    const QuantInferWeights::Matrix g = matrix(f, gate, "gate", I, H), u = matrix(f, up, "up", I, H),
+                                    d = matrix(f, down, "down", H, I);
+    nanobind::gil_scoped_release unlocked;
+    engine_.load_quant_expert(slot, g, u, d);
+  }
+
+  void set_gpu_experts(const std::optional<std::vector<bool>>& mask) {
+    if (!mask) return engine_.set_gpu_experts(nullptr);
+    const size_t E = engine_.config().expert_num;
+    if (mask->size() != E)
+      throw std::invalid_argument("gpu_experts_mask must have " + std::to_string(E) + " entries (one per expert), got " +
+                                  std::to_string(mask->size()));
+    const std::vector<uint8_t> bytes(mask->begin(), mask->end());
+    engine_.set_gpu_experts(bytes.data());
+  }
+
+  std::vector<bool> gpu_experts() const {
+    const std::vector<uint8_t> mask = engine_.gpu_experts();
+    return std::vector<bool>(mask.begin(), mask.end());
+  }
+
+  // Queues a forward and returns its ticket at once; the arrays are kept alive until sync(ticket).
+  uint64_t submit(int qlen, int k, const Array& expert_ids, const Array& weights, const Array& input,
+                  const Array& output) {
+    const MOEConfig& c = engine_.config();
+    check_batch(qlen, k, c.experts_per_token);
+    const int64_t H = c.hidden_size;
+    const int64_t* ids = checked<const int64_t>(expert_ids, "expert_ids", DType::i64, {qlen, k});
+    const float* w = checked<const float>(weights, "weights", DType::f32, {qlen, k});
+    const bf16_t* x = checked<const bf16_t>(input, "input", DType::bf16, {qlen, H});
+    bf16_t* out = checked<bf16_t>(output, "output", DType::bf16, {qlen, H});
+    const uint64_t ticket = engine_.submit(qlen, ids, w, x, out);
+    in_use_.emplace(ticket, std::array<Array, 4>{expert_ids, weights, input, output});
+    return ticket;
+  }
+
+  // Waits (GIL released) for the forward of `ticket`, then drops its arrays; rethrows its error.
+  void sync(uint64_t ticket) {
+    std::exception_ptr error;
+    {
+      nanobind::gil_scoped_release unlocked;
+      try {
+        engine_.wait(ticket);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    in_use_.erase(ticket);
+    if (error) std::rethrow_exception(error);
+  }
+
+ private:
+  // The parts of one quantized matrix W [n, k] (C-contiguous, checked) as the engine takes them.
+  static QuantInferWeights::Matrix matrix(QuantFormat format, const std::vector<Array>& parts, const char* name,
+                                          int64_t n, int64_t k) {
+    const std::string base(name);
+    const bool int8 = format == QuantFormat::int8_channel;
+    if (parts.size() != (int8 ? 2u : 3u))
+      throw std::invalid_argument(base + " must be given as " + (int8 ? "[q, scale]" : "[codes, scale, zero]") +
+                                  " (" + quant_format_name(format) + "), got " + std::to_string(parts.size()) +
+                                  " tensors");
+    QuantInferWeights::Matrix m;
+    if (int8) {
+      m.values = checked<const int8_t>(parts[0], (base + " q").c_str(), DType::i8, {n, k});
+      m.scale = checked<const float>(parts[1], (base + " scale").c_str(), DType::f32, {n});
+    } else {
+      m.values = checked<const uint8_t>(parts[0], (base + " codes").c_str(), DType::u8, {n, k / 2});
+      m.scale = checked<const float>(parts[1], (base + " scale").c_str(), DType::f32, {n, k / 32});
+      m.zero = checked<const uint8_t>(parts[2], (base + " zero").c_str(), DType::u8, {n, k / 32});
+    }
+    return m;
+  }
+
+  // Declared before engine_, so destroyed after ~InferEngine has waited for the queued work.
+  std::map<uint64_t, std::array<Array, 4>> in_use_;
+  InferEngine engine_;
+};
+
+inline void bind_infer_engine(nanobind::module_& m) {
+  namespace nb = nanobind;
+  using namespace nb::literals;
+  nb::class_<PyInferEngine>(m, "TP_MOE",
+                            "Inference engine of one MoE layer on a WorkerPool (one subpool per tensor-parallel "
+                            "part). submit_forward_task queues a forward and returns a ticket at once; "
+                            "sync_forward_task(ticket) waits for it with the GIL released.")
+      .def(
+          "__init__",
+          [](PyInferEngine* self, const MOEConfig& config, PyWorkerPool& pool) {
+            new (self) PyInferEngine(config, pool.pool());
+          },
+          "config"_a, "pool"_a, nb::keep_alive<1, 3>())
+      .def_prop_ro("config", [](PyInferEngine& e) { return e.engine().config(); })
+      .def_prop_ro("weight_format", [](PyInferEngine& e) { return std::string(e.engine().weights().format()); },
+                   "How the experts are stored: 'bf16', 'int8_channel' or 'int4_group32'.")
+      .def_prop_ro("weights_loaded", [](PyInferEngine& e) { return e.engine().weights_loaded(); })
+      .def_prop_ro("pending", [](PyInferEngine& e) { return e.engine().pending(); },
+                   "Forwards submitted and not yet synced.")
+      .def("load_expert_task", &PyInferEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
+           "down"_a.noconvert(), "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`.")
+      .def("load_quant_expert_task", &PyInferEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
+           "One expert into physical slot `slot` for AMXINT8 / AMXINT4: each of gate, up (W [I, H]) and down "
+           "(W [H, I]) as the list of its canonical parts, [q int8, scale fp32] or [codes uint8, scale fp32, "
+           "zero uint8] (kt_moe.quant).")
+      .def("set_gpu_experts", &PyInferEngine::set_gpu_experts, "mask"_a.none(),
+           "A bool per expert (True: on the GPU, its slots are skipped), or None for experts "
+           "[0, num_gpu_experts). Applies to forwards submitted afterwards.")
+      .def_prop_ro("gpu_experts", &PyInferEngine::gpu_experts, "The current mask: a bool per expert.")
+      .def("submit_forward_task", &PyInferEngine::submit, "qlen"_a, "k"_a, "expert_ids"_a.noconvert(),
+           "weights"_a.noconvert(), "input"_a.noconvert(), "output"_a.noconvert(),
+           "expert_ids int64 [q, k], weights fp32 [q, k], input bf16 [q, H] -> output bf16 [q, H], written by "
+           "the queued work; returns its ticket. ValueError for bad ids, RuntimeError before weights are loaded.")
+      .def("sync_forward_task", &PyInferEngine::sync, "ticket"_a,
+           "Wait for the forward of `ticket` (GIL released); its error, if any, is raised here.");
+}
+
+}  // namespace kt_moe::py

@@ -1,0 +1,119 @@
+"""AMXINT8 and AMXINT4 on the inference engine (experts quantized by kt_moe.quant and packed for the
+quantized kernels): each output against two fp32 references (DESIGN.md section 7): the same layer
+with its weights quantized and dequantized (checks the compute: only the int8 activations and bf16
+rounding differ) and the original bf16 weights (checks the scheme). Loading: online from tensors and
+from Hugging Face checkpoints, and from a pre-quantized file (`kt-moe convert`'s format), all equal.
+
+Shapes: H and I / threadpool_count multiples of 32 (INT4's groups), H = 224 and I = 192 leaving
+partial INT8 groups of 64; q=600 runs in chunks of 256."""
+
+import pytest
+import torch
+
+import kt_moe
+from hf_fixtures import write_hf_checkpoint
+from inference_helpers import START_ISA, Shape, assert_close, build, make_layer, make_wrapper
+from kt_moe.quant import METHOD_SCHEMES, SCHEMES
+from kt_moe.weights.prequantized import LayerSettings, write_layer
+
+QSHAPE = Shape(num_experts=10, hidden=224, intermediate=192)
+QSMALL = Shape(num_experts=8, hidden=96, intermediate=64)  # the slow amx_emulated level
+METHODS = ("AMXINT8", "AMXINT4")
+VS_DEQUANTIZED = 2e-2  # int8 activations (groups of 64 / 32) and bf16 rounding
+VS_ORIGINAL = {"AMXINT8": 3e-2, "AMXINT4": 0.15}  # the schemes' error on top
+
+
+def scheme(method):
+    return SCHEMES[METHOD_SCHEMES[method]]
+
+
+def check(method, out, layer, batch):
+    assert out.dtype == torch.bfloat16
+    assert_close(out, layer.dequantized(scheme(method)).reference(*batch), VS_DEQUANTIZED)
+    assert_close(out, layer.reference(*batch), VS_ORIGINAL[method])
+
+
+@pytest.mark.parametrize("q,k,tp", [(1, 6, 1), (3, 8, 2), (16, 6, 1), (600, 6, 2)])
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_references(method, q, k, tp):
+    wrapper, layer = build(QSHAPE, method=method, top_k=k, tp=tp, chunk=256, seed=q + tp)
+    assert wrapper.engine.weight_format == METHOD_SCHEMES[method]
+    batch = layer.batch(q, k, seed=q)
+    check(method, wrapper.forward(*batch), layer, batch)
+
+
+OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
+
+
+@pytest.fixture
+def isa_level(request):
+    kt_moe.set_isa(request.param)
+    yield request.param
+    kt_moe.set_isa(START_ISA)
+
+
+@pytest.mark.parametrize("q,tp", [(1, 2), (40, 1)])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("isa_level", OTHER_LEVELS, indirect=True)
+def test_matches_references_at_each_isa_level(isa_level, method, q, tp):
+    shape = QSMALL if isa_level == "amx_emulated" else QSHAPE
+    wrapper, layer = build(shape, method=method, top_k=6, tp=tp, seed=q)
+    batch = layer.batch(q, 6, seed=q)
+    check(method, wrapper.forward(*batch), layer, batch)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_deferred_and_masked(method):
+    wrapper, layer = build(QSHAPE, method=method, top_k=6, seed=3, max_deferred=2)
+    x, ids, weights = layer.batch(9, 6, seed=3)
+    mask = torch.zeros(QSHAPE.num_experts, dtype=torch.bool)
+    mask[[2, 7]] = True
+    wrapper.set_gpu_experts_mask(mask)
+    immediate, deferred = wrapper.select_deferred_experts(ids, weights, protected_k=3)
+    now = wrapper.forward(x, immediate, weights, deferred_ids=deferred)
+    later = wrapper.sync_deferred_forward()
+    expected = layer.dequantized(scheme(method)).reference(x, ids, weights, gpu_mask=mask)
+    assert_close(now.float() + later.float(), expected, VS_DEQUANTIZED)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_all_ways_of_loading_agree(tmp_path, method):
+    """From tensors, from a Hugging Face checkpoint (both quantized while loading) and from a
+    pre-quantized file: the same packed weights, so the same outputs, with a permuted map."""
+    layer = make_layer(QSHAPE, seed=5, physical_map=torch.tensor([3, 1, 4, 0, 9, 2, 6, 5, 8, 7]))
+    batch = layer.batch(7, 6, seed=5)
+    from_tensors, _ = build(QSHAPE, method=method, top_k=6, seed=5, physical_map=layer.physical_map)
+    expected = from_tensors.forward(*batch)
+
+    hf = write_hf_checkpoint(tmp_path / "hf", {0: (layer.gate, layer.up, layer.down)})
+    from_checkpoint = make_wrapper(QSHAPE, method=method, top_k=6, weight_path=str(hf))
+    from_checkpoint.load_weights(layer.physical_map)
+    assert torch.equal(from_checkpoint.forward(*batch), expected)
+
+    settings = LayerSettings(method, 0, QSHAPE.num_experts, QSHAPE.hidden, QSHAPE.intermediate)
+    matrices = dict(gate=layer.gate, up=layer.up, down=layer.down)
+    parts = [{m: scheme(method).quantize(w[e]) for m, w in matrices.items()} for e in range(QSHAPE.num_experts)]
+    (tmp_path / "pre").mkdir()
+    write_layer(tmp_path / "pre", settings, parts, source="test")
+    from_file = make_wrapper(QSHAPE, method=method, top_k=6, weight_path=str(tmp_path / "pre"))
+    from_file.load_weights(layer.physical_map)
+    assert torch.equal(from_file.forward(*batch), expected)
+
+
+def test_format_specific_loading_is_refused():
+    int8, layer = build(QSHAPE, method="AMXINT8", top_k=6)
+    with pytest.raises(ValueError, match="^method AMXINT8 stores its experts as int8_channel, not bf16"):
+        int8.engine.load_expert_task(0, layer.gate[0], layer.up[0], layer.down[0])
+    q, s = scheme("AMXINT8").quantize(layer.gate[0])
+    with pytest.raises(ValueError, match=r"^gate must be given as \[q, scale\] \(int8_channel\), got 1 tensors"):
+        int8.engine.load_quant_expert_task(0, [q], [q, s], [q, s])
+    with pytest.raises(ValueError, match=r"^up scale shape mismatch: expected \(192,\), got \(191,\)"):
+        int8.engine.load_quant_expert_task(0, [q, s], [q, s[:-1]], [q, s])
+    bf16, _ = build(QSHAPE, top_k=6)
+    with pytest.raises(ValueError, match="stores its experts as bf16: load them with load_expert_task"):
+        bf16.engine.load_quant_expert_task(0, [q, s], [q, s], [q, s])
+
+
+def test_int4_needs_multiples_of_32():
+    with pytest.raises(ValueError, match=r"int4_group32 weights need hidden_size \(40\)"):
+        make_wrapper(Shape(num_experts=6, hidden=40, intermediate=64), method="AMXINT4")

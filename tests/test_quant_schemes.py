@@ -1,0 +1,241 @@
+"""kt_moe.quant: the INT8 per-channel and INT4 group-32 schemes (round-trip error, exact formats,
+nibble order, zero rows, K padding, determinism, batched == per matrix, input checks) and the
+method -> scheme table."""
+
+import pytest
+import torch
+
+from kt_moe.quant import common
+from kt_moe.quant import (METHOD_SCHEMES, SCHEMES, dequantize_int4_group32, dequantize_int8_channel, padded_k,
+                          quantize_int4_group32, quantize_int8_channel, scheme_for_method)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Test tensors are small: torch's second thread costs more than it saves, and far more on a
+    busy machine, where its spin-waits take turns with the work. Results do not depend on the thread
+    count (test_same_result_with_one_or_two_threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def normal(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def rel_error(approx, exact):
+    return float((approx - exact.float()).norm() / exact.float().norm())
+
+
+# ---- INT8 per channel ----
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(64, 256), (33, 100), (3, 40, 96)])
+def test_int8_round_trip_error(dtype, shape):
+    w = normal(*shape, dtype=dtype)
+    q, scale = quantize_int8_channel(w)
+    assert q.dtype == torch.int8 and tuple(q.shape) == shape
+    assert scale.dtype == torch.float32 and tuple(scale.shape) == shape[:-1]
+    for e in range(shape[0] if len(shape) == 3 else 1):  # each matrix on its own
+        got, want = (dequantize_int8_channel(q, scale), w) if len(shape) == 2 else \
+            (dequantize_int8_channel(q[e], scale[e]), w[e])
+        assert rel_error(got, want) < 1e-2
+
+
+def test_int8_format_is_symmetric_absmax():
+    w = normal(16, 64)
+    q, scale = quantize_int8_channel(w)
+    torch.testing.assert_close(scale, w.abs().amax(dim=1) / 127, rtol=0, atol=0)
+    assert torch.equal(q, torch.round(w / scale[:, None]).to(torch.int8))
+    assert int(q.abs().max()) == 127 and int(q.min()) >= -127
+    assert torch.equal(dequantize_int8_channel(q, scale), q.float() * scale[:, None])
+
+
+def test_int8_zero_row_dequantizes_to_zeros():
+    w = normal(4, 32)
+    w[2] = 0
+    q, scale = quantize_int8_channel(w)
+    assert float(scale[2]) == 1.0 and not q[2].any()
+    out = dequantize_int8_channel(q, scale)
+    assert torch.isfinite(out).all() and not out[2].any()
+
+
+# ---- INT4 group 32 ----
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(64, 256), (32, 96), (2, 48, 128)])
+def test_int4_round_trip_error(dtype, shape):
+    w = normal(*shape, dtype=dtype)
+    codes, scale, zero = quantize_int4_group32(w)
+    N, K = shape[-2:]
+    assert (codes.dtype, tuple(codes.shape)) == (torch.uint8, (*shape[:-1], K // 2))
+    assert (scale.dtype, tuple(scale.shape)) == (torch.float32, (*shape[:-1], K // 32))
+    assert (zero.dtype, tuple(zero.shape)) == (torch.uint8, (*shape[:-1], K // 32))
+    assert int(zero.max()) <= 15
+    assert rel_error(dequantize_int4_group32(codes, scale, zero), w) < 0.09
+
+
+def test_int4_nibble_order_low_is_even_k():
+    ramp = torch.zeros(2, 64)
+    ramp[0, 1::2] = 1.0  # odd k at the top of the range, even k at zero
+    ramp[1, 0::2] = 1.0
+    codes, scale, zero = quantize_int4_group32(ramp)
+    assert torch.all(codes[0] == 0xF0) and torch.all(codes[1] == 0x0F)
+    assert not zero.any()
+    torch.testing.assert_close(scale, torch.full((2, 2), 1 / 15), rtol=0, atol=0)
+    assert torch.equal(dequantize_int4_group32(codes, scale, zero), ramp)
+    # and reading: byte 0x21 holds code 1 for k = 0 and code 2 for k = 1
+    handmade = torch.full((1, 16), 0x21, dtype=torch.uint8)
+    out = dequantize_int4_group32(handmade, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.uint8))
+    assert out[0, :4].tolist() == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_int4_zero_rows_and_groups():
+    w = normal(3, 96)
+    w[1] = 0
+    w[2, 32:64] = 0
+    codes, scale, zero = quantize_int4_group32(w)
+    assert not codes[1].any() and not zero[1].any() and torch.all(scale[1] == 1.0)
+    assert float(scale[2, 1]) == 1.0 and int(zero[2, 1]) == 0
+    out = dequantize_int4_group32(codes, scale, zero)
+    assert torch.isfinite(out).all() and not out[1].any() and not out[2, 32:64].any()
+
+
+def test_int4_constant_group_is_exact():
+    w = torch.full((2, 32), -0.75)
+    w[1] = 2.5
+    assert torch.equal(dequantize_int4_group32(*quantize_int4_group32(w)), w)
+
+
+def unclipped_group_errors(w):
+    """Squared error per group of plain asymmetric min/max (range including 0) quantization, the
+    ratio-1.0 candidate of the search, computed independently: [N, G]."""
+    x = w.float().view(w.shape[0], -1, 32)
+    lo, hi = x.amin(2).clamp(max=0), x.amax(2).clamp(min=0)
+    step = torch.where(hi > lo, (hi - lo) / 15, torch.ones_like(lo))
+    z = torch.round(-lo / step)
+    c = torch.clamp(torch.round(x / step[..., None]) + z[..., None], 0, 15)
+    return ((c - z[..., None]) * step[..., None] - x).square().sum(2)
+
+
+def test_int4_clipping_search_never_loses_to_plain_min_max_and_helps_overall():
+    w = normal(64, 512, seed=3)
+    out = dequantize_int4_group32(*quantize_int4_group32(w))
+    ours = (out - w).view(64, -1, 32).square().sum(2)
+    plain = unclipped_group_errors(w)
+    assert torch.all(ours <= plain * (1 + 1e-5) + 1e-12)
+    assert float(ours.sum()) < 0.95 * float(plain.sum())
+
+
+@pytest.mark.parametrize("K", [1, 31, 40, 100])
+def test_int4_pads_k_with_zero_weights(K):
+    w = normal(5, K)
+    Kp = padded_k(K)
+    assert Kp % 32 == 0 and K <= Kp < K + 32
+    codes, scale, zero = quantize_int4_group32(w)
+    assert tuple(codes.shape) == (5, Kp // 2) and tuple(scale.shape) == tuple(zero.shape) == (5, Kp // 32)
+    padded = torch.nn.functional.pad(w, (0, Kp - K))
+    assert all(torch.equal(a, b) for a, b in zip((codes, scale, zero), quantize_int4_group32(padded)))
+    out = dequantize_int4_group32(codes, scale, zero)
+    assert out.shape == (5, Kp) and not out[:, K:].any()
+
+
+# ---- both schemes ----
+
+SCHEME_NAMES = list(SCHEMES)
+
+
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+def test_deterministic(name):
+    w = normal(3, 40, 96, seed=7, dtype=torch.bfloat16)
+    first, second = SCHEMES[name].quantize(w), SCHEMES[name].quantize(w.clone())
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("block_elements", [None, 1000])
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+def test_batched_equals_per_matrix(monkeypatch, name, block_elements):
+    if block_elements:  # 4 or 5 rows a block: blocks straddle the matrices of the batch
+        monkeypatch.setattr(common, "BLOCK_ELEMENTS", block_elements)
+    quantize = SCHEMES[name].quantize
+    w = normal(4, 72, 200, seed=11)
+    batched = quantize(w)
+    for e in range(4):
+        assert all(torch.equal(b[e], p) for b, p in zip(batched, quantize(w[e])))
+
+
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+def test_same_result_with_one_or_two_threads(name):
+    w = normal(128, 1024, seed=5)  # 2 blocks, each large enough for torch to split across threads
+    one = SCHEMES[name].quantize(w)
+    torch.set_num_threads(2)  # the fixture restores the count
+    two = SCHEMES[name].quantize(w)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+def test_bf16_input_equals_its_fp32_upcast(name):
+    w = normal(16, 64, dtype=torch.bfloat16)
+    quantize = SCHEMES[name].quantize
+    assert all(torch.equal(a, b) for a, b in zip(quantize(w), quantize(w.float())))
+
+
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+@pytest.mark.parametrize("bad,message", [
+    (torch.zeros(4, 64, dtype=torch.int32), "w must be bfloat16 or float16 or float32, got int32"),
+    (torch.zeros(64), "w must be a non-empty [N, K] or [E, N, K] tensor, got shape (64,)"),
+    (torch.zeros(2, 2, 4, 64), "w must be a non-empty [N, K] or [E, N, K] tensor, got shape (2, 2, 4, 64)"),
+    (torch.zeros(0, 64), "w must be a non-empty [N, K] or [E, N, K] tensor, got shape (0, 64)"),
+    ([[1.0]], "w must be a torch.Tensor, got list"),
+])
+def test_bad_weights_are_refused(name, bad, message):
+    with pytest.raises(ValueError) as info:
+        SCHEMES[name].quantize(bad)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(name, value):
+    w = normal(4, 64)
+    w[2, 17] = value
+    with pytest.raises(ValueError, match="w contains NaN or infinite values"):
+        SCHEMES[name].quantize(w)
+
+
+def test_dequantize_checks_its_parts():
+    q, scale = quantize_int8_channel(normal(4, 64))
+    with pytest.raises(ValueError, match=r"scale shape mismatch: expected \(4,\), got \(3,\)"):
+        dequantize_int8_channel(q, scale[:3])
+    with pytest.raises(ValueError, match="q must be int8, got uint8"):
+        dequantize_int8_channel(q.view(torch.uint8), scale)
+    codes, scale, zero = quantize_int4_group32(normal(4, 64))
+    with pytest.raises(ValueError, match=r"zero shape mismatch: expected \(4, 2\), got \(4, 1\)"):
+        dequantize_int4_group32(codes, scale, zero[:, :1])
+    with pytest.raises(ValueError, match="codes must have a multiple of 16 bytes per row"):
+        dequantize_int4_group32(codes[:, :8], scale[:, :1], zero[:, :1])
+
+
+# ---- the table ----
+
+def test_method_table():
+    assert METHOD_SCHEMES == {"AMXINT8": "int8_channel", "AMXINT4": "int4_group32"}
+    int8, int4 = scheme_for_method("AMXINT8"), scheme_for_method("AMXINT4")
+    assert (int8.name, int8.group_size, int8.parts) == ("int8_channel", 0, ("q", "scale"))
+    assert (int4.name, int4.group_size, int4.parts) == ("int4_group32", 32, ("codes", "scale", "zero"))
+    with pytest.raises(ValueError) as info:
+        scheme_for_method("FP8")
+    assert str(info.value) == "method 'FP8' has no kt-moe quantization scheme; expected one of AMXINT8, AMXINT4"
+
+
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+def test_part_specs_describe_what_quantize_returns(name):
+    scheme = SCHEMES[name]
+    parts = scheme.quantize(normal(24, 72))
+    specs = scheme.part_specs(24, 72)
+    assert list(specs) == list(scheme.parts)
+    assert [(tuple(t.shape), t.dtype) for t in parts] == list(specs.values())
+    out = scheme.dequantize(*parts)
+    assert out.dtype == torch.float32 and out.shape[0] == 24
