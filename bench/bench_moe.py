@@ -2,7 +2,8 @@
 inputs in the same run, each checked once against kt_moe.reference.
 
     python bench/bench_moe.py --shape small,dsv2-lite --q 1,128,512 --threads 2 --repeats 10 \
-        --warmup 2 [--methods AMXINT4,...] [--mode inference|sft|both] [--rank 16] [--json-out FILE]
+        --warmup 2 [--methods AMXINT4,...] [--mode inference|sft|both] [--rank 16] [--evict-mb 512]
+        [--json-out FILE]
 
 The cases of one shape, q and thread count are set up together and timed round-robin (one step
 of each per round), so that their ratios hold while the machine's speed drifts. Per case: median
@@ -45,6 +46,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case before timing")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (lora_alpha is 32)")
+    p.add_argument("--evict-mb", type=float, default=512.0,
+                   help="MB of other memory read before each timed step (untimed), so that a step's\n"
+                        "experts come from memory as in a whole model; 0 keeps what the cache holds")
     p.add_argument("--mode", choices=MODES + ("both",), default=None,
                    help="default: the modes of --methods, else inference")
     p.add_argument("--methods", type=_csv(str), default=None,
@@ -58,6 +62,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
             p.error(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
     if args.repeats < 1 or args.warmup < 0 or min(args.q) < 1 or min(args.threads) < 1 or args.rank < 1:
         p.error("--repeats, --q, --threads and --rank must be positive, --warmup not negative")
+    if args.evict_mb < 0:
+        p.error("--evict-mb must not be negative")
     try:
         method_modes = {m: mode_of(m) for m in args.methods or []}
     except KeyError as exc:
@@ -93,7 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             problem = Problem(SHAPES[shape_name], q, args.rank)
             for mode, case_names in args.cases.items():
                 for threads in args.threads:
-                    for record in run_cases(case_names, problem, threads, args.warmup, args.repeats, isa):
+                    for record in run_cases(case_names, problem, threads, args.warmup, args.repeats, isa,
+                                            evict_bytes=int(args.evict_mb * 2**20)):
                         failed |= record["status"] == "error"
                         reporter.case(dict(record, kind="case"))
     reporter.close()

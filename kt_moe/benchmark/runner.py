@@ -33,12 +33,14 @@ def cpu_model() -> str:
 
 
 def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, repeats: int,
-              isa: str) -> List[Dict]:
+              isa: str, evict_bytes: int = 0) -> List[Dict]:
     """Set up every case of `names` (the mode's torch baseline first), check each once against the
     fp32 reference, then time them round-robin: each round times one step of every case, so that
     all cases share the machine's slow and fast spells (this machine is shared and noisy) and their
-    ratios compare like with like. One JSON record per case, in order; vs_torch is relative to the
-    first case when it ran."""
+    ratios compare like with like. With evict_bytes > 0, that many bytes of other memory are read
+    before each timed step (not timed), so that the step finds its experts in memory, not in the
+    last-level cache, as in a model whose other layers ran in between. One JSON record per case, in
+    order; vs_torch is relative to the first case when it ran."""
     torch.set_num_threads(threads)
     records, ready = [], []
     for name in names:
@@ -50,8 +52,11 @@ def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, rep
     for _ in range(warmup):
         for _, case in ready:
             case.step()
+    evict = torch.ones(evict_bytes // 8, dtype=torch.int64) if evict_bytes > 0 else None
     for _ in range(repeats):
         for i, case in ready:
+            if evict is not None:
+                evict.sum()
             start = time.perf_counter()
             case.step()
             times[i].append(time.perf_counter() - start)
