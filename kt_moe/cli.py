@@ -15,7 +15,7 @@ from typing import Optional, Sequence, TextIO
 from safetensors import SafetensorError
 
 from kt_moe import _native
-from kt_moe.config import KTMoEConfig, config_errors
+from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.quant import METHOD_SCHEMES
 from kt_moe.weights.convert import convert_checkpoint, parse_layers
@@ -107,7 +107,7 @@ def _convert(args: argparse.Namespace) -> int:
     bar = _ProgressBar(sys.stderr, enabled=not args.quiet and sys.stderr.isatty())
     try:
         results = convert_checkpoint(args.input, args.output, args.method, layers=args.layers, force=args.force,
-                                     progress=bar.update)
+                                     progress=bar.update, group_size=args.group_size, zero_point=args.zero_point)
     except (ValueError, OSError, SafetensorError) as exc:
         bar.finish()
         print(f"kt-moe: error: {'; '.join(str(exc).splitlines())}", file=sys.stderr)
@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--method", required=True, choices=list(METHOD_SCHEMES), help="quantization method")
     convert.add_argument("--input", required=True, metavar="HF_DIR", help="Hugging Face checkpoint directory")
     convert.add_argument("--output", required=True, metavar="DIR", help="directory for the layer files")
+    convert.add_argument("--group-size", type=int, choices=KGROUP_SIZES,
+                         help=f"AMXINT4_KGroup_SFT: inputs per INT4 scale (default {DEFAULT_GROUP_SIZE})")
+    convert.add_argument("--zero-point", action=argparse.BooleanOptionalAction,
+                         help="AMXINT4_KGroup_SFT: a zero point per group, or symmetric groups (--no-zero-point); "
+                              "default: with zero points")
     convert.add_argument("--layers", type=_layers, metavar="A-B",
                          help="layers to convert: A-B, A, or a comma-separated list (default: every MoE layer)")
     convert.add_argument("--force", action="store_true", help="overwrite layer files written for other settings")

@@ -33,12 +33,19 @@ MODE_ONLY_PARAMETERS = {
     "inference": ("cpu_save", "max_deferred_experts_per_token"),
     "sft": ("lora_rank", "lora_alpha", "max_cache_depth"),
 }
+# Parameters that only one method reads; with the others the same rule holds.
+METHOD_ONLY_PARAMETERS = {
+    "AMXINT4_KGroup_SFT": ("group_size", "zero_point"),
+}
+KGROUP_SIZES = (32, 64, 128)  # group_size values (inputs per INT4 scale)
+DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT = 128, True
 
 INT32_MAX = 2**31 - 1  # the native configs hold 32-bit ints
 FLOAT32_MAX = 3.4028234663852886e38  # and a 32-bit float lora_alpha
 
 Mode = Literal[MODES]
 Method = Literal[INFERENCE_METHODS + SFT_METHODS]
+GroupSize = Literal[KGROUP_SIZES]
 
 
 class ConfigError(ValueError):
@@ -84,6 +91,13 @@ def _number(value: Any, info: ValidationInfo) -> float:
 def _bool(value: Any, info: ValidationInfo) -> bool:
     if not isinstance(value, bool):
         raise _type_error(value, info, "a bool")
+    return value
+
+
+def _group_size(value: Any, info: ValidationInfo) -> int:
+    value = _integer(value, info)
+    if value not in KGROUP_SIZES:
+        raise _error("group_size", f"group_size must be one of {', '.join(map(str, KGROUP_SIZES))}, got {value}")
     return value
 
 
@@ -167,6 +181,13 @@ class KTMoEConfig(BaseModel):
     keep its default."""
     max_cache_depth: Count = 1
     """SFT only: forwards saved for backward at once. With mode="inference" it must keep its default."""
+    group_size: Annotated[GroupSize, PlainValidator(_group_size, json_schema_input_type=GroupSize)] = \
+        DEFAULT_GROUP_SIZE
+    """AMXINT4_KGroup_SFT only: inputs per INT4 scale of the base weights, 32, 64 or 128. With other
+    methods it must keep its default."""
+    zero_point: Annotated[bool, BeforeValidator(_bool)] = DEFAULT_ZERO_POINT
+    """AMXINT4_KGroup_SFT only: a zero point per group (asymmetric INT4), or symmetric groups. With
+    other methods it must keep its default."""
 
     @property
     def is_sft(self) -> bool:
@@ -199,9 +220,21 @@ class KTMoEConfig(BaseModel):
         errors = [(name, message) for name, ok, message in rules if not ok]
         for mode, names in MODE_ONLY_PARAMETERS.items():
             errors += [(name, f"{name} is only used with mode='{mode}' (got mode='{self.mode}')")
-                       for name in names
-                       if mode != self.mode and getattr(self, name) != type(self).model_fields[name].default]
+                       for name in names if mode != self.mode and not self._is_default(name)]
+        for method, names in METHOD_ONLY_PARAMETERS.items():
+            errors += [(name, f"{name} is only used with method='{method}' (got method='{self.method}')")
+                       for name in names if method != self.method and not self._is_default(name)]
         return errors
+
+    def _is_default(self, name: str) -> bool:
+        return getattr(self, name) == type(self).model_fields[name].default
+
+    @property
+    def quant_options(self) -> dict:
+        """The options of the method's quantization scheme: group_size and zero_point for
+        AMXINT4_KGroup_SFT, none for the other methods (kt_moe.quant.scheme_for_method's keywords)."""
+        names = METHOD_ONLY_PARAMETERS.get(self.method, ())
+        return {name: getattr(self, name) for name in names}
 
     def to_native(self) -> Union[MOEConfig, MOESFTConfig]:
         """The read-only native config: MOEConfig for inference, MOESFTConfig for sft."""
@@ -212,7 +245,8 @@ class KTMoEConfig(BaseModel):
                       chunked_prefill_size=self.chunked_prefill_size, method=self.method)
         if self.is_sft:
             return MOESFTConfig(**common, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
-                                max_cache_depth=self.max_cache_depth)
+                                max_cache_depth=self.max_cache_depth, group_size=self.group_size,
+                                zero_point=self.zero_point)
         return MOEConfig(**common, cpu_save=self.cpu_save,
                          max_deferred_experts_per_token=self.max_deferred_experts_per_token)
 

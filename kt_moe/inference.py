@@ -15,11 +15,8 @@ import torch
 from kt_moe import _native, device_transfer
 from kt_moe.backend import MoEWrapperBase
 from kt_moe.device_transfer import Transfer
-from kt_moe.quant import METHOD_SCHEMES, SCHEMES
 from kt_moe.tensor_checks import FLOAT_DTYPES, INDEX_DTYPES, check_tensor
-from kt_moe.weights.expert_source import (checkpoint_experts, has_prequantized_layer, prequantized_experts,
-                                          tensor_experts)
-from kt_moe.weights.prequantized import MATRICES
+from kt_moe.weights.expert_source import base_scheme, load_from_path, load_from_tensors
 
 
 class BaseMoEWrapper(MoEWrapperBase):
@@ -81,8 +78,7 @@ class AMXMoEWrapper(BaseMoEWrapper):
     def __init__(self, config):
         super().__init__(config)
         self.engine = _native.TP_MOE(self.native_config, self.pool)  # ValueError for a method not built
-        scheme = METHOD_SCHEMES.get(config.method)
-        self.scheme = None if scheme is None else SCHEMES[scheme]  # kt_moe.quant scheme; None for BF16
+        self.scheme = base_scheme(config)  # kt_moe.quant scheme; None for BF16
         self._pending: Optional[_Pending] = None
         self._deferred: Optional[_Pending] = None
 
@@ -92,27 +88,14 @@ class AMXMoEWrapper(BaseMoEWrapper):
         """Read layer layer_idx from weight_path: for AMXINT8 / AMXINT4 its pre-quantized file when
         there is one, else the Hugging Face checkpoint (quantized while loading). Slot p gets logical
         expert physical_to_logical_map[p]."""
-        if self.scheme is not None and has_prequantized_layer(self.config):
-            for slot, parts in prequantized_experts(self.config, physical_to_logical_map):
-                self.engine.load_quant_expert_task(slot, *(list(parts[m]) for m in MATRICES))
-            return
-        for slot, gate, up, down in checkpoint_experts(self.config, physical_to_logical_map):
-            self._load_expert(slot, gate, up, down)
+        load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
         """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU, any float dtype); slot p gets
-        logical expert physical_to_logical_map[p]. The engine keeps its own copy."""
-        for slot, g, u, d in tensor_experts(self.config, gate, up, down, physical_to_logical_map):
-            self._load_expert(slot, g, u, d)
-
-    def _load_expert(self, slot: int, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
-        """One expert, bf16 gate [I, H], up [I, H], down [H, I], into the engine's format: as it is
-        for BF16, quantized with the method's scheme (kt_moe.quant) for AMXINT8 / AMXINT4."""
-        if self.scheme is None:
-            self.engine.load_expert_task(slot, gate, up, down)
-        else:
-            self.engine.load_quant_expert_task(slot, *(list(self.scheme.quantize(w)) for w in (gate, up, down)))
+        logical expert physical_to_logical_map[p]. The engine keeps its own copy (quantized with the
+        method's scheme for AMXINT8 / AMXINT4)."""
+        load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
 
     # ---- experts on the GPU ----------------------------------------------------------------
 

@@ -1,7 +1,5 @@
-"""SFT wrappers: BaseSFTMoEWrapper (spec 1.4) and AMXSFTMoEWrapper (LoRA on frozen experts,
-running on the native TP_MOE_SFT engine). User guide: docs/sft.md.
-
-Methods whose engine is not built yet are refused by the factory (kt_moe.wrapper.ENGINES_NOT_BUILT).
+"""SFT wrappers: BaseSFTMoEWrapper (spec 1.4) and AMXSFTMoEWrapper (LoRA on frozen experts, bf16
+or quantized, running on the native TP_MOE_SFT engine). User guide: docs/sft.md.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import torch
 from kt_moe import _native
 from kt_moe.backend import MoEWrapperBase
 from kt_moe.tensor_checks import FLOAT_DTYPES, INDEX_DTYPES, as_contiguous, check_tensor
-from kt_moe.weights.expert_source import checkpoint_experts, tensor_experts
+from kt_moe.weights.expert_source import base_scheme, load_from_path, load_from_tensors
 
 
 class BaseSFTMoEWrapper(MoEWrapperBase):
@@ -54,7 +52,8 @@ LORA_DTYPES = (torch.bfloat16, torch.float32)
 
 
 class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
-    """AMXBF16_SFT (and, as their engines land, AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT).
+    """AMXBF16_SFT (bf16 base), AMXINT8_SFT, AMXINT4_SFT and AMXINT4_KGroup_SFT (the base quantized
+    with the method's kt_moe.quant scheme: while loading, or read from a `kt-moe convert` file).
 
     Every call runs on the worker pool and returns when done. LoRA tensors are bf16 (read in place:
     an optimizer's in-place update is seen after update_lora_weights()) or fp32 (the engine then
@@ -66,6 +65,7 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
     def __init__(self, config):
         super().__init__(config)
         self.engine = _native.TP_MOE_SFT(self.native_config, self.pool)
+        self.scheme = base_scheme(config)  # kt_moe.quant scheme of the base; None for AMXBF16_SFT
         self._lora: Optional[Tuple[torch.Tensor, ...]] = None  # the caller's tensors
         self._lora_bf16: Optional[Tuple[torch.Tensor, ...]] = None  # what the engine reads
 
@@ -76,13 +76,21 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
                     down_lora_a=(E, r, I), down_lora_b=(E, H, r))
 
     def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
-        for slot, gate, up, down in checkpoint_experts(self.config, physical_to_logical_map):
-            self.engine.load_expert_task(slot, gate, up, down)
+        """Read layer layer_idx from weight_path: for the quantized methods its pre-quantized file when
+        there is one, else the Hugging Face checkpoint (quantized while loading). Slot p gets logical
+        expert physical_to_logical_map[p]."""
+        load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
-        for slot, g, u, d in tensor_experts(self.config, gate, up, down, physical_to_logical_map):
-            self.engine.load_expert_task(slot, g, u, d)
+        """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU, any float dtype), quantized while
+        loading for the quantized methods; slot p gets logical expert physical_to_logical_map[p]."""
+        load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
+
+    def resident_bytes_per_expert(self) -> int:
+        """Memory the engine holds for one expert's base weights (all tensor-parallel slices; scales and
+        zero points included; no transposed copy exists)."""
+        return self.engine.resident_bytes_per_expert
 
     def init_lora_weights(self, gate_a: torch.Tensor, gate_b: torch.Tensor, up_a: torch.Tensor,
                           up_b: torch.Tensor, down_a: torch.Tensor, down_b: torch.Tensor) -> None:

@@ -27,7 +27,8 @@ BACKENDS = {
 
 # Methods whose engine is not built yet: the factory refuses them at construction. The work that
 # builds an engine removes its methods from this set.
-ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "BF16", "AMXINT8", "AMXINT4"}
+ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT", "BF16",
+                                           "AMXINT8", "AMXINT4"}
 
 
 class KTMoEWrapper:
@@ -56,6 +57,8 @@ class KTMoEWrapper:
         lora_rank: int = 16,
         lora_alpha: float = 32.0,
         max_cache_depth: int = 1,
+        group_size: int = 128,
+        zero_point: bool = True,
     ) -> Union[BaseMoEWrapper, BaseSFTMoEWrapper]:
         config = validate_config(
             layer_idx=layer_idx, num_experts=num_experts, num_experts_per_tok=num_experts_per_tok,
@@ -64,7 +67,8 @@ class KTMoEWrapper:
             threadpool_count=threadpool_count, weight_path=weight_path,
             chunked_prefill_size=chunked_prefill_size, cpu_save=cpu_save,
             max_deferred_experts_per_token=max_deferred_experts_per_token, method=method, mode=mode,
-            lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth)
+            lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth, group_size=group_size,
+            zero_point=zero_point)
         if config.method in ENGINES_NOT_BUILT:
             built = sorted(BACKENDS.keys() - ENGINES_NOT_BUILT)
             raise NotImplementedError(

@@ -13,6 +13,7 @@
 #include "pool/numa_topology.hpp"
 #include "pool/pool_selftest.hpp"
 #include "pool/py_worker_pool.hpp"
+#include "py/py_dequant_kernels.hpp"
 #include "py/py_infer_engine.hpp"
 #include "py/py_quant_kernels.hpp"
 #include "py/py_sft_engine.hpp"
@@ -127,22 +128,26 @@ NB_MODULE(_native, m) {
       "__init__",
       [](MOESFTConfig* self, int expert_num, int hidden_size, int intermediate_size, int experts_per_token,
          int num_gpu_experts, std::string weight_path, int layer_idx, int tp_size, int chunked_prefill_size,
-         std::string method, int lora_rank, float lora_alpha, int max_cache_depth) {
+         std::string method, int lora_rank, float lora_alpha, int max_cache_depth, int group_size, bool zero_point) {
         new (self) MOESFTConfig();
         fill_common(*self, expert_num, hidden_size, intermediate_size, experts_per_token, num_gpu_experts,
                     std::move(weight_path), layer_idx, tp_size, chunked_prefill_size, std::move(method));
         self->lora_rank = lora_rank;
         self->lora_alpha = lora_alpha;
         self->max_cache_depth = max_cache_depth;
+        self->group_size = group_size;
+        self->zero_point = zero_point;
       },
       nb::kw_only(), "expert_num"_a = 0, "hidden_size"_a = 0, "intermediate_size"_a = 0,
       "experts_per_token"_a = 0, "num_gpu_experts"_a = 0, "weight_path"_a = "", "layer_idx"_a = 0,
       "tp_size"_a = 1, "chunked_prefill_size"_a = 0, "method"_a = "", "lora_rank"_a = 16,
-      "lora_alpha"_a = 32.0f, "max_cache_depth"_a = 1);
+      "lora_alpha"_a = 32.0f, "max_cache_depth"_a = 1, "group_size"_a = 128, "zero_point"_a = true);
   bind_common_fields<MOESFTConfig>(sft_config);
   sft_config.def_ro("lora_rank", &MOESFTConfig::lora_rank)
       .def_ro("lora_alpha", &MOESFTConfig::lora_alpha)
-      .def_ro("max_cache_depth", &MOESFTConfig::max_cache_depth);
+      .def_ro("max_cache_depth", &MOESFTConfig::max_cache_depth)
+      .def_ro("group_size", &MOESFTConfig::group_size)
+      .def_ro("zero_point", &MOESFTConfig::zero_point);
 
   // ---- kernels (test hooks) --------------------------------------------------------------
   {
@@ -236,6 +241,7 @@ NB_MODULE(_native, m) {
 
   kt_moe::py::bind_infer_engine(m);
   kt_moe::py::bind_quant_kernels(m);
+  kt_moe::py::bind_dequant_kernels(m);
 
   // ---- SFT engine (spec 2.2) -------------------------------------------------------------
   using kt_moe::py::PySftEngine;
@@ -249,6 +255,11 @@ NB_MODULE(_native, m) {
           },
           "config"_a, "pool"_a, nb::keep_alive<1, 3>())
       .def_prop_ro("config", [](PySftEngine& e) { return e.engine().config(); })
+      .def_prop_ro("weight_format", [](PySftEngine& e) { return std::string(e.engine().base().format()); },
+                   "How the base is stored: 'bf16', 'int8_channel', 'int4_group32' or 'int4_kgroup'.")
+      .def_prop_ro("resident_bytes_per_expert",
+                   [](PySftEngine& e) { return e.engine().base().resident_bytes_per_expert(); },
+                   "Bytes one expert's base weights hold, all tensor-parallel slices together (scales included).")
       .def_prop_ro("cache_depth", [](PySftEngine& e) { return e.engine().cache_depth(); },
                    "Saved forwards waiting for backward.")
       .def_prop_ro("cached_bytes_per_routed_slot",
@@ -261,6 +272,10 @@ NB_MODULE(_native, m) {
            "gate, up [E_logical, I, H], down [E_logical, H, I] bf16; slot p gets logical expert map[p] (int64 [E]).")
       .def("load_expert_task", &PySftEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
            "down"_a.noconvert(), "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`.")
+      .def("load_quant_expert_task", &PySftEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
+           "One expert into physical slot `slot` for the quantized methods: each of gate, up (W [I, H]) and down "
+           "(W [H, I]) as the list of its canonical parts (kt_moe.quant): [q int8, scale fp32] for AMXINT8_SFT, "
+           "[codes uint8, scale fp32, zero uint8] (zero only with zero points) for the INT4 methods.")
       .def("update_lora_weights_task", &PySftEngine::update_lora, "gate_a"_a.noconvert(), "gate_b"_a.noconvert(),
            "up_a"_a.noconvert(), "up_b"_a.noconvert(), "down_a"_a.noconvert(), "down_b"_a.noconvert(),
            "Point the engine at the six bf16 LoRA tensors; they are read in place by later calls.")

@@ -1,11 +1,25 @@
 """Shared fixtures. `run_python` runs a fresh interpreter outside the source tree, so that it
-imports the installed kt_moe (with its compiled module), not the kt_moe/ folder of the checkout."""
+imports the installed kt_moe (with its compiled module), not the kt_moe/ folder of the checkout.
+Every test runs with one torch thread (one_torch_thread)."""
 
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Test tensors are small: torch's second thread costs more than it saves, and far more on a busy
+    machine, where its spin-waits take turns with the work (measured: quantize_int4_group32 of ten
+    224 x 192 experts took 29 s with two threads while two other processes ran, 0.045 s with one).
+    Tests that need more threads set them; the count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

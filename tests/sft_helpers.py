@@ -1,6 +1,7 @@
-"""Shared pieces of the SFT tests (tests/test_sft_*.py): one place that builds an AMXBF16_SFT wrapper
-together with the matching fp32 reference (kt_moe.reference), runs a forward/backward step and
-compares the two by relative L2 error (DESIGN.md section 7).
+"""Shared pieces of the SFT tests (tests/test_sft_*.py): one place that builds an SFT wrapper
+(AMXBF16_SFT unless told otherwise) together with the matching fp32 reference (kt_moe.reference),
+runs a forward/backward step and compares the two by relative L2 error (DESIGN.md section 7). For
+the quantized methods, Layer.dequantized(scheme) gives the reference of the dequantized weights.
 
 Conventions: expert ids refer to physical slots; slot p of the wrapper holds logical expert map[p],
 so the reference is given the permuted weights gate[map], up[map], down[map]. The LoRA tensors are
@@ -15,6 +16,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 import kt_moe
+from kt_moe.quant import QuantScheme
 from kt_moe.reference import (LoraWeights, lora_moe_backward, lora_moe_forward, random_experts, random_lora,
                               random_routing, relative_l2)
 
@@ -53,13 +55,15 @@ TINY = Shape(num_experts=6, hidden=40, intermediate=24, rank=4, alpha=8.0)  # er
 
 
 def make_wrapper(shape: Shape = TINY, *, top_k: int = 2, layer_idx: int = 0, num_gpu_experts: int = 0,
-                 threads: int = 2, tp: int = 1, weight_path: str = "", chunk: int = 128, depth: int = 1):
-    """An SFT wrapper from the real factory (no weights loaded yet)."""
+                 threads: int = 2, tp: int = 1, weight_path: str = "", chunk: int = 128, depth: int = 1,
+                 method: str = METHOD, **options):
+    """An SFT wrapper from the real factory (no weights loaded yet); `options` are further
+    KTMoEWrapper arguments (group_size, zero_point)."""
     return kt_moe.KTMoEWrapper(
         layer_idx=layer_idx, num_experts=shape.num_experts, num_experts_per_tok=top_k,
         hidden_size=shape.hidden, moe_intermediate_size=shape.intermediate, num_gpu_experts=num_gpu_experts,
         cpuinfer_threads=threads, threadpool_count=tp, weight_path=weight_path, chunked_prefill_size=chunk,
-        method=METHOD, mode="sft", lora_rank=shape.rank, lora_alpha=shape.alpha, max_cache_depth=depth)
+        method=method, mode="sft", lora_rank=shape.rank, lora_alpha=shape.alpha, max_cache_depth=depth, **options)
 
 
 class Batch(NamedTuple):
@@ -130,6 +134,14 @@ class Layer:
     def load(self, wrapper) -> None:
         wrapper.load_weights_from_tensors(self.gate, self.up, self.down, self.physical_map)
         wrapper.init_lora_weights(*self.lora)
+
+    def dequantized(self, scheme: QuantScheme) -> "Layer":
+        """The same layer with every base weight quantized and dequantized by a kt_moe.quant scheme
+        (fp32, cut back to the original width where the scheme pads K)."""
+        def round_trip(w: torch.Tensor) -> torch.Tensor:
+            return scheme.dequantize(*scheme.quantize(w))[..., :w.shape[-1]]
+
+        return dataclasses.replace(self, gate=round_trip(self.gate), up=round_trip(self.up), down=round_trip(self.down))
 
 
 def make_layer(shape: Shape, *, seed: int = 0, physical_map: Optional[torch.Tensor] = None,

@@ -1,5 +1,6 @@
 """KTMoEConfig: every parameter's rule with its documented message, strict types, mode and method,
-the mode-only parameters, the frozen model, the native configs it builds and its JSON Schema."""
+the mode-only and method-only parameters, the frozen model, the native configs it builds and its
+JSON Schema."""
 
 import math
 import pathlib
@@ -8,16 +9,17 @@ import numpy as np
 import pytest
 
 from kt_moe._native import MOEConfig, MOESFTConfig
-from kt_moe.config import (INFERENCE_METHODS, MODE_ONLY_PARAMETERS, MODES, SFT_METHODS, ConfigError,
-                           KTMoEConfig, config_errors, validate_config)
+from kt_moe.config import (INFERENCE_METHODS, METHOD_ONLY_PARAMETERS, MODE_ONLY_PARAMETERS, MODES, SFT_METHODS,
+                           ConfigError, KTMoEConfig, config_errors, validate_config)
 
 BASE = dict(layer_idx=3, num_experts=8, num_experts_per_tok=2, hidden_size=64, moe_intermediate_size=32,
             num_gpu_experts=1, cpuinfer_threads=4, threadpool_count=2, weight_path="/tmp/weights",
             chunked_prefill_size=128)
 SFT = dict(BASE, mode="sft", method="AMXBF16_SFT")
+KGROUP = dict(SFT, method="AMXINT4_KGroup_SFT")
 REQUIRED = list(BASE)
 OPTIONAL = dict(cpu_save=False, max_deferred_experts_per_token=None, method="AMXINT4", mode="inference",
-                lora_rank=16, lora_alpha=32.0, max_cache_depth=1)
+                lora_rank=16, lora_alpha=32.0, max_cache_depth=1, group_size=128, zero_point=True)
 INT_FIELDS = ["layer_idx", "num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size",
               "num_gpu_experts", "cpuinfer_threads", "threadpool_count", "chunked_prefill_size",
               "lora_rank", "max_cache_depth", "max_deferred_experts_per_token"]
@@ -188,6 +190,46 @@ def test_mode_only_parameters_at_defaults_are_accepted_either_way():
     assert set(MODE_ONLY_PARAMETERS) == set(MODES)
 
 
+@pytest.mark.parametrize("group_size", [32, 64, 128, np.int64(64)])
+@pytest.mark.parametrize("zero_point", [True, False])
+def test_kgroup_parameters(group_size, zero_point):
+    config = validate_config(**KGROUP, group_size=group_size, zero_point=zero_point)
+    assert (config.group_size, config.zero_point) == (group_size, zero_point) and type(config.group_size) is int
+    assert config.quant_options == dict(group_size=group_size, zero_point=zero_point)
+    native = config.to_native()
+    assert (native.group_size, native.zero_point) == (group_size, zero_point)
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("group_size", 16, "group_size must be one of 32, 64, 128, got 16"),
+    ("group_size", 256, "group_size must be one of 32, 64, 128, got 256"),
+    ("group_size", 0, "group_size must be one of 32, 64, 128, got 0"),
+    ("group_size", 64.0, "group_size must be an integer, got float"),
+    ("group_size", True, "group_size must be an integer, got bool"),
+    ("group_size", "64", "group_size must be an integer, got str"),
+    ("zero_point", 1, "zero_point must be a bool, got int"),
+    ("zero_point", "no", "zero_point must be a bool, got str"),
+])
+def test_kgroup_parameter_errors(name, value, message):
+    error = error_of(**KGROUP, **{name: value})
+    assert str(error) == message and error.errors[0][0] == name
+
+
+@pytest.mark.parametrize("config", [SFT, dict(SFT, method="AMXINT8_SFT"), dict(SFT, method="AMXINT4_SFT"), BASE],
+                         ids=["AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "inference"])
+@pytest.mark.parametrize("name,value", [("group_size", 32), ("zero_point", False)])
+def test_kgroup_parameters_refused_with_other_methods(config, name, value):
+    method = config.get("method", "AMXINT4")  # BASE: the default method
+    message = str(error_of(**config, **{name: value}))
+    assert message == f"{name} is only used with method='AMXINT4_KGroup_SFT' (got method='{method}')"
+
+
+def test_kgroup_parameters_at_defaults_are_accepted_with_other_methods():
+    assert validate_config(**SFT, group_size=128, zero_point=True).quant_options == {}
+    assert validate_config(**BASE, group_size=128).quant_options == {}
+    assert set(METHOD_ONLY_PARAMETERS) == {"AMXINT4_KGroup_SFT"}
+
+
 def test_valid_inference_config():
     config = validate_config(**BASE, cpu_save=True, max_deferred_experts_per_token=2, method="MOE_INT8")
     assert (config.cpu_save, config.max_deferred_experts_per_token, config.method) == (True, 2, "MOE_INT8")
@@ -252,6 +294,7 @@ def test_json_schema_describes_every_field():
     assert properties["method"]["enum"] == list(INFERENCE_METHODS + SFT_METHODS)
     assert properties["num_experts"]["minimum"] == 1 and properties["layer_idx"]["minimum"] == 0
     assert properties["lora_alpha"]["exclusiveMinimum"] == 0
+    assert properties["group_size"]["enum"] == [32, 64, 128]
     assert {name: properties[name]["default"] for name in OPTIONAL} == OPTIONAL
 
 

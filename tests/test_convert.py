@@ -1,7 +1,8 @@
 """`kt-moe convert` and the pre-quantized files: round trip against kt_moe.quant applied to the
 Hugging Face tensors, layer discovery and selection, the file header, resume after an interruption
-or damage, files written for other settings, the reader's checks, and the command line (summary,
-progress bar, one-line errors)."""
+or damage, files written for other settings, the reader's checks, the SFT methods (AMXINT8_SFT and
+AMXINT4_SFT share the inference methods' files; AMXINT4_KGroup_SFT with its group size and zero
+point options) and the command line (summary, progress bar, one-line errors)."""
 
 import io
 import json
@@ -21,7 +22,6 @@ from kt_moe.weights.convert import convert_checkpoint, format_layers, parse_laye
 from kt_moe.weights.hf_checkpoint import MoELayerInfo, list_moe_layers
 from kt_moe.weights.prequantized import (LayerSettings, PrequantizedCorruptError, PrequantizedLayerReader,
                                          PrequantizedMismatchError, layer_file, write_layer)
-from test_quant_schemes import one_thread  # noqa: F401 (an autouse fixture)
 
 E, H, I = 4, 64, 40  # I = 40: down's K is padded to 64 by int4_group32
 LAYERS = (1, 2, 4)
@@ -319,6 +319,62 @@ def test_write_layer_checks_the_parts(tmp_path):
     with pytest.raises(ValueError, match="experts must hold 1 experts, got 2"):
         write_layer(tmp_path, settings, [good, good], source="")
     assert write_layer(tmp_path, settings, [good], source="s") == layer_file(tmp_path, 0)
+
+
+# ---- the SFT methods ----
+
+@pytest.mark.parametrize("group_size,zero_point", [(None, None), (32, True), (64, False), (128, False)])
+def test_kgroup_round_trip_and_header(tmp_path, weights, group_size, zero_point):
+    out = tmp_path / "out"
+    convert_checkpoint(checkpoint(tmp_path, weights), out, "AMXINT4_KGroup_SFT", layers=[2], group_size=group_size,
+                       zero_point=zero_point)
+    scheme = scheme_for_method("AMXINT4_KGroup_SFT", group_size, zero_point)
+    metadata, _ = contents(layer_file(out, 2))
+    assert {key: metadata[key] for key in ("method", "scheme", "group_size", "zero_point")} == \
+        {"method": "AMXINT4_KGroup_SFT", "scheme": "int4_kgroup", "group_size": str(scheme.group_size),
+         "zero_point": "true" if scheme.zero_point else "false"}
+    with reader(out, 2, "AMXINT4_KGroup_SFT", group_size=group_size, zero_point=zero_point) as r:
+        r.verify()
+        stacked = r.stacked()
+    for matrix, w in zip(("gate", "up", "down"), weights[2]):
+        want = scheme.quantize(w.to(torch.bfloat16))
+        assert len(stacked[matrix]) == len(want) and all(torch.equal(a, b) for a, b in zip(stacked[matrix], want))
+
+
+def test_sft_methods_share_the_inference_files(tmp_path, weights):
+    out = tmp_path / "out"
+    convert_checkpoint(checkpoint(tmp_path, weights), out, "AMXINT4_SFT", layers=[1])
+    assert contents(layer_file(out, 1))[0]["method"] == "AMXINT4"
+    reader(out, 1, "AMXINT4").close()
+    reader(out, 1, "AMXINT4_SFT").close()
+    with pytest.raises(PrequantizedMismatchError, match="method='AMXINT4' \\(expected 'AMXINT8'\\)"):
+        reader(out, 1, "AMXINT8_SFT")
+
+
+def test_kgroup_settings_are_part_of_the_file(tmp_path, weights):
+    ckpt, out = checkpoint(tmp_path, weights), tmp_path / "out"
+    convert_checkpoint(ckpt, out, "AMXINT4_KGroup_SFT", layers=[1], group_size=64)
+    with pytest.raises(ValueError, match="group_size='64' \\(expected '32'\\).*--force to overwrite"):
+        convert_checkpoint(ckpt, out, "AMXINT4_KGroup_SFT", layers=[1], group_size=32)
+    with pytest.raises(FileNotFoundError, match="--method AMXINT4_KGroup_SFT --group-size 32 --no-zero-point"):
+        reader(out, 2, "AMXINT4_KGroup_SFT", group_size=32, zero_point=False)
+    with pytest.raises(ValueError, match="^group_size and zero_point are options of int4_kgroup"):
+        convert_checkpoint(ckpt, out, "AMXINT8", group_size=64)
+
+
+def test_cli_kgroup_options(tmp_path, weights, capsys):
+    ckpt, out = checkpoint(tmp_path, weights), tmp_path / "out"
+    assert run(capsys, "--method", "AMXINT4_KGroup_SFT", "--group-size", "64", "--no-zero-point", "--input",
+               str(ckpt), "--output", str(out), "--layers", "4") == (0, f"1 layer(s) in {out} (1 written)\n", "")
+    metadata, _ = contents(layer_file(out, 4))
+    assert (metadata["group_size"], metadata["zero_point"]) == ("64", "false")
+    code, stdout, stderr = run(capsys, "--method", "AMXINT8_SFT", "--zero-point", "--input", str(ckpt), "--output",
+                               str(tmp_path / "other"))
+    assert (code, stdout) == (1, "") and stderr.startswith("kt-moe: error: group_size and zero_point are options")
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "--method", "AMXINT4_KGroup_SFT", "--group-size", "48", "--input", str(ckpt),
+                  "--output", str(out)])
+    assert "argument --group-size: invalid choice: 48" in capsys.readouterr().err
 
 
 # ---- the command line ----

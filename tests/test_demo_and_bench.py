@@ -10,8 +10,14 @@ from kt_moe import cli
 from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
-# Relative L2 bounds of the output against the fp32 reference where the method quantizes (2e-2 otherwise).
-OUT_ERROR_BOUND = {"AMXINT8": 3e-2, "AMXINT4": 0.15}
+# Relative L2 bounds of the output (and, for sft, the gradients) against the fp32 reference of the
+# bf16 weights where the method quantizes (2e-2 otherwise). AMXINT4_KGroup_SFT runs its default
+# groups of 128 (about 0.17: tests/test_sft_quantized.py).
+ERROR_BOUND = {"AMXINT8": 3e-2, "AMXINT4": 0.15, "AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15, "AMXINT4_KGroup_SFT": 0.2}
+# The bench's sft gradients here come from one and three tokens: the quantized bases' error is then a
+# draw of few tokens (the INT4 methods reach 0.27 at q = 1 in tests/test_sft_quantized.py, which
+# checks the issue's bars from q = 7 on), so this smoke test only bounds them by twice the bars.
+GRAD_BOUND_FACTOR = {"AMXINT8_SFT": 2, "AMXINT4_SFT": 2, "AMXINT4_KGroup_SFT": 2}
 
 
 def test_demo_runs_both_spec_examples(capsys):
@@ -45,9 +51,10 @@ def test_bench_prints_table_and_json_lines(tmp_path):
         assert r["status"] in ("ok", "skipped"), r
         if r["status"] == "ok":
             assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
-            assert r["err_out"] < OUT_ERROR_BOUND.get(r["method"], 2e-2), r
+            bound = ERROR_BOUND.get(r["method"], 2e-2)
+            assert r["err_out"] < bound, r
             assert r["vs_torch"] is not None and r["threads"] == 2
             if r["mode"] == "sft":
-                assert r["err_grad"] < 2e-2 and not r["grads_missing"]
+                assert r["err_grad"] < bound * GRAD_BOUND_FACTOR.get(r["method"], 1) and not r["grads_missing"]
         else:
             assert r["reason"]

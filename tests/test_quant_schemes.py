@@ -1,24 +1,15 @@
 """kt_moe.quant: the INT8 per-channel and INT4 group-32 schemes (round-trip error, exact formats,
-nibble order, zero rows, K padding, determinism, batched == per matrix, input checks) and the
-method -> scheme table."""
+nibble order, zero rows, K padding, determinism, batched == per matrix, input checks), the INT4
+K-group scheme (groups of 32, 64, 128, with or without zero points; the same quantizer as
+int4_group32) and the method -> scheme table."""
 
 import pytest
 import torch
 
 from kt_moe.quant import common
-from kt_moe.quant import (METHOD_SCHEMES, SCHEMES, dequantize_int4_group32, dequantize_int8_channel, padded_k,
-                          quantize_int4_group32, quantize_int8_channel, scheme_for_method)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Test tensors are small: torch's second thread costs more than it saves, and far more on a
-    busy machine, where its spin-waits take turns with the work. Results do not depend on the thread
-    count (test_same_result_with_one_or_two_threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from kt_moe.quant import (KGROUP_SIZES, METHOD_SCHEMES, SCHEMES, dequantize_int4_group32, dequantize_int8_channel,
+                          int4_kgroup_scheme, padded_k, quantize_int4_group32, quantize_int8_channel,
+                          scheme_for_method)
 
 
 def normal(*shape, seed=0, dtype=torch.float32):
@@ -170,7 +161,7 @@ def test_batched_equals_per_matrix(monkeypatch, name, block_elements):
 def test_same_result_with_one_or_two_threads(name):
     w = normal(128, 1024, seed=5)  # 2 blocks, each large enough for torch to split across threads
     one = SCHEMES[name].quantize(w)
-    torch.set_num_threads(2)  # the fixture restores the count
+    torch.set_num_threads(2)  # conftest's one_torch_thread restores the count
     two = SCHEMES[name].quantize(w)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
@@ -221,13 +212,25 @@ def test_dequantize_checks_its_parts():
 # ---- the table ----
 
 def test_method_table():
-    assert METHOD_SCHEMES == {"AMXINT8": "int8_channel", "AMXINT4": "int4_group32"}
+    assert METHOD_SCHEMES == {"AMXINT8": "int8_channel", "AMXINT4": "int4_group32", "AMXINT8_SFT": "int8_channel",
+                              "AMXINT4_SFT": "int4_group32", "AMXINT4_KGroup_SFT": "int4_kgroup"}
     int8, int4 = scheme_for_method("AMXINT8"), scheme_for_method("AMXINT4")
     assert (int8.name, int8.group_size, int8.parts) == ("int8_channel", 0, ("q", "scale"))
     assert (int4.name, int4.group_size, int4.parts) == ("int4_group32", 32, ("codes", "scale", "zero"))
+    assert scheme_for_method("AMXINT8_SFT") is int8 and scheme_for_method("AMXINT4_SFT") is int4
+    kgroup = scheme_for_method("AMXINT4_KGroup_SFT")  # the config's defaults
+    assert (kgroup.name, kgroup.group_size, kgroup.zero_point, kgroup.parts) == \
+        ("int4_kgroup", 128, True, ("codes", "scale", "zero"))
+    symmetric = scheme_for_method("AMXINT4_KGroup_SFT", group_size=64, zero_point=False)
+    assert (symmetric.group_size, symmetric.zero_point, symmetric.parts) == (64, False, ("codes", "scale"))
     with pytest.raises(ValueError) as info:
         scheme_for_method("FP8")
-    assert str(info.value) == "method 'FP8' has no kt-moe quantization scheme; expected one of AMXINT8, AMXINT4"
+    assert str(info.value) == ("method 'FP8' has no kt-moe quantization scheme; expected one of AMXINT8, AMXINT4, "
+                               "AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT")
+    with pytest.raises(ValueError, match="^group_size and zero_point are options of int4_kgroup"):
+        scheme_for_method("AMXINT4", group_size=32)
+    with pytest.raises(ValueError, match=r"^int4_kgroup takes group_size in \(32, 64, 128\)"):
+        int4_kgroup_scheme(48, True)
 
 
 @pytest.mark.parametrize("name", SCHEME_NAMES)
@@ -239,3 +242,64 @@ def test_part_specs_describe_what_quantize_returns(name):
     assert [(tuple(t.shape), t.dtype) for t in parts] == list(specs.values())
     out = scheme.dequantize(*parts)
     assert out.dtype == torch.float32 and out.shape[0] == 24
+
+
+# ---- INT4 K-group ----
+
+KGROUP_SCHEMES = [int4_kgroup_scheme(g, z) for g in KGROUP_SIZES for z in (True, False)]
+
+
+def kgroup_id(scheme):
+    return f"g{scheme.group_size}-{'zero' if scheme.zero_point else 'sym'}"
+
+
+def test_kgroup_32_with_zero_points_is_int4_group32_bit_for_bit():
+    w = normal(3, 40, 100, seed=4)
+    kgroup = int4_kgroup_scheme(32, True)
+    assert all(torch.equal(a, b) for a, b in zip(kgroup.quantize(w), quantize_int4_group32(w)))
+
+
+@pytest.mark.parametrize("scheme", KGROUP_SCHEMES, ids=kgroup_id)
+@pytest.mark.parametrize("K", [128, 200, 1])
+def test_kgroup_format_and_round_trip(scheme, K):
+    w = normal(2, 24, K, seed=K)
+    parts = scheme.quantize(w)
+    assert [(tuple(t.shape), t.dtype) for t in parts] == [((2, *shape), dtype)
+                                                          for shape, dtype in scheme.part_specs(24, K).values()]
+    G, Kp = scheme.group_size, -(-K // scheme.group_size) * scheme.group_size
+    out = scheme.dequantize(*parts)
+    assert out.shape == (2, 24, Kp) and not out[..., K:].any()  # padded inputs dequantize to 0
+    if K >= G:
+        bound = {32: 0.09, 64: 0.1, 128: 0.11}[G] * (1.1 if not scheme.zero_point else 1.0)
+        assert rel_error(out[..., :K], w) < bound
+
+
+@pytest.mark.parametrize("G", KGROUP_SIZES)
+def test_kgroup_symmetric_groups_have_zero_point_8(G):
+    """Symmetric: two parts, W ~= (code - 8) * scale; a group of zeros stores codes 8 and scale 1;
+    the range is symmetric around 0, so -max|x| is representable to half a step."""
+    scheme = int4_kgroup_scheme(G, False)
+    w = torch.zeros(2, G)
+    w[1, 0], w[1, 1] = 7.0, -8.0
+    codes, scale = scheme.quantize(w)
+    assert torch.all(codes[0] == 0x88) and float(scale[0, 0]) == 1.0
+    out = scheme.dequantize(codes, scale)
+    assert not out[0].any() and not out[1, 2:].any()
+    torch.testing.assert_close(out[1, :2], w[1, :2], rtol=0, atol=float(scale[1, 0]) / 2)
+
+
+@pytest.mark.parametrize("scheme", KGROUP_SCHEMES, ids=kgroup_id)
+def test_kgroup_deterministic_and_batched_equals_per_matrix(scheme):
+    w = normal(3, 40, 160, seed=9, dtype=torch.bfloat16)
+    batched = scheme.quantize(w)
+    assert all(torch.equal(a, b) for a, b in zip(batched, scheme.quantize(w.clone())))
+    for e in range(3):
+        assert all(torch.equal(b[e], p) for b, p in zip(batched, scheme.quantize(w[e])))
+
+
+def test_larger_groups_lose_accuracy():
+    w = normal(64, 512, seed=3)
+    errors = [rel_error(s.dequantize(*s.quantize(w)), w) for s in KGROUP_SCHEMES]
+    by = dict(zip(map(kgroup_id, KGROUP_SCHEMES), errors))
+    assert by["g32-zero"] < by["g64-zero"] < by["g128-zero"]
+    assert all(by[f"g{g}-zero"] < by[f"g{g}-sym"] for g in KGROUP_SIZES)

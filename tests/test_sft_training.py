@@ -1,12 +1,14 @@
 """Training with the SFT wrapper as the spec's loop uses it (spec 3.2): gradients accumulate into the
 .grad of LoRA tensors that require grad, as autograd would; update_lora_weights makes the engine see
 tensors changed in place; micro-batches accumulate like one batch; AdamW fits a LoRA target; base
-weights and inputs are never modified."""
+weights and inputs are never modified. The last two run for every SFT method (the quantized ones
+against their dequantized base, the base the engine trains on)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kt_moe.quant import scheme_for_method
 from kt_moe.reference import lora_moe_forward, random_lora, relative_l2
 from sft_helpers import (LORA_NAMES, MAIN, TINY, TOL, assert_close, build, cat_batches, make_batch, make_layer,
                          make_wrapper, step)
@@ -14,6 +16,24 @@ from sft_helpers import (LORA_NAMES, MAIN, TINY, TOL, assert_close, build, cat_b
 
 def clone_all(tensors):
     return [t.detach().clone() for t in tensors]
+
+
+METHODS = [  # (method, KTMoEWrapper options)
+    ("AMXBF16_SFT", {}),
+    ("AMXINT8_SFT", {}),
+    ("AMXINT4_SFT", {}),
+    ("AMXINT4_KGroup_SFT", {}),
+    ("AMXINT4_KGroup_SFT", dict(group_size=32, zero_point=False)),
+]
+
+
+def method_id(value):
+    return ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None
+
+
+def trained_base(layer, method, options):
+    """The layer as the engine of `method` holds its base: itself, or its dequantized version."""
+    return layer if method == "AMXBF16_SFT" else layer.dequantized(scheme_for_method(method, **options))
 
 
 def assert_rel(actual, expected, what, tol=TOL):
@@ -68,12 +88,13 @@ def test_update_lora_weights_after_in_place_change(requires_grad):
     assert_close(step(wrapper, batch), after)
 
 
-def test_micro_batches_accumulate_like_one_batch():
+@pytest.mark.parametrize("method,options", METHODS, ids=method_id)
+def test_micro_batches_accumulate_like_one_batch(method, options):
     """max_cache_depth=2: forward A, forward B, backward B, backward A accumulates the same .grad as
     one batch holding A and B."""
     shape, k = MAIN, 6
     layer = make_layer(shape, seed=9, requires_grad=True)
-    wrapper = make_wrapper(shape, top_k=k, depth=2)
+    wrapper = make_wrapper(shape, top_k=k, depth=2, method=method, **options)
     layer.load(wrapper)
     a, b = layer.batch(5, k, seed=90), layer.batch(11, k, seed=91)
     wrapper.forward_sft(a.x, a.expert_ids, a.weights, save_for_backward=True)
@@ -86,7 +107,7 @@ def test_micro_batches_accumulate_like_one_batch():
         t.grad = None
     both = cat_batches([a, b])
     whole = step(wrapper, both)
-    reference = layer.reference(both)
+    reference = trained_base(layer, method, options).reference(both)
     for name, acc, t in zip(LORA_NAMES, accumulated, layer.lora):
         assert_rel(acc, t.grad, f"{name}.grad, micro-batches vs one batch")
         assert_rel(acc, reference.grads[name], f"{name}.grad, micro-batches vs reference")
@@ -96,20 +117,22 @@ def test_micro_batches_accumulate_like_one_batch():
 
 
 @pytest.mark.parametrize("lora_dtype", [torch.bfloat16, torch.float32])
-def test_adamw_fits_a_lora_target(lora_dtype):
-    """50 AdamW steps from zero-initialised B drive the MSE to a teacher's output (same base, a LoRA
-    with other A and nonzero B, so a LoRA can fit it exactly) down at least 10x. Base weights,
-    map and inputs stay bit-identical."""
+@pytest.mark.parametrize("method,options", METHODS, ids=method_id)
+def test_adamw_fits_a_lora_target(method, options, lora_dtype):
+    """50 AdamW steps from zero-initialised B drive the MSE to a teacher's output (same base as the
+    engine trains on, a LoRA with other A and nonzero B, so a LoRA can fit it exactly) down at least
+    10x. Base weights, map and inputs stay bit-identical."""
     shape, q, k, steps = TINY, 32, 2, 50
     layer = make_layer(shape, seed=3, zero_b=True, lora_dtype=lora_dtype, requires_grad=True)
     teacher = random_lora(shape.num_experts, shape.hidden, shape.intermediate, shape.rank, seed=40)
     batch = make_batch(shape, q, k, seed=5)
-    target = lora_moe_forward(batch.x, batch.expert_ids, batch.weights, *layer.physical(), teacher, shape.scale)
+    target = lora_moe_forward(batch.x, batch.expert_ids, batch.weights, *trained_base(layer, method, options).physical(),
+                              teacher, shape.scale)
     base_before = clone_all([layer.gate, layer.up, layer.down, layer.physical_map])
     batch_before = clone_all(batch)
     b_before = clone_all(layer.lora[1::2])
 
-    wrapper = make_wrapper(shape, top_k=k)
+    wrapper = make_wrapper(shape, top_k=k, method=method, **options)
     layer.load(wrapper)
     optimizer = torch.optim.AdamW(layer.lora, lr=1e-2)
 

@@ -1,29 +1,9 @@
-"""INT4 with a scale and a zero point per group of 32 inputs ("int4_group32", method AMXINT4): the
-canonical format the INT4 kernels read.
+"""INT4 with a scale and a zero point per group of 32 inputs ("int4_group32", methods AMXINT4 and
+AMXINT4_SFT): the canonical format the INT4 kernels read. It is kt_moe.quant.int4_groups with
+G = 32 and zero points, whose docstring defines the format and the quantizer:
 
-For W [N, K] (N output channels, K inputs, the Hugging Face [out, in] layout), with G = Kp / 32
-groups per row, Kp = K rounded up to a multiple of 32:
-    codes uint8 [N, Kp / 2]: two 4-bit codes per byte, low nibble = even k, high nibble = odd k
-    scale fp32  [N, G]
-    zero  uint8 [N, G], in 0..15
-    W[n, k] ~= (code[n, k] - zero[n, k // 32]) * scale[n, k // 32]
-
-Padding: when K is not a multiple of 32, W is padded with zero columns up to Kp before it is
-quantized, and every output (and the dequantized matrix) has Kp columns. Zero is always exactly
-representable (see below), so the padded columns dequantize to exactly 0; callers that need the
-original width take [..., :K].
-
-Quantizing one group x (32 values, fp32 arithmetic, rounding half to even):
-    lo = min(min(x), 0), hi = max(max(x), 0)     the range always contains 0
-    u = (hi - lo) / 15, z = round(-lo / u)       the unclipped step and the zero point (0..15)
-    for each clipping ratio r of CLIP_RATIOS (1.0, 0.98, ..., 0.70), with v = 1 / r:
-        p = (x / u) * v + z,  c = clamp(round(p), 0, 15)
-        error(r) = r^2 * sum((c - p)^2)   (the group's squared error is u^2 times this)
-    scale = u * r for the r with the smallest error (the first on a tie), codes = that r's c.
-Clipping keeps z and shrinks the step, trading error at the extremes for finer steps elsewhere.
-An all-zero group (or one too small for a nonzero fp32 step) stores scale 1, zero 0, codes 0.
-A leading expert dimension [E, N, K] is quantized row by row the same way, so a stack gives the
-same bytes as its matrices one by one.
+    codes uint8 [N, Kp / 2] (low nibble = even k), scale fp32 [N, Kp / 32], zero uint8 [N, Kp / 32]
+    W[n, k] ~= (code[n, k] - zero[n, k // 32]) * scale[n, k // 32],   K padded to Kp (a multiple of 32)
 """
 
 from __future__ import annotations
@@ -32,97 +12,28 @@ from typing import Dict, Tuple
 
 import torch
 
-from kt_moe.quant.common import check_finite, check_matrices, row_blocks, rows_per_block
-from kt_moe.tensor_checks import check_tensor
+from kt_moe.quant import int4_groups
 
 GROUP_SIZE = 32
-CODE_MAX = 15
-CLIP_RATIOS = torch.tensor([1.0 - 0.02 * i for i in range(16)], dtype=torch.float32)  # 1.0 down to 0.70
-INVERSE_RATIOS = 1.0 / CLIP_RATIOS
 
 
 def padded_k(k: int) -> int:
     """The number of columns K takes once padded to whole groups of 32."""
-    return -(-k // GROUP_SIZE) * GROUP_SIZE
-
-
-class _GroupQuantizer:
-    """Quantizes blocks of up to `rows` rows of G groups in buffers allocated once: a fresh tensor
-    per operation would cost more in page faults than the arithmetic does."""
-
-    def __init__(self, rows: int, groups: int):
-        self.x = torch.zeros(rows, groups, GROUP_SIZE)  # [rows, G, 32]: the weights, zero-padded
-        self.y, self.p, self.c = (torch.empty_like(self.x) for _ in range(3))
-        self.errors = torch.empty(len(CLIP_RATIOS), rows, groups)  # [ratios, rows, G]
-
-    def quantize(self, rows: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first `rows` rows of self.x -> (codes fp32 [rows, G, 32] holding 0..15, scale fp32
-        [rows, G], zero fp32 [rows, G]) as the module docstring defines them; the codes are a view of
-        a buffer. ||x - (c - z) * u * r||^2 = u^2 * r^2 * ||c - p||^2, so comparing r^2 * ||c - p||^2
-        between ratios compares the groups' errors."""
-        x, y, p, c, errors = self.x[:rows], self.y[:rows], self.p[:rows], self.c[:rows], self.errors[:, :rows]
-        lo = x.amin(dim=2).clamp_(max=0)  # [rows, G]
-        hi = x.amax(dim=2).clamp_(min=0)
-        unit = (hi - lo) / CODE_MAX  # u, the step at ratio 1
-        check_finite(unit, "w")
-        unit = torch.where(unit > 0, unit, 1.0)
-        zero = torch.round(-lo / unit)  # z
-        torch.div(x, unit[..., None], out=y)
-
-        def codes(inverse_ratio) -> None:
-            """p and c for a ratio's fp32 inverse: a float, or a tensor [rows, G, 1] of them."""
-            torch.mul(y, inverse_ratio, out=p).add_(zero[..., None])
-            torch.round(p, out=c).clamp_(0, CODE_MAX)
-
-        for i, inverse in enumerate(INVERSE_RATIOS.tolist()):
-            codes(inverse)
-            torch.sum(c.sub_(p).square_(), dim=2, out=errors[i])  # (torch's vector_norm is far slower here)
-        best = errors.mul_(CLIP_RATIOS.square()[:, None, None]).min(dim=0).indices  # [rows, G]: the first smallest
-        codes(INVERSE_RATIOS[best][..., None])
-        return c, unit * CLIP_RATIOS[best], zero
+    return int4_groups.padded_k(k, GROUP_SIZE)
 
 
 def quantize_int4_group32(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w bf16/fp16/fp32 [N, K] or [E, N, K] -> (codes uint8 [..., N, Kp / 2], scale fp32 [..., N, G],
     zero uint8 [..., N, G]), Kp = padded_k(K), G = Kp / 32."""
-    check_matrices(w, "w")
-    *lead, K = w.shape
-    Kp = padded_k(K)
-    G = Kp // GROUP_SIZE
-    rows = w.reshape(-1, K)  # [R, K], R = E * N
-    R = rows.shape[0]
-    codes = torch.empty(R, Kp // 2, dtype=torch.uint8)
-    scale = torch.empty(R, G, dtype=torch.float32)
-    zero = torch.empty(R, G, dtype=torch.uint8)
-    quantizer = _GroupQuantizer(min(R, rows_per_block(Kp)), G)
-    for block in row_blocks(R, Kp):
-        r = block.stop - block.start
-        quantizer.x[:r].view(r, Kp)[:, :K] = rows[block]
-        c, s, z = quantizer.quantize(r)
-        c = c.to(torch.uint8).view(r, Kp // 2, 2)  # [r, Kp / 2, (even k, odd k)]
-        codes[block] = c[..., 0] | (c[..., 1] << 4)
-        scale[block], zero[block] = s, z
-    return codes.reshape(*lead, Kp // 2), scale.reshape(*lead, G), zero.reshape(*lead, G)
+    return int4_groups.quantize_int4(w, GROUP_SIZE, zero_point=True)
 
 
 def int4_group32_parts(n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
     """What quantize_int4_group32 returns for W [n, k]: part name -> (shape, dtype)."""
-    groups = padded_k(k) // GROUP_SIZE
-    return {"codes": ((n, groups * GROUP_SIZE // 2), torch.uint8), "scale": ((n, groups), torch.float32),
-            "zero": ((n, groups), torch.uint8)}
+    return int4_groups.int4_parts(n, k, GROUP_SIZE, zero_point=True)
 
 
 def dequantize_int4_group32(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """(codes uint8 [..., N, Kp / 2], scale fp32 [..., N, G], zero uint8 [..., N, G]) with Kp = 32 G
     -> W fp32 [..., N, Kp] = (code - zero) * scale."""
-    check_matrices(codes, "codes", (torch.uint8,))
-    *lead, half = codes.shape
-    if half % (GROUP_SIZE // 2):
-        raise ValueError(f"codes must have a multiple of {GROUP_SIZE // 2} bytes per row "
-                         f"(two codes a byte, groups of {GROUP_SIZE}), got shape {tuple(codes.shape)}")
-    groups = (*lead, half * 2 // GROUP_SIZE)
-    check_tensor(scale, "scale", groups, (torch.float32,))
-    check_tensor(zero, "zero", groups, (torch.uint8,))
-    unpacked = torch.stack((codes & 0xF, codes >> 4), dim=-1)  # [..., N, Kp / 2, 2]: even k, odd k
-    x = unpacked.view(*groups, GROUP_SIZE).float()  # [..., N, G, 32]
-    return ((x - zero[..., None].float()) * scale[..., None]).view(*lead, half * 2)
+    return int4_groups.dequantize_int4(codes, scale, zero, group_size=GROUP_SIZE)

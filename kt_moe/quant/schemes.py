@@ -3,17 +3,21 @@ the table the converter, the pre-quantized file format and the engines look sche
 
 A scheme turns one weight matrix W [N, K] (or a stack [E, N, K]) into named tensors (`parts`)
 and back; `part_specs(N, K)` gives each part's shape and dtype, so a file can be checked against
-the shapes a layer needs without reading any data.
+the shapes a layer needs without reading any data. int8_channel and int4_group32 are fixed;
+int4_kgroup (AMXINT4_KGroup_SFT) takes a group size and whether it has zero points.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from kt_moe.config import DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT, KGROUP_SIZES
 from kt_moe.quant.int4_group32 import GROUP_SIZE, dequantize_int4_group32, int4_group32_parts, quantize_int4_group32
+from kt_moe.quant.int4_groups import dequantize_int4, int4_parts, quantize_int4
 from kt_moe.quant.int8_channel import dequantize_int8_channel, int8_channel_parts, quantize_int8_channel
 
 PartSpec = Tuple[Tuple[int, ...], torch.dtype]  # (shape, dtype) of one part for one matrix
@@ -22,15 +26,17 @@ PartSpec = Tuple[Tuple[int, ...], torch.dtype]  # (shape, dtype) of one part for
 @dataclass(frozen=True)
 class QuantScheme:
     """One quantization scheme. group_size: inputs sharing a scale (0: the whole row, one scale per
-    output channel). quantize() returns the parts in the order of part_specs(N, K), which maps each
-    part's name to its (shape, dtype); dequantize() takes them in the same order and returns fp32
-    [..., N, K] (K padded as the scheme says)."""
+    output channel). zero_point: for a scheme that offers both, whether its groups have zero points
+    (None: the scheme has no such choice). quantize() returns the parts in the order of
+    part_specs(N, K), which maps each part's name to its (shape, dtype); dequantize() takes them in
+    the same order and returns fp32 [..., N, K] (K padded as the scheme says)."""
 
     name: str
     group_size: int
     quantize: Callable[[torch.Tensor], Tuple[torch.Tensor, ...]]
     dequantize: Callable[..., torch.Tensor]
     part_specs: Callable[[int, int], Dict[str, PartSpec]]
+    zero_point: Optional[bool] = None
 
     @property
     def parts(self) -> Tuple[str, ...]:
@@ -42,14 +48,40 @@ SCHEMES: Dict[str, QuantScheme] = {scheme.name: scheme for scheme in (
     QuantScheme("int8_channel", 0, quantize_int8_channel, dequantize_int8_channel, int8_channel_parts),
     QuantScheme("int4_group32", GROUP_SIZE, quantize_int4_group32, dequantize_int4_group32, int4_group32_parts),
 )}
+KGROUP_SCHEME = "int4_kgroup"
 
 # method -> the scheme its experts are stored in
-METHOD_SCHEMES: Dict[str, str] = {"AMXINT8": "int8_channel", "AMXINT4": "int4_group32"}
+METHOD_SCHEMES: Dict[str, str] = {"AMXINT8": "int8_channel", "AMXINT4": "int4_group32",
+                                  "AMXINT8_SFT": "int8_channel", "AMXINT4_SFT": "int4_group32",
+                                  "AMXINT4_KGroup_SFT": KGROUP_SCHEME}
 
 
-def scheme_for_method(method: str) -> QuantScheme:
-    """The scheme `method` stores its experts in; ValueError for a method without one."""
+def int4_kgroup_scheme(group_size: int, zero_point: bool) -> QuantScheme:
+    """int4_kgroup with `group_size` (32, 64 or 128) inputs per scale, asymmetric (zero_point) or
+    symmetric (kt_moe.quant.int4_groups); ValueError for another group size."""
+    if group_size not in KGROUP_SIZES or not isinstance(zero_point, bool):
+        raise ValueError(f"{KGROUP_SCHEME} takes group_size in {KGROUP_SIZES} and a bool zero_point, "
+                         f"got group_size={group_size!r}, zero_point={zero_point!r}")
+    return QuantScheme(KGROUP_SCHEME, group_size,
+                       functools.partial(quantize_int4, group_size=group_size, zero_point=zero_point),
+                       functools.partial(dequantize_int4, group_size=group_size),
+                       functools.partial(int4_parts, group_size=group_size, zero_point=zero_point), zero_point)
+
+
+def scheme_for_method(method: str, group_size: Optional[int] = None,
+                      zero_point: Optional[bool] = None) -> QuantScheme:
+    """The scheme `method` stores its experts in. group_size and zero_point are those of
+    AMXINT4_KGroup_SFT (None: the config's defaults, 128 and True) and must stay None for the other
+    methods. ValueError
+    for a method without a scheme or options it does not take."""
     if method not in METHOD_SCHEMES:
         raise ValueError(f"method '{method}' has no kt-moe quantization scheme; "
                          f"expected one of {', '.join(METHOD_SCHEMES)}")
-    return SCHEMES[METHOD_SCHEMES[method]]
+    name = METHOD_SCHEMES[method]
+    if name == KGROUP_SCHEME:
+        return int4_kgroup_scheme(DEFAULT_GROUP_SIZE if group_size is None else group_size,
+                                  DEFAULT_ZERO_POINT if zero_point is None else zero_point)
+    if group_size is not None or zero_point is not None:
+        raise ValueError(f"group_size and zero_point are options of {KGROUP_SCHEME} (AMXINT4_KGroup_SFT); "
+                         f"method '{method}' stores {name}")
+    return SCHEMES[name]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Union
 
+from kt_moe.quant import scheme_for_method
 from kt_moe.weights.hf_checkpoint import HFExpertReader, MoELayerInfo, list_moe_layers
 from kt_moe.weights.prequantized import (MATRICES, ExpertParts, LayerSettings, PrequantizedCorruptError,
                                          PrequantizedLayerReader, PrequantizedMismatchError, layer_file,
@@ -107,13 +108,15 @@ def _select(infos: List[MoELayerInfo], layers: Optional[Iterable[int]], director
 
 def _open_existing(output: Path, settings: LayerSettings, source: str) -> PrequantizedLayerReader:
     return PrequantizedLayerReader(output, settings.layer_idx, settings.num_experts, settings.hidden_size,
-                                   settings.intermediate_size, settings.method, source=source)
+                                   settings.intermediate_size, settings.method, source=source,
+                                   group_size=settings.group_size, zero_point=settings.zero_point)
 
 
-def _plan(source_dir: Path, output: Path, method: str, info: MoELayerInfo) -> _Plan:
+def _plan(source_dir: Path, output: Path, method: str, options: dict, info: MoELayerInfo) -> _Plan:
     """The layer's settings, checked source reader and identity, and the state of its file in
     `output` (from the header only)."""
-    settings = LayerSettings(method, info.layer_idx, info.num_experts, info.hidden_size, info.intermediate_size)
+    settings = LayerSettings(method, info.layer_idx, info.num_experts, info.hidden_size, info.intermediate_size,
+                             **options)
     reader = HFExpertReader(source_dir, info.layer_idx, info.num_experts, info.hidden_size, info.intermediate_size)
     source = source_identity(source_dir, reader.files())
     try:
@@ -157,16 +160,21 @@ def _quantized_experts(plan: _Plan, report: Progress, done: int, total: int) -> 
 
 def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], method: str,
                        layers: Optional[Iterable[int]] = None, force: bool = False,
-                       progress: Optional[Progress] = None) -> List[LayerResult]:
+                       progress: Optional[Progress] = None, group_size: Optional[int] = None,
+                       zero_point: Optional[bool] = None) -> List[LayerResult]:
     """Convert the routed experts of the checkpoint in `input_dir` (every MoE layer, or `layers`)
-    to `method` (AMXINT8 or AMXINT4) in `output_dir` (created if needed), resuming as the module
-    docstring describes. `progress(done, total, message)` is called as experts are quantized.
-    Returns one LayerResult per layer, in layer order."""
+    to `method` (a method of kt_moe.quant.METHOD_SCHEMES; AMXINT8_SFT and AMXINT4_SFT write the
+    files of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module
+    docstring describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
+    the defaults; ValueError with another method). `progress(done, total, message)` is called as
+    experts are quantized. Returns one LayerResult per layer, in layer order."""
+    scheme_for_method(method, group_size, zero_point)  # ValueError before anything is read
+    options = dict(group_size=group_size, zero_point=zero_point)
     source_dir, output = Path(input_dir), Path(output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"output {output} exists and is not a directory")
     report = progress or (lambda done, total, message: None)
-    plans = [_plan(source_dir, output, method, info)
+    plans = [_plan(source_dir, output, method, options, info)
              for info in _select(list_moe_layers(source_dir), layers, source_dir)]
     mismatched = [plan for plan in plans if plan.existing == "mismatch"]
     if mismatched and not force:

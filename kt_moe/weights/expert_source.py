@@ -6,20 +6,25 @@ so that peak memory stays near one expert beyond what the caller already holds. 
 method's pre-quantized layer file (`kt-moe convert`, kt_moe.weights.prequantized) is handed out
 the same way, as the scheme's parts of each matrix.
 
+load_from_path / load_from_tensors put the experts into a native engine (TP_MOE or TP_MOE_SFT,
+which share load_expert_task and load_quant_expert_task): as bf16, or quantized with the method's
+scheme (base_scheme) one expert at a time, or as a pre-quantized file's parts.
+
 Physical slot p holds logical expert physical_to_logical_map[p] (int64 [num_experts], entries in
 [0, logical experts)); expert ids given to forward calls are physical slots.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
 from kt_moe.config import KTMoEConfig
+from kt_moe.quant import METHOD_SCHEMES, QuantScheme, scheme_for_method
 from kt_moe.tensor_checks import FLOAT_DTYPES, as_contiguous, check_expert_map, check_tensor
 from kt_moe.weights.hf_checkpoint import HFExpertReader
-from kt_moe.weights.prequantized import ExpertParts, PrequantizedLayerReader, layer_file
+from kt_moe.weights.prequantized import MATRICES, ExpertParts, PrequantizedLayerReader, layer_file
 
 Expert = Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]  # slot, gate, up, down
 
@@ -71,7 +76,7 @@ def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Ten
     layer_idx in weight_path, checked against the config's method and shapes before anything is read."""
     expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts)
     reader = PrequantizedLayerReader(config.weight_path, config.layer_idx, config.num_experts, config.hidden_size,
-                                     config.moe_intermediate_size, config.method)
+                                     config.moe_intermediate_size, config.method, **config.quant_options)
 
     def experts() -> Iterator[Tuple[int, ExpertParts]]:
         with reader:
@@ -79,3 +84,37 @@ def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Ten
                 yield slot, parts
 
     return experts()
+
+
+def base_scheme(config: KTMoEConfig) -> Optional[QuantScheme]:
+    """The kt_moe.quant scheme config.method stores its experts in; None for the bf16 methods."""
+    return scheme_for_method(config.method, **config.quant_options) if config.method in METHOD_SCHEMES else None
+
+
+def load_expert(engine, scheme: Optional[QuantScheme], slot: int, gate: torch.Tensor, up: torch.Tensor,
+                down: torch.Tensor) -> None:
+    """One expert, bf16 gate [I, H], up [I, H], down [H, I], into the engine's slot: as it is without a
+    scheme, else quantized with it."""
+    if scheme is None:
+        engine.load_expert_task(slot, gate, up, down)
+    else:
+        engine.load_quant_expert_task(slot, *(list(scheme.quantize(w)) for w in (gate, up, down)))
+
+
+def load_from_path(engine, config: KTMoEConfig, scheme: Optional[QuantScheme],
+                   physical_to_logical_map: torch.Tensor) -> None:
+    """Layer layer_idx from weight_path into the engine: for a quantized method its pre-quantized file
+    when there is one, else the Hugging Face checkpoint (quantized while loading)."""
+    if scheme is not None and has_prequantized_layer(config):
+        for slot, parts in prequantized_experts(config, physical_to_logical_map):
+            engine.load_quant_expert_task(slot, *(list(parts[m]) for m in MATRICES))
+        return
+    for slot, gate, up, down in checkpoint_experts(config, physical_to_logical_map):
+        load_expert(engine, scheme, slot, gate, up, down)
+
+
+def load_from_tensors(engine, config: KTMoEConfig, scheme: Optional[QuantScheme], gate: torch.Tensor,
+                      up: torch.Tensor, down: torch.Tensor, physical_to_logical_map: torch.Tensor) -> None:
+    """gate [E', I, H], up [E', I, H], down [E', H, I] into the engine, one expert at a time."""
+    for slot, g, u, d in tensor_experts(config, gate, up, down, physical_to_logical_map):
+        load_expert(engine, scheme, slot, g, u, d)

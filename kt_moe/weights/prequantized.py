@@ -4,7 +4,8 @@ the layer's routed experts in a kt_moe.quant scheme, as `kt-moe convert` writes 
     {directory}/layer_{L:04d}.safetensors       one file per layer L; one method per directory
 
 Tensors, for expert e in 0..E-1, matrix m in gate, up, down and each part of the method's scheme
-(int8_channel: q, scale; int4_group32: codes, scale, zero):
+(int8_channel: q, scale; int4_group32: codes, scale, zero; int4_kgroup: codes, scale and, with zero
+points, zero):
 
     experts.{e}.{m}.{part}      gate and up quantize W [I, H], down quantizes W [H, I]
 
@@ -12,8 +13,10 @@ Metadata (the safetensors __metadata__, every value a string):
 
     format             "kt-moe-prequantized"
     format_version     "1" (FORMAT_VERSION; a reader refuses any other version)
-    method, scheme     e.g. "AMXINT4", "int4_group32"
+    method, scheme     e.g. "AMXINT4", "int4_group32"; AMXINT8_SFT and AMXINT4_SFT store the schemes of
+                       AMXINT8 and AMXINT4 and share their files, which name the inference method
     group_size         inputs per scale: "32", or "0" for one scale per output channel
+    zero_point         int4_kgroup only: "true" (a zero point per group) or "false" (symmetric)
     layer_idx, num_experts, hidden_size, intermediate_size
     tensor_parallel    "unsplit": every matrix is stored whole; engines slice it per subpool
     source             the identity of the checkpoint the layer was converted from (opaque here)
@@ -50,6 +53,8 @@ TENSOR_PARALLEL = "unsplit"
 PARTIAL_SUFFIX = ".partial"
 SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.float32: "F32"}
 NAMES_SHOWN = 5
+# SFT methods that store an inference method's scheme read and write that method's files.
+FILE_METHODS = {"AMXINT8_SFT": "AMXINT8", "AMXINT4_SFT": "AMXINT4"}
 
 ExpertParts = Dict[str, Tuple[torch.Tensor, ...]]  # matrix ("gate", "up", "down") -> the scheme's parts
 
@@ -73,16 +78,19 @@ def tensor_name(e: int, matrix: str, part: str) -> str:
 
 @dataclass(frozen=True)
 class LayerSettings:
-    """What a layer file is written for; the method decides the scheme."""
+    """What a layer file is written for; the method (with AMXINT4_KGroup_SFT's group_size and
+    zero_point, None for their defaults) decides the scheme."""
 
     method: str
     layer_idx: int
     num_experts: int
     hidden_size: int
     intermediate_size: int
+    group_size: Optional[int] = None
+    zero_point: Optional[bool] = None
 
     def __post_init__(self):
-        scheme_for_method(self.method)  # ValueError for a method without a scheme
+        scheme_for_method(self.method, self.group_size, self.zero_point)  # ValueError: no scheme, or bad options
         for name in ("layer_idx", "num_experts", "hidden_size", "intermediate_size"):
             value, low = getattr(self, name), 0 if name == "layer_idx" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -90,7 +98,19 @@ class LayerSettings:
 
     @property
     def scheme(self) -> QuantScheme:
-        return scheme_for_method(self.method)
+        return scheme_for_method(self.method, self.group_size, self.zero_point)
+
+    @property
+    def file_method(self) -> str:
+        """The method the file is written under (FILE_METHODS)."""
+        return FILE_METHODS.get(self.method, self.method)
+
+    def convert_command(self) -> str:
+        """The `kt-moe convert` options that write a file for these settings."""
+        scheme, options = self.scheme, f"--method {self.file_method}"
+        if scheme.zero_point is not None:
+            options += f" --group-size {scheme.group_size} --{'' if scheme.zero_point else 'no-'}zero-point"
+        return options
 
     def matrix_shapes(self) -> Dict[str, Tuple[int, int]]:
         """matrix -> the [N, K] it quantizes."""
@@ -105,11 +125,15 @@ class LayerSettings:
 
     def metadata(self, source: str) -> Dict[str, str]:
         """The metadata keys a file for these settings holds, checksum aside."""
-        return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "method": self.method,
-                "scheme": self.scheme.name, "group_size": str(self.scheme.group_size),
-                "layer_idx": str(self.layer_idx), "num_experts": str(self.num_experts),
-                "hidden_size": str(self.hidden_size), "intermediate_size": str(self.intermediate_size),
-                "tensor_parallel": TENSOR_PARALLEL, "source": source}
+        scheme = self.scheme
+        metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "method": self.file_method,
+                    "scheme": scheme.name, "group_size": str(scheme.group_size),
+                    "layer_idx": str(self.layer_idx), "num_experts": str(self.num_experts),
+                    "hidden_size": str(self.hidden_size), "intermediate_size": str(self.intermediate_size),
+                    "tensor_parallel": TENSOR_PARALLEL, "source": source}
+        if scheme.zero_point is not None:
+            metadata["zero_point"] = "true" if scheme.zero_point else "false"
+        return metadata
 
 
 def _shown(names: List[str]) -> str:
@@ -137,7 +161,7 @@ def write_layer(directory: Union[str, os.PathLike], settings: LayerSettings, exp
         got = tensors.get(name)
         if got is None or tuple(got.shape) != shape or got.dtype != dtype:
             found = "missing" if got is None else f"{got.dtype} {tuple(got.shape)}"
-            raise ValueError(f"{name} must be {dtype} {shape} for {settings.method}, got {found}")
+            raise ValueError(f"{name} must be {dtype} {shape} for {settings.file_method}, got {found}")
     metadata = settings.metadata(source)
     metadata["checksum"] = checksum(tensors[name] for name in sorted(tensors))
     path = layer_file(directory, settings.layer_idx)
@@ -159,12 +183,14 @@ class PrequantizedLayerReader:
     The file stays open until close() or the end of a `with` block."""
 
     def __init__(self, weight_path: Union[str, os.PathLike], layer_idx: int, num_experts: int, hidden_size: int,
-                 intermediate_size: int, method: str, source: Optional[str] = None):
-        self.settings = LayerSettings(method, layer_idx, num_experts, hidden_size, intermediate_size)
+                 intermediate_size: int, method: str, source: Optional[str] = None, group_size: Optional[int] = None,
+                 zero_point: Optional[bool] = None):
+        self.settings = LayerSettings(method, layer_idx, num_experts, hidden_size, intermediate_size, group_size,
+                                      zero_point)
         self.path = layer_file(weight_path, layer_idx)
         if not self.path.is_file():
             raise FileNotFoundError(f"pre-quantized file for layer {layer_idx} not found: {self.path} "
-                                    f"(write it with: kt-moe convert --method {method})")
+                                    f"(write it with: kt-moe convert {self.settings.convert_command()})")
         self._stack = contextlib.ExitStack()
         try:
             self._file = self._stack.enter_context(safe_open(self.path, framework="pt"))

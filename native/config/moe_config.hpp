@@ -33,6 +33,8 @@ struct MOESFTConfig : MoECommonConfig {
   int lora_rank = 16;        // r
   float lora_alpha = 32.0f;  // LoRA scale s = lora_alpha / lora_rank
   int max_cache_depth = 1;   // forward_sft(save_for_backward=True) entries held at once
+  int group_size = 128;      // AMXINT4_KGroup_SFT: inputs per INT4 scale (32, 64 or 128)
+  bool zero_point = true;    // AMXINT4_KGroup_SFT: a zero point per group (else symmetric)
 };
 
 }  // namespace kt_moe

@@ -14,8 +14,9 @@ enum class ScratchSlot : int {
   row_tail = 2,      // a kernel's zero-padded copies of partial row blocks
   tile_out = 3,      // a kernel's fp32 result tiles before they are written to C
   accumulators = 4,  // a kernel's fp32 partial sums kept between blocks of k
+  dequantized = 5,   // moe/base_products: a block of quantized weight rows dequantized to bf16
 };
-constexpr int kScratchSlotCount = 5;
+constexpr int kScratchSlotCount = 6;
 
 // At least `bytes` bytes, 64-byte aligned, owned by the calling thread; contents undefined. The
 // pointer stays valid until the same thread asks the same slot for more bytes.

@@ -21,6 +21,7 @@
 #include "kernels/gemm_quant.hpp"
 #include "moe/buffer.hpp"
 #include "moe/expert_slices.hpp"
+#include "moe/quant_parts.hpp"
 #include "pool/worker_pool.hpp"
 
 namespace kt_moe {
@@ -90,14 +91,9 @@ class Bf16InferWeights final : public InferWeights {
 // be multiples of 32.
 class QuantInferWeights final : public InferWeights {
  public:
-  // One matrix W [N, K] of one expert, whole, in the canonical format (kernels/gemm_quant.hpp),
-  // C-contiguous: int8_channel: values int8 q [N, K], scale fp32 [N], zero null; int4_group32:
-  // values uint8 codes [N, K / 2], scale fp32 [N, K / 32], zero uint8 [N, K / 32].
-  struct Matrix {
-    const void* values = nullptr;
-    const float* scale = nullptr;
-    const uint8_t* zero = nullptr;
-  };
+  // One matrix W [N, K] of one expert, whole, in the canonical format (moe/quant_parts.hpp;
+  // int4_group32: G = 32 with zero points, and K is a multiple of 32 here).
+  using Matrix = QuantParts;
 
   // std::invalid_argument when the format's shape rules do not hold for H and Is.
   QuantInferWeights(const MOEConfig& config, WorkerPool& pool, QuantFormat format);

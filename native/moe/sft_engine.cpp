@@ -66,8 +66,6 @@ SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
                                 "lora_rank, max_cache_depth and tp_size must be positive");
   if (c.num_gpu_experts < 0 || c.num_gpu_experts > c.expert_num)
     throw std::invalid_argument("MOESFTConfig: num_gpu_experts must be in [0, expert_num]");
-  if (c.method != "AMXBF16_SFT")
-    throw std::invalid_argument("the SFT engine runs method AMXBF16_SFT (a bf16 base), not '" + c.method + "'");
   if (c.tp_size != pool.subpool_count())
     throw std::invalid_argument("MOESFTConfig.tp_size (" + std::to_string(c.tp_size) +
                                 ") must equal the pool's subpool count (" + std::to_string(pool.subpool_count()) + ")");
@@ -75,7 +73,7 @@ SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
     throw std::invalid_argument("MOESFTConfig: intermediate_size must be divisible by tp_size");
   slice_size_ = c.intermediate_size / c.tp_size;
   scale_ = c.lora_alpha / static_cast<float>(c.lora_rank);
-  weights_ = std::make_unique<Bf16ExpertSlices>(c.expert_num, c.hidden_size, c.intermediate_size, pool);
+  weights_ = make_sft_base_weights(c, pool);
   scratch_->slices.resize(c.tp_size);
 }
 
@@ -87,9 +85,23 @@ void SftEngine::run(const std::function<void()>& work) {
 }
 
 void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
-  weights_->check_slot(slot);
+  auto* base = dynamic_cast<Bf16SftBase*>(weights_.get());
+  if (!base)
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + weights_->format() +
+                                ": load them as quantized parts, not bf16");
+  base->check_slot(slot);
   std::lock_guard<std::mutex> lock(call_mutex_);
-  run([&] { weights_->load(slot, gate, up, down); });
+  run([&] { base->load(slot, gate, up, down); });
+}
+
+void SftEngine::load_quant_expert(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down) {
+  auto* base = dynamic_cast<QuantSftBase*>(weights_.get());
+  if (!base)
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + weights_->format() +
+                                ": load them as bf16, not quantized parts");
+  base->check_slot(slot);
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  run([&] { base->load(slot, gate, up, down); });
 }
 
 void SftEngine::set_lora(const LoraTensors& lora) {
@@ -150,7 +162,7 @@ void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* we
 }
 
 void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels) {
-  const GemmFn gemm = kernels.gemm;
+  const GemmFn gemm = kernels.base.gemm;
   const Routing& rt = st.routing;
   const int H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank;
   const int Is = slice_size_, R = rt.rows(), na = static_cast<int>(rt.active_experts.size());
@@ -179,7 +191,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
 
   pool_.for_each_subpool([&](int s) {
     Subpool& sp = pool_.subpool(s);
-    const Bf16ExpertSlices::Slice& w = weights_->slice(s);
+    const int begin = s * Is;
     ForwardState::PerSlice& ss = st.slices[s];
     bf16_t* z = scratch_->slices[s].z.data();
     // g = W_g x + s B_g (A_g x), u likewise, z = silu(g) * u: per (expert, intermediate block).
@@ -189,10 +201,10 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
       const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* g = ss.gate.data() + size_t(b) * Is + c0;
       float* u = ss.up.data() + size_t(b) * Is + c0;
-      const size_t w_off = (size_t(e) * Is + c0) * H, b_off = (size_t(e) * I + w.begin + c0) * r;
-      gemm_nt(gemm, n, nc, H, X + size_t(b) * H, H, w.gate + w_off, H, g, Is);
+      const size_t b_off = (size_t(e) * I + begin + c0) * r;
+      base_nt(kernels.base, weights_->weight(s, e, BaseMatrix::gate), n, c0, c0 + nc, X + size_t(b) * H, H, g, Is);
       gemm_nt(gemm, n, nc, r, ax_gate + size_t(b) * r, r, lora_.gate_b + b_off, r, g, Is, scale_, true);
-      gemm_nt(gemm, n, nc, H, X + size_t(b) * H, H, w.up + w_off, H, u, Is);
+      base_nt(kernels.base, weights_->weight(s, e, BaseMatrix::up), n, c0, c0 + nc, X + size_t(b) * H, H, u, Is);
       gemm_nt(gemm, n, nc, r, ax_up + size_t(b) * r, r, lora_.up_b + b_off, r, u, Is, scale_, true);
       for (int m = 0; m < n; ++m)
         kernels.swiglu.forward(g + size_t(m) * Is, u + size_t(m) * Is, z + size_t(b + m) * Is + c0, nc);
@@ -200,7 +212,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
     // This slice's share of A_d z, per expert.
     sp.parallel_for(na, [&](int i) {
       const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
-      thin_product(gemm, BLayout::nk, n, r, Is, z + size_t(b) * Is, Is, lora_.down_a + size_t(e) * r * I + w.begin,
+      thin_product(gemm, BLayout::nk, n, r, Is, z + size_t(b) * Is, Is, lora_.down_a + size_t(e) * r * I + begin,
                    I, ss.az.data() + size_t(b) * r);
     });
     // y = W_d z + s B_d (A_d z) (this slice's share), per (expert, hidden block).
@@ -209,7 +221,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
       const int e = experts[task / hb], h0 = (task % hb) * hw;
       const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* y = ss.y.data() + size_t(b) * H + h0;
-      gemm_nt(gemm, n, nh, Is, z + size_t(b) * Is, Is, w.down + (size_t(e) * H + h0) * Is, Is, y, H);
+      base_nt(kernels.base, weights_->weight(s, e, BaseMatrix::down), n, h0, h0 + nh, z + size_t(b) * Is, Is, y, H);
       gemm_nt(gemm, n, nh, r, ss.az.data() + size_t(b) * r, r, lora_.down_b + (size_t(e) * H + h0) * r, r, y, H,
               scale_, true);
     });
@@ -260,7 +272,7 @@ void SftEngine::write_gradients(const LoraGradients& grads, const GradientOutput
 
 void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,
                                  const LoraGradients& grads, float* grad_weights, const EngineKernels& kernels) {
-  const GemmFn gemm = kernels.gemm;
+  const GemmFn gemm = kernels.base.gemm;
   const Routing& rt = st.routing;
   const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
   const int r = config_.lora_rank, k = rt.k, Is = slice_size_, R = rt.rows(), tp = config_.tp_size;
@@ -325,7 +337,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
 
   pool_.for_each_subpool([&](int s) {
     Subpool& sp = pool_.subpool(s);
-    const Bf16ExpertSlices::Slice& w = weights_->slice(s);
+    const int begin = s * Is;
     const ForwardState::PerSlice& ss = st.slices[s];
     Scratch::PerSlice& sc = scratch_->slices[s];
     bf16_t *z = sc.z.data(), *dg = sc.dg.data(), *du = sc.du.data();
@@ -335,8 +347,8 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       const int e = experts[task / ib], c0 = (task % ib) * iw;
       const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* dz = sc.dz.data() + size_t(b) * Is + c0;
-      gemm_nn(gemm, n, nc, H, D + size_t(b) * H, H, w.down + size_t(e) * H * Is + c0, Is, dz, Is);
-      gemm_nn(gemm, n, nc, r, bd + size_t(b) * r, r, lora_.down_a + size_t(e) * r * I + w.begin + c0, I, dz, Is,
+      base_nn(kernels.base, weights_->weight(s, e, BaseMatrix::down), n, c0, c0 + nc, D + size_t(b) * H, H, dz, Is);
+      gemm_nn(gemm, n, nc, r, bd + size_t(b) * r, r, lora_.down_a + size_t(e) * r * I + begin + c0, I, dz, Is,
               scale_, true);
       for (int m = 0; m < n; ++m) {
         const size_t at = size_t(b + m) * Is + c0;
@@ -345,8 +357,8 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       }
       const size_t rows_at = size_t(b) * Is + c0;
       gemm_tn(gemm, r, nc, n, bd + size_t(b) * r, r, z + rows_at, Is,
-              grads.down_a + size_t(e) * r * I + w.begin + c0, I, scale_);
-      const size_t b_off = (size_t(e) * I + w.begin + c0) * r;
+              grads.down_a + size_t(e) * r * I + begin + c0, I, scale_);
+      const size_t b_off = (size_t(e) * I + begin + c0) * r;
       gemm_tn(gemm, nc, r, n, dg + rows_at, Is, st.ax_gate.data() + size_t(b) * r, r, grads.gate_b + b_off, r, scale_);
       gemm_tn(gemm, nc, r, n, du + rows_at, Is, st.ax_up.data() + size_t(b) * r, r, grads.up_b + b_off, r, scale_);
     });
@@ -356,7 +368,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
     float* grad_down_b = s == 0 ? grads.down_b : sc.down_b.data();
     sp.parallel_for(na, [&](int i) {
       const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
-      const size_t b_off = (size_t(e) * I + w.begin) * r;
+      const size_t b_off = (size_t(e) * I + begin) * r;
       thin_product(gemm, BLayout::kn, n, r, Is, dg + size_t(b) * Is, Is, lora_.gate_b + b_off, r,
                    sc.bg.data() + size_t(b) * r);
       thin_product(gemm, BLayout::kn, n, r, Is, du + size_t(b) * Is, Is, lora_.up_b + b_off, r,
@@ -373,9 +385,10 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       const int e = experts[task / hb], h0 = (task % hb) * hw;
       const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* dx = sc.dx.data() + size_t(b) * H + h0;
-      const size_t w_off = size_t(e) * Is * H + h0, a_off = size_t(e) * r * H + h0;
-      gemm_nn(gemm, n, nh, Is, dg + size_t(b) * Is, Is, w.gate + w_off, H, dx, H);
-      gemm_nn(gemm, n, nh, Is, du + size_t(b) * Is, Is, w.up + w_off, H, dx, H, 1.0f, true);
+      const size_t a_off = size_t(e) * r * H + h0;
+      base_nn(kernels.base, weights_->weight(s, e, BaseMatrix::gate), n, h0, h0 + nh, dg + size_t(b) * Is, Is, dx, H);
+      base_nn(kernels.base, weights_->weight(s, e, BaseMatrix::up), n, h0, h0 + nh, du + size_t(b) * Is, Is, dx, H,
+              true);
       gemm_nn(gemm, n, nh, r, sc.bg.data() + size_t(b) * r, r, lora_.gate_a + a_off, H, dx, H, scale_, true);
       gemm_nn(gemm, n, nh, r, sc.bu.data() + size_t(b) * r, r, lora_.up_a + a_off, H, dx, H, scale_, true);
     });

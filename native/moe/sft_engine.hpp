@@ -1,7 +1,9 @@
-// The LoRA fine-tuning engine of one MoE layer (AMXBF16_SFT). The frozen bf16 experts are split by
-// intermediate slice over the pool's subpools (tensor parallel: subpool s owns rows
-// [s * I / tp, (s + 1) * I / tp) of gate/up and the same columns of down); the LoRA adapters are
-// read in place from the caller's tensors. forward() can save what backward() needs on a bounded
+// The LoRA fine-tuning engine of one MoE layer (AMXBF16_SFT, AMXINT8_SFT, AMXINT4_SFT,
+// AMXINT4_KGroup_SFT). The frozen experts, bf16 or quantized (moe/sft_base_weights.hpp), are split
+// by intermediate slice over the pool's subpools (tensor parallel: subpool s owns rows
+// [s * I / tp, (s + 1) * I / tp) of gate/up and the same columns of down); every product with them
+// goes through moe/base_products.hpp, so the methods share all of this engine. The LoRA adapters
+// are read in place from the caller's tensors. forward() can save what backward() needs on a bounded
 // stack; backward() pops the latest entry and produces grad_input, the six LoRA gradients and the
 // routing-weight gradient (math: DESIGN.md section 3).
 #pragma once
@@ -17,7 +19,8 @@
 #include "kernels/gemm_bf16.hpp"
 #include "kernels/swiglu.hpp"
 #include "moe/buffer.hpp"
-#include "moe/expert_slices.hpp"
+#include "moe/base_products.hpp"
+#include "moe/sft_base_weights.hpp"
 #include "moe/routing.hpp"
 #include "pool/worker_pool.hpp"
 
@@ -53,17 +56,18 @@ using GradientOutputs = std::array<GradientOutput, 6>;
 
 // The kernels one forward or backward uses, chosen from the active ISA level when it starts.
 struct EngineKernels {
-  GemmFn gemm;
+  BaseKernels base;  // the base products (and base.gemm the LoRA products)
   SwigluKernels swiglu;
-  static EngineKernels for_level(IsaLevel level) { return {gemm_bf16_kernel(level), swiglu_kernels(level)}; }
+  static EngineKernels for_level(IsaLevel level) { return {BaseKernels::for_level(level), swiglu_kernels(level)}; }
 };
 
 // Calls from several threads are serialised (one engine call at a time).
 class SftEngine {
  public:
-  // Allocates the base-weight storage of every subpool (on its NUMA node). std::invalid_argument
-  // when the config's sizes are not positive, tp_size differs from the pool's subpool count or
-  // intermediate_size is not divisible by tp_size.
+  // Allocates the base-weight storage of every subpool (on its NUMA node) in the format of
+  // config.method. std::invalid_argument when the config's sizes are not positive, tp_size differs
+  // from the pool's subpool count, intermediate_size is not divisible by tp_size, or the method has
+  // no base format (make_sft_base_weights).
   SftEngine(const MOESFTConfig& config, WorkerPool& pool);
   ~SftEngine();
   SftEngine(const SftEngine&) = delete;
@@ -71,10 +75,13 @@ class SftEngine {
 
   const MOESFTConfig& config() const { return config_; }
 
-  // Copies one expert into physical slot `slot`: gate, up [I, H] and down [H, I], bf16, contiguous.
-  // Each subpool copies its own slice.
+  // Copies one expert into physical slot `slot`, each subpool its own slice: bf16 gate, up [I, H] and
+  // down [H, I], contiguous (AMXBF16_SFT), or their canonical quantized parts (the other methods;
+  // moe/quant_parts.hpp). std::invalid_argument when the method stores its base the other way.
   void load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
-  bool weights_loaded() const { return weights_->all_loaded(); }
+  void load_quant_expert(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down);
+  bool weights_loaded() const { return weights_->loaded_count() == config_.expert_num; }
+  const SftBaseWeights& base() const { return *weights_; }
 
   void set_lora(const LoraTensors& lora);
   bool lora_set() const { return lora_.gate_a != nullptr; }
@@ -122,7 +129,7 @@ class SftEngine {
   WorkerPool& pool_;
   int slice_size_;  // I / tp
   float scale_;     // lora_alpha / lora_rank
-  std::unique_ptr<Bf16ExpertSlices> weights_;  // the frozen base, one slice per subpool
+  std::unique_ptr<SftBaseWeights> weights_;  // the frozen base, one slice per subpool
   LoraTensors lora_;
   std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
   std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse

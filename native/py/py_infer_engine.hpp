@@ -19,6 +19,7 @@
 #include "moe/infer_engine.hpp"
 #include "pool/py_worker_pool.hpp"
 #include "py/arrays.hpp"
+#include "py/quant_parts.hpp"
 
 namespace kt_moe::py {
 
@@ -106,22 +107,8 @@ class PyInferEngine {
   // The parts of one quantized matrix W [n, k] (C-contiguous, checked) as the engine takes them.
   static QuantInferWeights::Matrix matrix(QuantFormat format, const std::vector<Array>& parts, const char* name,
                                           int64_t n, int64_t k) {
-    const std::string base(name);
     const bool int8 = format == QuantFormat::int8_channel;
-    if (parts.size() != (int8 ? 2u : 3u))
-      throw std::invalid_argument(base + " must be given as " + (int8 ? "[q, scale]" : "[codes, scale, zero]") +
-                                  " (" + quant_format_name(format) + "), got " + std::to_string(parts.size()) +
-                                  " tensors");
-    QuantInferWeights::Matrix m;
-    if (int8) {
-      m.values = checked<const int8_t>(parts[0], (base + " q").c_str(), DType::i8, {n, k});
-      m.scale = checked<const float>(parts[1], (base + " scale").c_str(), DType::f32, {n});
-    } else {
-      m.values = checked<const uint8_t>(parts[0], (base + " codes").c_str(), DType::u8, {n, k / 2});
-      m.scale = checked<const float>(parts[1], (base + " scale").c_str(), DType::f32, {n, k / 32});
-      m.zero = checked<const uint8_t>(parts[2], (base + " zero").c_str(), DType::u8, {n, k / 32});
-    }
-    return m;
+    return checked_parts({quant_format_name(format), int8, int8 ? 0 : 32, !int8}, parts, name, n, k);
   }
 
   // Declared before engine_, so destroyed after ~InferEngine has waited for the queued work.

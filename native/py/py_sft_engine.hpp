@@ -5,12 +5,16 @@
 
 #include <nanobind/nanobind.h>
 
+#include <nanobind/stl/vector.h>
+
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "moe/sft_engine.hpp"
 #include "py/arrays.hpp"
+#include "py/quant_parts.hpp"
 
 namespace kt_moe::py {
 
@@ -36,6 +40,26 @@ class PySftEngine {
     nanobind::gil_scoped_release unlocked;
     for (int p = 0; p < c.expert_num; ++p)
       engine_.load_expert(p, g + m[p] * I * H, u + m[p] * I * H, d + m[p] * H * I);
+  }
+
+  // One expert into physical slot `slot` in the canonical quantized parts of the method's scheme
+  // (AMXINT8_SFT: [q int8, scale fp32]; AMXINT4_SFT: [codes uint8, scale fp32, zero uint8] in groups
+  // of 32; AMXINT4_KGroup_SFT: the same in groups of group_size, without zero when zero_point is
+  // false; gate and up of W [I, H], down of W [H, I]; see py/quant_parts.hpp).
+  void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
+                         const std::vector<Array>& down) {
+    const MOESFTConfig& c = engine_.config();
+    const auto* base = dynamic_cast<const QuantSftBase*>(&engine_.base());
+    if (!base)
+      throw std::invalid_argument("method " + c.method + " stores its experts as " + engine_.base().format() +
+                                  ": load them with load_expert_task");
+    const QuantSftBase::Scheme& scheme = base->scheme();
+    const PartsFormat f{scheme.name, scheme.format == DequantFormat::int8_channel, scheme.group, scheme.zero_point};
+    const int64_t I = c.intermediate_size, H = c.hidden_size;
+    const QuantParts g = checked_parts(f, gate, "gate", I, H), u = checked_parts(f, up, "up", I, H),
+                     d = checked_parts(f, down, "down", H, I);
+    nanobind::gil_scoped_release unlocked;
+    engine_.load_quant_expert(slot, g, u, d);
   }
 
   // One expert into physical slot `slot`: gate, up [I, H], down [H, I] bf16.

@@ -1,0 +1,82 @@
+// The base products of the SFT engine (base_products.hpp): bf16 straight to the GEMM, quantized
+// through dequantized row blocks in ScratchSlot::dequantized. int8_channel blocks hold q exactly
+// (kernels/dequant_bf16.hpp), so its row scales are applied here: the forward scales C's columns
+// in fp32, the backward scales the block's columns of A (rounded to bf16, as the GEMM reads bf16).
+#include "moe/base_products.hpp"
+
+#include <algorithm>
+
+#include "kernels/scratch.hpp"
+#include "moe/bf16.hpp"
+#include "moe/gemm_calls.hpp"
+
+namespace kt_moe {
+namespace {
+
+constexpr int kBlockRowAlign = 32;  // whole AMX row groups / parity chunks per block
+
+// Rows of `width` bf16 per dequantized block: about `bytes`, a multiple of 32, at least 32.
+int block_rows(int width, int64_t bytes) {
+  const int64_t rows = bytes / (int64_t(width) * int64_t(sizeof(bf16_t)));
+  return static_cast<int>(std::max<int64_t>(kBlockRowAlign, rows / kBlockRowAlign * kBlockRowAlign));
+}
+
+// The thread's dequantized block [rows, width], followed by `extra` more bf16.
+bf16_t* block_scratch(int rows, int width, size_t extra = 0) {
+  return static_cast<bf16_t*>(
+      thread_scratch(ScratchSlot::dequantized, sizeof(bf16_t) * (size_t(rows) * size_t(width) + extra)));
+}
+
+bool is_int8(const WeightView& w) { return w.quant.format == DequantFormat::int8_channel; }
+
+}  // namespace
+
+void base_nt(const BaseKernels& kernels, const WeightView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda,
+             float* c, int64_t ldc) {
+  const int K = w.cols;
+  if (w.bf16 != nullptr) {
+    gemm_nt(kernels.gemm, m, n1 - n0, K, a, lda, w.bf16 + n0 * w.ld, w.ld, c, ldc);
+    return;
+  }
+  if (m <= 0) return;
+  const int step = block_rows(K, kForwardBlockBytes);
+  bf16_t* block = block_scratch(std::min(step, n1 - n0), K);
+  for (int b0 = n0; b0 < n1; b0 += step) {
+    const int b1 = std::min(b0 + step, n1);
+    kernels.dequant(w.quant, b0, b1, 0, K, block, K);
+    float* cb = c + (b0 - n0);
+    gemm_nt(kernels.gemm, m, b1 - b0, K, a, lda, block, K, cb, ldc);
+    if (is_int8(w))
+      for (int i = 0; i < m; ++i)
+        for (int n = b0; n < b1; ++n) cb[i * ldc + (n - b0)] *= w.quant.scale[n];
+  }
+}
+
+void base_nn(const BaseKernels& kernels, const WeightView& w, int m, int j0, int j1, const bf16_t* a, int64_t lda,
+             float* c, int64_t ldc, bool accumulate) {
+  const int rows = w.rows, width = j1 - j0;
+  if (w.bf16 != nullptr) {
+    gemm_nn(kernels.gemm, m, width, rows, a, lda, w.bf16 + j0, w.ld, c, ldc, 1.0f, accumulate);
+    return;
+  }
+  if (m <= 0 || width <= 0) return;
+  const int step = std::min(block_rows(width, kBackwardBlockBytes), rows);
+  bf16_t* block = block_scratch(step, width, is_int8(w) ? size_t(m) * step : 0);
+  bf16_t* scaled = block + size_t(step) * width;  // int8: A's block columns times the row scales, [m, step]
+  for (int k0 = 0; k0 < rows; k0 += step) {
+    const int k1 = std::min(k0 + step, rows), kb = k1 - k0;
+    kernels.dequant(w.quant, k0, k1, j0, j1, block, width);
+    const bf16_t* ab = a + k0;
+    int64_t ld = lda;
+    if (is_int8(w)) {
+      for (int i = 0; i < m; ++i)
+        for (int k = 0; k < kb; ++k)
+          scaled[i * kb + k] = float_to_bf16(bf16_to_float(a[i * lda + k0 + k]) * w.quant.scale[k0 + k]);
+      ab = scaled;
+      ld = kb;
+    }
+    gemm_nn(kernels.gemm, m, width, kb, ab, ld, block, width, c, ldc, 1.0f, accumulate || k0 > 0);
+  }
+}
+
+}  // namespace kt_moe

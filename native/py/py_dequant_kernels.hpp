@@ -1,0 +1,78 @@
+// Python hook of the dequantizers (kernels/dequant_bf16.hpp): dequant_bf16_test runs the one of an
+// ISA level on a stored matrix given as C-contiguous arrays (tests/test_sft_quantized_kernels.py).
+// Included by bindings.cpp only.
+#pragma once
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/cpu_features.hpp"
+#include "kernels/dequant_bf16.hpp"
+#include "py/arrays.hpp"
+
+namespace kt_moe::py {
+
+// out [r1 - r0, c1 - c0] bf16 = rows [r0, r1) and columns [c0, c1) of the dequantizer's D
+// (kernels/dequant_bf16.hpp) of W [rows, cols], stored as
+//   int8_channel (group == 0): values int8 [rows, >= cols], scale fp32 [rows] (D = q: the scale is
+//   the products' to apply);
+//   int4 (group > 0): values uint8 codes [rows, ld], scale fp32 [rows, ld_scale], zero uint8
+//   [rows, ld_scale] or None (symmetric), logical column c at stored column col0 + c.
+inline void dequant_bf16_test(const std::string& level_name, const Array& values, const Array& scale,
+                              const std::optional<Array>& zero, int group, int col0, int cols, int r0, int r1, int c0,
+                              int c1, const Array& out) {
+  const IsaLevel level = parse_isa_level(level_name);
+  if (level != IsaLevel::amx_emulated && level > cpu_features().best_level())
+    throw std::invalid_argument("ISA level '" + level_name + "' is not available on this CPU");
+  if (values.ndim() != 2) throw std::invalid_argument("values must be a 2-d array");
+  const int64_t rows = values.shape(0), ld = values.shape(1);
+  QuantMatrixView w;
+  w.rows = int(rows);
+  w.cols = cols;
+  w.values = static_cast<const uint8_t*>(values.data());
+  w.ld_values = ld;
+  if (group == 0) {
+    checked<const int8_t>(values, "values", DType::i8, {rows, ld});
+    w.scale = checked<const float>(scale, "scale", DType::f32, {rows});
+    if (cols > ld) throw std::invalid_argument("cols exceeds the stored row");
+  } else {
+    if (group % 32 != 0 || col0 < 0 || col0 >= group) throw std::invalid_argument("bad group or col0");
+    w.format = DequantFormat::int4;
+    w.group = group;
+    w.col0 = col0;
+    checked<const uint8_t>(values, "values", DType::u8, {rows, ld});
+    const int64_t groups = 2 * ld / group;
+    if (2 * ld % group != 0 || col0 + cols > 2 * ld) throw std::invalid_argument("values must hold whole groups");
+    w.scale = checked<const float>(scale, "scale", DType::f32, {rows, groups});
+    w.ld_scale = groups;
+    if (zero) {
+      w.zero = checked<const uint8_t>(*zero, "zero", DType::u8, {rows, groups});
+      w.ld_zero = groups;
+    }
+  }
+  if (r0 < 0 || r0 > r1 || r1 > rows || c0 < 0 || c0 > c1 || c1 > cols)
+    throw std::invalid_argument("need 0 <= r0 <= r1 <= rows and 0 <= c0 <= c1 <= cols");
+  bf16_t* dst = checked<bf16_t>(out, "out", DType::bf16, {r1 - r0, c1 - c0});
+  const DequantFn kernel = dequant_bf16_kernel(level);
+  nanobind::gil_scoped_release unlocked;
+  kernel(w, r0, r1, c0, c1, dst, c1 - c0);
+}
+
+inline void bind_dequant_kernels(nanobind::module_& m) {
+  namespace nb = nanobind;
+  using namespace nb::literals;
+  m.def("dequant_bf16_test", &dequant_bf16_test, "level"_a, "values"_a.noconvert(), "scale"_a.noconvert(),
+        "zero"_a.noconvert().none(), "group"_a, "col0"_a, "cols"_a, "r0"_a, "r1"_a, "c0"_a, "c1"_a,
+        "out"_a.noconvert(),
+        "Test hook: out (bf16 [r1 - r0, c1 - c0]) = rows [r0, r1), columns [c0, c1) of a stored quantized matrix "
+        "dequantized by the kernel of `level` (group 0: int8_channel values int8 and scale [rows], giving q itself; "
+        "else int4 codes, scale and zero (or None) per group, giving (code - zero) * scale, logical column c at "
+        "stored column col0 + c). ValueError on bad input.");
+}
+
+}  // namespace kt_moe::py
