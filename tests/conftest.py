@@ -1,6 +1,7 @@
 """Shared fixtures. `run_python` runs a fresh interpreter outside the source tree, so that it
 imports the installed kt_moe (with its compiled module), not the kt_moe/ folder of the checkout.
-Every test runs with one torch thread (one_torch_thread)."""
+Every test runs with one torch thread (one_torch_thread); `isa_level` switches the kernels' ISA level
+for tests parametrised with indirect=True."""
 
 import os
 import subprocess
@@ -8,6 +9,18 @@ import sys
 
 import pytest
 import torch
+
+import kt_moe
+
+START_ISA = kt_moe.cpu_info()["active"]  # the best level, unless KT_MOE_ISA forced another one
+
+
+@pytest.fixture
+def isa_level(request):
+    """Switch to the ISA level request.param; restore the level the run started with afterwards."""
+    kt_moe.set_isa(request.param)
+    yield request.param
+    kt_moe.set_isa(START_ISA)
 
 
 @pytest.fixture(autouse=True)

@@ -45,14 +45,6 @@ def test_matches_reference_grid(q, k, tp):
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 
 
-@pytest.fixture
-def isa_level(request):
-    """Switch to the ISA level request.param; restore afterwards."""
-    kt_moe.set_isa(request.param)
-    yield request.param
-    kt_moe.set_isa(START_ISA)
-
-
 @pytest.mark.parametrize("q,k,tp", REDUCED)
 @pytest.mark.parametrize("isa_level", OTHER_LEVELS, indirect=True)
 def test_matches_reference_at_each_isa_level(isa_level, q, k, tp):

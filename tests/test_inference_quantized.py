@@ -52,13 +52,6 @@ def test_matches_references(method, q, k, tp):
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 
 
-@pytest.fixture
-def isa_level(request):
-    kt_moe.set_isa(request.param)
-    yield request.param
-    kt_moe.set_isa(START_ISA)
-
-
 @pytest.mark.parametrize("q,tp", [(1, 2), (40, 1)])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("isa_level", OTHER_LEVELS, indirect=True)

@@ -89,13 +89,6 @@ def test_other_kgroup_settings(options, q, k, tp):
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 
 
-@pytest.fixture
-def isa_level(request):
-    kt_moe.set_isa(request.param)
-    yield request.param
-    kt_moe.set_isa(START_ISA)
-
-
 @pytest.mark.parametrize("q,k,tp", REDUCED)
 @pytest.mark.parametrize("method,options", METHODS, ids=ids)
 @pytest.mark.parametrize("isa_level", OTHER_LEVELS, indirect=True)
