@@ -33,8 +33,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-import kt_moe
 from kt_moe import _native
+from kt_moe.benchmark.arguments import csv_list, kernel_levels
 from kt_moe.benchmark.runner import cpu_model
 
 H, I, R = 2048, 1408, 16
@@ -62,26 +62,19 @@ SHAPES = {
 }
 
 
-def _csv(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item]
-
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=_csv(int), default=[1, 12, 48, 128])
-    p.add_argument("--shapes", type=_csv(str), default=list(SHAPES))
-    p.add_argument("--levels", type=_csv(str), default=None,
+    p.add_argument("--tokens", type=csv_list(int), default=[1, 12, 48, 128])
+    p.add_argument("--shapes", type=csv_list(str), default=list(SHAPES))
+    p.add_argument("--levels", type=csv_list(str), default=None,
                    help="default: every level this CPU runs except amx_emulated")
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per row (median reported)")
     p.add_argument("--min-ms", type=float, default=20.0, help="each repeat loops calls for at least this long")
     p.add_argument("--cache-mb", type=float, default=512.0, help="bytes of streamed-operand copies to rotate through")
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None)
     args = p.parse_args(argv)
-    selectable = kt_moe.cpu_info()["selectable"]
-    args.levels = args.levels or [lv for lv in selectable if lv != "amx_emulated"]
-    for lv in args.levels:
-        if lv not in selectable:
-            p.error(f"level {lv!r} is not available here; this CPU runs: {', '.join(selectable)}")
+    args.levels = kernel_levels(p, args.levels)
     for s in args.shapes:
         if s not in SHAPES:
             p.error(f"unknown shape {s!r}; known: {', '.join(SHAPES)}")

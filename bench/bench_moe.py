@@ -23,6 +23,7 @@ from typing import List, Optional
 
 import torch
 
+from kt_moe.benchmark.arguments import csv_list
 from kt_moe.benchmark.cases import BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
@@ -33,16 +34,13 @@ from kt_moe.benchmark.shapes import SHAPES
 MODES = ("inference", "sft")
 
 
-def _csv(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item]
-
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shape", type=_csv(str), default=["small"], help=f"comma list of {', '.join(SHAPES)}")
-    p.add_argument("--q", type=_csv(int), default=[1, 128], help="comma list of token counts")
-    p.add_argument("--threads", type=_csv(int), default=[2], help="comma list of thread counts")
+    p.add_argument("--shape", type=csv_list(str), default=["small"], help=f"comma list of {', '.join(SHAPES)}")
+    p.add_argument("--q", type=csv_list(int), default=[1, 128], help="comma list of token counts")
+    p.add_argument("--threads", type=csv_list(int), default=[2], help="comma list of thread counts")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case before timing")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (lora_alpha is 32)")
@@ -51,7 +49,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         "experts come from memory as in a whole model; 0 keeps what the cache holds")
     p.add_argument("--mode", choices=MODES + ("both",), default=None,
                    help="default: the modes of --methods, else inference")
-    p.add_argument("--methods", type=_csv(str), default=None,
+    p.add_argument("--methods", type=csv_list(str), default=None,
                    help="comma list of cases (default: every case of the mode); each mode's torch "
                         "baseline always runs first")
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None,

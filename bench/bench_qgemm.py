@@ -37,6 +37,7 @@ import torch
 
 import kt_moe
 from kt_moe import _native
+from kt_moe.benchmark.arguments import csv_list, kernel_levels
 from kt_moe.benchmark.runner import cpu_model
 from kt_moe.quant import (dequantize_int4_group32, dequantize_int8_channel, quantize_int4_group32,
                           quantize_int8_channel)
@@ -45,16 +46,13 @@ SHAPES = {"gate": (1408, 2048), "down": (2048, 1408)}  # (N, K)
 FORMATS = ("int8_channel", "int4_group32")
 
 
-def _csv(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item]
-
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=_csv(int), default=[1, 48])
-    p.add_argument("--formats", type=_csv(str), default=list(FORMATS))
-    p.add_argument("--shapes", type=_csv(str), default=["gate"])
-    p.add_argument("--levels", type=_csv(str), default=None,
+    p.add_argument("--tokens", type=csv_list(int), default=[1, 48])
+    p.add_argument("--formats", type=csv_list(str), default=list(FORMATS))
+    p.add_argument("--shapes", type=csv_list(str), default=["gate"])
+    p.add_argument("--levels", type=csv_list(str), default=None,
                    help="default: every level this CPU runs except amx_emulated")
     p.add_argument("--threads", type=int, default=1, choices=(1, 2))
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per row (median reported)")
@@ -62,11 +60,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--cache-mb", type=float, default=512.0, help="bytes of weight copies to rotate through")
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None)
     args = p.parse_args(argv)
-    selectable = kt_moe.cpu_info()["selectable"]
-    args.levels = args.levels or [lv for lv in selectable if lv != "amx_emulated"]
-    for lv in args.levels:
-        if lv not in selectable:
-            p.error(f"level {lv!r} is not available here; this CPU runs: {', '.join(selectable)}")
+    args.levels = kernel_levels(p, args.levels)
     for f in args.formats:
         if f not in FORMATS:
             p.error(f"unknown format {f!r}; known: {', '.join(FORMATS)}")
