@@ -1,8 +1,8 @@
 """Benchmark of the quantized GEMM kernels (native/kernels/gemm_quant.hpp: INT8 per-channel and INT4
-group-32 weights, activations quantized per (row, K group)) at every ISA level this CPU runs, on
+group-16 weights, activations quantized per (row, 64 k)) at every ISA level this CPU runs, on
 a DeepSeek-V2-Lite expert product, next to torch's bf16 matmul of the same shape in the same run.
 
-    python bench/bench_qgemm.py [--tokens 1,48] [--formats int8_channel,int4_group32]
+    python bench/bench_qgemm.py [--tokens 1,48] [--formats int8_channel,int4_group16]
         [--shapes gate,down] [--levels generic,avx512,...] [--threads 1] [--repeats 7] [--min-ms 20]
         [--cache-mb 512] [--json-out FILE]
 
@@ -13,9 +13,10 @@ Shapes (C[T, N] = A[T, K] W[N, K]^T, T = tokens):
 Per row: median ms per product (and min-max), GB/s of the weight bytes the kernel streams
 (packed: codes, scales and zero points; bf16 for torch), GOP/s (2 T N K / time), the ratio to torch
 (torch median / kt median: above 1 is faster), and two relative L2 errors, checked once per level:
-against the float64 product of the dequantized operands (the compute; ~1e-7) and against the
-unquantized fp32 product (the scheme). The "quantize" row times quantize_activations for the T
-rows (the engine does it once per token and call site). With --threads 2 each product is split in
+against the float64 product of the dequantized operands (the compute: ~1e-7; ~6e-3 for INT4 on
+AMX tiles, i.e. at the amx level from _native.quant_amx_min_rows rows on, which requantize the
+weights to int8) and against the unquantized fp32 product (the scheme). The "quantize" row times
+quantize_activations for the T rows (the engine does it once per token and call site). With --threads 2 each product is split in
 two column halves run by two threads at once, as the engine splits N (torch gets 2 threads). Weights rotate through
 enough copies to exceed --cache-mb (default 512 MB, more than the last-level cache) so that, as
 in a MoE layer, they come from memory; --cache-mb 0 keeps one copy (cache-hot).
@@ -39,11 +40,11 @@ import kt_moe
 from kt_moe import _native
 from kt_moe.benchmark.arguments import csv_list, kernel_levels
 from kt_moe.benchmark.runner import cpu_model
-from kt_moe.quant import (dequantize_int4_group32, dequantize_int8_channel, quantize_int4_group32,
+from kt_moe.quant import (dequantize_int4_group16, dequantize_int8_channel, quantize_int4_group16,
                           quantize_int8_channel)
 
 SHAPES = {"gate": (1408, 2048), "down": (2048, 1408)}  # (N, K)
-FORMATS = ("int8_channel", "int4_group32")
+FORMATS = ("int8_channel", "int4_group16")
 
 
 
@@ -106,9 +107,9 @@ class QuantCase:
             pack = lambda: _native.quant_pack_int8(q, scale)
             self.dequant = dequantize_int8_channel(q, scale)
         else:
-            codes, scale, zero = quantize_int4_group32(self.w)
-            pack = lambda: _native.quant_pack_int4(codes, scale, zero)
-            self.dequant = dequantize_int4_group32(codes, scale, zero)
+            codes, scale, zero = quantize_int4_group16(self.w)
+            pack = lambda: _native.quant_pack_int4(codes, scale, zero, k)
+            self.dequant = dequantize_int4_group16(codes, scale, zero)[:, :k]
         first = pack()
         self.nbytes = first.nbytes
         copies = max(1, min(512, int(-(-cache_bytes // self.nbytes)))) if cache_bytes > 0 else 1

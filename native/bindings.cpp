@@ -256,7 +256,7 @@ NB_MODULE(_native, m) {
           "config"_a, "pool"_a, nb::keep_alive<1, 3>())
       .def_prop_ro("config", [](PySftEngine& e) { return e.engine().config(); })
       .def_prop_ro("weight_format", [](PySftEngine& e) { return std::string(e.engine().base().format()); },
-                   "How the base is stored: 'bf16', 'int8_channel', 'int4_group32' or 'int4_kgroup'.")
+                   "How the base is stored: 'bf16', 'int8_channel', 'int4_group16' or 'int4_kgroup'.")
       .def_prop_ro("resident_bytes_per_expert",
                    [](PySftEngine& e) { return e.engine().base().resident_bytes_per_expert(); },
                    "Bytes one expert's base weights hold, all tensor-parallel slices together (scales included).")
@@ -275,7 +275,7 @@ NB_MODULE(_native, m) {
       .def("load_quant_expert_task", &PySftEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
            "One expert into physical slot `slot` for the quantized methods: each of gate, up (W [I, H]) and down "
            "(W [H, I]) as the list of its canonical parts (kt_moe.quant): [q int8, scale fp32] for AMXINT8_SFT, "
-           "[codes uint8, scale fp32, zero uint8] (zero only with zero points) for the INT4 methods.")
+           "[codes uint8, scale fp16, zero uint8 in sixteenths] (zero only with zero points) for the INT4 methods.")
       .def("update_lora_weights_task", &PySftEngine::update_lora, "gate_a"_a.noconvert(), "gate_b"_a.noconvert(),
            "up_a"_a.noconvert(), "up_b"_a.noconvert(), "down_a"_a.noconvert(), "down_b"_a.noconvert(),
            "Point the engine at the six bf16 LoRA tensors; they are read in place by later calls.")

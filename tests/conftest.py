@@ -26,7 +26,7 @@ def isa_level(request):
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Test tensors are small: torch's second thread costs more than it saves, and far more on a busy
-    machine, where its spin-waits take turns with the work (measured: quantize_int4_group32 of ten
+    machine, where its spin-waits take turns with the work (measured: the INT4 quantizer on ten
     224 x 192 experts took 29 s with two threads while two other processes ran, 0.045 s with one).
     Tests that need more threads set them; the count is restored afterwards."""
     threads = torch.get_num_threads()

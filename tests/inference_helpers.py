@@ -84,7 +84,8 @@ class Layer:
 
     def dequantized(self, scheme) -> "Layer":
         """The same layer with every weight quantized and dequantized by a kt_moe.quant scheme (fp32)."""
-        gate, up, down = (scheme.dequantize(*scheme.quantize(w)) for w in (self.gate, self.up, self.down))
+        gate, up, down = (scheme.dequantize(*scheme.quantize(w))[..., :w.shape[-1]]  # without K's padding
+                          for w in (self.gate, self.up, self.down))
         return dataclasses.replace(self, gate=gate, up=up, down=down)
 
 

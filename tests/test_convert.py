@@ -23,7 +23,7 @@ from kt_moe.weights.hf_checkpoint import MoELayerInfo, list_moe_layers
 from kt_moe.weights.prequantized import (LayerSettings, PrequantizedCorruptError, PrequantizedLayerReader,
                                          PrequantizedMismatchError, layer_file, write_layer)
 
-E, H, I = 4, 64, 40  # I = 40: down's K is padded to 64 by int4_group32
+E, H, I = 4, 64, 40  # I = 40: down's K is padded to 48 by int4_group16
 LAYERS = (1, 2, 4)
 DENSE = {"model.layers.0.mlp.gate_proj.weight": torch.ones(I, H), "model.embed_tokens.weight": torch.ones(8, H)}
 OLD = 1_000_000_000  # an mtime long past: a file still carrying it was not rewritten
@@ -131,8 +131,8 @@ def test_file_header(tmp_path, weights):
         names = set(f.keys())
     source = json.loads(metadata.pop("source"))
     assert metadata.pop("checksum").startswith("sha256:")
-    assert metadata == {"format": "kt-moe-prequantized", "format_version": "1", "method": "AMXINT4",
-                        "scheme": "int4_group32", "group_size": "32", "layer_idx": "2", "num_experts": str(E),
+    assert metadata == {"format": "kt-moe-prequantized", "format_version": "2", "method": "AMXINT4",
+                        "scheme": "int4_group16", "group_size": "16", "layer_idx": "2", "num_experts": str(E),
                         "hidden_size": str(H), "intermediate_size": str(I), "tensor_parallel": "unsplit"}
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]
     files = {index[f"model.layers.2.mlp.experts.{e}.{p}.weight"] for e in range(E)
@@ -209,7 +209,7 @@ def test_other_settings_are_refused_unless_forced(tmp_path, weights):
         convert_checkpoint(ckpt, out, "AMXINT8")
     assert str(info.value) == (
         f"{layer_file(out, 1)} was written for other settings: method='AMXINT4' (expected 'AMXINT8'), "
-        "scheme='int4_group32' (expected 'int8_channel'), group_size='32' (expected '0') "
+        "scheme='int4_group16' (expected 'int8_channel'), group_size='16' (expected '0') "
         "(so were the files of layer(s) 2, 4); use another output directory, or --force to overwrite")
     assert all(p.stat().st_mtime == OLD for p in out.iterdir())
 
@@ -283,8 +283,8 @@ def test_reader_refuses_another_layer_and_format_version(converted):
     with pytest.raises(PrequantizedMismatchError, match="layer_idx='1' \\(expected '3'\\)"):
         reader(converted, 3)
     metadata, tensors = contents(layer_file(converted, 1))
-    save_file(tensors, layer_file(converted, 3), metadata={**metadata, "format_version": "2"})
-    with pytest.raises(PrequantizedMismatchError, match="format_version='2' \\(expected '1'\\)"):
+    save_file(tensors, layer_file(converted, 3), metadata={**metadata, "format_version": "1"})
+    with pytest.raises(PrequantizedMismatchError, match="format_version='1' \\(expected '2'\\)"):
         reader(converted, 3)
 
 
@@ -299,7 +299,7 @@ def test_reader_checks_tensors_and_checksum(converted):
     with pytest.raises(PrequantizedCorruptError, match="1 tensor\\(s\\) missing: experts.3.up.zero"):
         reader(converted, 1)
     save_file({**tensors, "experts.0.gate.scale": torch.zeros(3)}, path, metadata=metadata)
-    with pytest.raises(PrequantizedCorruptError, match=r"experts.0.gate.scale is F32 \(3,\), expected F32 \(40, 2\)"):
+    with pytest.raises(PrequantizedCorruptError, match=r"experts.0.gate.scale is F32 \(3,\), expected F16 \(40, 4\)"):
         reader(converted, 1)
     save_file({**tensors, "experts.0.gate.scale": tensors["experts.0.gate.scale"] * 2}, path, metadata=metadata)
     r = reader(converted, 1)

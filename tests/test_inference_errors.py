@@ -145,8 +145,9 @@ def native_config(**overrides):
     (dict(intermediate_size=25, tp_size=2), (2, 2), "intermediate_size must be divisible by tp_size"),
     (dict(num_gpu_experts=E + 1), (2, 1), r"num_gpu_experts must be in \[0, expert_num\]"),
     (dict(method="FP8"), (2, 1), "no weight format for method 'FP8'"),
-    (dict(method="AMXINT4", hidden_size=48), (2, 1), r"int4_group32 weights need hidden_size \(48\) and "
-                                                     r"moe_intermediate_size / threadpool_count \(24\) to be multiples of 32"),
+    (dict(method="AMXINT4", intermediate_size=40, tp_size=2), (2, 2),
+     r"int4_group16 weights are split across subpools at whole groups of 16 inputs: moe_intermediate_size / "
+     r"threadpool_count \(20\) must be a multiple of 16 when threadpool_count > 1"),
 ])
 def test_native_engine_config_checks(overrides, pool, message):
     with pytest.raises(ValueError, match=message):

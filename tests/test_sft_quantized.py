@@ -7,7 +7,7 @@ scheme: the bars of VS_ORIGINAL).
 Coverage, as the AMXBF16_SFT tests (test_sft_accuracy.py): the full grid q in {1, 7, 128} x k in
 {1, 2, 6, 8} x threadpool_count in {1, 2} at the level the process starts with, for INT8, INT4 and
 K-group INT4 (groups of 32 with zero points), shape MAIN (H = 200, I = 120: no block-size
-multiples, and with two subpools I / 2 = 60 cuts a group of 32 of down's inputs in two); q = 1 and
+multiples, and with two subpools I / 2 = 60 cuts a group of down's inputs in two); q = 1 and
 7 leave most experts without a token; the other K-group settings on a reduced grid; a reduced grid
 at every other selectable level (shape SMALL at amx_emulated); other LoRA ranks; the memory report.
 """
@@ -20,18 +20,16 @@ from sft_helpers import MAIN, SMALL, START_ISA, Shape, assert_close, build, chec
 
 VS_DEQUANTIZED = 1e-2
 # The issue's bars against the original bf16 weights: AMXINT8_SFT 3e-2, AMXINT4_SFT 0.15,
-# AMXINT4_KGroup_SFT with groups of 32 0.10. No 4-bit uniform scheme reaches 0.10: an expert MLP of
-# DeepSeek-V2-Lite's shape with random weights measures 0.137 with groups of 32 and zero points (the
-# same quantizer as AMXINT4_SFT), 0.155 symmetric, 0.153 / 0.166 with groups of 64 / 128 (docs/sft.md);
-# the layers of the grid below measure at most 0.141 with groups of 32 and zero points (the worst of
-# nine quantities, q >= 7) and 0.185 with the other settings. The bounds are what the schemes reach,
-# with a margin: the 0.10 bar for groups of 32 is NOT met.
+# AMXINT4_KGroup_SFT with groups of 32 0.10. AMXINT8_SFT and AMXINT4_SFT meet theirs at every q of the
+# grid (worst of the nine quantities: 0.027 and 0.143 at q = 1, 0.013 and 0.107 from q = 7 on). No
+# 4-bit uniform scheme with groups of 32 reaches 0.10: an expert MLP of DeepSeek-V2-Lite's shape with
+# random weights measures 0.126 with zero points (docs/quantization.md); the grid below measures up to
+# 0.135 from q = 7 on, and a single token's gradients are one draw of the scheme's error (up to 0.22
+# at q = 1). So the K-group settings are checked from q = 7 on, against what the schemes reach with
+# a margin: the 0.10 bar for groups of 32 is NOT met.
 VS_ORIGINAL = {"AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15, ("AMXINT4_KGroup_SFT", 32, True): 0.15}
 VS_ORIGINAL_OTHER_KGROUP = 0.2
-# The scheme's error is a property of many tokens: one token's output or gradients are one draw of
-# it (INT4, q = 1: 0.12 to 0.27 over the grid's cases), so the bars above are checked from q = 7 on.
-# The compute (VS_DEQUANTIZED) is checked at every q.
-MIN_Q_VS_ORIGINAL = 7
+KGROUP_MIN_Q_VS_ORIGINAL = 7  # the compute (VS_DEQUANTIZED) is checked at every q
 
 METHODS = [  # (method, KTMoEWrapper options)
     ("AMXINT8_SFT", {}),
@@ -68,7 +66,7 @@ def run_case(method, options, shape, q, k, tp, seed):
     result = step(wrapper, batch)
     check_layout(result, batch, layer.lora)
     assert_close(result, layer.dequantized(scheme_of(method, options)).reference(batch), VS_DEQUANTIZED)
-    if q >= MIN_Q_VS_ORIGINAL:
+    if method != "AMXINT4_KGroup_SFT" or q >= KGROUP_MIN_Q_VS_ORIGINAL:
         assert_close(result, layer.reference(batch), bound(method, options))
 
 
@@ -106,8 +104,9 @@ def test_any_rank(method, options, rank):
 
 @pytest.mark.parametrize("method,options", METHODS + [("AMXBF16_SFT", {})], ids=ids)
 def test_resident_bytes_per_expert(method, options):
-    """bf16: 3 H I x 2 bytes; INT8: 3 H I + the scales; INT4: 3 H I / 2 + a scale and a zero point
-    per group (rounded up per row and slice), each matrix 64-byte aligned. No transposed copy."""
+    """bf16: 3 H I x 2 bytes; INT8: 3 H I + the fp32 scales; INT4: 3 H I / 2 + an fp16 scale and a
+    uint8 zero point per group (rounded up per row and slice), each matrix 64-byte aligned. No
+    transposed copy."""
     H, I, tp = 256, 128, 2
     shape = Shape(num_experts=4, hidden=H, intermediate=I)
     wrapper, _ = build(shape, tp=tp, method=method, **options)
@@ -117,6 +116,7 @@ def test_resident_bytes_per_expert(method, options):
     elif method == "AMXINT8_SFT":
         expected = tp * (2 * (Is * H + Is * 4) + (H * Is + H * 4))  # every part a multiple of 64 here
     else:
-        groups_gate, groups_down = H // 32, 2  # down's slice of 64 inputs: two groups of 32
-        expected = tp * (2 * (Is * H // 2 + Is * groups_gate * 5) + (H * 32 + H * groups_down * 5))
+        G = scheme_for_method(method, **options).group_size  # 16 for AMXINT4_SFT
+        groups_gate, groups_down = H // G, Is // G  # down's slice of 64 inputs
+        expected = tp * (2 * (Is * H // 2 + Is * groups_gate * 3) + (H * Is // 2 + H * groups_down * 3))
     assert wrapper.resident_bytes_per_expert() == expected

@@ -105,7 +105,7 @@ def test_base_in_the_other_form_is_refused():
                                          "load_expert_task"):
         bf16.engine.load_quant_expert_task(0, list(parts), list(parts), list(parts))
     symmetric, _ = build(TINY, method="AMXINT4_KGroup_SFT", group_size=32, zero_point=False)
-    codes, scale, zero = scheme_for_method("AMXINT4_SFT").quantize(layer.gate[0])
+    codes, scale, zero = scheme_for_method("AMXINT4_KGroup_SFT", group_size=32, zero_point=True).quantize(layer.gate[0])
     with pytest.raises(ValueError, match=r"^gate must be given as \[codes, scale\] \(int4_kgroup\), got 3 tensors"):
         symmetric.engine.load_quant_expert_task(0, [codes, scale, zero], [codes, scale], [codes, scale])
     with pytest.raises(ValueError, match=r"^up scale shape mismatch: expected \(24, 2\), got \(24, 1\)"):

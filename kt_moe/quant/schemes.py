@@ -3,7 +3,7 @@ the table the converter, the pre-quantized file format and the engines look sche
 
 A scheme turns one weight matrix W [N, K] (or a stack [E, N, K]) into named tensors (`parts`)
 and back; `part_specs(N, K)` gives each part's shape and dtype, so a file can be checked against
-the shapes a layer needs without reading any data. int8_channel and int4_group32 are fixed;
+the shapes a layer needs without reading any data. int8_channel and int4_group16 are fixed;
 int4_kgroup (AMXINT4_KGroup_SFT) takes a group size and whether it has zero points.
 """
 
@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from kt_moe.config import DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT, KGROUP_SIZES
-from kt_moe.quant.int4_group32 import GROUP_SIZE, dequantize_int4_group32, int4_group32_parts, quantize_int4_group32
+from kt_moe.quant.int4_group16 import GROUP_SIZE, dequantize_int4_group16, int4_group16_parts, quantize_int4_group16
 from kt_moe.quant.int4_groups import dequantize_int4, int4_parts, quantize_int4
 from kt_moe.quant.int8_channel import dequantize_int8_channel, int8_channel_parts, quantize_int8_channel
 
@@ -46,13 +46,13 @@ class QuantScheme:
 
 SCHEMES: Dict[str, QuantScheme] = {scheme.name: scheme for scheme in (
     QuantScheme("int8_channel", 0, quantize_int8_channel, dequantize_int8_channel, int8_channel_parts),
-    QuantScheme("int4_group32", GROUP_SIZE, quantize_int4_group32, dequantize_int4_group32, int4_group32_parts),
+    QuantScheme("int4_group16", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16, int4_group16_parts),
 )}
 KGROUP_SCHEME = "int4_kgroup"
 
 # method -> the scheme its experts are stored in
-METHOD_SCHEMES: Dict[str, str] = {"AMXINT8": "int8_channel", "AMXINT4": "int4_group32",
-                                  "AMXINT8_SFT": "int8_channel", "AMXINT4_SFT": "int4_group32",
+METHOD_SCHEMES: Dict[str, str] = {"AMXINT8": "int8_channel", "AMXINT4": "int4_group16",
+                                  "AMXINT8_SFT": "int8_channel", "AMXINT4_SFT": "int4_group16",
                                   "AMXINT4_KGroup_SFT": KGROUP_SCHEME}
 
 

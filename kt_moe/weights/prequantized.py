@@ -4,7 +4,7 @@ the layer's routed experts in a kt_moe.quant scheme, as `kt-moe convert` writes 
     {directory}/layer_{L:04d}.safetensors       one file per layer L; one method per directory
 
 Tensors, for expert e in 0..E-1, matrix m in gate, up, down and each part of the method's scheme
-(int8_channel: q, scale; int4_group32: codes, scale, zero; int4_kgroup: codes, scale and, with zero
+(int8_channel: q, scale; int4_group16: codes, scale, zero; int4_kgroup: codes, scale and, with zero
 points, zero):
 
     experts.{e}.{m}.{part}      gate and up quantize W [I, H], down quantizes W [H, I]
@@ -12,10 +12,11 @@ points, zero):
 Metadata (the safetensors __metadata__, every value a string):
 
     format             "kt-moe-prequantized"
-    format_version     "1" (FORMAT_VERSION; a reader refuses any other version)
-    method, scheme     e.g. "AMXINT4", "int4_group32"; AMXINT8_SFT and AMXINT4_SFT store the schemes of
+    format_version     "2" (FORMAT_VERSION; a reader refuses any other version; version 1 held the
+                       earlier int4_group32 scheme)
+    method, scheme     e.g. "AMXINT4", "int4_group16"; AMXINT8_SFT and AMXINT4_SFT store the schemes of
                        AMXINT8 and AMXINT4 and share their files, which name the inference method
-    group_size         inputs per scale: "32", or "0" for one scale per output channel
+    group_size         inputs per scale: "16", or "0" for one scale per output channel
     zero_point         int4_kgroup only: "true" (a zero point per group) or "false" (symmetric)
     layer_idx, num_experts, hidden_size, intermediate_size
     tensor_parallel    "unsplit": every matrix is stored whole; engines slice it per subpool
@@ -47,11 +48,11 @@ from kt_moe.quant import QuantScheme, scheme_for_method
 from kt_moe.quant.schemes import PartSpec
 
 FORMAT = "kt-moe-prequantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MATRICES = ("gate", "up", "down")
 TENSOR_PARALLEL = "unsplit"
 PARTIAL_SUFFIX = ".partial"
-SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.float32: "F32"}
+SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.float16: "F16", torch.float32: "F32"}
 NAMES_SHOWN = 5
 # SFT methods that store an inference method's scheme read and write that method's files.
 FILE_METHODS = {"AMXINT8_SFT": "AMXINT8", "AMXINT4_SFT": "AMXINT4"}

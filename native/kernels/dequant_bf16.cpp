@@ -1,21 +1,37 @@
 // Dequantization to bf16 (contract: dequant_bf16.hpp), compiled three times: portable C++ for the
 // generic level (no ISA flags) and, from this same source, AVX-512 (F/BW/VL/DQ flags) and
-// AVX-512 + AVX512-BF16 (its vcvtneps2bf16 rounds the int4 tables in one instruction, flushing
-// denormal results to zero as that level's GEMMs read them anyway). The levels give the same bits
-// (but for such denormals).
+// AVX-512 + AVX512-BF16 (its vcvtne2ps2bf16 rounds the int4 tables in one instruction). The levels
+// give the same bits: every int4 value is exact in fp32 and never denormal (see the header), so one
+// round to nearest even is all any level does. The AVX-512 sources convert fp16 with vcvtph2ps only:
+// kernels/fp16.hpp's scalar fp16_to_float (namespace kt_moe, not this level's) is the generic one's.
 //   int8, AVX-512: 32 columns per step: q to fp32 (exact), whose high halves are q as bf16 (exact,
 //     |q| < 2^8), packed by one permutation; the tail through masked loads and stores.
-//   int4, AVX-512: group by group. A group's 16 possible values bf16((code - zero) * scale) are
-//     computed once into a table of 32 words (with groups of 32, one table serves two groups: words
-//     16..31 hold the second); each step of 32 stored columns (16 bytes of codes) spreads its codes
-//     over 32 words in column order and looks them up with one permutation. A step whose columns
-//     reach outside [c0, c1) goes through a small buffer.
+//   int4, AVX-512: a row is cut into segments of at most kSegment stored columns; a segment's group
+//     scales s (vcvtph2ps) and zero points z (zero / 16, or 8) are first converted to fp32 arrays,
+//     with -z s. Its codes are read in steps of 32 stored columns (16 bytes of codes), each of which
+//     spreads its codes over 32 words in column order and looks them up with one permutation in a
+//     table of 32 bf16 words: word k = bf16((k - z_a) s_a) and word 16 + k = bf16((k - z_b) s_b) for
+//     groups a and b (one FMA k s - z s per half when all the segment's scales are positive, else a
+//     subtraction and a product: exact either way, see int4_table). Groups of 16: a step covers two
+//     groups, a and b = a + 1, its last 16 words look up the table's second half; groups of G >= 32:
+//     a table of groups a, a + 1 serves the 2G / 32 steps of both (those of a + 1 look up its second
+//     half), and a step outside such an aligned pair of groups (at the ends of a column range) builds
+//     its own table (a = b). The formats' groups (16, 32, 64, 128) are compile-time constants there.
+//     A step whose columns reach outside [c0, c1) loads its codes masked (nothing past the stored
+//     groups is read) and goes through a small buffer. The table work per step is what groups of 16
+//     cost over larger ones (measured, one core, a [1408, 2048] base in 512 KB blocks: groups of 16
+//     about 1.2 times the time of groups of 32).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #if defined(__AVX512F__)
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() vectors, which -Wmaybe-uninitialized
+// reports (falsely) wherever they are inlined; silenced for the header's own lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 #include "kernels/dequant_bf16.hpp"
@@ -25,10 +41,10 @@ namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace {
 
-constexpr int kSymmetricZero = 8;  // the zero point of int4 groups stored without one
-constexpr int kInt4Step = 32;      // stored columns per vector step (groups are multiples of it)
+constexpr float kSymmetricZero = 8.0f;  // the zero point of int4 groups stored without one
+constexpr float kZeroUnit = 0.0625f;    // a stored zero point counts sixteenths of a code
 
-// Round to nearest even; the inputs are finite products (an infinite one stays infinite).
+// Round to nearest even; the inputs are finite (an infinite one stays infinite).
 inline bf16_t round_bf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
@@ -37,6 +53,9 @@ inline bf16_t round_bf16(float f) {
 }
 
 #if defined(__AVX512F__)
+
+constexpr int kInt4Step = 32;   // stored columns per vector step (groups are 16 or multiples of it)
+constexpr int kSegment = 4096;  // stored columns per segment of a row (GroupParams: 4096 / 16 groups)
 
 // Bytes ahead of the current one whose cache lines a step asks for: the stored rows follow each
 // other in memory, and one row at a time is too short a stream for the hardware prefetcher to
@@ -50,23 +69,54 @@ inline __m512i high_words(__m512i lo, __m512i hi) {
   return _mm512_permutex2var_epi16(lo, odd, hi);
 }
 
-// kCodeMinusZero[z][k] = k - z: the integer values of the 16 codes of a group with zero point z.
-struct CodeMinusZero {
-  alignas(64) float v[16][16];
-  constexpr CodeMinusZero() : v() {
-    for (int z = 0; z < 16; ++z)
-      for (int k = 0; k < 16; ++k) v[z][k] = float(k - z);
-  }
+// The groups of one segment in fp32: scale s, zero point z (in codes) and offset -z s of group
+// ga + i at [i]. A segment's steps touch at most kSegment / 16 groups.
+struct GroupParams {
+  alignas(64) float scale[kSegment / 16];
+  alignas(64) float zero[kSegment / 16];
+  alignas(64) float offset[kSegment / 16];
 };
-constexpr CodeMinusZero kCodeMinusZero;
 
-// The lookup table of two int4 groups: word k = bf16((k - zero0) * scale0) and word 16 + k =
-// bf16((k - zero1) * scale1), k < 16 (one group: pass it twice).
-inline __m512i int4_table(float scale0, int zero0, float scale1, int zero1) {
-  const __m512 lo = _mm512_mul_ps(_mm512_load_ps(kCodeMinusZero.v[zero0]), _mm512_set1_ps(scale0));
-  const __m512 hi = _mm512_mul_ps(_mm512_load_ps(kCodeMinusZero.v[zero1]), _mm512_set1_ps(scale1));
+// Groups [ga, gb) of a row into p; those from gl on (past the stored groups) get scale 0, zero 0.
+// Returns whether every stored one, [ga, gl), has a scale > 0 (see int4_table).
+bool load_group_params(const fp16_t* scale, const uint8_t* zero, int ga, int gl, int gb, GroupParams& p) {
+  __mmask16 positive = 0xFFFF;
+  for (int i = 0; ga + i < gb; i += 16) {
+    const int n = std::min(std::max(gl - ga - i, 0), 16);
+    const __mmask16 m = __mmask16((1u << n) - 1u);
+    const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + ga + i));
+    positive &= _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ) | __mmask16(~m);
+    __m512 z = _mm512_set1_ps(kSymmetricZero);
+    if (zero) {
+      const __m512 sixteenths = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zero + ga + i)));
+      z = _mm512_mul_ps(sixteenths, _mm512_set1_ps(kZeroUnit));  // exact
+    }
+    _mm512_store_ps(p.scale + i, s);
+    _mm512_store_ps(p.zero + i, z);
+    _mm512_store_ps(p.offset + i, _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), s));  // exact
+  }
+  return positive == 0xFFFF;
+}
+
+// The lookup table of groups a (words 0..15) and b (words 16..31), indices into p: word k =
+// bf16((k - z) s), k < 16. The value is exact in fp32 (dequant_bf16.hpp), and so is every step
+// towards it: k - z and its product by s (not Fused), or z s and the FMA k s - z s (Fused: one
+// operation fewer on the ports the steps saturate). Both give the same number, and the same zero
+// when s > 0 (+0, the sign of (k - z) s with k = z); with s <= 0 the signs of zeros differ, so
+// Fused is for segments whose scales are all positive.
+template <bool Fused>
+inline __m512i int4_table(const GroupParams& p, int a, int b) {
+  const __m512 codes = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512 lo, hi;
+  if (Fused) {
+    lo = _mm512_fmadd_ps(codes, _mm512_set1_ps(p.scale[a]), _mm512_set1_ps(p.offset[a]));
+    hi = _mm512_fmadd_ps(codes, _mm512_set1_ps(p.scale[b]), _mm512_set1_ps(p.offset[b]));
+  } else {
+    lo = _mm512_mul_ps(_mm512_sub_ps(codes, _mm512_set1_ps(p.zero[a])), _mm512_set1_ps(p.scale[a]));
+    hi = _mm512_mul_ps(_mm512_sub_ps(codes, _mm512_set1_ps(p.zero[b])), _mm512_set1_ps(p.scale[b]));
+  }
 #if defined(__AVX512BF16__)
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // round to nearest even (denormals to zero)
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // round to nearest even
 #else
   auto rounded = [](__m512 v) {
     const __m512i bits = _mm512_castps_si512(v);
@@ -77,32 +127,45 @@ inline __m512i int4_table(float scale0, int zero0, float scale1, int zero1) {
 #endif
 }
 
-// 32 stored columns (16 bytes of codes) -> out[32] through a table, from its first group (Second
-// false) or its second one. The codes become 32 words in column order: lane i = byte i | byte i <<
-// 12, masked to 0x000F000F, holds the even column's code in its low word, the odd one's in its high.
-template <bool Second>
-inline void int4_step(const uint8_t* codes, __m512i table, bf16_t* out) {
-  _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
-  const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+// Which half of the table a step's columns look up: all the first, all the second, or the first
+// for its first 16 columns and the second for its last 16 (groups of 16).
+enum class Half { first, second, split };
+
+// 32 stored columns (their 16 bytes of codes) -> out[32] through a table. The codes become 32 words
+// in column order: lane i = byte i | byte i << 12, masked to 0x000F000F, holds the even column's
+// code in its low word, the odd one's in its high word; + 16 selects the table's second half.
+template <Half H>
+inline void int4_step(__m128i codes, __m512i table, bf16_t* out) {
+  const __m512i bytes = _mm512_cvtepu8_epi32(codes);
   __m512i index = _mm512_ternarylogic_epi32(bytes, _mm512_slli_epi32(bytes, 12), _mm512_set1_epi32(0x000F000F),
                                             0xA8);  // (a | b) & c
-  if (Second) index = _mm512_or_si512(index, _mm512_set1_epi16(16));
+  if (H == Half::second) index = _mm512_or_si512(index, _mm512_set1_epi16(16));
+  if (H == Half::split)
+    index = _mm512_or_si512(index, _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1));
   _mm512_storeu_si512(out, _mm512_permutexvar_epi16(index, table));
 }
 
-void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
-  const int G = w.group, j0 = w.col0 + c0, j1 = w.col0 + c1;
-  const int shift = __builtin_ctz(unsigned(G));  // groups are powers of two (32, 64, 128)
-  const uint8_t* codes = w.values + r * w.ld_values;
-  const float* scale = w.scale + r * w.ld_scale;
-  const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
-  auto zero_of = [&](int g) { return zero ? int(zero[g]) : kSymmetricZero; };
-  auto table = [&](int g) { return int4_table(scale[g], zero_of(g), scale[g], zero_of(g)); };
+template <Half H>
+inline void int4_step(const uint8_t* codes, __m512i table, bf16_t* out) {
+  _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
+  int4_step<H>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)), table, out);
+}
+
+// Stored columns [j0, j1) of one row, inside one aligned segment of kSegment, to dst[0, j1 - j0),
+// the group parameters loaded (p, from group ga on). G = Group, or w.group when Group is 0.
+template <int Group, bool Fused>
+void int4_steps(const QuantMatrixView& w, const uint8_t* codes, const GroupParams& p, int ga, int j0, int j1,
+                bf16_t* dst) {
+  const int G = Group ? Group : w.group;
+  const int shift = __builtin_ctz(unsigned(G));  // groups are powers of two (16, 32, 64, 128)
+  // A step's own table: the group of its first 16 columns and that of its last 16.
+  auto table = [&](int j) { return int4_table<Fused>(p, (j >> shift) - ga, ((j + kInt4Step / 2) >> shift) - ga); };
   // A step that covers only part of [j0, j1): the first and the last one.
   auto partial = [&](int j) {
-    alignas(64) bf16_t part[kInt4Step];
-    int4_step<false>(codes + j / 2, table(j >> shift), part);
     const int lo = std::max(j, j0), hi = std::min(j + kInt4Step, j1);
+    const __mmask16 bytes = __mmask16((1u << ((hi - j + 1) / 2)) - 1u);
+    alignas(64) bf16_t part[kInt4Step];
+    int4_step<Half::split>(_mm_maskz_loadu_epi8(bytes, codes + j / 2), table(j), part);
     std::memcpy(dst + (lo - j0), part + (lo - j), sizeof(bf16_t) * (hi - lo));
   };
   int j = j0 / kInt4Step * kInt4Step;
@@ -111,19 +174,79 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
     j += kInt4Step;
   }
   const int body_end = j1 / kInt4Step * kInt4Step;
-  if (G == kInt4Step)  // one step per group: two groups share a table
-    for (; j + 2 * kInt4Step <= body_end; j += 2 * kInt4Step) {
-      const int g = j >> shift;
-      const __m512i t = int4_table(scale[g], zero_of(g), scale[g + 1], zero_of(g + 1));
-      int4_step<false>(codes + j / 2, t, dst + (j - j0));
-      int4_step<true>(codes + j / 2 + kInt4Step / 2, t, dst + (j + kInt4Step - j0));
+  if (G == kInt4Step / 2) {  // a table per step, of the step's two groups
+    const uint8_t* c = codes + j / 2;
+    bf16_t* out = dst + (j - j0);
+    for (int a = (j >> shift) - ga; j < body_end; j += kInt4Step, c += kInt4Step / 2, out += kInt4Step, a += 2)
+      int4_step<Half::split>(c, int4_table<Fused>(p, a, a + 1), out);
+  } else {
+    // Whole steps up to a pair of groups, then pair by pair: one table serves 2G / 32 steps.
+    for (; j < body_end && (j & (2 * G - 1)) != 0; j += kInt4Step)
+      int4_step<Half::split>(codes + j / 2, table(j), dst + (j - j0));
+    for (; j + 2 * G <= body_end; j += 2 * G) {
+      const int a = (j >> shift) - ga;
+      const __m512i t = int4_table<Fused>(p, a, a + 1);
+      const uint8_t* c = codes + j / 2;
+      bf16_t* out = dst + (j - j0);
+      for (int k = 0; k < G; k += kInt4Step, c += kInt4Step / 2, out += kInt4Step) int4_step<Half::first>(c, t, out);
+      for (int k = 0; k < G; k += kInt4Step, c += kInt4Step / 2, out += kInt4Step) int4_step<Half::second>(c, t, out);
     }
-  while (j < body_end) {  // whole steps, group by group
-    const __m512i t = table(j >> shift);
-    const int group_end = std::min(((j >> shift) + 1) << shift, body_end);
-    for (; j < group_end; j += kInt4Step) int4_step<false>(codes + j / 2, t, dst + (j - j0));
+    for (; j < body_end; j += kInt4Step)  // the steps after the last pair
+      int4_step<Half::split>(codes + j / 2, table(j), dst + (j - j0));
   }
   if (j < j1) partial(j);
+}
+
+// Stored columns [j0, j1) of one row, inside one aligned segment of kSegment, to dst[0, j1 - j0).
+template <int Group>
+void int4_segment(const QuantMatrixView& w, const uint8_t* codes, const fp16_t* scale, const uint8_t* zero, int j0,
+                  int j1, bf16_t* dst) {
+  const int G = Group ? Group : w.group;
+  const int shift = __builtin_ctz(unsigned(G));
+  const int first = j0 / kInt4Step * kInt4Step, last = (j1 + kInt4Step - 1) / kInt4Step * kInt4Step;
+  const int ga = first >> shift;
+  GroupParams p;
+  if (load_group_params(scale, zero, ga, (j1 + G - 1) >> shift, ((last - 1) >> shift) + 1, p))
+    int4_steps<Group, true>(w, codes, p, ga, j0, j1, dst);
+  else
+    int4_steps<Group, false>(w, codes, p, ga, j0, j1, dst);
+}
+
+// Asks for the cache lines of bytes [begin, end).
+inline void prefetch_range(const void* begin, const void* end) {
+  for (uintptr_t line = reinterpret_cast<uintptr_t>(begin) & ~uintptr_t(63); line < reinterpret_cast<uintptr_t>(end);
+       line += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+}
+
+// Rows ahead whose scales and zero points a row asks for: the segments read them before their
+// codes, in short streams (groups of 16: 1/4 and 1/8 of the codes' bytes) that the hardware
+// prefetcher does not keep ahead of (measured: without, groups of 16 with zero points took 1.25
+// times as long when the output goes to memory).
+constexpr int kParamRowsAhead = 4;
+
+void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
+  const uint8_t* codes = w.values + r * w.ld_values;
+  const fp16_t* scale = w.scale_fp16 + r * w.ld_scale;
+  const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
+  if (r + kParamRowsAhead < w.rows) {
+    const int64_t g0 = (w.col0 + c0) / w.group, g1 = (w.col0 + c1 - 1) / w.group + 1;
+    const fp16_t* s = scale + kParamRowsAhead * w.ld_scale;
+    prefetch_range(s + g0, s + g1);
+    if (zero) prefetch_range(zero + kParamRowsAhead * w.ld_zero + g0, zero + kParamRowsAhead * w.ld_zero + g1);
+  }
+  for (int j = w.col0 + c0, j1 = w.col0 + c1; j < j1;) {
+    const int end = std::min(j1, (j / kSegment + 1) * kSegment);
+    switch (w.group) {  // the formats' groups with the group a constant (the loops over a pair unrolled)
+      case 16: int4_segment<16>(w, codes, scale, zero, j, end, dst); break;
+      case 32: int4_segment<32>(w, codes, scale, zero, j, end, dst); break;
+      case 64: int4_segment<64>(w, codes, scale, zero, j, end, dst); break;
+      case 128: int4_segment<128>(w, codes, scale, zero, j, end, dst); break;
+      default: int4_segment<0>(w, codes, scale, zero, j, end, dst);
+    }
+    dst += end - j;
+    j = end;
+  }
 }
 
 void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
@@ -143,12 +266,19 @@ void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
 
 void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* codes = w.values + r * w.ld_values;
-  const float* scale = w.scale + r * w.ld_scale;
+  const fp16_t* scale = w.scale_fp16 + r * w.ld_scale;
   const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
+  int group = -1;
+  float s = 0.0f, z = 0.0f;
   for (int c = c0; c < c1; ++c) {
     const int j = w.col0 + c, g = j / w.group;
+    if (g != group) {
+      group = g;
+      s = fp16_to_float(scale[g]);
+      z = zero ? float(zero[g]) * kZeroUnit : kSymmetricZero;
+    }
     const int code = (j & 1) ? codes[j >> 1] >> 4 : codes[j >> 1] & 0xF;
-    dst[c - c0] = round_bf16(float(code - (zero ? zero[g] : kSymmetricZero)) * scale[g]);
+    dst[c - c0] = round_bf16((float(code) - z) * s);
   }
 }
 

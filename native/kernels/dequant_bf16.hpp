@@ -3,13 +3,15 @@
 // thread scratch, then runs the bf16 GEMM on it). Every level gives the same bits:
 //   int8_channel  D[r, c] = q[r, c] as bf16 (exact); the row scale is NOT applied here: the products
 //                 apply it in fp32 (W[r, c] = D[r, c] * scale[r])
-//   int4          D[r, c] = bf16(float(code[r, j] - zero[r, j / group]) * scale[r, j / group]) = W[r, c],
-//                 j = col0 + c the stored column; zero = 8 for every group when the matrix has no
-//                 zero points (symmetric); one fp32 product, rounded to nearest even (no FMA; the
-//                 avx512_bf16 and amx levels flush a denormal result to zero, which their GEMMs,
-//                 reading bf16 denormals as zero, would do anyway)
+//   int4          D[r, c] = bf16((float(code[r, j]) - zero[r, g] * 0.0625f) * fp16_to_float(scale[r, g])),
+//                 j = col0 + c the stored column, g = j / group; zero is in sixteenths of a code, and
+//                 zero * 0.0625f = 8 for every group when the matrix has no zero points (symmetric).
+//                 The fp32 value is exact (code - z is a multiple of 1/16 in [-16, 15], the scale has
+//                 11 significant bits: at most 20 bits) and is W[r, c] itself; it is rounded once, to
+//                 nearest even. For finite scales it is 0 or at least 2^-28 in magnitude (never a
+//                 denormal) and below 2^20 (never infinite), so every level rounds it the same way.
 //
-// The stored formats are the canonical ones of kt_moe.quant (int8_channel; int4_group32 and
+// The stored formats are the canonical ones of kt_moe.quant (int8_channel; int4_group16 and
 // int4_kgroup), cut to a tensor-parallel slice: a slice of an int4 matrix along its inputs keeps
 // the whole groups that cover its columns, so its logical column 0 is stored column col0.
 #pragma once
@@ -17,6 +19,7 @@
 #include <cstdint>
 
 #include "cpu/cpu_features.hpp"
+#include "kernels/fp16.hpp"
 #include "kernels/gemm_bf16.hpp"
 
 namespace kt_moe {
@@ -26,10 +29,11 @@ enum class DequantFormat : int { int8_channel = 0, int4 = 1 };
 // A quantized W [rows, cols] (logical shape). Row r's data starts at values + r * ld_values.
 //   int8_channel  values: int8 q, cols per row (ld_values >= cols); scale: fp32 [rows] (one per row).
 //   int4          values: codes, two per byte (stored column j in byte j / 2, the low nibble for even
-//                 j); stored columns [0, col0 + cols) are present, whole groups of `group` (a
-//                 multiple of 32), so ld_values >= that rounded up to a group, halved;
-//                 scale: fp32 [rows, ld_scale], one per group; zero: uint8 [rows, ld_zero] (0..15),
-//                 or null for symmetric groups (zero point 8).
+//                 j); stored columns [0, col0 + cols) are present, in whole groups of `group` (16, 32,
+//                 64 or 128: a power of two, at least 16), so ld_values >= that rounded up to a group,
+//                 halved; scale_fp16: fp16 [rows, ld_scale], one per group (finite); zero: uint8
+//                 [rows, ld_zero], the zero point in sixteenths of a code (0..255: 0 to 15.9375), or
+//                 null for symmetric groups (zero point 8). Nothing beyond those groups is read.
 struct QuantMatrixView {
   DequantFormat format = DequantFormat::int8_channel;
   int rows = 0, cols = 0;
@@ -37,8 +41,9 @@ struct QuantMatrixView {
   int col0 = 0;   // int4: the stored column of logical column 0 (0 <= col0 < group)
   const uint8_t* values = nullptr;
   int64_t ld_values = 0;  // bytes
-  const float* scale = nullptr;
-  int64_t ld_scale = 0;  // fp32 elements (int4)
+  const float* scale = nullptr;        // int8_channel
+  const fp16_t* scale_fp16 = nullptr;  // int4
+  int64_t ld_scale = 0;  // fp16 elements (int4)
   const uint8_t* zero = nullptr;
   int64_t ld_zero = 0;  // bytes (int4)
 };

@@ -1,6 +1,7 @@
 // Quantized GEMM (gemm_quant.hpp) in portable C++, level generic: the reference every other level
-// must match. For each 16-column block and each row: the exact int32 group dot products from the
-// packed VNNI quads, then the fp32 group sums in the order gemm_quant.hpp gives.
+// must match. For each 16-column block and each row: the exact int32 dot products from the packed
+// VNNI quads, then the fp32 sums in the order gemm_quant.hpp gives (for int4_group16 the same
+// order as gemm_quant_vnni.cpp, so that the results are bit-identical).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -15,41 +16,51 @@ namespace {
 using namespace quant_layout;
 
 // out[c] = sum_k a(k) * W[16 b + c, k] for the block at `block`, int8_channel.
-void int8_block(const uint8_t* block, const QuantRow& a, int groups, float (&out)[kCols]) {
+void int8_block(const uint8_t* block, const QuantRow& a, int units, float (&out)[kCols]) {
   float scales[kCols], acc[kCols] = {};
   std::memcpy(scales, block, sizeof scales);
-  for (int g = 0; g < groups; ++g) {
-    const uint8_t* w = block + kInt8HeaderBytes + int64_t(g) * kInt8GroupBytes;
-    const int8_t* x = a.q + g * kInt8Group;
+  for (int g = 0; g < units; ++g) {
+    const uint8_t* w = block + kInt8HeaderBytes + int64_t(g) * kInt8UnitBytes;
+    const int8_t* x = a.q + g * kUnitK;
     int32_t d[kCols] = {};
-    for (int j = 0; j < kInt8Group / kQuadK; ++j)
+    for (int j = 0; j < kUnitQuads; ++j)
       for (int c = 0; c < kCols; ++c)
         for (int i = 0; i < kQuadK; ++i) d[c] += x[kQuadK * j + i] * w[j * kQuadBytes + kQuadK * c + i];
     for (int c = 0; c < kCols; ++c) acc[c] = __builtin_fmaf(float(d[c]), a.scale[g], acc[c]);
   }
-  const float offset = int8_row_offset(a.scale, a.sum, groups);
+  const float offset = int8_row_offset(a.scale, a.sum, units);
   for (int c = 0; c < kCols; ++c) out[c] = (acc[c] - offset) * scales[c];
 }
 
-// The same for int4_group32.
-void int4_block(const uint8_t* block, const QuantRow& a, int groups, float (&out)[kCols]) {
-  const uint8_t* zeros = block + int64_t(groups) * kInt4GroupBytes;
+// The same for int4_group16: per unit g and column, y = sum_h (P_h - z_h * sum_h) * scale_h in the
+// order h = 0..3 (the first a product, then FMAs), then acc = fma(y, a_s[g], acc).
+void int4_block(const uint8_t* block, const QuantRow& a, int units, float (&out)[kCols]) {
   float acc[kCols] = {};
-  for (int g = 0; g < groups; ++g) {
-    const uint8_t* w = block + int64_t(g) * kInt4GroupBytes;
-    const int8_t* x = a.q + g * kInt4Group;
-    int32_t d[kCols] = {};
-    for (int j = 0; j < kInt4CodeVectors; ++j)
-      for (int c = 0; c < kCols; ++c)
-        for (int i = 0; i < kQuadK; ++i) {
-          const int byte = w[j * kQuadBytes + kQuadK * c + i];
-          d[c] += x[kQuadK * j + i] * (byte & 0x0F) + x[16 + kQuadK * j + i] * (byte >> 4);
-        }
-    float scales[kCols];
-    std::memcpy(scales, w + kInt4CodeBytes, sizeof scales);
+  for (int g = 0; g < units; ++g) {
+    const uint8_t* unit = block + int64_t(g) * kInt4UnitBytes;
+    const int8_t* x = a.q + g * kUnitK;
+    int32_t p[kInt4UnitGroups][kCols] = {};  // P_h: group 2 u = low nibbles, 2 u + 1 = high nibbles
+    for (int u = 0; u < 2; ++u)
+      for (int j = 0; j < kInt4HalfVectors; ++j) {
+        const uint8_t* v = unit + (u * kInt4HalfVectors + j) * kQuadBytes;
+        const int8_t* xl = x + 32 * u + kQuadK * j;  // the low nibbles' k; the high ones' are 16 further
+        for (int c = 0; c < kCols; ++c)
+          for (int i = 0; i < kQuadK; ++i) {
+            const int byte = v[kQuadK * c + i];
+            p[2 * u][c] += xl[i] * (byte & 0x0F);
+            p[2 * u + 1][c] += xl[16 + i] * (byte >> 4);
+          }
+      }
     for (int c = 0; c < kCols; ++c) {
-      const int32_t dg = d[c] - int32_t(zeros[g * kCols + c]) * int32_t(a.sum[g]);
-      acc[c] = __builtin_fmaf(float(dg) * scales[c], a.scale[g], acc[c]);
+      float y = 0.0f;
+      for (int h = 0; h < kInt4UnitGroups; ++h) {
+        fp16_t bits;
+        std::memcpy(&bits, unit + kInt4ScaleOffset + (h * kCols + c) * 2, sizeof bits);
+        const float z = float(unit[kInt4ZeroOffset + h * kCols + c]) * (1.0f / kInt4ZeroDen);
+        const float d = float(p[h][c]) - z * a.sum[g * kInt4UnitGroups + h];  // exact
+        y = h == 0 ? d * fp16_to_float(bits) : __builtin_fmaf(d, fp16_to_float(bits), y);
+      }
+      acc[c] = __builtin_fmaf(y, a.scale[g], acc[c]);
     }
   }
   std::memcpy(out, acc, sizeof acc);

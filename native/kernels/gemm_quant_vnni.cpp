@@ -5,11 +5,16 @@
 //                where vpmaddubsw would saturate on INT8's u8 weights)
 // One zmm holds one packed quad (16 columns x 4 k): the weight bytes are the unsigned operand
 // (INT8 stores q + 128; INT4 takes each nibble with one and: the high nibbles stay in place, as 16
-// times the code, and their sum is shifted down by 4, exactly), the 4 activation bytes of the quad
-// are broadcast as the signed operand. Per group: two int32 accumulators per row (even and odd
-// quads, or low and high nibbles, for latency), then the fp32 step of gemm_quant.hpp. Rows go 4
-// at a time per 16-column block, so that for M > 4 the block is read again from cache, not from
-// memory.
+// times the code), the 4 activation bytes of the quad are broadcast as the signed operand.
+//   int8_channel  per 64-k unit two int32 accumulators per row (even and odd quads, for latency),
+//                 then the fp32 step of gemm_quant.hpp.
+//   int4_group16  per half unit (32 k) two int32 accumulators per row, one per 16-k group: P of the
+//                 low nibbles, 16 P of the high nibbles in place. The fp32 step per group is
+//                 D * scale with D = P - (zero / 16) * sum (low) or 16 P - zero * sum with scale / 16
+//                 (high): both exact, so the products equal gemm_quant_generic.cpp's, and so do
+//                 the sums, taken in its order (bit-identical results).
+// Rows go 4 at a time per 16-column block, so that for M > 4 the block is read again from cache,
+// not from memory.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -56,24 +61,24 @@ inline __m512i broadcast_quad(const int8_t* p) {
 template <int R>
 using Rows = QuantRow[R];
 
-// The weight stream runs through the column range block after block; each group asks for the
+// The weight stream runs through the column range block after block; each unit asks for the
 // lines this far ahead (measured: 13-15 GB/s on one thread, 9-10 GB/s without).
 constexpr int kPrefetchBytes = 4096;
 
 // out[r] = the 16 results of row r for the int8_channel block at `block`.
 template <int R>
-__attribute__((noinline)) void int8_block(const uint8_t* block, const Rows<R>& a, int groups, __m512 (&out)[kMaxRows]) {
+__attribute__((noinline)) void int8_block(const uint8_t* block, const Rows<R>& a, int units, __m512 (&out)[kMaxRows]) {
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const uint8_t* w = block + kInt8HeaderBytes;
-  for (int g = 0; g < groups; ++g, w += kInt8GroupBytes) {
-    prefetch_bytes(w + kPrefetchBytes, kInt8GroupBytes);
+  for (int g = 0; g < units; ++g, w += kInt8UnitBytes) {
+    prefetch_bytes(w + kPrefetchBytes, kInt8UnitBytes);
     __m512i d0[R], d1[R];
     for (int r = 0; r < R; ++r) d0[r] = d1[r] = _mm512_setzero_si512();
-    for (int j = 0; j < kInt8Group / kQuadK; j += 2) {
+    for (int j = 0; j < kUnitQuads; j += 2) {
       const __m512i w0 = _mm512_loadu_si512(w + j * kQuadBytes), w1 = _mm512_loadu_si512(w + (j + 1) * kQuadBytes);
       for (int r = 0; r < R; ++r) {
-        const int8_t* x = a[r].q + g * kInt8Group + j * kQuadK;
+        const int8_t* x = a[r].q + g * kUnitK + j * kQuadK;
         d0[r] = dpbusd(d0[r], w0, broadcast_quad(x));
         d1[r] = dpbusd(d1[r], w1, broadcast_quad(x + kQuadK));
       }
@@ -84,39 +89,50 @@ __attribute__((noinline)) void int8_block(const uint8_t* block, const Rows<R>& a
   }
   const __m512 scales = _mm512_loadu_ps(block);
   for (int r = 0; r < R; ++r)
-    out[r] = _mm512_mul_ps(_mm512_sub_ps(acc[r], _mm512_set1_ps(int8_row_offset(a[r].scale, a[r].sum, groups))),
+    out[r] = _mm512_mul_ps(_mm512_sub_ps(acc[r], _mm512_set1_ps(int8_row_offset(a[r].scale, a[r].sum, units))),
                            scales);
 }
 
-// The same for an int4_group32 block.
+// The same for an int4_group16 block, half a unit (32 k: groups 2 u and 2 u + 1) at a time.
 template <int R>
-__attribute__((noinline)) void int4_block(const uint8_t* block, const Rows<R>& a, int groups, __m512 (&out)[kMaxRows]) {
+__attribute__((noinline)) void int4_block(const uint8_t* block, const Rows<R>& a, int units, __m512 (&out)[kMaxRows]) {
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  const uint8_t* zeros = block + int64_t(groups) * kInt4GroupBytes;
   const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(int8_t(0xF0));
+  const __m512 sixteenth = _mm512_set1_ps(1.0f / kInt4ZeroDen);
   const uint8_t* w = block;
-  for (int g = 0; g < groups; ++g, w += kInt4GroupBytes) {
-    prefetch_bytes(w + kPrefetchBytes, kInt4GroupBytes + kCols);  // the codes, scales and (about) the zeros
-    __m512i lo[R], hi[R];  // quads 0..3 (low nibbles), 16 x quads 4..7 (high nibbles in place)
-    for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
-    for (int j = 0; j < kInt4CodeVectors; ++j) {
-      const __m512i v = _mm512_loadu_si512(w + j * kQuadBytes);
-      const __m512i wl = _mm512_and_si512(v, low), wh = _mm512_and_si512(v, high);
+  for (int g = 0; g < units; ++g, w += kInt4UnitBytes) {
+    prefetch_bytes(w + kPrefetchBytes, kInt4UnitBytes);
+    __m512 y[R];  // sum over the unit's groups of D * scale
+#pragma GCC unroll 2
+    for (int u = 0; u < 2; ++u) {
+      __m512i lo[R], hi[R];  // P of group 2 u (low nibbles), 16 P of group 2 u + 1 (high nibbles in place)
+      for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
+      for (int j = 0; j < kInt4HalfVectors; ++j) {
+        const __m512i v = _mm512_loadu_si512(w + (u * kInt4HalfVectors + j) * kQuadBytes);
+        const __m512i wl = _mm512_and_si512(v, low), wh = _mm512_and_si512(v, high);
+        for (int r = 0; r < R; ++r) {
+          const int8_t* x = a[r].q + g * kUnitK + 32 * u + j * kQuadK;
+          lo[r] = dpbusd(lo[r], wl, broadcast_quad(x));
+          hi[r] = dpbusd(hi[r], wh, broadcast_quad(x + kInt4Group));
+        }
+      }
+      // D * scale is the exact (P - zero / 16 * sum) * scale: low nibbles with z = zero / 16,
+      // high nibbles (16 P) with z = zero and scale / 16
+      const __m256i* scales = reinterpret_cast<const __m256i*>(w + kInt4ScaleOffset) + 2 * u;
+      const uint8_t* zeros = w + kInt4ZeroOffset + 2 * u * kCols;
+      const __m512 s_lo = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(scales));
+      const __m512 s_hi = _mm512_mul_ps(_mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(scales + 1)), sixteenth);
+      const __m512 z_lo = _mm512_mul_ps(to_float(widen_u8(zeros)), sixteenth), z_hi = to_float(widen_u8(zeros + kCols));
       for (int r = 0; r < R; ++r) {
-        const int8_t* x = a[r].q + g * kInt4Group + j * kQuadK;
-        lo[r] = dpbusd(lo[r], wl, broadcast_quad(x));
-        hi[r] = dpbusd(hi[r], wh, broadcast_quad(x + kInt4Group / 2));
+        const float* sum = a[r].sum + g * kInt4UnitGroups + 2 * u;
+        const __m512 d_lo = _mm512_fnmadd_ps(z_lo, _mm512_set1_ps(sum[0]), to_float(lo[r]));  // exact
+        const __m512 d_hi = _mm512_fnmadd_ps(z_hi, _mm512_set1_ps(sum[1]), to_float(hi[r]));  // exact
+        y[r] = u == 0 ? _mm512_mul_ps(d_lo, s_lo) : _mm512_fmadd_ps(d_lo, s_lo, y[r]);
+        y[r] = _mm512_fmadd_ps(d_hi, s_hi, y[r]);
       }
     }
-    const __m512 scales = _mm512_loadu_ps(w + kInt4CodeBytes);
-    const __m512 zero = to_float(widen_u8(zeros + g * kCols));
-    for (int r = 0; r < R; ++r) {
-      // D_g = D'_g - zero * sum, exact in fp32 (|values| < 2^24)
-      const __m512 dg = _mm512_fnmadd_ps(zero, _mm512_set1_ps(a[r].sum[g]),
-                                         to_float(_mm512_add_epi32(lo[r], _mm512_srai_epi32(hi[r], 4))));
-      acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dg, scales), _mm512_set1_ps(a[r].scale[g]), acc[r]);
-    }
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(y[r], _mm512_set1_ps(a[r].scale[g]), acc[r]);
   }
   for (int r = 0; r < R; ++r) out[r] = acc[r];
 }

@@ -1,8 +1,9 @@
-// quantize_activations (gemm_quant.hpp): bf16 rows -> int8 records with per-group scales and
-// sums. Portable C++ written so that the compiler vectorises it; compiled for generic (no ISA
-// flags) and avx512, both with -ffp-contract=off (CMakeLists.txt): every step is exact or one
-// correctly rounded fp32 operation (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead
-// of twice), so both builds give bit-identical records.
+// quantize_activations (gemm_quant.hpp): bf16 rows -> int8 records with a scale per 64 k and the
+// sums of q per 64 k (int8_channel) or per 16 k (int4_group16). Portable C++ written so that the
+// compiler vectorises it; compiled for generic (no ISA flags) and avx512, both with
+// -ffp-contract=off (CMakeLists.txt): every step is exact or one correctly rounded fp32 operation
+// (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead of twice), so both builds give
+// bit-identical records.
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
@@ -28,31 +29,33 @@ inline float bf16_to_float(uint16_t h) {
   return f;
 }
 
-// One group of `len` <= G values into q [G] (zeros past len), *scale and *sum. Inlined with
-// len = G for whole groups, so that the loops have a constant trip count.
-template <int G>
+// One group of `len` <= G values into q [G] (zeros past len), *scale and sum [G / SG] (the sums of
+// q over SG consecutive k). Inlined with len = G for whole groups, so that the loops have a
+// constant trip count.
+template <int G, int SG>
 __attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int len, int8_t* q, float* scale,
                                                           float* sum) {
   uint16_t amax_bits = 0;  // |x| orders like its bits without the sign (NaN above Inf)
   for (int i = 0; i < len; ++i) amax_bits = std::max<uint16_t>(amax_bits, a[i] & 0x7FFF);
   const float amax = bf16_to_float(amax_bits);
   std::memset(q, 0, G);
-  *sum = 0.0f;
+  for (int s = 0; s < G / SG; ++s) sum[s] = 0.0f;
   if (!(amax >= FLT_MIN && amax <= FLT_MAX)) {  // zeros or denormals only: 0; Inf or NaN: NaN results
     *scale = amax >= FLT_MIN ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
     return;
   }
   const float inv = float(quant_layout::kActQMax) / amax;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: x + kRound - kRound rounds |x| < 2^22 half to even
-  int32_t s = 0;
   for (int i = 0; i < len; ++i) {
     const float x = bf16_to_float(a[i]) * inv;
-    const int32_t v = static_cast<int32_t>((x + kRound) - kRound);
-    q[i] = static_cast<int8_t>(v);
-    s += v;
+    q[i] = static_cast<int8_t>(static_cast<int32_t>((x + kRound) - kRound));
+  }
+  for (int s = 0; s < G / SG; ++s) {  // q is 0 past len
+    int32_t t = 0;
+    for (int i = 0; i < SG; ++i) t += q[s * SG + i];
+    sum[s] = float(t);
   }
   *scale = amax / float(quant_layout::kActQMax);
-  *sum = float(s);
 }
 
 }  // namespace
@@ -75,15 +78,15 @@ void quantize_activations(const QuantizeArgs& args) {
     auto* q = reinterpret_cast<int8_t*>(rec);
     auto* scale = reinterpret_cast<float*>(rec + layout.scale_offset);
     auto* sum = reinterpret_cast<float*>(rec + layout.sum_offset);
-    auto groups = [&](auto group) {
-      constexpr int G = decltype(group)::value;
+    auto groups = [&](auto sum_group) {
+      constexpr int G = quant_layout::kUnitK, SG = decltype(sum_group)::value;
       const int whole = args.k / G;
-      for (int g = 0; g < whole; ++g) quantize_group<G>(a + g * G, G, q + g * G, scale + g, sum + g);
+      for (int g = 0; g < whole; ++g) quantize_group<G, SG>(a + g * G, G, q + g * G, scale + g, sum + g * (G / SG));
       if (whole < layout.groups)  // the partial last group
-        quantize_group<G>(a + whole * G, args.k - whole * G, q + whole * G, scale + whole, sum + whole);
+        quantize_group<G, SG>(a + whole * G, args.k - whole * G, q + whole * G, scale + whole, sum + whole * (G / SG));
     };
-    if (layout.group == quant_layout::kInt8Group)
-      groups(std::integral_constant<int, quant_layout::kInt8Group>{});
+    if (layout.sum_group == quant_layout::kUnitK)
+      groups(std::integral_constant<int, quant_layout::kUnitK>{});
     else
       groups(std::integral_constant<int, quant_layout::kInt4Group>{});
   }

@@ -13,7 +13,8 @@
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 
-// One quantized activation row: q [k_padded], scale [groups], sum [groups].
+// One quantized activation row: q [k_padded], scale [groups] (per 64 k), sum [sums] (per 64 k for
+// int8_channel, per 16 k for int4_group16).
 struct QuantRow {
   const int8_t* q;
   const float* scale;

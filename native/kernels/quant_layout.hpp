@@ -14,21 +14,29 @@ constexpr int kCols = kQuantColBlock;      // 16 columns per block
 constexpr int kQuadK = 4;                  // k per VNNI quad (one int32 lane of vpdpbusd / a tile dword)
 constexpr int kQuadBytes = kCols * kQuadK;  // 64: one zmm / one AMX B-tile row
 
-// int8_channel: [scale fp32 x 16][groups of 64 k x 16 columns, quads of q + 128]
-constexpr int kInt8Group = 64;
-constexpr int kInt8Zero = 128;                                     // stored byte = q + 128
-constexpr int kInt8HeaderBytes = kCols * 4;                        // the 16 column scales
-constexpr int kInt8GroupBytes = kInt8Group / kQuadK * kQuadBytes;  // 1024: one 16 x 64 B tile
+// Both formats pack K in units of 64 k, and activations have one scale per 64 k.
+constexpr int kUnitK = 64;
+constexpr int kUnitQuads = kUnitK / kQuadK;           // 16
+constexpr int kTileBytes = kUnitQuads * kQuadBytes;  // 1024: one unit of int8 quads, one 16 x 64 B tile
 
-// int4_group32: per group [4 x 64 B codes (quads j | quads 4 + j in the high nibbles)][16 fp32
-// scales], then the zeros [groups][16] uint8.
-constexpr int kInt4Group = 32;
-constexpr int kInt4CodeVectors = kInt4Group / 2 / kQuadK;               // 4 x 64 B of nibbles
-constexpr int kInt4CodeBytes = kInt4CodeVectors * kQuadBytes;          // 256
-constexpr int kInt4GroupBytes = kInt4CodeBytes + kCols * 4;            // 320 (codes + scales)
-constexpr int kInt4UnpackedGroupBytes = kInt4Group / kQuadK * kQuadBytes;  // 512: 8 quads as bytes
+// int8_channel: [scale fp32 x 16][units: 16 quads of q + 128]
+constexpr int kInt8Zero = 128;               // stored byte = q + 128
+constexpr int kInt8HeaderBytes = kCols * 4;  // the 16 column scales
+constexpr int kInt8UnitBytes = kTileBytes;
 
-constexpr int kActQMax = 127;  // activations are quantized to [-127, 127]
+// int4_group16, per unit: [8 x 64 B codes][4 x 16 fp16 scales][4 x 16 uint8 zeros (sixteenths)]
+constexpr int kInt4Group = 16;                                // k per scale and zero point
+constexpr int kInt4UnitGroups = kUnitK / kInt4Group;          // 4
+constexpr int kInt4CodeVectors = kUnitK / 2 / kQuadK;         // 8 x 64 B of nibbles
+constexpr int kInt4HalfVectors = kInt4CodeVectors / 2;        // 4 per half unit (u) of 32 k
+constexpr int kInt4CodeBytes = kInt4CodeVectors * kQuadBytes;  // 512
+constexpr int kInt4ScaleOffset = kInt4CodeBytes;               // fp16 [4][16]
+constexpr int kInt4ZeroOffset = kInt4ScaleOffset + kInt4UnitGroups * kCols * 2;  // 640: uint8 [4][16]
+constexpr int kInt4UnitBytes = kInt4ZeroOffset + kInt4UnitGroups * kCols;        // 704
+constexpr int kInt4ZeroDen = 16;  // zero points are stored in sixteenths of a code
+static_assert(kInt4UnitBytes % 64 == 0, "units keep blocks 64-byte aligned");
+
+constexpr int kActQMax = 127;  // activations (and the AMX path's requantized weights) are in [-127, 127]
 
 }  // namespace quant_layout
 }  // namespace kt_moe

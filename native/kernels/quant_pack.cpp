@@ -22,15 +22,13 @@ int ceil_div(int x, int y) { return (x + y - 1) / y; }
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("kt-moe quantized GEMM: " + what); }
 
-void check_k(QuantFormat format, int k) {
+void check_k(int k) {
   if (k < 1 || k > kMaxDim) fail("k must be in [1, 2^30], got " + std::to_string(k));
-  if (format == QuantFormat::int4_group32 && k % kInt4Group != 0)
-    fail("int4_group32 needs k to be a multiple of 32, got " + std::to_string(k));
 }
 
-void check_shape(QuantFormat format, int n, int k) {
+void check_shape(int n, int k) {
   if (n < 1 || n > kMaxDim) fail("n must be in [1, 2^30], got " + std::to_string(n));
-  check_k(format, k);
+  check_k(k);
 }
 
 void check_ld(int64_t ld, int64_t row, const char* name, int n) {
@@ -41,34 +39,34 @@ void check_ld(int64_t ld, int64_t row, const char* name, int n) {
 }  // namespace
 
 const char* quant_format_name(QuantFormat format) {
-  return format == QuantFormat::int8_channel ? "int8_channel" : "int4_group32";
+  return format == QuantFormat::int8_channel ? "int8_channel" : "int4_group16";
 }
 
 QuantFormat parse_quant_format(const char* name) {
   const std::string s = name ? name : "";
   if (s == "int8_channel") return QuantFormat::int8_channel;
-  if (s == "int4_group32") return QuantFormat::int4_group32;
-  fail("unknown format '" + s + "' (expected 'int8_channel' or 'int4_group32')");
+  if (s == "int4_group16") return QuantFormat::int4_group16;
+  fail("unknown format '" + s + "' (expected 'int8_channel' or 'int4_group16')");
 }
 
 int64_t quant_block_bytes(QuantFormat format, int k) {
-  check_k(format, k);
-  if (format == QuantFormat::int8_channel) return kInt8HeaderBytes + int64_t(ceil_div(k, kInt8Group)) * kInt8GroupBytes;
-  const int64_t groups = k / kInt4Group;
-  return groups * kInt4GroupBytes + round_up(groups * kCols, 64);
+  check_k(k);
+  const int64_t units = ceil_div(k, kUnitK);
+  if (format == QuantFormat::int8_channel) return kInt8HeaderBytes + units * kInt8UnitBytes;
+  return units * kInt4UnitBytes;
 }
 
 int64_t quant_weight_bytes(QuantFormat format, int n, int k) {
-  check_shape(format, n, k);
+  check_shape(n, k);
   return int64_t(ceil_div(n, kCols)) * quant_block_bytes(format, k);
 }
 
 void pack_int8_channel(const int8_t* q, int64_t ld_q, const float* scale, int n, int k, uint8_t* dst) {
   const int64_t block_bytes = quant_block_bytes(QuantFormat::int8_channel, k);
-  check_shape(QuantFormat::int8_channel, n, k);
+  check_shape(n, k);
   check_ld(ld_q, k, "q", n);
   if (!q || !scale || !dst) fail("null pointer");
-  const int kp = ceil_div(k, kInt8Group) * kInt8Group;
+  const int kp = ceil_div(k, kUnitK) * kUnitK;
   for (int b = 0; b < ceil_div(n, kCols); ++b) {
     uint8_t* block = dst + b * block_bytes;
     float scales[kCols];
@@ -85,37 +83,40 @@ void pack_int8_channel(const int8_t* q, int64_t ld_q, const float* scale, int n,
   }
 }
 
-void pack_int4_group32(const uint8_t* codes, int64_t ld_codes, const float* scale, int64_t ld_scale,
+void pack_int4_group16(const uint8_t* codes, int64_t ld_codes, const fp16_t* scale, int64_t ld_scale,
                        const uint8_t* zero, int64_t ld_zero, int n, int k, uint8_t* dst) {
-  const int64_t block_bytes = quant_block_bytes(QuantFormat::int4_group32, k);
-  check_shape(QuantFormat::int4_group32, n, k);
-  const int groups = k / kInt4Group;
-  check_ld(ld_codes, k / 2, "codes", n);
+  const int64_t block_bytes = quant_block_bytes(QuantFormat::int4_group16, k);
+  check_shape(n, k);
+  const int groups = ceil_div(k, kInt4Group), units = ceil_div(k, kUnitK);
+  check_ld(ld_codes, int64_t(groups) * kInt4Group / 2, "codes", n);
   check_ld(ld_scale, groups, "scale", n);
   check_ld(ld_zero, groups, "zero", n);
   if (!codes || !scale || !zero || !dst) fail("null pointer");
   for (int row = 0; row < n; ++row)
     for (int g = 0; g < groups; ++g)
-      if (zero[row * ld_zero + g] > 15)
-        fail("zero points must be in [0, 15], got " + std::to_string(zero[row * ld_zero + g]) + " at [" +
-             std::to_string(row) + ", " + std::to_string(g) + "]");
+      if ((scale[row * ld_scale + g] & 0x7C00) == 0x7C00)
+        fail("scales must be finite, got an fp16 infinity or NaN at [" + std::to_string(row) + ", " +
+             std::to_string(g) + "]");
   for (int b = 0; b < ceil_div(n, kCols); ++b) {
     uint8_t* block = dst + b * block_bytes;
-    std::memset(block, 0, block_bytes);
-    uint8_t* zeros = block + int64_t(groups) * kInt4GroupBytes;
+    std::memset(block, 0, block_bytes);  // padding columns and groups: codes, scales and zeros 0
     for (int c = 0; c < kCols && b * kCols + c < n; ++c) {
       const int col = b * kCols + c;
-      for (int g = 0; g < groups; ++g) {
-        uint8_t* group = block + int64_t(g) * kInt4GroupBytes;
-        for (int kk = 0; kk < kInt4Group; ++kk) {  // kk < 16: low nibbles, quads kk / 4; else high nibbles
-          const int kg = g * kInt4Group + kk;
-          const uint8_t byte = codes[col * ld_codes + kg / 2];
-          const uint8_t code = kg % 2 ? byte >> 4 : byte & 0x0F;
-          const int low = kk % 16;
-          group[(low / kQuadK) * kQuadBytes + kQuadK * c + low % kQuadK] |= static_cast<uint8_t>(code << (kk / 16 * 4));
+      const uint8_t* row = codes + col * ld_codes;
+      for (int u = 0; u < units; ++u) {
+        uint8_t* unit = block + int64_t(u) * kInt4UnitBytes;
+        for (int h = 0; h < kInt4UnitGroups && u * kInt4UnitGroups + h < groups; ++h) {
+          const int g = u * kInt4UnitGroups + h;
+          // group h: low nibbles (h even) or high nibbles (h odd) of vectors 4 (h / 2) + j
+          for (int kk = 0; kk < kInt4Group; ++kk) {
+            const int kg = g * kInt4Group + kk;
+            const uint8_t code = kg % 2 ? row[kg / 2] >> 4 : row[kg / 2] & 0x0F;
+            uint8_t& byte = unit[(h / 2 * kInt4HalfVectors + kk / kQuadK) * kQuadBytes + kQuadK * c + kk % kQuadK];
+            byte |= static_cast<uint8_t>(code << (h % 2 * 4));
+          }
+          std::memcpy(unit + kInt4ScaleOffset + (h * kCols + c) * 2, &scale[col * ld_scale + g], 2);
+          unit[kInt4ZeroOffset + h * kCols + c] = zero[col * ld_zero + g];
         }
-        std::memcpy(group + kInt4CodeBytes + 4 * c, &scale[col * ld_scale + g], sizeof(float));
-        zeros[g * kCols + c] = zero[col * ld_zero + g];
       }
     }
   }
@@ -135,23 +136,25 @@ QuantWeight QuantWeight::int8_channel(const int8_t* q, int64_t ld_q, const float
   return w;
 }
 
-QuantWeight QuantWeight::int4_group32(const uint8_t* codes, int64_t ld_codes, const float* scale, int64_t ld_scale,
+QuantWeight QuantWeight::int4_group16(const uint8_t* codes, int64_t ld_codes, const fp16_t* scale, int64_t ld_scale,
                                       const uint8_t* zero, int64_t ld_zero, int n, int k) {
-  QuantWeight w(QuantFormat::int4_group32, n, k);
-  pack_int4_group32(codes, ld_codes, scale, ld_scale, zero, ld_zero, n, k, w.data_.get());
+  QuantWeight w(QuantFormat::int4_group16, n, k);
+  pack_int4_group16(codes, ld_codes, scale, ld_scale, zero, ld_zero, n, k, w.data_.get());
   return w;
 }
 
 QuantActLayout quant_act_layout(QuantFormat format, int k) {
-  check_k(format, k);
+  check_k(k);
   QuantActLayout l;
   l.k = k;
-  l.group = format == QuantFormat::int8_channel ? kInt8Group : kInt4Group;
+  l.group = kUnitK;
   l.groups = ceil_div(k, l.group);
   l.k_padded = l.groups * l.group;
+  l.sum_group = format == QuantFormat::int8_channel ? kUnitK : kInt4Group;
+  l.sums = l.k_padded / l.sum_group;
   l.scale_offset = l.k_padded;
   l.sum_offset = l.scale_offset + 4 * int64_t(l.groups);
-  l.row_bytes = round_up(l.sum_offset + 4 * int64_t(l.groups), 64);
+  l.row_bytes = round_up(l.sum_offset + 4 * int64_t(l.sums), 64);
   return l;
 }
 
@@ -162,7 +165,7 @@ void validate_quant_gemm(const QuantGemmArgs& args) {
     fail(std::string("weight format ") + quant_format_name(w.format) + " but activations quantized for " +
          quant_format_name(a.format));
   if (w.k != a.k) fail("weight k = " + std::to_string(w.k) + " but activation k = " + std::to_string(a.k));
-  check_shape(w.format, w.n, w.k);
+  check_shape(w.n, w.k);
   if (args.m < 0) fail("m must not be negative");
   if (args.n0 < 0 || args.n0 > args.n1 || args.n1 > w.n)
     fail("column range [" + std::to_string(args.n0) + ", " + std::to_string(args.n1) + ") is not inside [0, " +

@@ -36,7 +36,8 @@ class InferEngine {
  public:
   // std::invalid_argument when a size of the config is not positive, num_gpu_experts is outside
   // [0, expert_num], tp_size differs from the pool's subpool count, intermediate_size is not
-  // divisible by tp_size, or the method has no weight format (make_infer_weights).
+  // divisible by tp_size, or the method has no weight format (make_infer_weights) or the format's
+  // shape rules fail (QuantInferWeights).
   InferEngine(const MOEConfig& config, WorkerPool& pool);
   // Waits for every piece of work this engine queued (waited for or not).
   ~InferEngine();

@@ -48,10 +48,13 @@ QuantInferWeights::QuantInferWeights(const MOEConfig& config, WorkerPool& pool, 
       intermediate_(config.intermediate_size), pool_(pool) {
   const int tp = pool.subpool_count();
   slice_size_ = intermediate_ / tp;
-  if (format == QuantFormat::int4_group32 && (hidden_ % 32 != 0 || slice_size_ % 32 != 0))
-    throw std::invalid_argument("int4_group32 weights need hidden_size (" + std::to_string(hidden_) +
-                                ") and moe_intermediate_size / threadpool_count (" + std::to_string(slice_size_) +
-                                ") to be multiples of 32");
+  // down's inputs are cut into the slices: at whole canonical groups of 16 for int4_group16 (each
+  // slice is packed on its own, its K padded to the 64-k unit)
+  if (format == QuantFormat::int4_group16 && tp > 1 && slice_size_ % kInt4Group != 0)
+    throw std::invalid_argument("int4_group16 weights are split across subpools at whole groups of " +
+                                std::to_string(kInt4Group) + " inputs: moe_intermediate_size / threadpool_count (" +
+                                std::to_string(slice_size_) + ") must be a multiple of " +
+                                std::to_string(kInt4Group) + " when threadpool_count > 1");
   gate_bytes_ = quant_weight_bytes(format, slice_size_, hidden_);
   down_bytes_ = quant_weight_bytes(format, hidden_, slice_size_);
   const size_t expert_bytes = size_t(2 * gate_bytes_ + down_bytes_);
@@ -90,10 +93,12 @@ void QuantInferWeights::pack(const Matrix& m, int cols, int n0, int n, int k0, i
     pack_int8_channel(static_cast<const int8_t*>(m.values) + int64_t(n0) * cols + k0, cols, m.scale + n0, n, k, dst);
     return;
   }
-  const int groups = cols / 32;  // k0 and k are multiples of 32 (checked at construction)
-  pack_int4_group32(static_cast<const uint8_t*>(m.values) + int64_t(n0) * (cols / 2) + k0 / 2, cols / 2,
-                    m.scale + int64_t(n0) * groups + k0 / 32, groups, m.zero + int64_t(n0) * groups + k0 / 32, groups,
-                    n, k, dst);
+  // int4_group16: the canonical rows hold ceil(cols / 16) groups; k0 is 0 or a slice start, a
+  // multiple of 16 (checked at construction)
+  const int64_t groups = (cols + kInt4Group - 1) / kInt4Group, g0 = k0 / kInt4Group;
+  const int64_t ld_codes = groups * kInt4Group / 2;
+  pack_int4_group16(static_cast<const uint8_t*>(m.values) + n0 * ld_codes + k0 / 2, ld_codes,
+                    m.scale_fp16 + n0 * groups + g0, groups, m.zero + n0 * groups + g0, groups, n, k, dst);
 }
 
 void QuantInferWeights::load(int slot, const Matrix& gate, const Matrix& up, const Matrix& down) {
@@ -149,7 +154,7 @@ void QuantInferWeights::down(IsaLevel level, int s, int slot, const bf16_t*, int
 std::unique_ptr<InferWeights> make_infer_weights(const MOEConfig& config, WorkerPool& pool) {
   if (config.method == "BF16") return std::make_unique<Bf16InferWeights>(config, pool);
   if (config.method == "AMXINT8") return std::make_unique<QuantInferWeights>(config, pool, QuantFormat::int8_channel);
-  if (config.method == "AMXINT4") return std::make_unique<QuantInferWeights>(config, pool, QuantFormat::int4_group32);
+  if (config.method == "AMXINT4") return std::make_unique<QuantInferWeights>(config, pool, QuantFormat::int4_group16);
   throw std::invalid_argument("the inference engine has no weight format for method '" + config.method +
                               "' (it runs BF16, AMXINT8 and AMXINT4)");
 }

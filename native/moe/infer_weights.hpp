@@ -30,7 +30,7 @@ class InferWeights {
  public:
   virtual ~InferWeights() = default;
 
-  virtual const char* format() const = 0;       // "bf16", "int8_channel", "int4_group32"
+  virtual const char* format() const = 0;       // "bf16", "int8_channel", "int4_group16"
   virtual int slice_size() const = 0;           // Is = I / tp
   virtual int loaded_count() const = 0;         // physical slots loaded so far
   virtual void check_slot(int slot) const = 0;  // std::invalid_argument unless 0 <= slot < E
@@ -86,14 +86,16 @@ class Bf16InferWeights final : public InferWeights {
   int hidden_;
 };
 
-// Methods AMXINT8 (int8_channel) and AMXINT4 (int4_group32): every expert's slices packed for the
-// quantized kernels; the rows of x and z quantized once per chunk. int4_group32 needs H and Is to
-// be multiples of 32.
+// Methods AMXINT8 (int8_channel) and AMXINT4 (int4_group16): every expert's slices packed for the
+// quantized kernels; the rows of x and z quantized once per chunk. Any H and I; int4_group16 cuts
+// down's inputs (K = I) into the slices at whole canonical groups, so with more than one subpool
+// Is must be a multiple of 16 (each slice is packed on its own, its K padded to 64).
 class QuantInferWeights final : public InferWeights {
  public:
   // One matrix W [N, K] of one expert, whole, in the canonical format (moe/quant_parts.hpp;
-  // int4_group32: G = 32 with zero points, and K is a multiple of 32 here).
+  // int4_group16: G = 16 with zero points, codes [N, Kp / 2], Kp = K rounded up to 16).
   using Matrix = QuantParts;
+  static constexpr int kInt4Group = 16;  // int4_group16: inputs per group
 
   // std::invalid_argument when the format's shape rules do not hold for H and Is.
   QuantInferWeights(const MOEConfig& config, WorkerPool& pool, QuantFormat format);

@@ -2,6 +2,7 @@
 #include "moe/sft_base_weights.hpp"
 
 #include <cstring>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -67,8 +68,9 @@ QuantSftBase::QuantSftBase(const MOESFTConfig& config, WorkerPool& pool, const S
       const QuantMatrixView& v = l.view;
       l.values_at = at;
       at += aligned(size_t(v.rows) * v.ld_values);
-      l.scale_at = at;
-      at += aligned(sizeof(float) * v.rows * (scheme_.format == DequantFormat::int4 ? v.ld_scale : 1));
+      l.scale_at = at;  // int8_channel: fp32 [rows]; int4: fp16 [rows, ld_scale]
+      at += aligned(scheme_.format == DequantFormat::int4 ? sizeof(fp16_t) * v.rows * v.ld_scale
+                                                          : sizeof(float) * v.rows);
       l.zero_at = at;
       at += aligned(size_t(v.rows) * v.ld_zero);
     }
@@ -126,7 +128,10 @@ WeightView QuantSftBase::weight(int s, int slot, BaseMatrix which) const {
   const uint8_t* expert = slice.data + size_t(slot) * slice.expert_bytes;
   QuantMatrixView v = l.view;
   v.values = expert + l.values_at;
-  v.scale = reinterpret_cast<const float*>(expert + l.scale_at);
+  if (scheme_.format == DequantFormat::int4)
+    v.scale_fp16 = reinterpret_cast<const fp16_t*>(expert + l.scale_at);
+  else
+    v.scale = reinterpret_cast<const float*>(expert + l.scale_at);
   v.zero = v.ld_zero > 0 ? expert + l.zero_at : nullptr;
   return WeightView::of_quant(v);
 }
@@ -134,21 +139,21 @@ WeightView QuantSftBase::weight(int s, int slot, BaseMatrix which) const {
 void QuantSftBase::copy(const QuantParts& src, int src_cols, const Layout& l, uint8_t* expert) const {
   const QuantMatrixView& v = l.view;
   auto* values = expert + l.values_at;
-  auto* scale = reinterpret_cast<float*>(expert + l.scale_at);
   if (scheme_.format == DequantFormat::int8_channel) {
     const auto* q = static_cast<const uint8_t*>(src.values);
     for (int r = 0; r < v.rows; ++r)
       std::memcpy(values + r * v.ld_values, q + int64_t(l.src_row0 + r) * src_cols + l.src_k0, v.ld_values);
-    std::memcpy(scale, src.scale + l.src_row0, sizeof(float) * v.rows);
+    std::memcpy(expert + l.scale_at, src.scale + l.src_row0, sizeof(float) * v.rows);
     return;
   }
+  auto* scale = reinterpret_cast<fp16_t*>(expert + l.scale_at);
   const int G = scheme_.group, src_groups = ceil_div(src_cols, G);
   const int64_t src_bytes = int64_t(src_groups) * G / 2;
   const auto* codes = static_cast<const uint8_t*>(src.values);
   for (int r = 0; r < v.rows; ++r) {
     const int64_t row = l.src_row0 + r;
     std::memcpy(values + r * v.ld_values, codes + row * src_bytes + l.src_k0 / 2, v.ld_values);
-    std::memcpy(scale + r * v.ld_scale, src.scale + row * src_groups + l.src_k0 / G, sizeof(float) * v.ld_scale);
+    std::memcpy(scale + r * v.ld_scale, src.scale_fp16 + row * src_groups + l.src_k0 / G, sizeof(fp16_t) * v.ld_scale);
     if (v.ld_zero > 0)
       std::memcpy(expert + l.zero_at + r * v.ld_zero, src.zero + row * src_groups + l.src_k0 / G, v.ld_zero);
   }
@@ -156,6 +161,11 @@ void QuantSftBase::copy(const QuantParts& src, int src_cols, const Layout& l, ui
 
 void QuantSftBase::load(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down) {
   check_slot(slot);
+  const bool int4 = scheme_.format == DequantFormat::int4;
+  for (const QuantParts* m : {&gate, &up, &down})
+    if (!m->values || (int4 ? !m->scale_fp16 : !m->scale))
+      throw std::invalid_argument(std::string(scheme_.name) + " needs the values and the " +
+                                  (int4 ? "fp16 scale" : "fp32 scale") + " of every matrix");
   if (scheme_.zero_point && (!gate.zero || !up.zero || !down.zero))
     throw std::invalid_argument(std::string(scheme_.name) + " with zero points needs the zero part of every matrix");
   pool_.for_each_subpool([&](int s) {
@@ -181,7 +191,7 @@ std::unique_ptr<SftBaseWeights> make_sft_base_weights(const MOESFTConfig& config
                                           QuantSftBase::Scheme{DequantFormat::int8_channel, 0, false, "int8_channel"});
   if (m == "AMXINT4_SFT")
     return std::make_unique<QuantSftBase>(config, pool,
-                                          QuantSftBase::Scheme{DequantFormat::int4, 32, true, "int4_group32"});
+                                          QuantSftBase::Scheme{DequantFormat::int4, 16, true, "int4_group16"});
   if (m == "AMXINT4_KGroup_SFT") {
     const int G = config.group_size;
     if (G != 32 && G != 64 && G != 128)

@@ -2,9 +2,11 @@
 // over the pool's subpools (tensor parallel: slice s holds rows [s Is, (s + 1) Is) of gate and up
 // and the same columns of down, Is = I / tp, in memory of the subpool's NUMA node):
 //   AMXBF16_SFT         bf16 (Bf16ExpertSlices)
-//   AMXINT8_SFT         int8_channel: q int8 and a scale per output row
-//   AMXINT4_SFT         int4 groups of 32 inputs with zero points (int4_group32)
+//   AMXINT8_SFT         int8_channel: q int8 and an fp32 scale per output row
+//   AMXINT4_SFT         int4 groups of 16 inputs with zero points (int4_group16)
 //   AMXINT4_KGroup_SFT  int4 groups of group_size (32, 64, 128), with or without zero points (int4_kgroup)
+// The int4 groups keep their canonical parts as they are: codes (two per byte), an fp16 scale and, with
+// zero points, a uint8 zero point in sixteenths of a code per group (kernels/dequant_bf16.hpp).
 // Only the quantized weights are held: the backward reads them row block by row block through
 // moe/base_products (no transposed copy). A quantized down slice keeps, per row, the whole groups
 // that cover its columns, so it dequantizes to exactly the columns of the whole dequantized matrix
@@ -31,7 +33,7 @@ class SftBaseWeights {
  public:
   virtual ~SftBaseWeights() = default;
 
-  // "bf16", "int8_channel", "int4_group32" or "int4_kgroup" (kt_moe.quant's scheme names).
+  // "bf16", "int8_channel", "int4_group16" or "int4_kgroup" (kt_moe.quant's scheme names).
   virtual const char* format() const = 0;
   virtual int loaded_count() const = 0;
   virtual void check_slot(int slot) const = 0;  // std::invalid_argument unless 0 <= slot < E
@@ -82,7 +84,8 @@ class QuantSftBase final : public SftBaseWeights {
 
   // One expert in the canonical parts (moe/quant_parts.hpp) of gate, up (W [I, H]) and down
   // (W [H, I]) into `slot`, each subpool copying its own slice. Runs for_each_subpool on the calling
-  // thread, like Bf16ExpertSlices::load.
+  // thread, like Bf16ExpertSlices::load. std::invalid_argument when a part the scheme needs is null
+  // (values; scale for int8_channel, scale_fp16 for int4; zero with zero points).
   void load(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down);
 
  private:

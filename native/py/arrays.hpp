@@ -15,11 +15,12 @@ namespace kt_moe::py {
 // Any dtype, CPU, C-contiguous; bound with .noconvert() so that the engine sees the caller's memory.
 using Array = nanobind::ndarray<nanobind::device::cpu, nanobind::c_contig>;
 
-enum class DType { bf16, f32, i64, i8, u8 };
+enum class DType { bf16, f16, f32, i64, i8, u8 };
 
 inline const char* dtype_name(DType d) {
   switch (d) {
     case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
     case DType::f32: return "float32";
     case DType::i64: return "int64";
     case DType::i8: return "int8";
@@ -33,6 +34,7 @@ inline bool has_dtype(const Array& a, DType d) {
   if (t.lanes != 1) return false;
   switch (d) {
     case DType::bf16: return t.code == uint8_t(nanobind::dlpack::dtype_code::Bfloat) && t.bits == 16;
+    case DType::f16: return t.code == uint8_t(nanobind::dlpack::dtype_code::Float) && t.bits == 16;
     case DType::f32: return t.code == uint8_t(nanobind::dlpack::dtype_code::Float) && t.bits == 32;
     case DType::i64: return t.code == uint8_t(nanobind::dlpack::dtype_code::Int) && t.bits == 64;
     case DType::i8: return t.code == uint8_t(nanobind::dlpack::dtype_code::Int) && t.bits == 8;

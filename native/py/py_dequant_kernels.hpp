@@ -1,5 +1,5 @@
 // Python hook of the dequantizers (kernels/dequant_bf16.hpp): dequant_bf16_test runs the one of an
-// ISA level on a stored matrix given as C-contiguous arrays (tests/test_sft_quantized_kernels.py).
+// ISA level on a stored matrix given as C-contiguous arrays (tests/test_sft_dequant_kernels.py).
 // Included by bindings.cpp only.
 #pragma once
 
@@ -21,8 +21,9 @@ namespace kt_moe::py {
 // (kernels/dequant_bf16.hpp) of W [rows, cols], stored as
 //   int8_channel (group == 0): values int8 [rows, >= cols], scale fp32 [rows] (D = q: the scale is
 //   the products' to apply);
-//   int4 (group > 0): values uint8 codes [rows, ld], scale fp32 [rows, ld_scale], zero uint8
-//   [rows, ld_scale] or None (symmetric), logical column c at stored column col0 + c.
+//   int4 (group > 0: a power of two in [16, 1024]; the formats use 16, 32, 64, 128): values uint8
+//   codes [rows, ld], scale fp16 [rows, 2 ld / group], zero uint8 [rows, 2 ld / group] in sixteenths
+//   of a code or None (symmetric), logical column c at stored column col0 + c.
 inline void dequant_bf16_test(const std::string& level_name, const Array& values, const Array& scale,
                               const std::optional<Array>& zero, int group, int col0, int cols, int r0, int r1, int c0,
                               int c1, const Array& out) {
@@ -41,14 +42,15 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
     w.scale = checked<const float>(scale, "scale", DType::f32, {rows});
     if (cols > ld) throw std::invalid_argument("cols exceeds the stored row");
   } else {
-    if (group % 32 != 0 || col0 < 0 || col0 >= group) throw std::invalid_argument("bad group or col0");
+    if (group < 16 || group > 1024 || (group & (group - 1)) != 0 || col0 < 0 || col0 >= group)
+      throw std::invalid_argument("bad group or col0");
     w.format = DequantFormat::int4;
     w.group = group;
     w.col0 = col0;
     checked<const uint8_t>(values, "values", DType::u8, {rows, ld});
     const int64_t groups = 2 * ld / group;
     if (2 * ld % group != 0 || col0 + cols > 2 * ld) throw std::invalid_argument("values must hold whole groups");
-    w.scale = checked<const float>(scale, "scale", DType::f32, {rows, groups});
+    w.scale_fp16 = checked<const fp16_t>(scale, "scale", DType::f16, {rows, groups});
     w.ld_scale = groups;
     if (zero) {
       w.zero = checked<const uint8_t>(*zero, "zero", DType::u8, {rows, groups});
@@ -71,8 +73,9 @@ inline void bind_dequant_kernels(nanobind::module_& m) {
         "out"_a.noconvert(),
         "Test hook: out (bf16 [r1 - r0, c1 - c0]) = rows [r0, r1), columns [c0, c1) of a stored quantized matrix "
         "dequantized by the kernel of `level` (group 0: int8_channel values int8 and scale [rows], giving q itself; "
-        "else int4 codes, scale and zero (or None) per group, giving (code - zero) * scale, logical column c at "
-        "stored column col0 + c). ValueError on bad input.");
+        "else int4 codes, fp16 scale and uint8 zero in sixteenths (or None: 8) per group of a power of two in "
+        "[16, 1024], giving (code - zero / 16) * scale, logical column c at stored column col0 + c). ValueError on "
+        "bad input.");
 }
 
 }  // namespace kt_moe::py

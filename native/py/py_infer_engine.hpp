@@ -41,7 +41,7 @@ class PyInferEngine {
   }
 
   // One expert into physical slot `slot` in the canonical quantized format of the method
-  // (AMXINT8: [q int8, scale fp32]; AMXINT4: [codes uint8, scale fp32, zero uint8]; gate and up of
+  // (AMXINT8: [q int8, scale fp32]; AMXINT4: [codes uint8, scale fp16, zero uint8]; gate and up of
   // W [I, H], down of W [H, I]; see kernels/gemm_quant.hpp).
   void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
                          const std::vector<Array>& down) {
@@ -108,7 +108,8 @@ class PyInferEngine {
   static QuantInferWeights::Matrix matrix(QuantFormat format, const std::vector<Array>& parts, const char* name,
                                           int64_t n, int64_t k) {
     const bool int8 = format == QuantFormat::int8_channel;
-    return checked_parts({quant_format_name(format), int8, int8 ? 0 : 32, !int8}, parts, name, n, k);
+    return checked_parts({quant_format_name(format), int8, int8 ? 0 : QuantInferWeights::kInt4Group, !int8}, parts,
+                         name, n, k);
   }
 
   // Declared before engine_, so destroyed after ~InferEngine has waited for the queued work.
@@ -131,7 +132,7 @@ inline void bind_infer_engine(nanobind::module_& m) {
           "config"_a, "pool"_a, nb::keep_alive<1, 3>())
       .def_prop_ro("config", [](PyInferEngine& e) { return e.engine().config(); })
       .def_prop_ro("weight_format", [](PyInferEngine& e) { return std::string(e.engine().weights().format()); },
-                   "How the experts are stored: 'bf16', 'int8_channel' or 'int4_group32'.")
+                   "How the experts are stored: 'bf16', 'int8_channel' or 'int4_group16'.")
       .def_prop_ro("weights_loaded", [](PyInferEngine& e) { return e.engine().weights_loaded(); })
       .def_prop_ro("pending", [](PyInferEngine& e) { return e.engine().pending(); },
                    "Forwards submitted and not yet synced.")
@@ -139,7 +140,7 @@ inline void bind_infer_engine(nanobind::module_& m) {
            "down"_a.noconvert(), "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`.")
       .def("load_quant_expert_task", &PyInferEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
            "One expert into physical slot `slot` for AMXINT8 / AMXINT4: each of gate, up (W [I, H]) and down "
-           "(W [H, I]) as the list of its canonical parts, [q int8, scale fp32] or [codes uint8, scale fp32, "
+           "(W [H, I]) as the list of its canonical parts, [q int8, scale fp32] or [codes uint8, scale fp16, "
            "zero uint8] (kt_moe.quant).")
       .def("set_gpu_experts", &PyInferEngine::set_gpu_experts, "mask"_a.none(),
            "A bool per expert (True: on the GPU, its slots are skipped), or None for experts "

@@ -24,6 +24,7 @@ namespace kt_moe::py {
 using QuantArray = nanobind::ndarray<>;  // device, dtype, rank and strides are checked below
 
 constexpr nanobind::dlpack::dtype kQuantBf16{uint8_t(nanobind::dlpack::dtype_code::Bfloat), 16, 1};
+constexpr nanobind::dlpack::dtype kQuantF16{uint8_t(nanobind::dlpack::dtype_code::Float), 16, 1};
 
 // "int8", "uint8", "int32", "float32", "bfloat16", ...
 inline std::string quant_dtype_name(nanobind::dlpack::dtype d) {
@@ -78,12 +79,18 @@ inline void bind_quant_kernels(nanobind::module_& m) {
   using namespace nb::literals;
 
   nb::class_<QuantWeight>(m, "QuantWeight",
-                          "A weight packed for the quantized GEMM kernels (int8_channel or int4_group32); one layout "
+                          "A weight packed for the quantized GEMM kernels (int8_channel or int4_group16); one layout "
                           "for every ISA level.")
       .def_prop_ro("format", [](const QuantWeight& w) { return std::string(quant_format_name(w.view().format)); })
       .def_prop_ro("n", [](const QuantWeight& w) { return w.view().n; })
       .def_prop_ro("k", [](const QuantWeight& w) { return w.view().k; })
-      .def_prop_ro("nbytes", &QuantWeight::bytes, "Bytes of packed memory held.");
+      .def_prop_ro("nbytes", &QuantWeight::bytes, "Bytes of packed memory held.")
+      .def(
+          "packed_bytes",
+          [](const QuantWeight& w) {
+            return nb::bytes(reinterpret_cast<const char*>(w.view().data), size_t(w.bytes()));
+          },
+          "Test hook: a copy of the packed layout (gemm_quant.hpp), nbytes bytes.");
 
   m.def(
       "quant_pack_int8",
@@ -99,18 +106,22 @@ inline void bind_quant_kernels(nanobind::module_& m) {
 
   m.def(
       "quant_pack_int4",
-      [](QuantArray codes, QuantArray scale, QuantArray zero) {
+      [](QuantArray codes, QuantArray scale, QuantArray zero, std::optional<int> k_arg) {
         int64_t ldc = 0, lds = 0, ldz = 0;
         const uint8_t* cp = quant_operand<const uint8_t>(codes, "codes", {-1, -1}, &ldc);
-        const int n = quant_dim(codes.shape(0), "n"), k = quant_dim(2 * codes.shape(1), "k");
-        const float* sp = quant_operand<const float>(scale, "scale", {n, k / 32}, &lds);
-        const uint8_t* zp = quant_operand<const uint8_t>(zero, "zero", {n, k / 32}, &ldz);
+        const int n = quant_dim(codes.shape(0), "n"), kp = quant_dim(2 * codes.shape(1), "k");
+        const int k = k_arg ? *k_arg : kp;
+        if (kp % 16 != 0 || k < 1 || k > kp || kp - k >= 16)
+          throw std::invalid_argument("codes: expected [N, Kp / 2] with Kp = k rounded up to a multiple of 16, got " +
+                                      std::to_string(codes.shape(1)) + " bytes per row for k = " + std::to_string(k));
+        const fp16_t* sp = quant_operand<const fp16_t>(scale, "scale", {n, kp / 16}, &lds, kQuantF16);
+        const uint8_t* zp = quant_operand<const uint8_t>(zero, "zero", {n, kp / 16}, &ldz);
         nb::gil_scoped_release unlocked;
-        return QuantWeight::int4_group32(cp, ldc, sp, lds, zp, ldz, n, k);
+        return QuantWeight::int4_group16(cp, ldc, sp, lds, zp, ldz, n, k);
       },
-      "codes"_a, "scale"_a, "zero"_a,
-      "Pack int4_group32: codes uint8 [N, K/2] (low nibble = even k), scale float32 [N, K/32], zero uint8 "
-      "[N, K/32] (0..15) -> QuantWeight.");
+      "codes"_a, "scale"_a, "zero"_a, "k"_a = nb::none(),
+      "Pack int4_group16: codes uint8 [N, Kp/2] (low nibble = even k), scale float16 [N, Kp/16], zero uint8 "
+      "[N, Kp/16] (sixteenths of a code), Kp = k rounded up to a multiple of 16 (k defaults to Kp) -> QuantWeight.");
 
   m.def(
       "quant_act_layout",
@@ -118,12 +129,18 @@ inline void bind_quant_kernels(nanobind::module_& m) {
         const QuantActLayout l = quant_act_layout(parse_quant_format(format.c_str()), k);
         nb::dict d;
         d["k"] = l.k, d["group"] = l.group, d["groups"] = l.groups, d["k_padded"] = l.k_padded;
+        d["sum_group"] = l.sum_group, d["sums"] = l.sums;
         d["scale_offset"] = l.scale_offset, d["sum_offset"] = l.sum_offset, d["row_bytes"] = l.row_bytes;
         return d;
       },
       "format"_a, "k"_a,
-      "The quantized activation record of a row of k: int8 q[k_padded], float32 scale[groups] at scale_offset, "
-      "float32 sum[groups] at sum_offset, row_bytes in all.");
+      "The quantized activation record of a row of k: int8 q[k_padded], float32 scale[groups] (one per `group` "
+      "k) at scale_offset, float32 sum[sums] (one per `sum_group` k) at sum_offset, row_bytes in all.");
+
+  m.def(
+      "quant_amx_min_rows",
+      [](const std::string& format) { return quant_amx_min_rows(parse_quant_format(format.c_str())); },
+      "format"_a, "Rows from which the amx level runs the AMX kernel (fewer go to the avx512_bf16 kernel).");
 
   m.def(
       "quantize_activations_test",

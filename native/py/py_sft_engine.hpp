@@ -43,9 +43,10 @@ class PySftEngine {
   }
 
   // One expert into physical slot `slot` in the canonical quantized parts of the method's scheme
-  // (AMXINT8_SFT: [q int8, scale fp32]; AMXINT4_SFT: [codes uint8, scale fp32, zero uint8] in groups
-  // of 32; AMXINT4_KGroup_SFT: the same in groups of group_size, without zero when zero_point is
-  // false; gate and up of W [I, H], down of W [H, I]; see py/quant_parts.hpp).
+  // (AMXINT8_SFT: [q int8, scale fp32]; AMXINT4_SFT: [codes uint8, scale fp16, zero uint8 in
+  // sixteenths of a code] in groups of 16; AMXINT4_KGroup_SFT: the same in groups of group_size,
+  // without zero when zero_point is false; gate and up of W [I, H], down of W [H, I]; see
+  // py/quant_parts.hpp).
   void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
                          const std::vector<Array>& down) {
     const MOESFTConfig& c = engine_.config();

@@ -1,8 +1,9 @@
 // The canonical parts of one quantized matrix as Python hands them to an engine (a list of tensors
 // in kt_moe.quant's part order), checked against the format and the matrix shape W [n, k]:
 //   int8_channel   [q int8 [n, k], scale fp32 [n]]
-//   int4 groups    [codes uint8 [n, kp / 2], scale fp32 [n, kp / G], zero uint8 [n, kp / G]], the zero
-//                  only with zero points; kp = k rounded up to a multiple of the group size G
+//   int4 groups    [codes uint8 [n, kp / 2], scale fp16 [n, kp / G], zero uint8 [n, kp / G]], the zero
+//                  (in sixteenths of a code) only with zero points; kp = k rounded up to a multiple
+//                  of the group size G
 // Shared by the inference and the SFT bindings. Included by the binding headers only.
 #pragma once
 
@@ -37,7 +38,7 @@ inline QuantParts checked_parts(const PartsFormat& f, const std::vector<Array>& 
   }
   const int64_t groups = (k + f.group - 1) / f.group;
   m.values = checked<const uint8_t>(parts[0], (base + " codes").c_str(), DType::u8, {n, groups * f.group / 2});
-  m.scale = checked<const float>(parts[1], (base + " scale").c_str(), DType::f32, {n, groups});
+  m.scale_fp16 = checked<const fp16_t>(parts[1], (base + " scale").c_str(), DType::f16, {n, groups});
   if (f.zero_point) m.zero = checked<const uint8_t>(parts[2], (base + " zero").c_str(), DType::u8, {n, groups});
   return m;
 }
