@@ -50,13 +50,15 @@ def test_matches_references(method, q, k, tp):
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 
 
-@pytest.mark.parametrize("q,tp", [(1, 2), (40, 1)])
+@pytest.mark.parametrize("q,k,tp", GRID)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("isa_level", OTHER_LEVELS, indirect=True)
-def test_matches_references_at_each_isa_level(isa_level, method, q, tp):
+def test_matches_references_at_each_isa_level(isa_level, method, q, k, tp):
+    """The whole grid again at every other level (amx_emulated on a smaller layer: its tiles are
+    emulated)."""
     shape = QSMALL if isa_level == "amx_emulated" else QSHAPE
-    wrapper, layer = build(shape, method=method, top_k=6, tp=tp, seed=q)
-    batch = layer.batch(q, 6, seed=q)
+    wrapper, layer = build(shape, method=method, top_k=k, tp=tp, chunk=256, seed=q + tp)
+    batch = layer.batch(q, k, seed=q)
     check(method, wrapper.forward(*batch), layer, batch)
 
 
