@@ -3,7 +3,7 @@
 // AVX-512 + AVX512-BF16 (its vcvtne2ps2bf16 rounds the int4 tables in one instruction). The levels
 // give the same bits: every int4 value is exact in fp32 and never denormal (see the header), so one
 // round to nearest even is all any level does. The AVX-512 sources convert fp16 with vcvtph2ps only:
-// kernels/fp16.hpp's scalar fp16_to_float (namespace kt_moe, not this level's) is the generic one's.
+// kernels/fp16.hpp's scalar fp16_to_float (static: every translation unit its own copy) is the generic one's.
 //   int8, AVX-512: 32 columns per step: q to fp32 (exact), whose high halves are q as bf16 (exact,
 //     |q| < 2^8), packed by one permutation; the tail through masked loads and stores.
 //   int4, AVX-512: a row is cut into segments of at most kSegment stored columns; a segment's group

@@ -50,11 +50,11 @@ QuantInferWeights::QuantInferWeights(const MOEConfig& config, WorkerPool& pool, 
   slice_size_ = intermediate_ / tp;
   // down's inputs are cut into the slices: at whole canonical groups of 16 for int4_group16 (each
   // slice is packed on its own, its K padded to the 64-k unit)
-  if (format == QuantFormat::int4_group16 && tp > 1 && slice_size_ % kInt4Group != 0)
+  if (format == QuantFormat::int4_group16 && tp > 1 && slice_size_ % quant_layout::kInt4Group != 0)
     throw std::invalid_argument("int4_group16 weights are split across subpools at whole groups of " +
-                                std::to_string(kInt4Group) + " inputs: moe_intermediate_size / threadpool_count (" +
+                                std::to_string(quant_layout::kInt4Group) + " inputs: moe_intermediate_size / threadpool_count (" +
                                 std::to_string(slice_size_) + ") must be a multiple of " +
-                                std::to_string(kInt4Group) + " when threadpool_count > 1");
+                                std::to_string(quant_layout::kInt4Group) + " when threadpool_count > 1");
   gate_bytes_ = quant_weight_bytes(format, slice_size_, hidden_);
   down_bytes_ = quant_weight_bytes(format, hidden_, slice_size_);
   const size_t expert_bytes = size_t(2 * gate_bytes_ + down_bytes_);
@@ -95,8 +95,8 @@ void QuantInferWeights::pack(const Matrix& m, int cols, int n0, int n, int k0, i
   }
   // int4_group16: the canonical rows hold ceil(cols / 16) groups; k0 is 0 or a slice start, a
   // multiple of 16 (checked at construction)
-  const int64_t groups = (cols + kInt4Group - 1) / kInt4Group, g0 = k0 / kInt4Group;
-  const int64_t ld_codes = groups * kInt4Group / 2;
+  const int64_t groups = (cols + quant_layout::kInt4Group - 1) / quant_layout::kInt4Group, g0 = k0 / quant_layout::kInt4Group;
+  const int64_t ld_codes = groups * quant_layout::kInt4Group / 2;
   pack_int4_group16(static_cast<const uint8_t*>(m.values) + n0 * ld_codes + k0 / 2, ld_codes,
                     m.scale_fp16 + n0 * groups + g0, groups, m.zero + n0 * groups + g0, groups, n, k, dst);
 }

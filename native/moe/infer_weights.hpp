@@ -19,6 +19,7 @@
 #include "cpu/cpu_features.hpp"
 #include "kernels/gemm_bf16.hpp"
 #include "kernels/gemm_quant.hpp"
+#include "kernels/quant_layout.hpp"
 #include "moe/buffer.hpp"
 #include "moe/expert_slices.hpp"
 #include "moe/quant_parts.hpp"
@@ -95,7 +96,6 @@ class QuantInferWeights final : public InferWeights {
   // One matrix W [N, K] of one expert, whole, in the canonical format (moe/quant_parts.hpp;
   // int4_group16: G = 16 with zero points, codes [N, Kp / 2], Kp = K rounded up to 16).
   using Matrix = QuantParts;
-  static constexpr int kInt4Group = 16;  // int4_group16: inputs per group
 
   // std::invalid_argument when the format's shape rules do not hold for H and Is.
   QuantInferWeights(const MOEConfig& config, WorkerPool& pool, QuantFormat format);

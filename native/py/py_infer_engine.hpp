@@ -108,7 +108,7 @@ class PyInferEngine {
   static QuantInferWeights::Matrix matrix(QuantFormat format, const std::vector<Array>& parts, const char* name,
                                           int64_t n, int64_t k) {
     const bool int8 = format == QuantFormat::int8_channel;
-    return checked_parts({quant_format_name(format), int8, int8 ? 0 : QuantInferWeights::kInt4Group, !int8}, parts,
+    return checked_parts({quant_format_name(format), int8, int8 ? 0 : quant_layout::kInt4Group, !int8}, parts,
                          name, n, k);
   }
 
