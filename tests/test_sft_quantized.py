@@ -104,7 +104,7 @@ def test_any_rank(method, options, rank):
 
 @pytest.mark.parametrize("method,options", METHODS + [("AMXBF16_SFT", {})], ids=ids)
 def test_resident_bytes_per_expert(method, options):
-    """bf16: 3 H I x 2 bytes; INT8: 3 H I + the fp32 scales; INT4: 3 H I / 2 + an fp16 scale and a
+    """bf16: 3 H I x 2 bytes, rows padded to an odd number of 64-byte lines; INT8: 3 H I + the fp32 scales; INT4: 3 H I / 2 + an fp16 scale and a
     uint8 zero point per group (rounded up per row and slice), each matrix 64-byte aligned. No
     transposed copy."""
     H, I, tp = 256, 128, 2
@@ -112,7 +112,11 @@ def test_resident_bytes_per_expert(method, options):
     wrapper, _ = build(shape, tp=tp, method=method, **options)
     Is = I // tp
     if method == "AMXBF16_SFT":
-        expected = 3 * H * I * 2
+        def padded(cols):  # bf16 elements per stored row: whole lines, an odd number of them
+            lines = -(-cols // 32)
+            return 32 * (lines + 1 - lines % 2)
+
+        expected = tp * (2 * Is * padded(H) + H * padded(Is)) * 2
     elif method == "AMXINT8_SFT":
         expected = tp * (2 * (Is * H + Is * 4) + (H * Is + H * 4))  # every part a multiple of 64 here
     else:

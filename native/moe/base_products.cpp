@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "kernels/row_stride.hpp"
 #include "kernels/scratch.hpp"
 #include "moe/bf16.hpp"
 #include "moe/gemm_calls.hpp"
@@ -15,16 +16,19 @@ namespace {
 
 constexpr int kBlockRowAlign = 32;  // whole AMX row groups / parity chunks per block
 
+// Row stride of a dequantized block `width` bf16 wide (kernels/row_stride.hpp).
+int64_t block_ld(int width) { return padded_row_stride(width, sizeof(bf16_t)); }
+
 // Rows of `width` bf16 per dequantized block: about `bytes`, a multiple of 32, at least 32.
 int block_rows(int width, int64_t bytes) {
-  const int64_t rows = bytes / (int64_t(width) * int64_t(sizeof(bf16_t)));
+  const int64_t rows = bytes / (block_ld(width) * int64_t(sizeof(bf16_t)));
   return static_cast<int>(std::max<int64_t>(kBlockRowAlign, rows / kBlockRowAlign * kBlockRowAlign));
 }
 
-// The thread's dequantized block [rows, width], followed by `extra` more bf16.
+// The thread's dequantized block [rows, width] (rows block_ld(width) apart), followed by `extra` more bf16.
 bf16_t* block_scratch(int rows, int width, size_t extra = 0) {
   return static_cast<bf16_t*>(
-      thread_scratch(ScratchSlot::dequantized, sizeof(bf16_t) * (size_t(rows) * size_t(width) + extra)));
+      thread_scratch(ScratchSlot::dequantized, sizeof(bf16_t) * (size_t(rows) * size_t(block_ld(width)) + extra)));
 }
 
 bool is_int8(const WeightView& w) { return w.quant.format == DequantFormat::int8_channel; }
@@ -40,12 +44,13 @@ void base_nt(const BaseKernels& kernels, const WeightView& w, int m, int n0, int
   }
   if (m <= 0) return;
   const int step = block_rows(K, kForwardBlockBytes);
+  const int64_t ld = block_ld(K);
   bf16_t* block = block_scratch(std::min(step, n1 - n0), K);
   for (int b0 = n0; b0 < n1; b0 += step) {
     const int b1 = std::min(b0 + step, n1);
-    kernels.dequant(w.quant, b0, b1, 0, K, block, K);
+    kernels.dequant(w.quant, b0, b1, 0, K, block, ld);
     float* cb = c + (b0 - n0);
-    gemm_nt(kernels.gemm, m, b1 - b0, K, a, lda, block, K, cb, ldc);
+    gemm_nt(kernels.gemm, m, b1 - b0, K, a, lda, block, ld, cb, ldc);
     if (is_int8(w))
       for (int i = 0; i < m; ++i)
         for (int n = b0; n < b1; ++n) cb[i * ldc + (n - b0)] *= w.quant.scale[n];
@@ -61,21 +66,22 @@ void base_nn(const BaseKernels& kernels, const WeightView& w, int m, int j0, int
   }
   if (m <= 0 || width <= 0) return;
   const int step = std::min(block_rows(width, kBackwardBlockBytes), rows);
+  const int64_t ld = block_ld(width);
   bf16_t* block = block_scratch(step, width, is_int8(w) ? size_t(m) * step : 0);
-  bf16_t* scaled = block + size_t(step) * width;  // int8: A's block columns times the row scales, [m, step]
+  bf16_t* scaled = block + size_t(step) * ld;  // int8: A's block columns times the row scales, [m, step]
   for (int k0 = 0; k0 < rows; k0 += step) {
     const int k1 = std::min(k0 + step, rows), kb = k1 - k0;
-    kernels.dequant(w.quant, k0, k1, j0, j1, block, width);
+    kernels.dequant(w.quant, k0, k1, j0, j1, block, ld);
     const bf16_t* ab = a + k0;
-    int64_t ld = lda;
+    int64_t lda_block = lda;
     if (is_int8(w)) {
       for (int i = 0; i < m; ++i)
         for (int k = 0; k < kb; ++k)
           scaled[i * kb + k] = float_to_bf16(bf16_to_float(a[i * lda + k0 + k]) * w.quant.scale[k0 + k]);
       ab = scaled;
-      ld = kb;
+      lda_block = kb;
     }
-    gemm_nn(kernels.gemm, m, width, kb, ab, ld, block, width, c, ldc, 1.0f, accumulate || k0 > 0);
+    gemm_nn(kernels.gemm, m, width, kb, ab, lda_block, block, ld, c, ldc, 1.0f, accumulate || k0 > 0);
   }
 }
 

@@ -1,6 +1,7 @@
 // The bf16 weights of every expert of a layer, split by intermediate slice over a pool's subpools
 // (tensor parallel): subpool s owns rows [s * Is, (s + 1) * Is) of gate and up and the same columns
 // of down, Is = I / tp, in memory on its NUMA node. Shared by the SFT and the inference engines.
+// Rows are stored with padded strides (kernels/row_stride.hpp): gate_ld >= H, down_ld >= Is.
 #pragma once
 
 #include <cstddef>
@@ -16,9 +17,9 @@ class Bf16ExpertSlices {
  public:
   struct Slice {
     int begin = 0;           // first intermediate row of the slice
-    bf16_t* gate = nullptr;  // [E, Is, H]
-    bf16_t* up = nullptr;    // [E, Is, H]
-    bf16_t* down = nullptr;  // [E, H, Is]
+    bf16_t* gate = nullptr;  // [E, Is, H], rows gate_ld apart
+    bf16_t* up = nullptr;    // [E, Is, H], rows gate_ld apart
+    bf16_t* down = nullptr;  // [E, H, Is], rows down_ld apart
     size_t bytes = 0;        // of the one allocation the three live in
     ~Slice();
   };
@@ -28,8 +29,13 @@ class Bf16ExpertSlices {
   Bf16ExpertSlices(int experts, int hidden, int intermediate, WorkerPool& pool);
 
   int slice_size() const { return slice_size_; }  // Is
-  const Slice& slice(int s) const { return *slices_[s]; }
-
+  int64_t gate_ld() const { return gate_ld_; }     // row stride of gate and up (elements)
+  int64_t down_ld() const { return down_ld_; }     // row stride of down (elements)
+  const bf16_t* gate(int s, int slot) const { return slices_[s]->gate + size_t(slot) * slice_size_ * gate_ld_; }
+  const bf16_t* up(int s, int slot) const { return slices_[s]->up + size_t(slot) * slice_size_ * gate_ld_; }
+  const bf16_t* down(int s, int slot) const { return slices_[s]->down + size_t(slot) * hidden_ * down_ld_; }
+  // Bytes one expert holds, all slices together (padding included).
+  size_t bytes_per_expert() const;
   // std::invalid_argument naming the slot unless 0 <= slot < E.
   void check_slot(int slot) const;
 
@@ -44,6 +50,7 @@ class Bf16ExpertSlices {
 
  private:
   int experts_, hidden_, intermediate_, slice_size_;
+  int64_t gate_ld_, down_ld_;
   WorkerPool& pool_;
   std::vector<std::unique_ptr<Slice>> slices_;
   std::vector<char> loaded_;

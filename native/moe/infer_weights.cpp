@@ -17,20 +17,18 @@ Bf16InferWeights::Bf16InferWeights(const MOEConfig& config, WorkerPool& pool)
 void Bf16InferWeights::gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc,
                                float* g, float* u, int64_t ldc) const {
   const GemmFn gemm = gemm_bf16_kernel(level);
-  const Bf16ExpertSlices::Slice& w = slices_.slice(s);
   const int H = hidden_;
-  const size_t offset = (size_t(slot) * slices_.slice_size() + c0) * H;
+  const int64_t ld = slices_.gate_ld();
   const bf16_t* rows = x + size_t(b) * H;
-  gemm_nt(gemm, n, nc, H, rows, H, w.gate + offset, H, g + c0, ldc);
-  gemm_nt(gemm, n, nc, H, rows, H, w.up + offset, H, u + c0, ldc);
+  gemm_nt(gemm, n, nc, H, rows, H, slices_.gate(s, slot) + c0 * ld, ld, g + c0, ldc);
+  gemm_nt(gemm, n, nc, H, rows, H, slices_.up(s, slot) + c0 * ld, ld, u + c0, ldc);
 }
 
 void Bf16InferWeights::down(IsaLevel level, int s, int slot, const bf16_t* z, int b, int n, int h0, int nh, float* y,
                             int64_t ldy) const {
-  const Bf16ExpertSlices::Slice& w = slices_.slice(s);
   const int Is = slices_.slice_size();
-  gemm_nt(gemm_bf16_kernel(level), n, nh, Is, z + size_t(b) * Is, Is, w.down + (size_t(slot) * hidden_ + h0) * Is, Is,
-          y + h0, ldy);
+  const int64_t ld = slices_.down_ld();
+  gemm_nt(gemm_bf16_kernel(level), n, nh, Is, z + size_t(b) * Is, Is, slices_.down(s, slot) + h0 * ld, ld, y + h0, ldy);
 }
 
 // ---- AMXINT8 / AMXINT4 -----------------------------------------------------------------------

@@ -16,20 +16,16 @@ Bf16SftBase::Bf16SftBase(const MOESFTConfig& config, WorkerPool& pool)
     : slices_(config.expert_num, config.hidden_size, config.intermediate_size, pool), hidden_(config.hidden_size),
       intermediate_(config.intermediate_size) {}
 
-size_t Bf16SftBase::resident_bytes_per_expert() const {
-  return size_t(3) * hidden_ * intermediate_ * sizeof(bf16_t);
-}
+size_t Bf16SftBase::resident_bytes_per_expert() const { return slices_.bytes_per_expert(); }
 
 WeightView Bf16SftBase::weight(int s, int slot, BaseMatrix which) const {
-  const Bf16ExpertSlices::Slice& w = slices_.slice(s);
   const int H = hidden_, Is = slices_.slice_size();
-  const size_t at = size_t(slot) * Is * H;
   switch (which) {
-    case BaseMatrix::gate: return WeightView::of_bf16(w.gate + at, Is, H, H);
-    case BaseMatrix::up: return WeightView::of_bf16(w.up + at, Is, H, H);
+    case BaseMatrix::gate: return WeightView::of_bf16(slices_.gate(s, slot), Is, H, slices_.gate_ld());
+    case BaseMatrix::up: return WeightView::of_bf16(slices_.up(s, slot), Is, H, slices_.gate_ld());
     case BaseMatrix::down: break;
   }
-  return WeightView::of_bf16(w.down + at, H, Is, Is);
+  return WeightView::of_bf16(slices_.down(s, slot), H, Is, slices_.down_ld());
 }
 
 // ---- quantized -----------------------------------------------------------------------------
