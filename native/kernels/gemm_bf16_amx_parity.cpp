@@ -18,13 +18,15 @@
 // Tails: the partial last chunk (depth % 16) and the partial last column block (cols % 32) come
 // from zero-padded copies of P (ScratchSlot::row_tail); expanded rows past `rows` are zero.
 // Tile registers: results 0..3 (C(b, t) = 2b + t for column block b of the pair), the even and
-// odd "A" tiles 4 and 5, P tiles 6 and 7.
+// odd "A" tiles 4 and 5, P tiles 6 and 7. With a single row group (rows <= 16) the result and "A"
+// tiles are configured with just `rows` rows, so the tile products skip the padding rows.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "kernels/gemm_bf16_amx_tiles.hpp"
 #include "kernels/gemm_bf16_store.hpp"
+#include "kernels/row_stride.hpp"
 #include "kernels/scratch.hpp"
 
 namespace kt_moe {
@@ -81,7 +83,8 @@ class PTiles {
   bf16_t* j_tail_ = nullptr;
 };
 
-// The two zero-expanded copies of R, [groups * 16, ld] each with ld = 32 * chunks: for i < rows and
+// The two zero-expanded copies of R, [groups * 16, ld] each with ld >= 32 * chunks (a padded row
+// stride, kernels/row_stride.hpp): for i < rows and
 // k < depth, even[i][2k] = R[i, k] and odd[i][2k + 1] = R[i, k]; zero elsewhere. Written as 32-bit
 // words (little endian: the even element is the low half).
 struct ExpandedRows {
@@ -177,18 +180,21 @@ void gemm_bf16_amx_parity(const GemmPlan& p) {
   const int chunks = (p.depth + kChunkRows - 1) / kChunkRows;
   const int blocks = (p.cols + kBlockCols - 1) / kBlockCols;
   const int groups = (p.rows + kTileRows - 1) / kTileRows;
-  const int64_t e_ld = int64_t(chunks) * kTileK;
+  const int64_t e_ld = padded_row_stride(int64_t(chunks) * kTileK, sizeof(bf16_t));
   const PTiles p_tiles(p);
   const ExpandedRows e = expand_rows(p, groups, e_ld);
   auto* out = static_cast<float*>(thread_scratch(ScratchSlot::tile_out, sizeof(float) * 2 * kTileRows * kPairCols));
   float* ordered = out + kTileRows * kPairCols;
-  const int64_t acc_ld = int64_t(blocks + 1) / 2 * kPairCols;
+  const int64_t acc_ld = padded_row_stride(int64_t(blocks + 1) / 2 * kPairCols, sizeof(float));
   float* acc = nullptr;
   if (chunks > kBlockChunks)
     acc = static_cast<float*>(
         thread_scratch(ScratchSlot::accumulators, sizeof(float) * groups * kTileRows * acc_ld));
   const int64_t e_stride = e_ld * int64_t(sizeof(bf16_t));
-  const tile::Scope scope(full_tile_config());
+  tile::Config config = full_tile_config();
+  if (groups == 1)  // one row group: the result and "A" tiles hold just its rows (fewer tile-product rows)
+    for (int t : {kC00, kC01, kC10, kC11, kEven, kOdd}) config.rows[t] = static_cast<uint8_t>(p.rows);
+  const tile::Scope scope(config);
   for (int c0 = 0; c0 < chunks; c0 += kBlockChunks) {
     const int cn = std::min(kBlockChunks, chunks - c0);
     const bool first = c0 == 0, last = c0 + cn == chunks;
