@@ -60,10 +60,11 @@ void Bf16ExpertSlices::load(int slot, const bf16_t* gate, const bf16_t* up, cons
   check_slot(slot);
   const int H = hidden_, I = intermediate_, Is = slice_size_;
   pool_.for_each_subpool([&](int s) {
-    const int begin = slices_[s]->begin;
-    bf16_t* g = const_cast<bf16_t*>(this->gate(s, slot));
-    bf16_t* u = const_cast<bf16_t*>(this->up(s, slot));
-    bf16_t* d = const_cast<bf16_t*>(this->down(s, slot));
+    Slice& w = *slices_[s];
+    const int begin = w.begin;
+    bf16_t* g = w.gate + gate_offset(slot);
+    bf16_t* u = w.up + gate_offset(slot);
+    bf16_t* d = w.down + down_offset(slot);
     for (int i = 0; i < Is; ++i) {
       copy_row(g + i * gate_ld_, gate + size_t(begin + i) * H, H, gate_ld_);
       copy_row(u + i * gate_ld_, up + size_t(begin + i) * H, H, gate_ld_);

@@ -31,9 +31,10 @@ class Bf16ExpertSlices {
   int slice_size() const { return slice_size_; }  // Is
   int64_t gate_ld() const { return gate_ld_; }     // row stride of gate and up (elements)
   int64_t down_ld() const { return down_ld_; }     // row stride of down (elements)
-  const bf16_t* gate(int s, int slot) const { return slices_[s]->gate + size_t(slot) * slice_size_ * gate_ld_; }
-  const bf16_t* up(int s, int slot) const { return slices_[s]->up + size_t(slot) * slice_size_ * gate_ld_; }
-  const bf16_t* down(int s, int slot) const { return slices_[s]->down + size_t(slot) * hidden_ * down_ld_; }
+  // Expert `slot`'s matrices in slice s.
+  const bf16_t* gate(int s, int slot) const { return slices_[s]->gate + gate_offset(slot); }
+  const bf16_t* up(int s, int slot) const { return slices_[s]->up + gate_offset(slot); }
+  const bf16_t* down(int s, int slot) const { return slices_[s]->down + down_offset(slot); }
   // Bytes one expert holds, all slices together (padding included).
   size_t bytes_per_expert() const;
   // std::invalid_argument naming the slot unless 0 <= slot < E.
@@ -49,6 +50,9 @@ class Bf16ExpertSlices {
   bool all_loaded() const { return loaded_count_ == experts_; }
 
  private:
+  size_t gate_offset(int slot) const { return size_t(slot) * slice_size_ * gate_ld_; }  // of gate and up
+  size_t down_offset(int slot) const { return size_t(slot) * hidden_ * down_ld_; }
+
   int experts_, hidden_, intermediate_, slice_size_;
   int64_t gate_ld_, down_ld_;
   WorkerPool& pool_;
