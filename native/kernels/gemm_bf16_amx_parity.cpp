@@ -46,7 +46,8 @@ struct TileSource {
 };
 
 // Where the P tile of chunk kc and column block b comes from: P itself, or a zero-padded copy for
-// the partial last chunk ([16, blocks * 32]) and the partial last column block ([full rows, 32]).
+// the partial last chunk ([16, blocks * 32], rows k_tail_ld_ apart) and the partial last column block
+// ([full rows, 32]).
 class PTiles {
  public:
   explicit PTiles(const GemmPlan& p) : p_(p) {
@@ -54,7 +55,8 @@ class PTiles {
     full_blocks_ = p.cols / kBlockCols;
     blocks_ = (p.cols + kBlockCols - 1) / kBlockCols;
     const bool k_tail = p.depth % kChunkRows != 0, j_tail = p.cols % kBlockCols != 0;
-    const int64_t k_tail_elems = k_tail ? int64_t(kChunkRows) * blocks_ * kBlockCols : 0;
+    k_tail_ld_ = padded_row_stride(int64_t(blocks_) * kBlockCols, sizeof(bf16_t));
+    const int64_t k_tail_elems = k_tail ? int64_t(kChunkRows) * k_tail_ld_ : 0;
     const int64_t j_tail_elems = j_tail ? int64_t(full_chunks_) * kChunkRows * kBlockCols : 0;
     auto* buffer =
         static_cast<bf16_t*>(thread_scratch(ScratchSlot::row_tail, sizeof(bf16_t) * (k_tail_elems + j_tail_elems)));
@@ -63,7 +65,7 @@ class PTiles {
     j_tail_ = buffer + k_tail_elems;
     const int k0 = full_chunks_ * kChunkRows, j0 = full_blocks_ * kBlockCols;
     for (int k = k0; k < p.depth; ++k)
-      std::memcpy(k_tail_ + int64_t(k - k0) * blocks_ * kBlockCols, p.p + k * p.ldp, sizeof(bf16_t) * p.cols);
+      std::memcpy(k_tail_ + int64_t(k - k0) * k_tail_ld_, p.p + k * p.ldp, sizeof(bf16_t) * p.cols);
     if (j_tail)
       for (int k = 0; k < k0; ++k)
         std::memcpy(j_tail_ + int64_t(k) * kBlockCols, p.p + k * p.ldp + j0, sizeof(bf16_t) * (p.cols - j0));
@@ -71,7 +73,7 @@ class PTiles {
 
   TileSource operator()(int kc, int b) const {
     if (kc == full_chunks_)
-      return {k_tail_ + b * kBlockCols, int64_t(blocks_) * kBlockCols * int64_t(sizeof(bf16_t))};
+      return {k_tail_ + b * kBlockCols, k_tail_ld_ * int64_t(sizeof(bf16_t))};
     if (b == full_blocks_) return {j_tail_ + int64_t(kc) * kChunkRows * kBlockCols, kBlockCols * sizeof(bf16_t)};
     return {p_.p + int64_t(kc) * kChunkRows * p_.ldp + b * kBlockCols, p_.ldp * int64_t(sizeof(bf16_t))};
   }
@@ -79,6 +81,7 @@ class PTiles {
  private:
   const GemmPlan& p_;
   int full_chunks_ = 0, full_blocks_ = 0, blocks_ = 0;
+  int64_t k_tail_ld_ = 0;  // row stride of the k-tail copy (padded, kernels/row_stride.hpp)
   bf16_t* k_tail_ = nullptr;
   bf16_t* j_tail_ = nullptr;
 };
