@@ -1,10 +1,10 @@
 // Row strides for weights and blocks that the GEMM kernels read 16 rows at a time (an AMX tile, a
 // VNNI pack, a group of rows in flight). A stride that is a multiple of 4 KB (H = 2048 in bf16)
-// puts all 16 rows' lines in the same L1 set (12 ways) and the same few L2 sets: every tile load
-// then evicts the lines the hardware prefetcher brought in for its neighbours, and two threads
-// streaming such weights read at a third of the bandwidth one thread gets (measured on the
-// DeepSeek-V2-Lite backward: 5 GB/s against 17 with the padded stride). A stride of an odd number
-// of 64-byte lines sends the lines of up to 64 consecutive rows to distinct L1 sets.
+// puts all 16 rows' lines in the same L1 set (12 ways) and the same few L2 sets, so the lines of
+// one tile load evict each other and the ones fetched ahead. Measured on the DeepSeek-V2-Lite
+// backward (the weight read along its rows, two threads): 5-7 GB/s at a 4 KB stride, 17-18 GB/s
+// with the padded one. A stride of an odd number of 64-byte lines sends the lines of up to 64
+// consecutive rows to distinct L1 sets.
 #pragma once
 
 #include <cstdint>
