@@ -13,6 +13,7 @@
 #include "moe/bf16.hpp"
 #include "moe/expert_tasks.hpp"
 #include "moe/gemm_calls.hpp"
+#include "moe/lora_gradient_blocks.hpp"
 
 namespace kt_moe {
 namespace {
@@ -46,7 +47,7 @@ struct SftEngine::ForwardState {
 struct SftEngine::Scratch {
   Buffer<bf16_t> d;   // [R, H] w * dy
   Buffer<bf16_t> bd;  // [R, r] B_d^T d
-  Buffer<float> grads[6];  // the LoRA gradients in fp32 (GradientOutputs order), kept between calls
+  Buffer<float> grads[6];  // several slices: the LoRA gradients summed in fp32 (GradientOutputs order)
   struct PerSlice {
     Buffer<bf16_t> z, dg, du;  // [R, Is]
     Buffer<float> dz;          // [R, Is]
@@ -246,12 +247,16 @@ void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const G
   const EngineKernels kernels = EngineKernels::for_level(active_isa_level());
   const size_t E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
   const size_t r = config_.lora_rank;
-  Buffer<float>* g = scratch_->grads;
-  const LoraGradients fp32{g[0].ensure(E * r * H), g[1].ensure(E * I * r), g[2].ensure(E * r * H),
-                           g[3].ensure(E * I * r), g[4].ensure(E * r * I), g[5].ensure(E * H * r)};
+  const bool direct = config_.tp_size == 1;  // one slice: the tasks store the gradients themselves
+  LoraGradients fp32;
+  if (!direct) {
+    Buffer<float>* g = scratch_->grads;
+    fp32 = {g[0].ensure(E * r * H), g[1].ensure(E * I * r), g[2].ensure(E * r * H),
+            g[3].ensure(E * I * r), g[4].ensure(E * r * I), g[5].ensure(E * H * r)};
+  }
   run([&] {
-    compute_backward(*state, grad_out, grad_in, fp32, grad_weights, kernels);
-    write_gradients(fp32, grads);
+    compute_backward(*state, grad_out, grad_in, GradientBlocks(fp32, grads, direct), grad_weights, kernels);
+    if (!direct) write_gradients(fp32, grads);
   });
   release_state(std::move(state));
 }
@@ -263,15 +268,12 @@ void SftEngine::write_gradients(const LoraGradients& grads, const GradientOutput
   pool_.parallel_for_all(6 * config_.expert_num, [&](int task) {
     const int which = task % 6;
     const size_t n = per_expert[which], at = size_t(task / 6) * n;
-    if (out[which].bf16)
-      to_bf16(src[which] + at, static_cast<bf16_t*>(out[which].data) + at, n);
-    else
-      std::memcpy(static_cast<float*>(out[which].data) + at, src[which] + at, n * sizeof(float));
+    store_gradient(out[which], at, src[which] + at, n);
   });
 }
 
 void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,
-                                 const LoraGradients& grads, float* grad_weights, const EngineKernels& kernels) {
+                                 const GradientBlocks& grads, float* grad_weights, const EngineKernels& kernels) {
   const GemmFn gemm = kernels.base.gemm;
   const Routing& rt = st.routing;
   const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
@@ -322,12 +324,9 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
   // per expert.
   pool_.parallel_for_all(E, [&](int e) {
     if (rt.rows_of(e) > 0) return;
-    std::fill_n(grads.gate_a + size_t(e) * r * H, size_t(r) * H, 0.0f);
-    std::fill_n(grads.up_a + size_t(e) * r * H, size_t(r) * H, 0.0f);
-    std::fill_n(grads.gate_b + size_t(e) * I * r, size_t(I) * r, 0.0f);
-    std::fill_n(grads.up_b + size_t(e) * I * r, size_t(I) * r, 0.0f);
-    std::fill_n(grads.down_a + size_t(e) * r * I, size_t(r) * I, 0.0f);
-    std::fill_n(grads.down_b + size_t(e) * H * r, size_t(H) * r, 0.0f);
+    const size_t rh = size_t(r) * H, ri = size_t(r) * I;
+    for (int which : {kGateA, kUpA, kDownB}) grads.zero(which, size_t(e) * rh, rh);
+    for (int which : {kGateB, kUpB, kDownA}) grads.zero(which, size_t(e) * ri, ri);
   });
   pool_.parallel_for_all(na, [&](int i) {
     const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
@@ -356,16 +355,25 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
                                 du + at, nc);
       }
       const size_t rows_at = size_t(b) * Is + c0;
-      gemm_tn(gemm, r, nc, n, bd + size_t(b) * r, r, z + rows_at, Is,
-              grads.down_a + size_t(e) * r * I + begin + c0, I, scale_);
+      grads.compute(kDownA, size_t(e) * r * I + begin + c0, r, nc, I, [&](float* c, int64_t ldc) {
+        gemm_tn(gemm, r, nc, n, bd + size_t(b) * r, r, z + rows_at, Is, c, ldc, scale_);
+      });
       const size_t b_off = (size_t(e) * I + begin + c0) * r;
-      gemm_tn(gemm, nc, r, n, dg + rows_at, Is, st.ax_gate.data() + size_t(b) * r, r, grads.gate_b + b_off, r, scale_);
-      gemm_tn(gemm, nc, r, n, du + rows_at, Is, st.ax_up.data() + size_t(b) * r, r, grads.up_b + b_off, r, scale_);
+      grads.compute(kGateB, b_off, nc, r, r, [&](float* c, int64_t ldc) {
+        gemm_tn(gemm, nc, r, n, dg + rows_at, Is, st.ax_gate.data() + size_t(b) * r, r, c, ldc, scale_);
+      });
+      grads.compute(kUpB, b_off, nc, r, r, [&](float* c, int64_t ldc) {
+        gemm_tn(gemm, nc, r, n, du + rows_at, Is, st.ax_up.data() + size_t(b) * r, r, c, ldc, scale_);
+      });
     });
-    // Per expert: this slice's B^T dg, B^T du and its shares of dA_g, dA_u, dB_d.
-    float* grad_gate_a = s == 0 ? grads.gate_a : sc.gate_a.data();
-    float* grad_up_a = s == 0 ? grads.up_a : sc.up_a.data();
-    float* grad_down_b = s == 0 ? grads.down_b : sc.down_b.data();
+    // Per expert: this slice's B^T dg, B^T du and its shares of dA_g, dA_u, dB_d (slice 0's where
+    // `grads` keeps them, the others' in their own buffers, added below).
+    auto share = [&](int which, float* own, size_t at, int rows, int cols, auto&& compute_block) {
+      if (s == 0)
+        grads.compute(which, at, rows, cols, cols, compute_block);
+      else
+        compute_block(own + at, int64_t(cols));
+    };
     sp.parallel_for(na, [&](int i) {
       const int e = experts[i], b = rt.expert_begin[e], n = rt.rows_of(e);
       const size_t b_off = (size_t(e) * I + begin) * r;
@@ -374,10 +382,16 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       thin_product(gemm, BLayout::kn, n, r, Is, du + size_t(b) * Is, Is, lora_.up_b + b_off, r,
                    sc.bu.data() + size_t(b) * r);
       const bf16_t* xe = st.x.data() + size_t(b) * H;
-      gemm_tn(gemm, r, H, n, sc.bg.data() + size_t(b) * r, r, xe, H, grad_gate_a + size_t(e) * r * H, H, scale_);
-      gemm_tn(gemm, r, H, n, sc.bu.data() + size_t(b) * r, r, xe, H, grad_up_a + size_t(e) * r * H, H, scale_);
-      gemm_tn(gemm, H, r, n, D + size_t(b) * H, H, ss.az.data() + size_t(b) * r, r, grad_down_b + size_t(e) * H * r,
-              r, scale_);
+      const size_t rh = size_t(e) * r * H;
+      share(kGateA, sc.gate_a.data(), rh, r, H, [&](float* c, int64_t ldc) {
+        gemm_tn(gemm, r, H, n, sc.bg.data() + size_t(b) * r, r, xe, H, c, ldc, scale_);
+      });
+      share(kUpA, sc.up_a.data(), rh, r, H, [&](float* c, int64_t ldc) {
+        gemm_tn(gemm, r, H, n, sc.bu.data() + size_t(b) * r, r, xe, H, c, ldc, scale_);
+      });
+      share(kDownB, sc.down_b.data(), rh, H, r, [&](float* c, int64_t ldc) {
+        gemm_tn(gemm, H, r, n, D + size_t(b) * H, H, ss.az.data() + size_t(b) * r, r, c, ldc, scale_);
+      });
     });
     // dx = W_g^T dg + W_u^T du + s (A_g^T B_g^T dg + A_u^T B_u^T du) (this slice's share), per (expert, hidden block).
     const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
@@ -411,13 +425,14 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
   if (tp > 1)
     pool_.parallel_for_all(na, [&](int i) {
       const int e = experts[i];
+      float *gate_a = grads.sum(kGateA), *up_a = grads.sum(kUpA), *down_b = grads.sum(kDownB);
       for (int s = 1; s < tp; ++s) {
         const Scratch::PerSlice& sc = scratch_->slices[s];
         const size_t ra = size_t(e) * r * H, br = size_t(e) * H * r;
         for (size_t j = 0; j < size_t(r) * H; ++j) {
-          grads.gate_a[ra + j] += sc.gate_a.data()[ra + j];
-          grads.up_a[ra + j] += sc.up_a.data()[ra + j];
-          grads.down_b[br + j] += sc.down_b.data()[br + j];
+          gate_a[ra + j] += sc.gate_a.data()[ra + j];
+          up_a[ra + j] += sc.up_a.data()[ra + j];
+          down_b[br + j] += sc.down_b.data()[br + j];
         }
       }
     });

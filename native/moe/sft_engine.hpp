@@ -36,7 +36,7 @@ struct LoraTensors {
   const bf16_t* down_b = nullptr;  // [E, H, r]
 };
 
-// fp32 gradients with the shapes of LoraTensors, as the backward phases produce them.
+// fp32 gradients with the shapes of LoraTensors: the sums over the slices when there are several.
 struct LoraGradients {
   float* gate_a = nullptr;
   float* gate_b = nullptr;
@@ -53,6 +53,8 @@ struct GradientOutput {
   bool bf16 = false;
 };
 using GradientOutputs = std::array<GradientOutput, 6>;
+
+class GradientBlocks;  // moe/lora_gradient_blocks.hpp
 
 // The kernels one forward or backward uses, chosen from the active ISA level when it starts.
 struct EngineKernels {
@@ -120,9 +122,10 @@ class SftEngine {
   void release_state(std::unique_ptr<ForwardState> state);
   void run(const std::function<void()>& work);  // on the pool, waiting for it
   void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels);
-  void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const LoraGradients& grads,
+  void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const GradientBlocks& grads,
                         float* grad_weights, const EngineKernels& kernels);
-  // Copies the fp32 gradients of every expert to the caller's buffers, rounding to bf16 where asked.
+  // Copies the fp32 gradients of every expert to the caller's buffers, rounding to bf16 where asked
+  // (with several slices; with one, the backward's tasks store them: moe/lora_gradient_blocks.hpp).
   void write_gradients(const LoraGradients& grads, const GradientOutputs& out);
 
   MOESFTConfig config_;
