@@ -120,6 +120,7 @@ def test_lora_products(level):
     m = 9 if level == "amx_emulated" else 48
     check(level, m, 16, 2048, "mk", "nk")       # A x: x [T, H] x lora_A [r, H]
     check(level, m, 1408, 16, "mk", "nk")       # B (A x): [T, r] x lora_B [I, r]
+    check(level, m, 16, 2048, "mk", "kn")       # B^T d: d [T, H] x lora_B [H, r] (a P narrower than 32 columns)
     check(level, 1408, 16, m, "km", "kn")       # dB: dg^T [I, T] x (A x) [T, r]
     check(level, 16, 2048, m, "km", "kn")       # dA: (B^T dg)^T [r, T] x x [T, H]
 

@@ -4,7 +4,8 @@
 //
 // Follows the plan of gemm_bf16_plan.hpp, T[rows, cols] = R[rows, depth] x P(depth, cols). Plans
 // whose P is stored kj and whose R has few rows (the backward's products for the tokens of one
-// expert) go to gemm_bf16_amx_parity.cpp, which reads P in place; the others are handled here:
+// expert) go to gemm_bf16_amx_parity.cpp, which reads P in place, unless P is narrower than one of
+// its column blocks (the LoRA B matrices, r columns); the others are handled here:
 //   - R (the weight in the forward, [N, K] as stored; the tokens in the backward) feeds the "A"
 //     tiles straight from memory: 16 rows x 32 k per tile, read with R's own row stride, never
 //     packed. Only partial row groups (rows % 16) and the partial last k chunk (depth % 32) go
@@ -219,7 +220,7 @@ void gemm_tiles(const GemmPlan& p) {
 void gemm_bf16(const GemmArgs& args) {
   const GemmPlan plan = plan_gemm_bf16(args);
   if (plan.rows == 0 || plan.cols == 0) return;
-  if (plan.p_layout == PLayout::kj && plan.rows <= kParityMaxRows)
+  if (plan.p_layout == PLayout::kj && plan.rows <= kParityMaxRows && plan.cols >= kParityMinCols)
     gemm_bf16_amx_parity(plan);
   else
     gemm_tiles(plan);

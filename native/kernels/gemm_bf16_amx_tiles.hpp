@@ -23,11 +23,15 @@ inline tile::Config full_tile_config() {
   return cfg;
 }
 
-// Plans whose P is stored kj and whose R has at most kParityMaxRows rows (gemm_bf16_amx_parity.cpp).
-// Reading P in place costs twice the tile products of packing it: with a few rows (one expert's
-// tokens in the backward at q = 128) the product is memory-bound and that work is free; from
-// three row groups on, the packed path of gemm_bf16_amx.cpp is faster.
+// Plans whose P is stored kj, whose R has at most kParityMaxRows rows and whose P has at least
+// kParityMinCols columns (gemm_bf16_amx_parity.cpp). Reading P in place costs twice the tile
+// products of packing it: with a few rows (one expert's tokens in the backward at q = 128) the
+// product is memory-bound and that work is free; from three row groups on, the packed path of
+// gemm_bf16_amx.cpp is faster. A P narrower than one 32-column block (B_d^T d, B^T dg: r = 16
+// columns) would be copied zero-padded to 32 columns at every call: packing it is cheaper
+// (measured interleaved on the DeepSeek-V2-Lite backward: 3-5 ms less per step).
 constexpr int kParityMaxRows = 32;
+constexpr int kParityMinCols = 2 * kResultCols;  // one parity column block: 32 columns
 void gemm_bf16_amx_parity(const GemmPlan& p);
 
 }  // namespace KT_KERNEL_NS
