@@ -17,6 +17,9 @@
 // holding its even columns then its odd ones; they are put back in order when written to C.
 // Tails: the partial last chunk (depth % 16) and the partial last column block (cols % 32) come
 // from zero-padded copies of P (ScratchSlot::row_tail); expanded rows past `rows` are zero.
+// Each chunk also asks for its two lines per row of the next column-block pair
+// (prefetch_tile_rows): the 2-thread read of [1408, 2048] weights went from 6-10 to 12-21 GB/s,
+// and the DeepSeek-V2-Lite SFT backward 25-30% faster (measured interleaved in one process).
 // Tile registers: results 0..3 (C(b, t) = 2b + t for column block b of the pair), the even and
 // odd "A" tiles 4 and 5, P tiles 6 and 7. With a single row group (rows <= 16) the result and "A"
 // tiles are configured with just `rows` rows, so the tile products skip the padding rows.
@@ -140,6 +143,7 @@ void parity_kernel(const ExpandedRows& e, int64_t e_stride, const PTiles& p_tile
   }
   for (int kc = first; kc < first + count; ++kc) {
     const TileSource s0 = p_tiles(kc, b);
+    prefetch_tile_rows(s0.base + kPairCols, s0.stride_bytes, 2);  // this chunk's tiles of the next pair
     tile::load<kP0>(s0.base, s0.stride_bytes);
     tile::load<kEven>(e.even + kc * kTileK, e_stride);
     tile::load<kOdd>(e.odd + kc * kTileK, e_stride);

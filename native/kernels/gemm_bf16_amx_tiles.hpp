@@ -23,6 +23,17 @@ inline tile::Config full_tile_config() {
   return cfg;
 }
 
+// Asks for `lines` 64-byte lines from each of the 16 rows starting at `base` (row stride
+// stride_bytes) ahead of their tile loads. Both paths stream a weight from memory as tiles of 16
+// rows read 64 or 128 bytes at a time with 32 to 64 rows in flight: more streams than the hardware
+// prefetcher follows, and the tile loads alone keep few misses in flight. Prefetches never fault,
+// so a position past the end of the rows is harmless.
+inline void prefetch_tile_rows(const void* base, int64_t stride_bytes, int lines) {
+  const char* row = static_cast<const char*>(base);
+  for (int r = 0; r < kTileRows; ++r, row += stride_bytes)
+    for (int l = 0; l < lines; ++l) __builtin_prefetch(row + 64 * l);
+}
+
 // Plans whose P is stored kj, whose R has at most kParityMaxRows rows and whose P has at least
 // kParityMinCols columns (gemm_bf16_amx_parity.cpp). Reading P in place costs twice the tile
 // products of packing it: with a few rows (one expert's tokens in the backward at q = 128) the
