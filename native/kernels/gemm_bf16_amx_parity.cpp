@@ -91,8 +91,9 @@ class PTiles {
 
 // The two zero-expanded copies of R, [groups * 16, ld] each with ld >= 32 * chunks (a padded row
 // stride, kernels/row_stride.hpp): for i < rows and
-// k < depth, even[i][2k] = R[i, k] and odd[i][2k + 1] = R[i, k]; zero elsewhere. Written as 32-bit
-// words (little endian: the even element is the low half).
+// k < depth, even[i][2k] = R[i, k] and odd[i][2k + 1] = R[i, k]; zero elsewhere (rows past `rows`
+// only where the tiles read them). Written as 32-bit words (little endian: the even element is
+// the low half).
 struct ExpandedRows {
   const bf16_t* even;
   const bf16_t* odd;
@@ -102,19 +103,20 @@ ExpandedRows expand_rows(const GemmPlan& p, int groups, int64_t ld) {
   const int64_t words = ld / 2, elems = int64_t(groups) * kTileRows * words;
   auto* even = static_cast<uint32_t*>(thread_scratch(ScratchSlot::packed, 2 * sizeof(uint32_t) * elems));
   uint32_t* odd = even + elems;
-  for (int i = 0; i < groups * kTileRows; ++i) {
-    uint32_t* e = even + i * words;
-    uint32_t* o = odd + i * words;
-    int k = 0;
-    if (i < p.rows) {
-      const bf16_t* r = p.r + i * p.ldr;
-      for (; k < p.depth; ++k) {
-        e[k] = r[k];
-        o[k] = uint32_t(r[k]) << 16;
-      }
+  // A single group's tiles are configured with just `rows` rows: the rows below are never read.
+  const int read_rows = groups == 1 ? p.rows : groups * kTileRows;
+  for (int i = 0; i < read_rows; ++i) {
+    uint32_t* __restrict e = even + i * words;
+    uint32_t* __restrict o = odd + i * words;
+    const int filled = i < p.rows ? p.depth : 0;
+    const bf16_t* __restrict r = p.r + i * p.ldr;
+    for (int k = 0; k < filled; ++k) {  // vectorised: the pointers do not overlap
+      const uint32_t v = r[k];
+      e[k] = v;
+      o[k] = v << 16;
     }
-    std::memset(e + k, 0, sizeof(uint32_t) * (words - k));
-    std::memset(o + k, 0, sizeof(uint32_t) * (words - k));
+    std::memset(e + filled, 0, sizeof(uint32_t) * (words - filled));
+    std::memset(o + filled, 0, sizeof(uint32_t) * (words - filled));
   }
   return {reinterpret_cast<const bf16_t*>(even), reinterpret_cast<const bf16_t*>(odd)};
 }
