@@ -16,7 +16,8 @@
 // L1. fp32 partial sums wait between blocks in ScratchSlot::accumulators, each 32-column block
 // holding its even columns then its odd ones; they are put back in order when written to C.
 // Tails: the partial last chunk (depth % 16) and the partial last column block (cols % 32) come
-// from zero-padded copies of P (ScratchSlot::row_tail); expanded rows past `rows` are zero.
+// from zero-padded copies of P (ScratchSlot::row_tail); expanded rows past `rows` are zero where
+// a tile reads them.
 // Each chunk also asks for its two lines per row of the next column-block pair
 // (prefetch_tile_rows): the 2-thread read of [1408, 2048] weights went from 6-10 to 12-21 GB/s,
 // and the DeepSeek-V2-Lite SFT backward 25-30% faster (measured interleaved in one process).
