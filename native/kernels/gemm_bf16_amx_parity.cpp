@@ -110,7 +110,7 @@ ExpandedRows expand_rows(const GemmPlan& p, int groups, int64_t ld) {
     uint32_t* __restrict e = even + i * words;
     uint32_t* __restrict o = odd + i * words;
     const int filled = i < p.rows ? p.depth : 0;
-    const bf16_t* __restrict r = p.r + i * p.ldr;
+    const bf16_t* __restrict r = p.r + std::min(i, p.rows - 1) * p.ldr;  // rows past `rows`: not read
     for (int k = 0; k < filled; ++k) {  // vectorised: the pointers do not overlap
       const uint32_t v = r[k];
       e[k] = v;
