@@ -3,7 +3,7 @@
 `model.safetensors.index.json`. Tests import it as `from hf_fixtures import write_hf_checkpoint`.
 
 The tensor names are spelled here independently of kt_moe.weights, so the tests check the
-reader's naming against a second copy of DESIGN.md section 4.
+reader's naming against a second copy of docs/design.md section 4.
 """
 
 import json

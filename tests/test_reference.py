@@ -1,5 +1,5 @@
 """kt_moe.reference against independent computations: a per-token, per-slot float64 loop of the
-forward, the explicit backward formulas of DESIGN.md section 3, and the routing rules (-1 ids,
+forward, the explicit backward formulas of docs/design.md section 3, and the routing rules (-1 ids,
 GPU experts, duplicates, experts with no token, bad ids, bf16 inputs)."""
 
 import pytest
@@ -60,7 +60,7 @@ def loop_forward(x, expert_ids, weights, experts, lora, scale):
 
 
 def formula_backward(x, expert_ids, weights, experts, lora, scale, grad_output):
-    """(grad_input, grads) float64 by the explicit formulas of DESIGN.md section 3, per token and slot."""
+    """(grad_input, grads) float64 by the explicit formulas of docs/design.md section 3, per token and slot."""
     wg, wu, wd = (f64(t) for t in experts)
     s = scale
     grads = {name: torch.zeros(t.shape, dtype=torch.float64) for name, t in lora._asdict().items()}

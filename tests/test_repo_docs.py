@@ -28,3 +28,15 @@ def test_readme_backend_table_matches_factory():
         row = next(line for line in text.splitlines() if line.startswith("| ") and f" {method}" in line
                    and "`" in line)
         assert f"`{backend.__name__}`" in row, method
+
+
+def test_repository_is_self_contained():
+    """The architecture document lives in docs/design.md; no file refers to notes outside the repository."""
+    assert (ROOT / "docs" / "design.md").is_file()
+    outside = ("DESIGN" + ".md", "../" + "shared")
+    for path in ROOT.rglob("*"):
+        if path.suffix not in {".py", ".md", ".cpp", ".hpp", ".txt", ".toml", ".cfg"} or any(
+                part in {"build", ".git", ".venv"} or part.startswith(".") for part in path.relative_to(ROOT).parts):
+            continue
+        text = path.read_text(errors="replace")
+        assert not any(name in text for name in outside), path

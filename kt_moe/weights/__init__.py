@@ -1,4 +1,4 @@
-"""Weight readers and writers (DESIGN.md section 4): Hugging Face safetensors checkpoints (hf_checkpoint)."""
+"""Weight readers and writers (docs/design.md section 4): Hugging Face safetensors checkpoints (hf_checkpoint)."""
 
 from kt_moe.weights.hf_checkpoint import HFExpertReader
 

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (DESIGN.md section 4): read one MoE layer's routed experts, one expert at
+"""Hugging Face checkpoints (docs/design.md section 4): read one MoE layer's routed experts, one expert at
 a time, from a directory as save_pretrained writes it.
 
 The directory holds either `model.safetensors` or shards listed by `model.safetensors.index.json`

@@ -1,4 +1,4 @@
-"""Our pre-quantized expert files (DESIGN.md section 4): one safetensors file per MoE layer holding
+"""Our pre-quantized expert files (docs/design.md section 4): one safetensors file per MoE layer holding
 the layer's routed experts in a kt_moe.quant scheme, as `kt-moe convert` writes them.
 
     {directory}/layer_{L:04d}.safetensors       one file per layer L; one method per directory

@@ -1,5 +1,5 @@
 // The inference engine of one MoE layer: out[t] = sum over the token's CPU experts e of
-// w_e * W_down(silu(W_gate x_t) * W_up x_t) (DESIGN.md section 3 without LoRA). The experts' weights
+// w_e * W_down(silu(W_gate x_t) * W_up x_t) (docs/design.md section 3 without LoRA). The experts' weights
 // live in an InferWeights format (infer_weights.hpp), each subpool owning a slice of every expert's
 // intermediate dimension (tensor parallel; the slices' partial outputs are summed in fp32).
 //

@@ -5,7 +5,7 @@
 // goes through moe/base_products.hpp, so the methods share all of this engine. The LoRA adapters
 // are read in place from the caller's tensors. forward() can save what backward() needs on a bounded
 // stack; backward() pops the latest entry and produces grad_input, the six LoRA gradients and the
-// routing-weight gradient (math: DESIGN.md section 3).
+// routing-weight gradient (math: docs/design.md section 3).
 #pragma once
 
 #include <array>
