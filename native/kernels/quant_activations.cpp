@@ -35,7 +35,7 @@ __attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int l
   std::memset(q, 0, G);
   for (int s = 0; s < G / SG; ++s) sum[s] = 0.0f;
   if (!(amax >= FLT_MIN && amax <= FLT_MAX)) {  // zeros or denormals only: 0; Inf or NaN: NaN results
-    *scale = amax >= FLT_MIN ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+    *scale = amax < FLT_MIN ? 0.0f : std::numeric_limits<float>::quiet_NaN();  // NaN amax: NaN, not 0
     return;
   }
   const float inv = float(quant_layout::kActQMax) / amax;

@@ -22,20 +22,18 @@ namespace KT_KERNEL_NS {
 
 namespace {
 
-constexpr int kLanes = 16;
-
-// exp(x) within about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its Taylor polynomial of
+// exp(-g) within about 1 ulp: -g = n ln2 + r, |r| <= ln2 / 2, exp(r) by its Taylor polynomial of
 // degree 7 (truncation below 1e-8 relative), times 2^n by vscalefps, which rounds an overflow to
-// Inf and an underflow to a denormal or 0. x is first clamped to [-150, 150], beyond which exp is
-// 0 or Inf in fp32 anyway (so that n ln2 never meets an infinite x: Inf - Inf would be NaN); the
-// clamp keeps a NaN x NaN (max/min return their second operand when one is NaN).
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_set1_ps(150.0f), _mm512_max_ps(_mm512_set1_ps(-150.0f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+// Inf and an underflow to a denormal or 0. g is first clamped to [-150, 150], beyond which exp is
+// Inf or 0 in fp32 anyway (so that n ln2 never meets an infinite g: Inf - Inf would be NaN); the
+// clamp keeps a NaN g NaN (max/min return their second operand when one is NaN).
+inline __m512 exp_negated_ps(__m512 g) {
+  g = _mm512_min_ps(_mm512_set1_ps(150.0f), _mm512_max_ps(_mm512_set1_ps(-150.0f), g));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(g, _mm512_set1_ps(-1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi with 16 significant bits: n kLn2Hi is exact for |n| <= 256.
   constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606820309417232e-6f;
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  __m512 r = _mm512_fnmsub_ps(n, _mm512_set1_ps(kLn2Hi), g);  // -g - n kLn2Hi
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
   __m512 p = _mm512_set1_ps(1.0f / 5040);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
@@ -50,37 +48,54 @@ inline __m512 exp_ps(__m512 x) {
 
 inline __m512 sigmoid_ps(__m512 g) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_negated_ps(g)));
 }
 
-// Lanes [i, i + 16) of n, masked at the end: the tail runs the same vector code as the body.
-inline __mmask16 lanes_at(int64_t i, int64_t n) {
-  return n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+// Elements [i, i + 32) of n, masked at the end: the tail runs the same vector code as the body.
+constexpr int kStep = 32;
+inline __mmask32 elements_at(int64_t i, int64_t n) {
+  return n - i >= kStep ? __mmask32(0xFFFFFFFFu) : __mmask32((uint64_t(1) << (n - i)) - 1u);
+}
+
+struct Gradients {
+  __m512 z, dg, du;
+};
+
+// g * sigmoid(g) * u, as (g s) u.
+inline __m512 forward_lanes(__m512 g, __m512 u) { return _mm512_mul_ps(_mm512_mul_ps(g, sigmoid_ps(g)), u); }
+
+// z = silu u, dg = dz u s (1 + g (1 - s)) (left to right), du = dz silu with silu = g s.
+inline Gradients backward_lanes(__m512 g, __m512 u, __m512 dz) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 s = sigmoid_ps(g), silu = _mm512_mul_ps(g, s);
+  const __m512 slope = _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, s)));
+  return {_mm512_mul_ps(silu, u), _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dz, u), s), slope), _mm512_mul_ps(dz, silu)};
 }
 
 }  // namespace
 
 void swiglu_forward(const float* __restrict g, const float* __restrict u, bf16_t* __restrict z, int64_t n) {
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 m = lanes_at(i, n);
-    const __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
-    const __m512 zv = _mm512_mul_ps(_mm512_mul_ps(gv, sigmoid_ps(gv)), uv);
-    _mm256_mask_storeu_epi16(z + i, m, float_to_bf16(zv));
+  for (int64_t i = 0; i < n; i += kStep) {
+    const __mmask32 m = elements_at(i, n);
+    const __mmask16 m0 = __mmask16(m), m1 = __mmask16(m >> 16);
+    const __m512 lo = forward_lanes(_mm512_maskz_loadu_ps(m0, g + i), _mm512_maskz_loadu_ps(m0, u + i));
+    const __m512 hi = forward_lanes(_mm512_maskz_loadu_ps(m1, g + i + 16), _mm512_maskz_loadu_ps(m1, u + i + 16));
+    _mm512_mask_storeu_epi16(z + i, m, float_to_bf16(lo, hi));
   }
 }
 
 void swiglu_backward(const float* __restrict g, const float* __restrict u, const float* __restrict dz,
                      bf16_t* __restrict z, bf16_t* __restrict dg, bf16_t* __restrict du, int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 m = lanes_at(i, n);
-    const __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
-    const __m512 dzv = _mm512_maskz_loadu_ps(m, dz + i);
-    const __m512 s = sigmoid_ps(gv), silu = _mm512_mul_ps(gv, s);
-    const __m512 slope = _mm512_add_ps(one, _mm512_mul_ps(gv, _mm512_sub_ps(one, s)));  // 1 + g (1 - s)
-    _mm256_mask_storeu_epi16(z + i, m, float_to_bf16(_mm512_mul_ps(silu, uv)));
-    _mm256_mask_storeu_epi16(dg + i, m, float_to_bf16(_mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dzv, uv), s), slope)));
-    _mm256_mask_storeu_epi16(du + i, m, float_to_bf16(_mm512_mul_ps(dzv, silu)));
+  for (int64_t i = 0; i < n; i += kStep) {
+    const __mmask32 m = elements_at(i, n);
+    const __mmask16 m0 = __mmask16(m), m1 = __mmask16(m >> 16);
+    const Gradients lo = backward_lanes(_mm512_maskz_loadu_ps(m0, g + i), _mm512_maskz_loadu_ps(m0, u + i),
+                                        _mm512_maskz_loadu_ps(m0, dz + i));
+    const Gradients hi = backward_lanes(_mm512_maskz_loadu_ps(m1, g + i + 16), _mm512_maskz_loadu_ps(m1, u + i + 16),
+                                        _mm512_maskz_loadu_ps(m1, dz + i + 16));
+    _mm512_mask_storeu_epi16(z + i, m, float_to_bf16(lo.z, hi.z));
+    _mm512_mask_storeu_epi16(dg + i, m, float_to_bf16(lo.dg, hi.dg));
+    _mm512_mask_storeu_epi16(du + i, m, float_to_bf16(lo.du, hi.du));
   }
 }
 
