@@ -17,6 +17,7 @@
 #include "py/py_infer_engine.hpp"
 #include "py/py_quant_kernels.hpp"
 #include "py/py_sft_engine.hpp"
+#include "py/py_swiglu_kernels.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -242,6 +243,7 @@ NB_MODULE(_native, m) {
   kt_moe::py::bind_infer_engine(m);
   kt_moe::py::bind_quant_kernels(m);
   kt_moe::py::bind_dequant_kernels(m);
+  kt_moe::py::bind_swiglu_kernels(m);
 
   // ---- SFT engine (spec 2.2) -------------------------------------------------------------
   using kt_moe::py::PySftEngine;

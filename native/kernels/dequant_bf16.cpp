@@ -22,6 +22,7 @@
 //     cost over larger ones (measured, one core, a [1408, 2048] base in 512 KB blocks: groups of 16
 //     about 1.2 times the time of groups of 32).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -34,8 +35,12 @@
 #pragma GCC diagnostic pop
 #endif
 
+#include "kernels/bf16.hpp"
 #include "kernels/dequant_bf16.hpp"
 #include "kernels/level_namespace.hpp"
+#if defined(__AVX512F__)
+#include "kernels/bf16_avx512.hpp"
+#endif
 
 namespace kt_moe {
 namespace KT_KERNEL_NS {
@@ -43,14 +48,6 @@ namespace {
 
 constexpr float kSymmetricZero = 8.0f;  // the zero point of int4 groups stored without one
 constexpr float kZeroUnit = 0.0625f;    // a stored zero point counts sixteenths of a code
-
-// Round to nearest even; the inputs are finite (an infinite one stays infinite).
-inline bf16_t round_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return bf16_t(bits >> 16);
-}
 
 #if defined(__AVX512F__)
 
@@ -78,14 +75,16 @@ struct GroupParams {
 };
 
 // Groups [ga, gb) of a row into p; those from gl on (past the stored groups) get scale 0, zero 0.
-// Returns whether every stored one, [ga, gl), has a scale > 0 (see int4_table).
+// Returns whether every stored one, [ga, gl), has a finite scale > 0 (see int4_table).
 bool load_group_params(const fp16_t* scale, const uint8_t* zero, int ga, int gl, int gb, GroupParams& p) {
   __mmask16 positive = 0xFFFF;
   for (int i = 0; ga + i < gb; i += 16) {
     const int n = std::min(std::max(gl - ga - i, 0), 16);
     const __mmask16 m = __mmask16((1u << n) - 1u);
     const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + ga + i));
-    positive &= _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ) | __mmask16(~m);
+    const __mmask16 finite_positive = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                                      _mm512_cmp_ps_mask(s, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+    positive &= finite_positive | __mmask16(~m);
     __m512 z = _mm512_set1_ps(kSymmetricZero);
     if (zero) {
       const __m512 sixteenths = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zero + ga + i)));
@@ -103,7 +102,8 @@ bool load_group_params(const fp16_t* scale, const uint8_t* zero, int ga, int gl,
 // towards it: k - z and its product by s (not Fused), or z s and the FMA k s - z s (Fused: one
 // operation fewer on the ports the steps saturate). Both give the same number, and the same zero
 // when s > 0 (+0, the sign of (k - z) s with k = z); with s <= 0 the signs of zeros differ, so
-// Fused is for segments whose scales are all positive.
+// Fused is for segments whose scales are all positive, and finite: with s = Inf, k s - z s is
+// Inf - Inf = NaN where (k - z) s is +-Inf.
 template <bool Fused>
 inline __m512i int4_table(const GroupParams& p, int a, int b) {
   const __m512 codes = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -118,12 +118,7 @@ inline __m512i int4_table(const GroupParams& p, int a, int b) {
 #if defined(__AVX512BF16__)
   return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // round to nearest even
 #else
-  auto rounded = [](__m512 v) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    return _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-  };
-  return high_words(rounded(lo), rounded(hi));
+  return high_words(bf16_rounded_lanes(lo), bf16_rounded_lanes(hi));
 #endif
 }
 
@@ -278,13 +273,13 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
       z = zero ? float(zero[g]) * kZeroUnit : kSymmetricZero;
     }
     const int code = (j & 1) ? codes[j >> 1] >> 4 : codes[j >> 1] & 0xF;
-    dst[c - c0] = round_bf16((float(code) - z) * s);
+    dst[c - c0] = float_to_bf16((float(code) - z) * s);
   }
 }
 
 void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const int8_t* q = reinterpret_cast<const int8_t*>(w.values + r * w.ld_values);
-  for (int c = c0; c < c1; ++c) dst[c - c0] = round_bf16(float(q[c]));
+  for (int c = c0; c < c1; ++c) dst[c - c0] = float_to_bf16(float(q[c]));
 }
 
 #endif

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/bf16.hpp"
 #include "kernels/gemm_bf16_levels.hpp"
 #include "kernels/gemm_bf16_plan.hpp"
 #include "kernels/gemm_bf16_store.hpp"
@@ -53,13 +54,6 @@ inline EvenOdd load_bf16(const bf16_t* src) {
   return {(F32v)(w << 16), (F32v)(w & 0xffff0000u)};
 }
 
-inline float bf16_to_f32(bf16_t x) {
-  const uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 // t[i * NJ + j] = sum_k r[i][k] * q[j][k]   r: kRows rows, q: NJ rows, both k-contiguous.
 template <int NJ>
 __attribute__((noinline)) void dot_tile(const bf16_t* const r[kRows], const bf16_t* const q[], int depth, float* t) {
@@ -81,7 +75,7 @@ __attribute__((noinline)) void dot_tile(const bf16_t* const r[kRows], const bf16
       const F32v sum = acc[i][j][0] + acc[i][j][1];
       float s = 0.0f;
       for (int l = 0; l < kLanes; ++l) s += sum[l];
-      for (int kt = k; kt < depth; ++kt) s += bf16_to_f32(r[i][kt]) * bf16_to_f32(q[j][kt]);
+      for (int kt = k; kt < depth; ++kt) s += bf16_to_float(r[i][kt]) * bf16_to_float(q[j][kt]);
       t[i * NJ + j] = s;
     }
 }
@@ -110,7 +104,7 @@ __attribute__((noinline)) void axpy_tile(const bf16_t* const r[kRows], const bf1
     EvenOdd qv[kAxpyPairs];
     for (int v = 0; v < kAxpyPairs; ++v) qv[v] = load_bf16(q + k * ldq + v * kWords);
     for (int i = 0; i < kRows; ++i) {
-      const float a = bf16_to_f32(r[i][k]);
+      const float a = bf16_to_float(r[i][k]);
       for (int v = 0; v < kAxpyPairs; ++v) {
         acc[i][v][0] += a * qv[v].even;
         acc[i][v][1] += a * qv[v].odd;

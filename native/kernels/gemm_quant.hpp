@@ -22,7 +22,9 @@
 //
 // Activation quantization (one semantics at every level): row m of a bf16 [M, K] is cut into
 // groups of 64 consecutive k (both formats), the last group padded with zeros. Per group: amax =
-// max |a|; if amax < FLT_MIN (zeros or only denormals) scale = 0 and q = 0, else scale = amax / 127
+// max |a|; if amax < FLT_MIN (zeros or only denormals) scale = 0 and q = 0; if the group holds an
+// Inf or a NaN, scale = NaN and q = 0 (the row's products are NaN, as the unquantized ones would
+// be non-finite); else scale = amax / 127
 // and q[k] = round_half_even(a[k] * (127 / amax)) (in [-127, 127], fp32 arithmetic). Sums of q
 // (exact integers, kept as fp32): per group of 64 for int8_channel, per 16 k (4 per group, one per
 // weight group) for int4_group16, whose zero-point term needs them.

@@ -13,6 +13,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/bf16.hpp"
 #include "kernels/gemm_quant.hpp"
 #include "kernels/gemm_quant_levels.hpp"
 #include "kernels/level_namespace.hpp"
@@ -21,13 +22,6 @@
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace {
-
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
 
 // One group of `len` <= G values into q [G] (zeros past len), *scale and sum [G / SG] (the sums of
 // q over SG consecutive k). Inlined with len = G for whole groups, so that the loops have a
@@ -41,7 +35,7 @@ __attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int l
   std::memset(q, 0, G);
   for (int s = 0; s < G / SG; ++s) sum[s] = 0.0f;
   if (!(amax >= FLT_MIN && amax <= FLT_MAX)) {  // zeros or denormals only: 0; Inf or NaN: NaN results
-    *scale = amax >= FLT_MIN ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+    *scale = amax < FLT_MIN ? 0.0f : std::numeric_limits<float>::quiet_NaN();  // NaN amax: NaN, not 0
     return;
   }
   const float inv = float(quant_layout::kActQMax) / amax;

@@ -1,41 +1,127 @@
-// SwiGLU forward/backward loops, compiled once per level into kt_moe::KT_KERNEL_NS (generic: no
-// ISA flags; avx512: AVX-512 flags and -ffast-math, so that the compiler vectorises expf).
+// SwiGLU forward/backward loops, compiled once per level into kt_moe::KT_KERNEL_NS: portable C++
+// for generic (no ISA flags), AVX-512 intrinsics for avx512. No -ffast-math and no FMA contraction
+// (-ffp-contract=off, CMakeLists.txt): both builds do the same fp32 operations in the same order,
+// sigmoid(g) = 1 / (1 + exp(-g)) with an IEEE division, and differ only in exp (std::exp here, the
+// vector exp below, within about 1 ulp of each other), so that NaN, +-Inf and large |g| give the
+// same results at every level (g < -88: exp(-g) = Inf, sigmoid 0; g = -Inf: silu = -Inf * 0 = NaN).
 #include "kernels/swiglu.hpp"
 
 #include <cmath>
-#include <cstring>
 
+#include "kernels/bf16.hpp"
 #include "kernels/level_namespace.hpp"
+
+#if defined(__AVX512F__)
+#include "kernels/bf16_avx512.hpp"
+#endif
 
 namespace kt_moe {
 namespace KT_KERNEL_NS {
+
+#if defined(__AVX512F__)
+
 namespace {
 
-// Round to nearest even; the activations here are finite.
-inline bf16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return bf16_t(bits >> 16);
+// exp(-g) within about 1 ulp: -g = n ln2 + r, |r| <= ln2 / 2, exp(r) by its Taylor polynomial of
+// degree 7 (truncation below 1e-8 relative), times 2^n by vscalefps, which rounds an overflow to
+// Inf and an underflow to a denormal or 0. g is first clamped to [-150, 150], beyond which exp is
+// Inf or 0 in fp32 anyway (so that n ln2 never meets an infinite g: Inf - Inf would be NaN); the
+// clamp keeps a NaN g NaN (max/min return their second operand when one is NaN).
+inline __m512 exp_negated_ps(__m512 g) {
+  g = _mm512_min_ps(_mm512_set1_ps(150.0f), _mm512_max_ps(_mm512_set1_ps(-150.0f), g));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(g, _mm512_set1_ps(-1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi with 16 significant bits: n kLn2Hi is exact for |n| <= 256.
+  constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606820309417232e-6f;
+  __m512 r = _mm512_fnmsub_ps(n, _mm512_set1_ps(kLn2Hi), g);  // -g - n kLn2Hi
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
 }
+
+inline __m512 sigmoid_ps(__m512 g) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_negated_ps(g)));
+}
+
+// Elements [i, i + 32) of n, masked at the end: the tail runs the same vector code as the body.
+constexpr int kStep = 32;
+inline __mmask32 elements_at(int64_t i, int64_t n) {
+  return n - i >= kStep ? __mmask32(0xFFFFFFFFu) : __mmask32((uint64_t(1) << (n - i)) - 1u);
+}
+
+struct Gradients {
+  __m512 z, dg, du;
+};
+
+// g * sigmoid(g) * u, as (g s) u.
+inline __m512 forward_lanes(__m512 g, __m512 u) { return _mm512_mul_ps(_mm512_mul_ps(g, sigmoid_ps(g)), u); }
+
+// z = silu u, dg = dz u s (1 + g (1 - s)) (left to right), du = dz silu with silu = g s.
+inline Gradients backward_lanes(__m512 g, __m512 u, __m512 dz) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 s = sigmoid_ps(g), silu = _mm512_mul_ps(g, s);
+  const __m512 slope = _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, s)));
+  return {_mm512_mul_ps(silu, u), _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dz, u), s), slope), _mm512_mul_ps(dz, silu)};
+}
+
+}  // namespace
+
+void swiglu_forward(const float* __restrict g, const float* __restrict u, bf16_t* __restrict z, int64_t n) {
+  for (int64_t i = 0; i < n; i += kStep) {
+    const __mmask32 m = elements_at(i, n);
+    const __mmask16 m0 = __mmask16(m), m1 = __mmask16(m >> 16);
+    const __m512 lo = forward_lanes(_mm512_maskz_loadu_ps(m0, g + i), _mm512_maskz_loadu_ps(m0, u + i));
+    const __m512 hi = forward_lanes(_mm512_maskz_loadu_ps(m1, g + i + 16), _mm512_maskz_loadu_ps(m1, u + i + 16));
+    _mm512_mask_storeu_epi16(z + i, m, float_to_bf16(lo, hi));
+  }
+}
+
+void swiglu_backward(const float* __restrict g, const float* __restrict u, const float* __restrict dz,
+                     bf16_t* __restrict z, bf16_t* __restrict dg, bf16_t* __restrict du, int64_t n) {
+  for (int64_t i = 0; i < n; i += kStep) {
+    const __mmask32 m = elements_at(i, n);
+    const __mmask16 m0 = __mmask16(m), m1 = __mmask16(m >> 16);
+    const Gradients lo = backward_lanes(_mm512_maskz_loadu_ps(m0, g + i), _mm512_maskz_loadu_ps(m0, u + i),
+                                        _mm512_maskz_loadu_ps(m0, dz + i));
+    const Gradients hi = backward_lanes(_mm512_maskz_loadu_ps(m1, g + i + 16), _mm512_maskz_loadu_ps(m1, u + i + 16),
+                                        _mm512_maskz_loadu_ps(m1, dz + i + 16));
+    _mm512_mask_storeu_epi16(z + i, m, float_to_bf16(lo.z, hi.z));
+    _mm512_mask_storeu_epi16(dg + i, m, float_to_bf16(lo.dg, hi.dg));
+    _mm512_mask_storeu_epi16(du + i, m, float_to_bf16(lo.du, hi.du));
+  }
+}
+
+#else
+
+namespace {
 
 inline float sigmoid(float g) { return 1.0f / (1.0f + std::exp(-g)); }
 
 }  // namespace
 
 void swiglu_forward(const float* __restrict g, const float* __restrict u, bf16_t* __restrict z, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) z[i] = to_bf16(g[i] * sigmoid(g[i]) * u[i]);
+  for (int64_t i = 0; i < n; ++i) z[i] = float_to_bf16(g[i] * sigmoid(g[i]) * u[i]);
 }
 
 void swiglu_backward(const float* __restrict g, const float* __restrict u, const float* __restrict dz,
                      bf16_t* __restrict z, bf16_t* __restrict dg, bf16_t* __restrict du, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float s = sigmoid(g[i]), silu = g[i] * s;
-    z[i] = to_bf16(silu * u[i]);
-    dg[i] = to_bf16(dz[i] * u[i] * s * (1.0f + g[i] * (1.0f - s)));
-    du[i] = to_bf16(dz[i] * silu);
+    z[i] = float_to_bf16(silu * u[i]);
+    dg[i] = float_to_bf16(dz[i] * u[i] * s * (1.0f + g[i] * (1.0f - s)));
+    du[i] = float_to_bf16(dz[i] * silu);
   }
 }
+
+#endif
 
 }  // namespace KT_KERNEL_NS
 }  // namespace kt_moe

@@ -1,6 +1,7 @@
 // The SwiGLU activation of the experts, forward and backward, fp32 in, bf16 out (the inputs of
-// the next GEMMs). One implementation compiled per level: portable for generic, vectorised
-// (AVX-512 with a vector expf) for the levels that have AVX-512.
+// the next GEMMs). One source compiled per level: portable for generic, AVX-512 intrinsics (with
+// their own vector exp) for the levels that have AVX-512; the levels agree on NaN, +-Inf and large
+// inputs (native/kernels/swiglu.cpp).
 #pragma once
 
 #include <cstdint>
