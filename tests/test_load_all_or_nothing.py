@@ -176,3 +176,43 @@ def test_sft_reload_waits_for_no_saved_forward(method):
     wrapper.backward(torch.ones_like(inputs[0]))
     load(wrapper, b)
     assert not torch.equal(forward(wrapper, inputs), out_a)
+
+
+def test_a_forward_submitted_before_a_reload_reads_the_previous_weights():
+    a, b = weights(1), weights(2)
+    inputs = batch()
+    expected = []
+    for layer in (a, b):
+        wrapper = make("AMXINT8")
+        load(wrapper, layer)
+        expected.append(forward(wrapper, inputs))
+    wrapper = make("AMXINT8")
+    load(wrapper, a)
+    wrapper.submit_forward(*inputs)
+    load(wrapper, b)
+    assert torch.equal(wrapper.sync_forward(inputs[0]), expected[0])
+    assert torch.equal(forward(wrapper, inputs), expected[1])
+
+
+@pytest.mark.parametrize("method", ["BF16", "AMXBF16_SFT"])
+def test_native_loads_are_staged_until_committed(method):
+    """The engines' own calls: load_expert_task fills the staged weights, commit_load puts them in
+    place once complete, abort_load drops them."""
+    gate, up, down = weights(1)
+    wrapper = make(method)
+    engine = wrapper.engine
+    for slot in range(3):
+        engine.load_expert_task(slot, gate[slot], up[slot], down[slot])
+    assert engine.staged_count == 3 and not engine.weights_loaded
+    with pytest.raises(RuntimeError, match="^commit_load: the staged weights hold 3 of 6 experts; load every slot"):
+        engine.commit_load()
+    with pytest.raises(RuntimeError, match="^Weights not loaded"):
+        forward(wrapper, batch())
+    engine.abort_load()
+    assert engine.staged_count == 0
+    engine.begin_load()
+    for slot in range(6):
+        engine.load_expert_task(slot, gate[slot], up[slot], down[slot])
+    engine.commit_load()
+    assert engine.weights_loaded and engine.staged_count == 0
+    forward(wrapper, batch())
