@@ -44,7 +44,7 @@ import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors import safe_open
@@ -149,12 +149,16 @@ def _shown(names: List[str]) -> str:
     return ", ".join(names[:NAMES_SHOWN]) + (", ..." if len(names) > NAMES_SHOWN else "")
 
 
-def checksum(tensors: Iterable[torch.Tensor], digest: Optional[Any] = None) -> str:
-    """sha256 of the tensors' bytes in the order given (the file's: sorted by name), as "sha256:<hex>";
-    `digest` continues a hash that has seen the tensors before these."""
-    digest = hashlib.sha256() if digest is None else digest
+def _hash_tensors(digest, tensors: Iterable[torch.Tensor]) -> None:
+    """Feed the tensors' bytes, in the order given, to a hashlib digest."""
     for tensor in tensors:
         digest.update(tensor.contiguous().view(torch.uint8).numpy())
+
+
+def checksum(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 of the tensors' bytes in the order given (the file's: sorted by name), as "sha256:<hex>"."""
+    digest = hashlib.sha256()
+    _hash_tensors(digest, tensors)
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -259,7 +263,7 @@ class PrequantizedLayerReader:
         digest = hashlib.sha256()
         for e in checksum_order(self.settings.num_experts):
             tensors = self._read_tensors(e)
-            checksum((tensors[name] for name in sorted(tensors)), digest)
+            _hash_tensors(digest, (tensors[name] for name in sorted(tensors)))
             if e in wanted:
                 yield e, self._parts(e, tensors)
         got = f"sha256:{digest.hexdigest()}"
