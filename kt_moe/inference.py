@@ -8,6 +8,7 @@ exists the factory refuses it at construction (see kt_moe.wrapper.ENGINES_NOT_BU
 from __future__ import annotations
 
 import numbers
+import threading
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -24,7 +25,7 @@ class BaseMoEWrapper(MoEWrapperBase):
 
     mode = "inference"
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
         """Load this layer's (pre-quantized or Hugging Face) weights from weight_path."""
         raise NotImplementedError(f"{type(self).__name__}.load_weights")
 
@@ -79,23 +80,28 @@ class AMXMoEWrapper(BaseMoEWrapper):
         super().__init__(config)
         self.engine = _native.TP_MOE(self.native_config, self.pool)  # ValueError for a method not built
         self.scheme = base_scheme(config)  # kt_moe.quant scheme; None for BF16
+        self._load_lock = threading.Lock()  # one load at a time (they share the engine's staged weights)
         self._pending: Optional[_Pending] = None
         self._deferred: Optional[_Pending] = None
 
     # ---- weights ---------------------------------------------------------------------------
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
         """Read layer layer_idx from weight_path: for AMXINT8 / AMXINT4 its pre-quantized file when
-        there is one, else the Hugging Face checkpoint (quantized while loading). Slot p gets logical
-        expert physical_to_logical_map[p]."""
-        load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map)
+        there is one (its checksum verified unless verify_checksum=False), else the Hugging Face
+        checkpoint (quantized while loading). Slot p gets logical expert physical_to_logical_map[p].
+        All or nothing (docs/inference.md, "Loading"); forwards running meanwhile read the previous
+        weights."""
+        with self._load_lock:
+            load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map, verify_checksum)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
-        """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU, any float dtype); slot p gets
-        logical expert physical_to_logical_map[p]. The engine keeps its own copy (quantized with the
-        method's scheme for AMXINT8 / AMXINT4)."""
-        load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
+        """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU; bf16, fp16, fp32 or fp64, finite);
+        slot p gets logical expert physical_to_logical_map[p]. The engine keeps its own copy (quantized
+        with the method's scheme for AMXINT8 / AMXINT4). All or nothing, like load_weights."""
+        with self._load_lock:
+            load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
 
     # ---- experts on the GPU ----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ or quantized, running on the native TP_MOE_SFT engine). User guide: docs/sft.md.
 
 from __future__ import annotations
 
+import threading
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -19,7 +20,7 @@ class BaseSFTMoEWrapper(MoEWrapperBase):
 
     mode = "sft"
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
         """Load this layer's base weights from weight_path."""
         raise NotImplementedError(f"{type(self).__name__}.load_weights")
 
@@ -66,6 +67,7 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         super().__init__(config)
         self.engine = _native.TP_MOE_SFT(self.native_config, self.pool)
         self.scheme = base_scheme(config)  # kt_moe.quant scheme of the base; None for AMXBF16_SFT
+        self._load_lock = threading.Lock()  # one load at a time (they share the engine's staged base)
         self._lora: Optional[Tuple[torch.Tensor, ...]] = None  # the caller's tensors
         self._lora_bf16: Optional[Tuple[torch.Tensor, ...]] = None  # what the engine reads
 
@@ -75,17 +77,22 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         return dict(gate_lora_a=(E, r, H), gate_lora_b=(E, I, r), up_lora_a=(E, r, H), up_lora_b=(E, I, r),
                     down_lora_a=(E, r, I), down_lora_b=(E, H, r))
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
         """Read layer layer_idx from weight_path: for the quantized methods its pre-quantized file when
-        there is one, else the Hugging Face checkpoint (quantized while loading). Slot p gets logical
-        expert physical_to_logical_map[p]."""
-        load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map)
+        there is one (its checksum verified unless verify_checksum=False), else the Hugging Face
+        checkpoint (quantized while loading). Slot p gets logical expert physical_to_logical_map[p].
+        All or nothing (docs/sft.md, "Loading the base"); RuntimeError while saved forwards wait for
+        backward()."""
+        with self._load_lock:
+            load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map, verify_checksum)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
-        """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU, any float dtype), quantized while
-        loading for the quantized methods; slot p gets logical expert physical_to_logical_map[p]."""
-        load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
+        """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU; bf16, fp16, fp32 or fp64, finite),
+        quantized while loading for the quantized methods; slot p gets logical expert
+        physical_to_logical_map[p]. All or nothing, like load_weights."""
+        with self._load_lock:
+            load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
 
     def resident_bytes_per_expert(self) -> int:
         """Memory the engine holds for one expert's base weights (all tensor-parallel slices; scales and

@@ -257,10 +257,10 @@ NB_MODULE(_native, m) {
           },
           "config"_a, "pool"_a, nb::keep_alive<1, 3>())
       .def_prop_ro("config", [](PySftEngine& e) { return e.engine().config(); })
-      .def_prop_ro("weight_format", [](PySftEngine& e) { return std::string(e.engine().base().format()); },
+      .def_prop_ro("weight_format", [](PySftEngine& e) { return std::string(e.engine().base()->format()); },
                    "How the base is stored: 'bf16', 'int8_channel', 'int4_group16' or 'int4_kgroup'.")
       .def_prop_ro("resident_bytes_per_expert",
-                   [](PySftEngine& e) { return e.engine().base().resident_bytes_per_expert(); },
+                   [](PySftEngine& e) { return e.engine().base()->resident_bytes_per_expert(); },
                    "Bytes one expert's base weights hold, all tensor-parallel slices together (scales included).")
       .def_prop_ro("cache_depth", [](PySftEngine& e) { return e.engine().cache_depth(); },
                    "Saved forwards waiting for backward.")
@@ -269,13 +269,27 @@ NB_MODULE(_native, m) {
                    "Bytes a saved forward holds per routed (token, slot) pair.")
       .def("warm_up_task", [](PySftEngine& e) { e.engine().warm_up(); }, nb::call_guard<nb::gil_scoped_release>(),
            "One forward without saving over every CPU expert (needs weights and LoRA).")
+      .def_prop_ro("weights_loaded", [](PySftEngine& e) { return e.engine().weights_loaded(); })
+      .def_prop_ro("staged_count", [](PySftEngine& e) { return e.engine().staged_count(); },
+                   "Slots of the load in progress (not committed) that hold an expert.")
+      .def("begin_load", [](PySftEngine& e) { e.engine().begin_load(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "Start an all-or-nothing load: the load_*_task calls fill a fresh staged base that other calls do "
+           "not read (a staged base left over is dropped). RuntimeError while saved forwards wait for backward.")
+      .def("commit_load", [](PySftEngine& e) { e.engine().commit_load(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "Put the staged base in place once every slot holds an expert; RuntimeError otherwise, or while saved "
+           "forwards wait for backward.")
+      .def("abort_load", [](PySftEngine& e) { e.engine().abort_load(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "Drop the staged base; the base calls read stays as it was.")
       .def("load_weights_task", &PySftEngine::load_weights, "gate"_a.noconvert(), "up"_a.noconvert(),
            "down"_a.noconvert(), "physical_to_logical_map"_a.noconvert(),
-           "gate, up [E_logical, I, H], down [E_logical, H, I] bf16; slot p gets logical expert map[p] (int64 [E]).")
+           "gate, up [E_logical, I, H], down [E_logical, H, I] bf16; slot p gets logical expert map[p] (int64 [E]). "
+           "All or nothing: begin_load, every slot, commit_load.")
       .def("load_expert_task", &PySftEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
-           "down"_a.noconvert(), "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`.")
+           "down"_a.noconvert(),
+           "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot` of the staged base "
+           "(commit_load puts it in place).")
       .def("load_quant_expert_task", &PySftEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
-           "One expert into physical slot `slot` for the quantized methods: each of gate, up (W [I, H]) and down "
+           "One expert into physical slot `slot` of the staged base for the quantized methods: each of gate, up (W [I, H]) and down "
            "(W [H, I]) as the list of its canonical parts (kt_moe.quant): [q int8, scale fp32] for AMXINT8_SFT, "
            "[codes uint8, scale fp16, zero uint8 in sixteenths] (zero only with zero points) for the INT4 methods.")
       .def("update_lora_weights_task", &PySftEngine::update_lora, "gate_a"_a.noconvert(), "gate_b"_a.noconvert(),

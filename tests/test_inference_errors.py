@@ -163,6 +163,7 @@ def test_native_engine_argument_checks():
         engine.load_expert_task(0, layer.gate[0].float(), layer.up[0], layer.down[0])
     for slot in range(E):
         engine.load_expert_task(slot, layer.gate[slot], layer.up[slot], layer.down[slot])
+    engine.commit_load()
     x, ids, weights = layer.batch(3, K)
     out = torch.empty(3, H, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"k \(3\) must equal experts_per_token \(2\)"):

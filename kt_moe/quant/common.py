@@ -22,13 +22,6 @@ def check_matrices(value, name: str, dtypes: Sequence[torch.dtype] = FLOAT_DTYPE
     return check_tensor(value, name, (-1,) * value.dim(), dtypes)
 
 
-def check_finite(reduced: torch.Tensor, name: str) -> None:
-    """`reduced` holds per-row or per-group maxima/minima: NaN and inf propagate into them, so this
-    small check stands for a check of every weight."""
-    if not bool(torch.isfinite(reduced).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; only finite weights can be quantized")
-
-
 def rows_per_block(cols: int) -> int:
     """How many rows of `cols` values make a block of about BLOCK_ELEMENTS values (at least one)."""
     return max(1, BLOCK_ELEMENTS // cols)

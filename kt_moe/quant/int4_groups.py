@@ -45,8 +45,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from kt_moe.quant.common import check_finite, check_matrices, row_blocks, rows_per_block
-from kt_moe.tensor_checks import check_tensor
+from kt_moe.quant.common import check_matrices, row_blocks, rows_per_block
+from kt_moe.tensor_checks import check_finite, check_tensor
 
 CODE_MAX = 15
 SYMMETRIC_ZERO = 8  # the zero point of every symmetric group

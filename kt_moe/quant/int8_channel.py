@@ -16,8 +16,8 @@ from typing import Dict, Tuple
 
 import torch
 
-from kt_moe.quant.common import check_finite, check_matrices, row_blocks
-from kt_moe.tensor_checks import check_tensor
+from kt_moe.quant.common import check_matrices, row_blocks
+from kt_moe.tensor_checks import check_finite, check_tensor
 
 QMAX = 127
 

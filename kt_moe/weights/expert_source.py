@@ -1,14 +1,22 @@
 """Where a wrapper's routed experts come from, shared by the SFT and the inference backends: the
 caller's stacked tensors (load_weights_from_tensors) or the Hugging Face checkpoint in weight_path
 (load_weights). Both check their arguments at once (ValueError naming the parameter) and then hand
-out one physical slot at a time as (slot, gate [I, H], up [I, H], down [H, I]), contiguous bf16,
+out one physical slot at a time as an Expert (gate [I, H], up [I, H], down [H, I], contiguous bf16),
 so that peak memory stays near one expert beyond what the caller already holds. A quantized
 method's pre-quantized layer file (`kt-moe convert`, kt_moe.weights.prequantized) is handed out
 the same way, as the scheme's parts of each matrix.
 
 load_from_path / load_from_tensors put the experts into a native engine (TP_MOE or TP_MOE_SFT,
-which share load_expert_task and load_quant_expert_task): as bf16, or quantized with the method's
-scheme (base_scheme) one expert at a time, or as a pre-quantized file's parts.
+which share the load calls): as bf16, or quantized with the method's scheme (base_scheme) one expert
+at a time, or as a pre-quantized file's parts. Every bf16 matrix is checked for NaN and infinity
+first (kt_moe.tensor_checks.check_finite, a ValueError naming the matrix and the expert), every
+pre-quantized scale likewise, and a pre-quantized file's checksum is verified while it is read
+unless verify_checksum=False.
+
+A load is all or nothing: the experts go into the engine's staged weights (begin_load), which
+replace the weights forwards read only once every slot is loaded (commit_load); any failure drops
+them (abort_load) and the engine keeps its previous weights, or stays without weights. During a
+reload both sets of one layer's experts exist for a while.
 
 Physical slot p holds logical expert physical_to_logical_map[p] (int64 [num_experts], entries in
 [0, logical experts)); expert ids given to forward calls are physical slots.
@@ -16,34 +24,46 @@ Physical slot p holds logical expert physical_to_logical_map[p] (int64 [num_expe
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from collections import defaultdict
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, TypeVar
 
 import torch
 
 from kt_moe.config import KTMoEConfig
 from kt_moe.quant import METHOD_SCHEMES, QuantScheme, scheme_for_method
-from kt_moe.tensor_checks import FLOAT_DTYPES, as_contiguous, check_expert_map, check_tensor
+from kt_moe.tensor_checks import WEIGHT_DTYPES, as_contiguous, check_expert_map, check_finite, check_tensor
 from kt_moe.weights.hf_checkpoint import HFExpertReader
 from kt_moe.weights.prequantized import MATRICES, ExpertParts, PrequantizedLayerReader, layer_file
 
-Expert = Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]  # slot, gate, up, down
+
+Item = TypeVar("Item")
+
+
+class Expert(NamedTuple):
+    """One physical slot's weights, contiguous bf16."""
+
+    slot: int
+    names: Tuple[str, str, str]  # how messages name gate, up and down, e.g. "gate of expert 3"
+    gate: torch.Tensor  # [I, H]
+    up: torch.Tensor  # [I, H]
+    down: torch.Tensor  # [H, I]
 
 
 def tensor_experts(config: KTMoEConfig, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                    physical_to_logical_map: torch.Tensor) -> Iterator[Expert]:
-    """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU, any float dtype) per physical slot,
-    each converted to bf16 when its turn comes."""
+    """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU; bf16, fp16, fp32 or fp64) per physical
+    slot, each converted to bf16 when its turn comes."""
     H, I = config.hidden_size, config.moe_intermediate_size
-    check_tensor(gate, "gate", (-1, I, H), FLOAT_DTYPES)
+    check_tensor(gate, "gate", (-1, I, H), WEIGHT_DTYPES)
     logical = gate.shape[0]
-    check_tensor(up, "up", (logical, I, H), FLOAT_DTYPES)
-    check_tensor(down, "down", (logical, H, I), FLOAT_DTYPES)
+    check_tensor(up, "up", (logical, I, H), WEIGHT_DTYPES)
+    check_tensor(down, "down", (logical, H, I), WEIGHT_DTYPES)
     expert_map = check_expert_map(physical_to_logical_map, config.num_experts, logical)
 
     def experts() -> Iterator[Expert]:
         for slot, e in enumerate(expert_map.tolist()):
-            yield (slot, as_contiguous(gate[e], torch.bfloat16), as_contiguous(up[e], torch.bfloat16),
-                   as_contiguous(down[e], torch.bfloat16))
+            yield Expert(slot, tuple(f"{m} of expert {e}" for m in MATRICES), as_contiguous(gate[e], torch.bfloat16),
+                         as_contiguous(up[e], torch.bfloat16), as_contiguous(down[e], torch.bfloat16))
 
     return experts()
 
@@ -59,8 +79,8 @@ def checkpoint_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tenso
                             config.moe_intermediate_size)
 
     def experts() -> Iterator[Expert]:
-        for slot, (_, gate, up, down) in enumerate(reader.experts(expert_map.tolist())):
-            yield slot, gate, up, down
+        for slot, (e, gate, up, down) in enumerate(reader.experts(expert_map.tolist())):
+            yield Expert(slot, reader.describe(e), gate, up, down)
 
     return experts()
 
@@ -70,18 +90,28 @@ def has_prequantized_layer(config: KTMoEConfig) -> bool:
     return bool(config.weight_path) and layer_file(config.weight_path, config.layer_idx).is_file()
 
 
-def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tensor
+def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tensor, verify_checksum: bool
                          ) -> Iterator[Tuple[int, ExpertParts]]:
     """(slot, {"gate" | "up" | "down": the scheme's parts}) from the pre-quantized file of layer
-    layer_idx in weight_path, checked against the config's method and shapes before anything is read."""
-    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts)
+    layer_idx in weight_path, checked against the config's method and shapes before anything is read.
+    With verify_checksum the whole file is read once, in checksum order, and the iteration ends with
+    PrequantizedCorruptError when the checksum differs; without it only the mapped experts are read."""
+    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts).tolist()
     reader = PrequantizedLayerReader(config.weight_path, config.layer_idx, config.num_experts, config.hidden_size,
                                      config.moe_intermediate_size, config.method, **config.quant_options)
 
     def experts() -> Iterator[Tuple[int, ExpertParts]]:
         with reader:
-            for slot, (_, parts) in enumerate(reader.experts(expert_map.tolist())):
-                yield slot, parts
+            if not verify_checksum:
+                for slot, (_, parts) in enumerate(reader.experts(expert_map)):
+                    yield slot, parts
+                return
+            slots: Dict[int, List[int]] = defaultdict(list)  # logical expert -> the slots holding it
+            for slot, e in enumerate(expert_map):
+                slots[e].append(slot)
+            for e, parts in reader.verified_experts(slots):
+                for slot in slots[e]:
+                    yield slot, parts
 
     return experts()
 
@@ -91,30 +121,53 @@ def base_scheme(config: KTMoEConfig) -> Optional[QuantScheme]:
     return scheme_for_method(config.method, **config.quant_options) if config.method in METHOD_SCHEMES else None
 
 
-def load_expert(engine, scheme: Optional[QuantScheme], slot: int, gate: torch.Tensor, up: torch.Tensor,
-                down: torch.Tensor) -> None:
-    """One expert, bf16 gate [I, H], up [I, H], down [H, I], into the engine's slot: as it is without a
-    scheme, else quantized with it."""
+def load_expert(engine, scheme: Optional[QuantScheme], expert: Expert) -> None:
+    """One expert into the engine's staged slot, each matrix checked for NaN and infinity first: as it
+    is without a scheme, else quantized with it (a ValueError of the quantizer names the matrix)."""
+    matrices = (expert.gate, expert.up, expert.down)
+    for name, w in zip(expert.names, matrices):
+        check_finite(w, name)
     if scheme is None:
-        engine.load_expert_task(slot, gate, up, down)
-    else:
-        engine.load_quant_expert_task(slot, *(list(scheme.quantize(w)) for w in (gate, up, down)))
+        engine.load_expert_task(expert.slot, *matrices)
+        return
+    parts = []
+    for name, w in zip(expert.names, matrices):
+        try:
+            parts.append(list(scheme.quantize(w)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    engine.load_quant_expert_task(expert.slot, *parts)
+
+
+def load_all_or_nothing(engine, items: Iterable[Item], put: Callable[[Item], None]) -> None:
+    """put(item) for every item, each filling a slot of the engine's staged weights, then put those in
+    place; when anything raises (a bad item, a damaged file, put itself), drop them: the engine keeps
+    the weights it had."""
+    engine.begin_load()
+    try:
+        for item in items:
+            put(item)
+        engine.commit_load()
+    except BaseException:
+        engine.abort_load()
+        raise
 
 
 def load_from_path(engine, config: KTMoEConfig, scheme: Optional[QuantScheme],
-                   physical_to_logical_map: torch.Tensor) -> None:
-    """Layer layer_idx from weight_path into the engine: for a quantized method its pre-quantized file
-    when there is one, else the Hugging Face checkpoint (quantized while loading)."""
+                   physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+    """Layer layer_idx from weight_path into the engine, all or nothing: for a quantized method its
+    pre-quantized file when there is one (its checksum verified unless verify_checksum is False), else
+    the Hugging Face checkpoint (quantized while loading)."""
     if scheme is not None and has_prequantized_layer(config):
-        for slot, parts in prequantized_experts(config, physical_to_logical_map):
-            engine.load_quant_expert_task(slot, *(list(parts[m]) for m in MATRICES))
-        return
-    for slot, gate, up, down in checkpoint_experts(config, physical_to_logical_map):
-        load_expert(engine, scheme, slot, gate, up, down)
+        load_all_or_nothing(engine, prequantized_experts(config, physical_to_logical_map, verify_checksum),
+                            lambda item: engine.load_quant_expert_task(item[0], *(list(item[1][m]) for m in MATRICES)))
+    else:
+        load_all_or_nothing(engine, checkpoint_experts(config, physical_to_logical_map),
+                            lambda expert: load_expert(engine, scheme, expert))
 
 
 def load_from_tensors(engine, config: KTMoEConfig, scheme: Optional[QuantScheme], gate: torch.Tensor,
                       up: torch.Tensor, down: torch.Tensor, physical_to_logical_map: torch.Tensor) -> None:
-    """gate [E', I, H], up [E', I, H], down [E', H, I] into the engine, one expert at a time."""
-    for slot, g, u, d in tensor_experts(config, gate, up, down, physical_to_logical_map):
-        load_expert(engine, scheme, slot, g, u, d)
+    """gate [E', I, H], up [E', I, H], down [E', H, I] into the engine, one expert at a time, all or nothing."""
+    load_all_or_nothing(engine, tensor_experts(config, gate, up, down, physical_to_logical_map),
+                        lambda expert: load_expert(engine, scheme, expert))

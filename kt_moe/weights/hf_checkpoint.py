@@ -9,7 +9,8 @@ with gate and up [I, H] and down [H, I]; BF16, F16 or F32 on disk, returned as b
 
 Files are opened with safetensors' safe_open (a memory map plus the JSON header): construction
 reads headers only (names, shapes, dtypes); expert(e) reads that expert's three tensors and nothing
-else, so peak memory stays near one expert whatever the size of the files.
+else, so peak memory stays near one expert whatever the size of the files. A file safetensors
+cannot read (truncated, corrupt header) is a ValueError naming it (safetensors_errors).
 
 list_moe_layers(directory) finds every layer with routed experts, its naming scheme, expert count
 and sizes, from the tensor names and one header per layer.
@@ -28,6 +29,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from safetensors import safe_open
+
+from kt_moe.weights.safetensors_errors import damaged_file_errors
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -55,7 +58,7 @@ def _read_weight_map(directory: Path) -> Tuple[Dict[str, Path], Optional[Path]]:
     single = directory / SINGLE_FILE
     if not single.is_file():
         raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
-    with safe_open(single, framework="pt") as f:
+    with damaged_file_errors(single), safe_open(single, framework="pt") as f:
         return {name: single for name in f.keys()}, None
 
 
@@ -115,7 +118,7 @@ class HFExpertReader:
         for path, names in by_file.items():
             if not path.is_file():
                 raise FileNotFoundError(f"shard {path} named by {index} not found")
-            with safe_open(path, framework="pt") as f:
+            with damaged_file_errors(path), safe_open(path, framework="pt") as f:
                 present = set(f.keys())
                 for name in names:
                     if name not in present:
@@ -145,9 +148,15 @@ class HFExpertReader:
 
     def _read(self, name: str) -> torch.Tensor:
         path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(safe_open(path, framework="pt"))
-        return self._handles[path].get_tensor(name).to(torch.bfloat16).contiguous()
+        with damaged_file_errors(path):
+            if path not in self._handles:
+                self._handles[path] = self._stack.enter_context(safe_open(path, framework="pt"))
+            return self._handles[path].get_tensor(name).to(torch.bfloat16).contiguous()
+
+    def describe(self, e: int) -> Tuple[str, str, str]:
+        """How messages name expert e's gate, up and down: "gate of expert e (<tensor name> in <file>)"."""
+        return tuple(f"{matrix} of expert {e} ({name} in {self._files[name]})"
+                     for matrix, name in zip(("gate", "up", "down"), self.tensor_names(e)))
 
     def expert(self, e: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Expert e's (gate [I, H], up [I, H], down [H, I]), bf16, contiguous, read now."""
@@ -220,7 +229,7 @@ def list_moe_layers(weight_path: Union[str, os.PathLike]) -> List[MoELayerInfo]:
         gate = f"{prefix.format(L=layer_idx)}{min(ids)}.{projs[0]}.weight"
         if not weight_map[gate].is_file():
             raise FileNotFoundError(f"shard {weight_map[gate]} named by {index} not found")
-        with safe_open(weight_map[gate], framework="pt") as f:
+        with damaged_file_errors(weight_map[gate]), safe_open(weight_map[gate], framework="pt") as f:
             shape = f.get_slice(gate).get_shape()
         if len(shape) != 2:
             raise ValueError(f"{gate} in {weight_map[gate]}: expected a matrix [I, H], got shape {list(shape)}")

@@ -25,9 +25,15 @@ Metadata (the safetensors __metadata__, every value a string):
 
 A reader checks the metadata against the settings it is asked for (PrequantizedMismatchError, a
 ValueError listing every differing key) and every tensor's name, shape and dtype from the header
-(PrequantizedCorruptError), all without reading data; verify() also checks the checksum. Files are
+(PrequantizedCorruptError), all without reading data; verify() and verified_experts() also check the
+checksum, and every expert read has its scales checked for NaN and infinity (ValueError). Files are
 written to `<name>.partial` and renamed into place, so a file under the final name is complete
 unless something damaged it afterwards.
+
+The checksum covers the tensors in sorted name order, which groups them by expert: "experts.1." sorts
+before "experts.10." ("." before digits), so the experts come in the order of the strings of their
+ids (0, 1, 10, 11, ..., 2, 20, ...), each with its tensors sorted (down, gate, up; parts by name).
+verified_experts() reads the file once in that order, hashing as it goes.
 """
 
 from __future__ import annotations
@@ -41,11 +47,13 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kt_moe.quant import QuantScheme, scheme_for_method
 from kt_moe.quant.schemes import PartSpec
+from kt_moe.tensor_checks import check_finite
+from kt_moe.weights.safetensors_errors import damaged_file_errors
 
 FORMAT = "kt-moe-prequantized"
 FORMAT_VERSION = 2
@@ -141,12 +149,22 @@ def _shown(names: List[str]) -> str:
     return ", ".join(names[:NAMES_SHOWN]) + (", ..." if len(names) > NAMES_SHOWN else "")
 
 
+def _hash_tensors(digest, tensors: Iterable[torch.Tensor]) -> None:
+    """Feed the tensors' bytes, in the order given, to a hashlib digest."""
+    for tensor in tensors:
+        digest.update(tensor.contiguous().view(torch.uint8).numpy())
+
+
 def checksum(tensors: Iterable[torch.Tensor]) -> str:
     """sha256 of the tensors' bytes in the order given (the file's: sorted by name), as "sha256:<hex>"."""
     digest = hashlib.sha256()
-    for tensor in tensors:
-        digest.update(tensor.contiguous().view(torch.uint8).numpy())
+    _hash_tensors(digest, tensors)
     return f"sha256:{digest.hexdigest()}"
+
+
+def checksum_order(num_experts: int) -> List[int]:
+    """Expert ids in the order the checksum covers their tensors (module docstring)."""
+    return sorted(range(num_experts), key=lambda e: f"experts.{e}.")
 
 
 def write_layer(directory: Union[str, os.PathLike], settings: LayerSettings, experts: Sequence[ExpertParts],
@@ -193,10 +211,8 @@ class PrequantizedLayerReader:
             raise FileNotFoundError(f"pre-quantized file for layer {layer_idx} not found: {self.path} "
                                     f"(write it with: kt-moe convert {self.settings.convert_command()})")
         self._stack = contextlib.ExitStack()
-        try:
+        with damaged_file_errors(self.path, PrequantizedCorruptError):
             self._file = self._stack.enter_context(safe_open(self.path, framework="pt"))
-        except SafetensorError as exc:
-            raise PrequantizedCorruptError(f"{self.path}: not a readable safetensors file ({exc})") from None
         try:
             self.metadata = self._file.metadata() or {}
             self._check_metadata(source)
@@ -235,18 +251,51 @@ class PrequantizedLayerReader:
 
     def verify(self) -> None:
         """Read every tensor and compare the checksum; PrequantizedCorruptError when it differs."""
-        got = checksum(self._file.get_tensor(name) for name in sorted(self.settings.tensor_specs()))
+        for _ in self.verified_experts(()):
+            pass
+
+    def verified_experts(self, wanted: Iterable[int]) -> Iterator[Tuple[int, ExpertParts]]:
+        """(e, expert(e)) for each distinct id e of `wanted`, while reading every tensor of the file
+        once in checksum order (so the experts come in that order); after the last,
+        PrequantizedCorruptError when the checksum differs (the experts handed out came from a
+        damaged file: their consumer must drop them)."""
+        wanted = set(self._check_id(e) for e in wanted)
+        digest = hashlib.sha256()
+        for e in checksum_order(self.settings.num_experts):
+            tensors = self._read_tensors(e)
+            _hash_tensors(digest, (tensors[name] for name in sorted(tensors)))
+            if e in wanted:
+                yield e, self._parts(e, tensors)
+        got = f"sha256:{digest.hexdigest()}"
         if got != self.metadata["checksum"]:
             raise PrequantizedCorruptError(f"{self.path}: checksum mismatch (the file is damaged): "
                                            f"header {self.metadata['checksum']}, contents {got}")
 
-    def expert(self, e: int) -> ExpertParts:
-        """Expert e's {matrix: parts}, in the scheme's part order."""
+    def _check_id(self, e: int) -> int:
         e = operator.index(e)
         if not 0 <= e < self.settings.num_experts:
             raise ValueError(f"expert id {e} out of range [0, {self.settings.num_experts})")
+        return e
+
+    def _read_tensors(self, e: int) -> Dict[str, torch.Tensor]:
+        """Expert e's tensors by name, read now."""
+        names = [tensor_name(e, m, part) for m in MATRICES for part in self.settings.scheme.parts]
+        with damaged_file_errors(self.path, PrequantizedCorruptError):
+            return {name: self._file.get_tensor(name) for name in names}
+
+    def _parts(self, e: int, tensors: Dict[str, torch.Tensor]) -> ExpertParts:
+        """Expert e's {matrix: parts} from its tensors; ValueError naming the file and the tensor when a
+        scale holds NaN or infinity."""
         parts = self.settings.scheme.parts
-        return {m: tuple(self._file.get_tensor(tensor_name(e, m, part)) for part in parts) for m in MATRICES}
+        for m in MATRICES:
+            check_finite(tensors[tensor_name(e, m, "scale")], f"{self.path}: {tensor_name(e, m, 'scale')} "
+                                                              f"({m} scale of expert {e})")
+        return {m: tuple(tensors[tensor_name(e, m, part)] for part in parts) for m in MATRICES}
+
+    def expert(self, e: int) -> ExpertParts:
+        """Expert e's {matrix: parts}, in the scheme's part order (scales checked as _parts says)."""
+        e = self._check_id(e)
+        return self._parts(e, self._read_tensors(e))
 
     def experts(self, order: Optional[Iterable[int]] = None) -> Iterator[Tuple[int, ExpertParts]]:
         """(e, expert(e)) for each id of `order` (default 0..E-1)."""

@@ -93,13 +93,53 @@ int InferEngine::pending() const {
   return static_cast<int>(jobs_.size());
 }
 
+std::shared_ptr<const InferWeights> InferEngine::weights() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return weights_;
+}
+
+bool InferEngine::weights_loaded() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return weights_->loaded_count() == config_.expert_num;
+}
+
+void InferEngine::begin_load() {
+  std::shared_ptr<InferWeights> fresh = make_infer_weights(config_, pool_);
+  std::lock_guard<std::mutex> lock(mutex_);
+  staged_.swap(fresh);  // the previous staged set, if any, is freed after the lock is released
+}
+
+void InferEngine::commit_load() {
+  const int E = config_.expert_num;
+  std::shared_ptr<InferWeights> previous;  // freed after the lock is released, unless queued forwards hold it
+  std::lock_guard<std::mutex> lock(mutex_);
+  const int staged = staged_ ? staged_->loaded_count() : 0;
+  if (staged != E)
+    throw std::runtime_error("commit_load: the staged weights hold " + std::to_string(staged) + " of " +
+                             std::to_string(E) + " experts; load every slot first");
+  previous = std::exchange(weights_, std::move(staged_));
+}
+
+void InferEngine::abort_load() {
+  std::shared_ptr<InferWeights> dropped;
+  std::lock_guard<std::mutex> lock(mutex_);
+  dropped.swap(staged_);
+}
+
+int InferEngine::staged_count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return staged_ ? staged_->loaded_count() : 0;
+}
+
 template <class Format>
-Format& InferEngine::format_as(const char* wanted) {
-  auto* format = dynamic_cast<Format*>(weights_.get());
+std::shared_ptr<Format> InferEngine::staged_as(const char* wanted) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!staged_) staged_ = make_infer_weights(config_, pool_);
+  std::shared_ptr<Format> format = std::dynamic_pointer_cast<Format>(staged_);
   if (!format)
-    throw std::invalid_argument("method " + config_.method + " stores its experts as " + weights_->format() +
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + staged_->format() +
                                 ", not " + wanted);
-  return *format;
+  return format;
 }
 
 void InferEngine::run_queued(std::function<void()> work) {
@@ -112,16 +152,16 @@ void InferEngine::run_queued(std::function<void()> work) {
 }
 
 void InferEngine::load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
-  Bf16InferWeights& format = format_as<Bf16InferWeights>("bf16");
-  format.check_slot(slot);
-  run_queued([&] { format.load(slot, gate, up, down); });
+  const std::shared_ptr<Bf16InferWeights> format = staged_as<Bf16InferWeights>("bf16");
+  format->check_slot(slot);
+  run_queued([&] { format->load(slot, gate, up, down); });
 }
 
 void InferEngine::load_quant_expert(int slot, const QuantInferWeights::Matrix& gate,
                                     const QuantInferWeights::Matrix& up, const QuantInferWeights::Matrix& down) {
-  QuantInferWeights& format = format_as<QuantInferWeights>("a quantized format");
-  format.check_slot(slot);
-  run_queued([&] { format.load(slot, gate, up, down); });
+  const std::shared_ptr<QuantInferWeights> format = staged_as<QuantInferWeights>("a quantized format");
+  format->check_slot(slot);
+  run_queued([&] { format->load(slot, gate, up, down); });
 }
 
 void InferEngine::set_gpu_experts(const uint8_t* mask) {
@@ -141,10 +181,12 @@ uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weig
   const int E = config_.expert_num, k = config_.experts_per_token, H = config_.hidden_size;
   const int chunk = config_.chunked_prefill_size;
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!weights_loaded())
+  if (weights_->loaded_count() != E)
     throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
                              std::to_string(weights_->loaded_count()) + " of " + std::to_string(E) +
-                             " experts loaded)");
+                             " experts loaded" +
+                             (staged_ ? ", " + std::to_string(staged_->loaded_count()) + " staged: commit_load() "
+                                        "puts them in place once all are" : std::string()) + ")");
   // Routing the whole batch checks every id; a batch above one chunk is then routed per chunk.
   auto routes = std::make_shared<std::vector<Routing>>();
   routes->push_back(route_tokens(expert_ids, q, k, E, on_gpu_.data()));
@@ -154,16 +196,17 @@ uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weig
       routes->push_back(route_tokens(expert_ids + size_t(t0) * k, std::min(chunk, q - t0), k, E, on_gpu_.data()));
   }
   const IsaLevel level = active_isa_level();
-  return enqueue_locked([this, routes, weights, x, out, level, chunk, k, H] {
+  return enqueue_locked([this, w = weights_, routes, weights, x, out, level, chunk, k, H] {
     for (size_t c = 0; c < routes->size(); ++c) {
       const size_t t0 = c * size_t(chunk);
-      compute((*routes)[c], weights + t0 * k, x + t0 * H, out + t0 * H, level);
+      compute(*w, (*routes)[c], weights + t0 * k, x + t0 * H, out + t0 * H, level);
     }
   });
 }
 
-void InferEngine::compute(const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out, IsaLevel level) {
-  const int H = config_.hidden_size, Is = weights_->slice_size(), R = rt.rows();
+void InferEngine::compute(InferWeights& w, const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out,
+                          IsaLevel level) {
+  const int H = config_.hidden_size, Is = w.slice_size(), R = rt.rows();
   const int na = static_cast<int>(rt.active_experts.size());
   const std::vector<int>& experts = rt.active_experts;
   const SwigluKernels swiglu = swiglu_kernels(level);
@@ -175,7 +218,6 @@ void InferEngine::compute(const Routing& rt, const float* weights, const bf16_t*
   }
 
   if (na > 0) {
-    InferWeights& w = *weights_;
     const bool convert = w.converts_inputs();
     if (convert) w.prepare_inputs(R);
     pool_.for_each_subpool([&](int s) {

@@ -45,12 +45,25 @@ class InferEngine {
   InferEngine& operator=(const InferEngine&) = delete;
 
   const MOEConfig& config() const { return config_; }
-  const InferWeights& weights() const { return *weights_; }
-  bool weights_loaded() const { return weights_->loaded_count() == config_.expert_num; }
+  // The weights forwards submitted now read: those of the last commit_load() (none loaded before it).
+  std::shared_ptr<const InferWeights> weights() const;
+  bool weights_loaded() const;
 
-  // Method BF16: copies one expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`,
-  // on the pool after the work queued before it; returns when done. std::invalid_argument for a bad
-  // slot or when the method stores another format.
+  // Loading is all or nothing. The load_*_expert calls write into a staged set of weights (a fresh
+  // one, made by begin_load() or by the first load after a commit or an abort), never into the one
+  // forwards read; commit_load() puts the staged set in place once every slot holds an expert.
+  // Forwards submitted before the commit read the previous weights to their end (which stay
+  // allocated until then), forwards submitted after it the new ones. A failed load followed by
+  // abort_load() leaves the engine as it was. During a reload both sets exist (twice the memory of
+  // the layer's experts); before the first commit the engine's set is allocated but never touched.
+  void begin_load();   // drops a staged set left over and starts a fresh one
+  void commit_load();  // std::runtime_error when a slot of the staged set has no expert
+  void abort_load();   // drops the staged set, if any
+  int staged_count() const;  // slots of the staged set loaded so far (0 without one)
+
+  // Method BF16: copies one expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot` of
+  // the staged set, on the pool after the work queued before it; returns when done.
+  // std::invalid_argument for a bad slot or when the method stores another format.
   void load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
   // Methods AMXINT8 / AMXINT4: packs one expert given in the canonical quantized format of the
   // method (QuantInferWeights::Matrix; gate, up W [I, H], down W [H, I]) likewise.
@@ -84,19 +97,22 @@ class InferEngine {
   uint64_t enqueue_locked(std::function<void()> work);
   // Queues work behind the work already queued and waits for it.
   void run_queued(std::function<void()> work);
-  // The weight format as a Format; std::invalid_argument naming `wanted` when the method has another.
+  // The staged set as a Format (made now when there is none); std::invalid_argument naming `wanted`
+  // when the method has another format.
   template <class Format>
-  Format& format_as(const char* wanted);
-  // One chunk: rt routes its tokens x [c, H] with weights [c, k] into out [c, H].
-  void compute(const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out, IsaLevel level);
+  std::shared_ptr<Format> staged_as(const char* wanted);
+  // One chunk: rt routes its tokens x [c, H] with weights [c, k] into out [c, H], reading w.
+  void compute(InferWeights& w, const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out,
+               IsaLevel level);
 
   MOEConfig config_;
   WorkerPool& pool_;
-  std::unique_ptr<InferWeights> weights_;
   std::unique_ptr<Scratch> scratch_;  // used by the queued work only, which runs one piece at a time
-  std::vector<uint8_t> on_gpu_;       // [E]
 
-  mutable std::mutex mutex_;  // guards the members below and on_gpu_
+  mutable std::mutex mutex_;  // guards the members below
+  std::shared_ptr<InferWeights> weights_;  // what forwards read; each queued forward holds its own reference
+  std::shared_ptr<InferWeights> staged_;   // the load in progress (null without one)
+  std::vector<uint8_t> on_gpu_;            // [E]
   std::condition_variable finished_cv_;
   std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // queued and not yet waited for
   uint64_t last_ticket_ = 0;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cpu/cpu_features.hpp"
 #include "moe/bf16.hpp"
@@ -85,24 +86,75 @@ void SftEngine::run(const std::function<void()>& work) {
   pool_.sync();
 }
 
-void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
-  auto* base = dynamic_cast<Bf16SftBase*>(weights_.get());
-  if (!base)
-    throw std::invalid_argument("method " + config_.method + " stores its experts as " + weights_->format() +
-                                ": load them as quantized parts, not bf16");
-  base->check_slot(slot);
+bool SftEngine::weights_loaded() const {
   std::lock_guard<std::mutex> lock(call_mutex_);
-  run([&] { base->load(slot, gate, up, down); });
+  return weights_->loaded_count() == config_.expert_num;
+}
+
+std::shared_ptr<const SftBaseWeights> SftEngine::base() const {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  return weights_;
+}
+
+void SftEngine::check_no_saved_forward(const char* call) const {
+  if (!cache_.empty())
+    throw std::runtime_error(std::string(call) + ": " + std::to_string(cache_.size()) +
+                             " saved forward(s) wait for backward(), which must read the base their forward read: "
+                             "call backward() for them before loading new weights");
+}
+
+void SftEngine::begin_load() {
+  std::shared_ptr<SftBaseWeights> fresh = make_sft_base_weights(config_, pool_);
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  check_no_saved_forward("begin_load");
+  staged_.swap(fresh);  // the previous staged base, if any, is freed after the lock is released
+}
+
+void SftEngine::commit_load() {
+  const int E = config_.expert_num;
+  std::shared_ptr<SftBaseWeights> previous;  // freed after the lock is released
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  const int staged = staged_ ? staged_->loaded_count() : 0;
+  if (staged != E)
+    throw std::runtime_error("commit_load: the staged weights hold " + std::to_string(staged) + " of " +
+                             std::to_string(E) + " experts; load every slot first");
+  check_no_saved_forward("commit_load");
+  previous = std::exchange(weights_, std::move(staged_));
+}
+
+void SftEngine::abort_load() {
+  std::shared_ptr<SftBaseWeights> dropped;
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  dropped.swap(staged_);
+}
+
+int SftEngine::staged_count() const {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  return staged_ ? staged_->loaded_count() : 0;
+}
+
+template <class Format>
+Format& SftEngine::staged_as(const char* instead) {
+  if (!staged_) staged_ = make_sft_base_weights(config_, pool_);
+  auto* format = dynamic_cast<Format*>(staged_.get());
+  if (!format)
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + staged_->format() +
+                                ": load them " + instead);
+  return *format;
+}
+
+void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  Bf16SftBase& base = staged_as<Bf16SftBase>("as quantized parts, not bf16");
+  base.check_slot(slot);
+  run([&] { base.load(slot, gate, up, down); });
 }
 
 void SftEngine::load_quant_expert(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down) {
-  auto* base = dynamic_cast<QuantSftBase*>(weights_.get());
-  if (!base)
-    throw std::invalid_argument("method " + config_.method + " stores its experts as " + weights_->format() +
-                                ": load them as bf16, not quantized parts");
-  base->check_slot(slot);
   std::lock_guard<std::mutex> lock(call_mutex_);
-  run([&] { base->load(slot, gate, up, down); });
+  QuantSftBase& base = staged_as<QuantSftBase>("as bf16, not quantized parts");
+  base.check_slot(slot);
+  run([&] { base.load(slot, gate, up, down); });
 }
 
 void SftEngine::set_lora(const LoraTensors& lora) {
@@ -113,7 +165,7 @@ void SftEngine::set_lora(const LoraTensors& lora) {
 }
 
 void SftEngine::check_ready() const {
-  if (!weights_loaded())
+  if (weights_->loaded_count() != config_.expert_num)
     throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
                              std::to_string(weights_->loaded_count()) + " of " + std::to_string(config_.expert_num) +
                              " experts loaded)");

@@ -77,13 +77,26 @@ class SftEngine {
 
   const MOESFTConfig& config() const { return config_; }
 
-  // Copies one expert into physical slot `slot`, each subpool its own slice: bf16 gate, up [I, H] and
-  // down [H, I], contiguous (AMXBF16_SFT), or their canonical quantized parts (the other methods;
-  // moe/quant_parts.hpp). std::invalid_argument when the method stores its base the other way.
+  // Loading is all or nothing, as in InferEngine: load_expert / load_quant_expert write into a staged
+  // base (a fresh one, made by begin_load() or by the first load after a commit or an abort), which
+  // commit_load() puts in place once every slot holds an expert; calls before it read the previous
+  // base, calls after it the new one; abort_load() drops the staged base. Both bases exist during a
+  // reload. begin_load() and commit_load() throw std::runtime_error while saved forwards wait for
+  // backward() (their backward would read another base than their forward did), commit_load() also
+  // when a slot of the staged base has no expert.
+  void begin_load();
+  void commit_load();
+  void abort_load();
+  int staged_count() const;  // slots of the staged base loaded so far (0 without one)
+
+  // Copies one expert into physical slot `slot` of the staged base, each subpool its own slice: bf16
+  // gate, up [I, H] and down [H, I], contiguous (AMXBF16_SFT), or their canonical quantized parts (the
+  // other methods; moe/quant_parts.hpp). std::invalid_argument when the method stores its base the
+  // other way.
   void load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
   void load_quant_expert(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down);
-  bool weights_loaded() const { return weights_->loaded_count() == config_.expert_num; }
-  const SftBaseWeights& base() const { return *weights_; }
+  bool weights_loaded() const;
+  std::shared_ptr<const SftBaseWeights> base() const;  // the base calls read now
 
   void set_lora(const LoraTensors& lora);
   bool lora_set() const { return lora_.gate_a != nullptr; }
@@ -116,6 +129,11 @@ class SftEngine {
 
  private:
   void check_ready() const;
+  void check_no_saved_forward(const char* call) const;
+  // The staged base as a Format (made now when there is none); std::invalid_argument when the
+  // method stores its base in another format, naming how to load it (`instead`).
+  template <class Format>
+  Format& staged_as(const char* instead);
   void forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
                       bool save);
   std::unique_ptr<ForwardState> acquire_state();
@@ -132,7 +150,8 @@ class SftEngine {
   WorkerPool& pool_;
   int slice_size_;  // I / tp
   float scale_;     // lora_alpha / lora_rank
-  std::unique_ptr<SftBaseWeights> weights_;  // the frozen base, one slice per subpool
+  std::shared_ptr<SftBaseWeights> weights_;  // the frozen base, one slice per subpool
+  std::shared_ptr<SftBaseWeights> staged_;   // the load in progress (null without one)
   LoraTensors lora_;
   std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
   std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse

@@ -46,9 +46,10 @@ class PyInferEngine {
   void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
                          const std::vector<Array>& down) {
     const MOEConfig& c = engine_.config();
-    const auto* format = dynamic_cast<const QuantInferWeights*>(&engine_.weights());
+    const std::shared_ptr<const InferWeights> weights = engine_.weights();
+    const auto* format = dynamic_cast<const QuantInferWeights*>(weights.get());
     if (!format)
-      throw std::invalid_argument("method " + c.method + " stores its experts as " + engine_.weights().format() +
+      throw std::invalid_argument("method " + c.method + " stores its experts as " + weights->format() +
                                   ": load them with load_expert_task");
     const int64_t I = c.intermediate_size, H = c.hidden_size;
     const QuantFormat f = format->quant_format();
@@ -131,15 +132,28 @@ inline void bind_infer_engine(nanobind::module_& m) {
           },
           "config"_a, "pool"_a, nb::keep_alive<1, 3>())
       .def_prop_ro("config", [](PyInferEngine& e) { return e.engine().config(); })
-      .def_prop_ro("weight_format", [](PyInferEngine& e) { return std::string(e.engine().weights().format()); },
+      .def_prop_ro("weight_format", [](PyInferEngine& e) { return std::string(e.engine().weights()->format()); },
                    "How the experts are stored: 'bf16', 'int8_channel' or 'int4_group16'.")
       .def_prop_ro("weights_loaded", [](PyInferEngine& e) { return e.engine().weights_loaded(); })
+      .def_prop_ro("staged_count", [](PyInferEngine& e) { return e.engine().staged_count(); },
+                   "Slots of the load in progress (not committed) that hold an expert.")
+      .def("begin_load", [](PyInferEngine& e) { e.engine().begin_load(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "Start an all-or-nothing load: the load_*_task calls fill a fresh staged set of weights that "
+           "forwards do not read (a staged set left over is dropped).")
+      .def("commit_load", [](PyInferEngine& e) { e.engine().commit_load(); },
+           nb::call_guard<nb::gil_scoped_release>(),
+           "Put the staged weights in place once every slot holds an expert (RuntimeError otherwise): forwards "
+           "submitted before read the previous weights, forwards submitted after the new ones.")
+      .def("abort_load", [](PyInferEngine& e) { e.engine().abort_load(); }, nb::call_guard<nb::gil_scoped_release>(),
+           "Drop the staged weights; the weights forwards read stay as they were.")
       .def_prop_ro("pending", [](PyInferEngine& e) { return e.engine().pending(); },
                    "Forwards submitted and not yet synced.")
       .def("load_expert_task", &PyInferEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
-           "down"_a.noconvert(), "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot`.")
+           "down"_a.noconvert(),
+           "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot` of the staged weights "
+           "(commit_load puts them in place).")
       .def("load_quant_expert_task", &PyInferEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
-           "One expert into physical slot `slot` for AMXINT8 / AMXINT4: each of gate, up (W [I, H]) and down "
+           "One expert into physical slot `slot` of the staged weights for AMXINT8 / AMXINT4: each of gate, up (W [I, H]) and down "
            "(W [H, I]) as the list of its canonical parts, [q int8, scale fp32] or [codes uint8, scale fp16, "
            "zero uint8] (kt_moe.quant).")
       .def("set_gpu_experts", &PyInferEngine::set_gpu_experts, "mask"_a.none(),

@@ -38,8 +38,15 @@ class PySftEngine {
         throw std::invalid_argument("physical_to_logical_map[" + std::to_string(p) + "] = " + std::to_string(m[p]) +
                                     " is out of range [0, " + std::to_string(logical) + ")");
     nanobind::gil_scoped_release unlocked;
-    for (int p = 0; p < c.expert_num; ++p)
-      engine_.load_expert(p, g + m[p] * I * H, u + m[p] * I * H, d + m[p] * H * I);
+    engine_.begin_load();
+    try {
+      for (int p = 0; p < c.expert_num; ++p)
+        engine_.load_expert(p, g + m[p] * I * H, u + m[p] * I * H, d + m[p] * H * I);
+      engine_.commit_load();
+    } catch (...) {
+      engine_.abort_load();
+      throw;
+    }
   }
 
   // One expert into physical slot `slot` in the canonical quantized parts of the method's scheme
@@ -50,9 +57,10 @@ class PySftEngine {
   void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
                          const std::vector<Array>& down) {
     const MOESFTConfig& c = engine_.config();
-    const auto* base = dynamic_cast<const QuantSftBase*>(&engine_.base());
+    const std::shared_ptr<const SftBaseWeights> weights = engine_.base();
+    const auto* base = dynamic_cast<const QuantSftBase*>(weights.get());
     if (!base)
-      throw std::invalid_argument("method " + c.method + " stores its experts as " + engine_.base().format() +
+      throw std::invalid_argument("method " + c.method + " stores its experts as " + weights->format() +
                                   ": load them with load_expert_task");
     const QuantSftBase::Scheme& scheme = base->scheme();
     const PartsFormat f{scheme.name, scheme.format == DequantFormat::int8_channel, scheme.group, scheme.zero_point};
