@@ -71,6 +71,8 @@ Subpool::Subpool(int threads, int node, const std::vector<int>& cpus, const std:
     stop_and_join();
     throw;
   }
+  std::unique_lock<std::mutex> lk(m_);
+  started_cv_.wait(lk, [&] { return started_ == threads; });
 }
 
 Subpool::~Subpool() { stop_and_join(); }
@@ -95,6 +97,8 @@ void Subpool::worker_loop(int index, const std::vector<int>& cpus, const std::st
   std::condition_variable& cv = leader ? leader_cv_ : work_cv_;
   unsigned long seen = 0;
   std::unique_lock<std::mutex> lk(m_);
+  ++started_;
+  started_cv_.notify_one();
   for (;;) {
     cv.wait(lk, [&] { return stop_ || (job_ && job_generation_ != seen) || (leader && leader_fn_); });
     if (stop_) return;
