@@ -11,6 +11,16 @@
 #include "pool/numa_topology.hpp"
 
 namespace kt_moe {
+namespace {
+
+// The message of a pool whose `threads` compute threads could not be started, for `reason` (the
+// system's, e.g. "Resource temporarily unavailable").
+std::string thread_start_error(int threads, const std::string& reason) {
+  return "could not start " + std::to_string(threads) + " worker threads (cpuinfer_threads, plus one dispatcher): " +
+         reason + "; lower cpuinfer_threads or raise the process's thread limit (ulimit -u, ulimit -v)";
+}
+
+}  // namespace
 
 WorkerPool::WorkerPool(int threads, int subpools) : threads_(threads) {
   if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
@@ -31,11 +41,6 @@ WorkerPool::WorkerPool(int threads, int subpools) : threads_(threads) {
   } catch (const std::system_error& e) {  // the threads started so far stop with subpools_
     throw std::runtime_error(thread_start_error(threads, e.what()));
   }
-}
-
-std::string thread_start_error(int threads, const std::string& reason) {
-  return "could not start " + std::to_string(threads) + " worker threads (cpuinfer_threads, plus one dispatcher): " +
-         reason + "; lower cpuinfer_threads or raise the process's thread limit (ulimit -u, ulimit -v)";
 }
 
 WorkerPool::~WorkerPool() {

@@ -1,7 +1,7 @@
 // The object Python sees as kt_moe._native.TP_MOE_SFT (spec 2.2): an SftEngine plus the checks of
 // the arrays it is handed and the references to the LoRA tensors it reads in place (visible to the
-// cycle collector: py/held_objects.hpp). Every *_task
-// runs on the worker pool and returns when it has finished. Included by bindings.cpp only.
+// cycle collector: py/held_objects.hpp). Every *_task runs on the worker pool and returns when it
+// has finished. Included by bindings.cpp only.
 #pragma once
 
 #include <nanobind/nanobind.h>
