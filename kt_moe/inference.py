@@ -227,6 +227,7 @@ class AMXMoEWrapper(BaseMoEWrapper):
         the lowest-scored ones, at most max_deferred_experts_per_token (None counts as 0), are
         deferred; the rest stay immediate. -1 slots and GPU experts are never deferred. Ties keep
         the earlier slot immediate. scores: [q, k] float, the router's score of each slot.
+        ValueError when an id is outside [-1, num_experts).
         """
         c = self.config
         k = c.num_experts_per_tok
@@ -235,6 +236,11 @@ class AMXMoEWrapper(BaseMoEWrapper):
         if isinstance(protected_k, bool) or not isinstance(protected_k, numbers.Integral) or not 0 <= protected_k <= k:
             raise ValueError(f"protected_k must be an integer in [0, {k}] (num_experts_per_tok), got {protected_k!r}")
         ids = expert_ids
+        outside = (ids < -1) | (ids >= c.num_experts)
+        if outside.any():
+            t, j = outside.nonzero()[0].tolist()
+            raise ValueError(f"expert_ids must be in [-1, {c.num_experts}) (expert slots, -1 for an empty slot), "
+                             f"got {int(ids[t, j])} at [{t}, {j}]")
         # finite keys, so that the -inf given to the slots left out of a ranking sorts below all others
         score = torch.nan_to_num(scores.detach().to(device=ids.device, dtype=torch.float64), nan=0.0,
                                  posinf=1e300, neginf=-1e300)

@@ -239,6 +239,15 @@ NB_MODULE(_native, m) {
       },
       "sysfs_dir"_a = "/sys/devices/system/node",
       "NUMA nodes with CPUs as (id, cpus) pairs, read from sysfs; one node with every CPU without NUMA support.");
+  m.def(
+      "pool_numa_nodes",
+      []() {
+        std::vector<std::pair<int, std::vector<int>>> nodes;
+        for (const kt_moe::NumaNode& n : kt_moe::numa_nodes()) nodes.emplace_back(n.id, n.cpus);
+        return nodes;
+      },
+      "The nodes worker pools place subpools on, as (kernel id, cpus) pairs: numa_nodes() of the machine, or "
+      "the pseudo-nodes of KT_MOE_FAKE_NUMA_NODES. ValueError when that variable is invalid.");
 
   kt_moe::py::bind_infer_engine(m);
   kt_moe::py::bind_quant_kernels(m);
@@ -247,7 +256,7 @@ NB_MODULE(_native, m) {
 
   // ---- SFT engine (spec 2.2) -------------------------------------------------------------
   using kt_moe::py::PySftEngine;
-  nb::class_<PySftEngine>(m, "TP_MOE_SFT",
+  nb::class_<PySftEngine>(m, "TP_MOE_SFT", nb::type_slots(kt_moe::py::held_object_slots<PySftEngine>),
                           "LoRA SFT engine of one MoE layer on a WorkerPool (one subpool per tensor-parallel part). "
                           "Every *_task runs on the pool and returns when done (GIL released).")
       .def(
@@ -267,6 +276,15 @@ NB_MODULE(_native, m) {
       .def_prop_ro("cached_bytes_per_routed_slot",
                    [](PySftEngine& e) { return e.engine().cached_bytes_per_routed_slot(); },
                    "Bytes a saved forward holds per routed (token, slot) pair.")
+      .def_prop_ro("scratch_bytes", [](PySftEngine& e) { return e.engine().scratch_bytes(); },
+                   nb::call_guard<nb::gil_scoped_release>(),
+                   "Bytes the per-call buffers hold now (scratch and states kept for reuse; saved forwards "
+                   "not included).")
+      .def_prop_rw(
+          "scratch_keep_bytes", [](PySftEngine& e) { return e.engine().scratch_keep_bytes(); },
+          [](PySftEngine& e, size_t bytes) { e.engine().set_scratch_keep_bytes(bytes); },
+          "After each call, a per-call buffer larger than both what the call needed and this many bytes is "
+          "freed (default 16 MiB).")
       .def("warm_up_task", [](PySftEngine& e) { e.engine().warm_up(); }, nb::call_guard<nb::gil_scoped_release>(),
            "One forward without saving over every CPU expert (needs weights and LoRA).")
       .def_prop_ro("weights_loaded", [](PySftEngine& e) { return e.engine().weights_loaded(); })

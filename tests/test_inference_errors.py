@@ -103,6 +103,16 @@ def test_select_deferred_experts_shapes(loaded):
         wrapper.select_deferred_experts(ids, weights[:3], 1)
 
 
+@pytest.mark.parametrize("bad", [E, E + 100, -2])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_select_deferred_experts_rejects_ids_out_of_range(loaded, bad, dtype):
+    wrapper, (_, ids, weights) = loaded
+    ids = ids.clone().to(dtype)
+    ids[2, 1] = bad
+    with pytest.raises(ValueError, match=rf"^expert_ids must be in \[-1, 6\) .*got {bad} at \[2, 1\]"):
+        wrapper.select_deferred_experts(ids, weights, 1)
+
+
 @pytest.mark.parametrize("mask,message", [
     (torch.zeros(E + 1, dtype=torch.bool), r"^gpu_experts_mask shape mismatch: expected \(6,\), got \(7,\)"),
     (torch.zeros(E, dtype=torch.int64), "^gpu_experts_mask must be bool, got int64"),

@@ -4,6 +4,7 @@
 // Rows are stored with padded strides (kernels/row_stride.hpp): gate_ld >= H, down_ld >= Is.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -58,7 +59,7 @@ class Bf16ExpertSlices {
   WorkerPool& pool_;
   std::vector<std::unique_ptr<Slice>> slices_;
   std::vector<char> loaded_;
-  int loaded_count_ = 0;
+  std::atomic<int> loaded_count_{0};  // written by loads on the dispatcher, read by callers
 };
 
 }  // namespace kt_moe

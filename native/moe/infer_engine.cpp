@@ -1,10 +1,10 @@
-// InferEngine: tickets and their jobs on the worker pool, chunking, and the forward phases.
+// InferEngine: chunking, and the forward phases queued on the worker pool (each with a ticket:
+// pool/task_tickets.hpp).
 // Rows are routed (token, slot) pairs grouped by expert (routing.hpp); "slice" is one subpool's
 // share of the intermediate size.
 #include "moe/infer_engine.hpp"
 
 #include <algorithm>
-#include <exception>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -13,12 +13,6 @@
 #include "moe/expert_tasks.hpp"
 
 namespace kt_moe {
-
-struct InferEngine::Job {
-  std::function<void()> work;
-  bool done = false;
-  std::exception_ptr error;
-};
 
 // Scratch of one chunk, reused by the next. R = routed rows, Is = slice size. Each slice gathers
 // its own copy of the rows' tokens (memory of its node; no barrier between the gather and its work).
@@ -29,10 +23,16 @@ struct InferEngine::Scratch {
     Buffer<float> y;   // [R, H] this slice's share of the rows' expert outputs
   };
   std::vector<PerSlice> slices;
+
+  // Calls f(buffer) for every buffer.
+  template <class F>
+  void each_buffer(F&& f) {
+    for (PerSlice& s : slices) f(s.x), f(s.z), f(s.y);
+  }
 };
 
 InferEngine::InferEngine(const MOEConfig& config, WorkerPool& pool)
-    : config_(config), pool_(pool), scratch_(std::make_unique<Scratch>()) {
+    : config_(config), pool_(pool), scratch_(std::make_unique<Scratch>()), tickets_(pool) {
   const MOEConfig& c = config_;
   if (c.expert_num < 1 || c.hidden_size < 1 || c.intermediate_size < 1 || c.experts_per_token < 1 ||
       c.tp_size < 1 || c.chunked_prefill_size < 1)
@@ -50,48 +50,7 @@ InferEngine::InferEngine(const MOEConfig& config, WorkerPool& pool)
   set_gpu_experts(nullptr);
 }
 
-InferEngine::~InferEngine() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  finished_cv_.wait(lock, [&] { return running_ == 0; });
-}
-
-uint64_t InferEngine::enqueue_locked(std::function<void()> work) {
-  auto job = std::make_shared<Job>();
-  job->work = std::move(work);
-  const uint64_t ticket = ++last_ticket_;
-  jobs_.emplace(ticket, job);
-  ++running_;
-  pool_.submit([this, job] {
-    try {
-      job->work();
-    } catch (...) {
-      job->error = std::current_exception();
-    }
-    job->work = nullptr;  // release its captures before the job counts as done
-    std::lock_guard<std::mutex> lock(mutex_);
-    job->done = true;
-    --running_;
-    finished_cv_.notify_all();
-  });
-  return ticket;
-}
-
-void InferEngine::wait(uint64_t ticket) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  const auto it = jobs_.find(ticket);
-  if (it == jobs_.end())
-    throw std::invalid_argument("no queued work with ticket " + std::to_string(ticket) +
-                                " (never submitted, or already waited for)");
-  const std::shared_ptr<Job> job = it->second;
-  finished_cv_.wait(lock, [&] { return job->done; });
-  jobs_.erase(ticket);
-  if (job->error) std::rethrow_exception(job->error);
-}
-
-int InferEngine::pending() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return static_cast<int>(jobs_.size());
-}
+InferEngine::~InferEngine() = default;  // tickets_ waits for the queued work
 
 std::shared_ptr<const InferWeights> InferEngine::weights() const {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -142,15 +101,6 @@ std::shared_ptr<Format> InferEngine::staged_as(const char* wanted) {
   return format;
 }
 
-void InferEngine::run_queued(std::function<void()> work) {
-  uint64_t ticket;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ticket = enqueue_locked(std::move(work));
-  }
-  wait(ticket);
-}
-
 void InferEngine::load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
   const std::shared_ptr<Bf16InferWeights> format = staged_as<Bf16InferWeights>("bf16");
   format->check_slot(slot);
@@ -196,12 +146,20 @@ uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weig
       routes->push_back(route_tokens(expert_ids + size_t(t0) * k, std::min(chunk, q - t0), k, E, on_gpu_.data()));
   }
   const IsaLevel level = active_isa_level();
-  return enqueue_locked([this, w = weights_, routes, weights, x, out, level, chunk, k, H] {
+  return tickets_.submit([this, w = weights_, routes, weights, x, out, level, chunk, k, H] {
     for (size_t c = 0; c < routes->size(); ++c) {
       const size_t t0 = c * size_t(chunk);
       compute(*w, (*routes)[c], weights + t0 * k, x + t0 * H, out + t0 * H, level);
     }
+    const size_t keep = scratch_keep_bytes();
+    scratch_->each_buffer([keep](auto& buffer) { buffer.end_call(keep); });
   });
+}
+
+size_t InferEngine::scratch_bytes() {
+  size_t bytes = 0;
+  run_queued([&] { scratch_->each_buffer([&bytes](const auto& buffer) { bytes += buffer.bytes(); }); });
+  return bytes;
 }
 
 void InferEngine::compute(InferWeights& w, const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out,

@@ -14,10 +14,9 @@
 // chunked_prefill_size * k rows.
 #pragma once
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -28,6 +27,7 @@
 #include "moe/buffer.hpp"
 #include "moe/infer_weights.hpp"
 #include "moe/routing.hpp"
+#include "pool/task_tickets.hpp"
 #include "pool/worker_pool.hpp"
 
 namespace kt_moe {
@@ -84,19 +84,26 @@ class InferEngine {
 
   // Blocks until the work of `ticket` has finished and rethrows what it threw. Each ticket is
   // waited for once: an unknown or already waited ticket is std::invalid_argument.
-  void wait(uint64_t ticket);
+  void wait(uint64_t ticket) { tickets_.wait(ticket); }
 
   // Tickets queued and not yet waited for.
-  int pending() const;
+  int pending() const { return tickets_.pending(); }
+
+  // The forwards' per-call buffers (one chunk's scratch), measured behind the queued work. After
+  // each forward every buffer larger than both what the forward needed and scratch_keep_bytes()
+  // is freed.
+  size_t scratch_bytes();
+  size_t scratch_keep_bytes() const { return scratch_keep_bytes_; }
+  void set_scratch_keep_bytes(size_t bytes) { scratch_keep_bytes_ = bytes; }
+
+  // Blocks until every forward queued so far has finished (their tickets stay to be waited for).
+  void wait_all() { tickets_.wait_all(); }
 
  private:
-  struct Job;
   struct Scratch;
 
-  // Queues work on the pool and returns its ticket (mutex_ held).
-  uint64_t enqueue_locked(std::function<void()> work);
   // Queues work behind the work already queued and waits for it.
-  void run_queued(std::function<void()> work);
+  void run_queued(std::function<void()> work) { tickets_.run(std::move(work)); }
   // The staged set as a Format (made now when there is none); std::invalid_argument naming `wanted`
   // when the method has another format.
   template <class Format>
@@ -108,15 +115,13 @@ class InferEngine {
   MOEConfig config_;
   WorkerPool& pool_;
   std::unique_ptr<Scratch> scratch_;  // used by the queued work only, which runs one piece at a time
+  std::atomic<size_t> scratch_keep_bytes_{kDefaultScratchKeepBytes};
 
   mutable std::mutex mutex_;  // guards the members below
   std::shared_ptr<InferWeights> weights_;  // what forwards read; each queued forward holds its own reference
   std::shared_ptr<InferWeights> staged_;   // the load in progress (null without one)
   std::vector<uint8_t> on_gpu_;            // [E]
-  std::condition_variable finished_cv_;
-  std::map<uint64_t, std::shared_ptr<Job>> jobs_;  // queued and not yet waited for
-  uint64_t last_ticket_ = 0;
-  int running_ = 0;  // queued pieces of work not finished yet
+  TaskTickets tickets_;  // last: destroyed first, waiting for the queued work that uses the above
 };
 
 }  // namespace kt_moe

@@ -10,6 +10,7 @@
 // in memory of the subpool's NUMA node.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -136,7 +137,7 @@ class QuantInferWeights final : public InferWeights {
   int64_t gate_bytes_, down_bytes_;  // of one packed [Is, H] and one packed [H, Is]
   std::vector<std::unique_ptr<Slice>> slices_;
   std::vector<char> loaded_;
-  int loaded_count_ = 0;
+  std::atomic<int> loaded_count_{0};  // written by loads on the dispatcher, read by callers
   QuantActLayout x_layout_, z_layout_;  // the records of a row of x (k = H) and of z (k = Is)
   struct Records {
     Buffer<uint8_t> x, z;  // [R] quantized rows of x and of z

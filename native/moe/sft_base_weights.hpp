@@ -13,6 +13,7 @@
 // for any I and tp (that costs at most two partial groups per row and slice).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -105,7 +106,7 @@ class QuantSftBase final : public SftBaseWeights {
   WorkerPool& pool_;
   std::vector<std::unique_ptr<Slice>> slices_;
   std::vector<char> loaded_;
-  int loaded_count_ = 0;
+  std::atomic<int> loaded_count_{0};  // written by loads on the dispatcher, read by callers
 };
 
 // The base of config.method; std::invalid_argument naming the method when it has none, or for a

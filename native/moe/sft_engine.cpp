@@ -42,6 +42,13 @@ struct SftEngine::ForwardState {
     Buffer<float> y;           // [R, H] this slice's share of the expert output; slice 0 ends as the sum
   };
   std::vector<PerSlice> slices;
+
+  // Calls f(buffer) for every buffer.
+  template <class F>
+  void each_buffer(F&& f) {
+    f(x), f(ax_gate), f(ax_up);
+    for (PerSlice& s : slices) f(s.gate), f(s.up), f(s.az), f(s.y);
+  }
 };
 
 // Scratch of one forward or backward, reused by the next.
@@ -57,10 +64,19 @@ struct SftEngine::Scratch {
     Buffer<float> gate_a, up_a, down_b;  // slices >= 1: their shares of the summed LoRA gradients
   };
   std::vector<PerSlice> slices;
+
+  // Calls f(buffer) for every buffer.
+  template <class F>
+  void each_buffer(F&& f) {
+    f(d), f(bd);
+    for (Buffer<float>& g : grads) f(g);
+    for (PerSlice& s : slices)
+      f(s.z), f(s.dg), f(s.du), f(s.dz), f(s.bg), f(s.bu), f(s.dx), f(s.gate_a), f(s.up_a), f(s.down_b);
+  }
 };
 
 SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
-    : config_(config), pool_(pool), scratch_(std::make_unique<Scratch>()) {
+    : config_(config), pool_(pool), scratch_(std::make_unique<Scratch>()), tickets_(pool) {
   const MOESFTConfig& c = config_;
   if (c.expert_num < 1 || c.hidden_size < 1 || c.intermediate_size < 1 || c.experts_per_token < 1 ||
       c.lora_rank < 1 || c.max_cache_depth < 1 || c.tp_size < 1)
@@ -80,11 +96,6 @@ SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
 }
 
 SftEngine::~SftEngine() = default;
-
-void SftEngine::run(const std::function<void()>& work) {
-  pool_.submit(work);
-  pool_.sync();
-}
 
 bool SftEngine::weights_loaded() const {
   std::lock_guard<std::mutex> lock(call_mutex_);
@@ -164,6 +175,11 @@ void SftEngine::set_lora(const LoraTensors& lora) {
   lora_ = lora;
 }
 
+void SftEngine::clear_lora() {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  lora_ = LoraTensors();
+}
+
 void SftEngine::check_ready() const {
   if (weights_->loaded_count() != config_.expert_num)
     throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
@@ -180,7 +196,19 @@ std::unique_ptr<SftEngine::ForwardState> SftEngine::acquire_state() {
 }
 
 void SftEngine::release_state(std::unique_ptr<ForwardState> state) {
-  if (free_.size() < 2) free_.push_back(std::move(state));  // enough for save / no-save alternation
+  if (free_.size() >= 2) return;  // two are enough for save / no-save alternation
+  const size_t keep = scratch_keep_bytes();
+  state->each_buffer([keep](auto& buffer) { buffer.end_call(keep); });
+  free_.push_back(std::move(state));
+}
+
+size_t SftEngine::scratch_bytes() const {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  size_t bytes = 0;
+  auto add = [&bytes](const auto& buffer) { bytes += buffer.bytes(); };
+  scratch_->each_buffer(add);
+  for (const std::unique_ptr<ForwardState>& state : free_) state->each_buffer(add);
+  return bytes;
 }
 
 size_t SftEngine::cached_bytes_per_routed_slot() const {
@@ -208,6 +236,7 @@ void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* we
   state->weights.assign(weights, weights + size_t(q) * config_.experts_per_token);
   const EngineKernels kernels = EngineKernels::for_level(active_isa_level());
   run([&] { compute_forward(*state, x, out, kernels); });
+  for (Scratch::PerSlice& sc : scratch_->slices) sc.z.end_call(scratch_keep_bytes());  // backward ensures it again
   if (save)
     cache_.push_back(std::move(state));
   else
@@ -310,6 +339,8 @@ void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const G
     compute_backward(*state, grad_out, grad_in, GradientBlocks(fp32, grads, direct), grad_weights, kernels);
     if (!direct) write_gradients(fp32, grads);
   });
+  const size_t keep = scratch_keep_bytes();
+  scratch_->each_buffer([keep](auto& buffer) { buffer.end_call(keep); });
   release_state(std::move(state));
 }
 

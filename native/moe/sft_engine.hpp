@@ -9,6 +9,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "moe/base_products.hpp"
 #include "moe/sft_base_weights.hpp"
 #include "moe/routing.hpp"
+#include "pool/task_tickets.hpp"
 #include "pool/worker_pool.hpp"
 
 namespace kt_moe {
@@ -99,6 +101,8 @@ class SftEngine {
   std::shared_ptr<const SftBaseWeights> base() const;  // the base calls read now
 
   void set_lora(const LoraTensors& lora);
+  // Forgets the LoRA tensors (after a call in progress): later calls fail as before set_lora().
+  void clear_lora();
   bool lora_set() const { return lora_.gate_a != nullptr; }
 
   // x [q, H] bf16, expert_ids [q, k], weights [q, k] fp32 -> out [q, H] bf16, q >= 1. With `save`
@@ -120,6 +124,12 @@ class SftEngine {
   // Bytes one routed (token, slot) pair holds in a saved forward.
   size_t cached_bytes_per_routed_slot() const;
 
+  // Per-call buffers (scratch and the states kept for reuse, not the saved forwards): after each
+  // call every buffer larger than both what the call needed and scratch_keep_bytes() is freed.
+  size_t scratch_bytes() const;
+  size_t scratch_keep_bytes() const { return scratch_keep_bytes_; }
+  void set_scratch_keep_bytes(size_t bytes) { scratch_keep_bytes_ = bytes; }
+
   // Runs a forward without saving over one token per expert (sizes the scratch, pages the
   // weights in). Needs weights and LoRA like forward().
   void warm_up();
@@ -138,7 +148,9 @@ class SftEngine {
                       bool save);
   std::unique_ptr<ForwardState> acquire_state();
   void release_state(std::unique_ptr<ForwardState> state);
-  void run(const std::function<void()>& work);  // on the pool, waiting for it
+  // On the pool behind the work queued before it, waiting for it; rethrows what it threw (its own
+  // ticket: errors of other pool users never surface here).
+  void run(const std::function<void()>& work) { tickets_.run(work); }
   void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels);
   void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const GradientBlocks& grads,
                         float* grad_weights, const EngineKernels& kernels);
@@ -156,7 +168,9 @@ class SftEngine {
   std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
   std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse
   std::unique_ptr<Scratch> scratch_;
+  std::atomic<size_t> scratch_keep_bytes_{kDefaultScratchKeepBytes};
   mutable std::mutex call_mutex_;  // held by every public call that touches the state above
+  TaskTickets tickets_;            // last: destroyed first, waiting for queued work
 };
 
 }  // namespace kt_moe

@@ -1,7 +1,9 @@
-// NUMA topology from sysfs and node-bound allocation through the raw mbind system call (no
-// libnuma link or load needed). See numa_topology.hpp for the contract.
+// NUMA topology from sysfs (or pseudo-nodes from KT_MOE_FAKE_NUMA_NODES) and node-bound allocation
+// through the raw mbind system call (no libnuma link or load needed). See numa_topology.hpp for the
+// contract.
 #include "pool/numa_topology.hpp"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -131,8 +133,58 @@ std::vector<NumaNode> read_numa_nodes(const std::string& dir) {
   return nodes;
 }
 
+std::vector<NumaNode> pseudo_numa_nodes(const std::vector<NumaNode>& real, const std::vector<int>& cpus, int count) {
+  const int n = static_cast<int>(cpus.size());
+  if (count < 1 || count > n)
+    throw std::invalid_argument("pseudo NUMA node count must be in [1, " + std::to_string(n) + "], got " +
+                                std::to_string(count));
+  std::vector<NumaNode> nodes(count);
+  int begin = 0;
+  for (int i = 0; i < count; ++i) {
+    const int size = n / count + (i < n % count ? 1 : 0);
+    nodes[i].cpus.assign(cpus.begin() + begin, cpus.begin() + begin + size);
+    for (const NumaNode& r : real)
+      if (std::binary_search(r.cpus.begin(), r.cpus.end(), cpus[begin])) nodes[i].id = r.id;
+    begin += size;
+  }
+  return nodes;
+}
+
+namespace {
+
+constexpr const char* kFakeNodesVariable = "KT_MOE_FAKE_NUMA_NODES";
+
+// The CPUs the calling thread may run on, ascending (every CPU when the kernel does not say).
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.empty())
+    for (int c = 0, n = std::max(1u, std::thread::hardware_concurrency()); c < n; ++c) cpus.push_back(c);
+  return cpus;
+}
+
+std::vector<NumaNode> find_numa_nodes() {
+  const char* fake = std::getenv(kFakeNodesVariable);
+  if (!fake || !*fake) return read_numa_nodes();
+  const std::vector<int> cpus = allowed_cpus();
+  const std::string text = fake;
+  int count = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), count);
+  if (ec != std::errc() || end != text.data() + text.size() || count < 1 || count > int(cpus.size()))
+    throw std::invalid_argument(std::string(kFakeNodesVariable) + " must be an integer in [1, " +
+                                std::to_string(cpus.size()) + "] (the CPUs this process may use), got '" + text +
+                                "'");
+  return pseudo_numa_nodes(read_numa_nodes(), cpus, count);
+}
+
+}  // namespace
+
 const std::vector<NumaNode>& numa_nodes() {
-  static const std::vector<NumaNode> nodes = read_numa_nodes();
+  static const std::vector<NumaNode> nodes = find_numa_nodes();
   return nodes;
 }
 

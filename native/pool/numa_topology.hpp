@@ -24,8 +24,18 @@ std::vector<int> parse_cpu_list(const std::string& text);
 // directory: no NUMA support, no /sys), returns one node, id 0, holding CPUs 0..nproc-1.
 std::vector<NumaNode> read_numa_nodes(const std::string& dir = "/sys/devices/system/node");
 
-// read_numa_nodes() of the running machine, read once per process. Never empty. Elsewhere in the
-// pool "node n" means numa_nodes()[n], an index, not a kernel id.
+// Splits `cpus` (ascending, not empty) into `count` pseudo-nodes of consecutive CPUs, as evenly as
+// possible (earlier ones get the remainder). Each keeps the kernel id of the node of `real` that
+// holds its first CPU (0 when none does), so memory bound to a pseudo-node lands on a real node.
+// std::invalid_argument unless 1 <= count <= cpus.size().
+std::vector<NumaNode> pseudo_numa_nodes(const std::vector<NumaNode>& real, const std::vector<int>& cpus, int count);
+
+// The nodes the pool works with, found once per process: read_numa_nodes() of the running
+// machine, or, when the environment variable KT_MOE_FAKE_NUMA_NODES=N is set, the CPUs this
+// process may run on (sched_getaffinity) split into N pseudo-nodes (pseudo_numa_nodes; for
+// testing the multi-node paths on a one-node machine). Never empty. std::invalid_argument naming
+// the variable when N is not an integer in [1, allowed CPUs]. Elsewhere in the pool "node n"
+// means numa_nodes()[n], an index, not a kernel id.
 const std::vector<NumaNode>& numa_nodes();
 
 // `bytes` of 64-byte aligned memory (nullptr for 0; std::bad_alloc when out of memory). When the

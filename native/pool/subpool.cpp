@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace kt_moe {
@@ -31,6 +32,10 @@ void pin_current_thread(const std::vector<int>& cpus) {
 }
 
 }  // namespace
+
+void name_current_thread(const std::string& name) {
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());  // the kernel keeps 15 characters
+}
 
 // One parallel_for call; lives on its caller's stack until every thread has left it.
 struct Subpool::Job {
@@ -57,14 +62,17 @@ struct Subpool::Job {
   }
 };
 
-Subpool::Subpool(int threads, int node, const std::vector<int>& cpus) : node_(node) {
+Subpool::Subpool(int threads, int node, const std::vector<int>& cpus, const std::string& name) : node_(node) {
   if (threads < 1) throw std::invalid_argument("Subpool: threads must be >= 1");
   try {
-    for (int k = 0; k < threads; ++k) threads_.emplace_back(&Subpool::worker_loop, this, k, cpus);
+    for (int k = 0; k < threads; ++k)
+      threads_.emplace_back(&Subpool::worker_loop, this, k, cpus, name + "-" + std::to_string(k));
   } catch (...) {
     stop_and_join();
     throw;
   }
+  std::unique_lock<std::mutex> lk(m_);
+  started_cv_.wait(lk, [&] { return started_ == threads; });
 }
 
 Subpool::~Subpool() { stop_and_join(); }
@@ -81,13 +89,16 @@ void Subpool::stop_and_join() {
 
 bool Subpool::is_own_thread() const { return tl_subpool == this; }
 
-void Subpool::worker_loop(int index, const std::vector<int>& cpus) {
+void Subpool::worker_loop(int index, const std::vector<int>& cpus, const std::string& name) {
   tl_subpool = this;
+  name_current_thread(name);
   pin_current_thread(cpus);
   bool leader = index == 0;
   std::condition_variable& cv = leader ? leader_cv_ : work_cv_;
   unsigned long seen = 0;
   std::unique_lock<std::mutex> lk(m_);
+  ++started_;
+  started_cv_.notify_one();
   for (;;) {
     cv.wait(lk, [&] { return stop_ || (job_ && job_generation_ != seen) || (leader && leader_fn_); });
     if (stop_) return;

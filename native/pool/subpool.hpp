@@ -7,17 +7,24 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace kt_moe {
 
+// Names the calling thread for top, gdb and /proc/<pid>/task/*/comm (the first 15 characters).
+void name_current_thread(const std::string& name);
+
 class Subpool {
  public:
-  // Starts `threads` (>= 1) worker threads. Thread 0 is the leader. When `cpus` is not empty
-  // every thread is pinned to that CPU set (refused pins are ignored). `node` is the NUMA node
-  // index the subpool works on (numa_nodes()[node]); it only tells users where to allocate.
-  Subpool(int threads, int node, const std::vector<int>& cpus);
+  // Starts `threads` (>= 1) worker threads, named `<name>-<k>` (what top and /proc show; at most
+  // 15 characters are kept). Thread 0 is the leader. When `cpus` is not empty every thread is
+  // pinned to that CPU set (refused pins are ignored). `node` is the NUMA node index the subpool
+  // works on (numa_nodes()[node]); it only tells users where to allocate. Returns once every
+  // thread is named and pinned. std::system_error when a thread cannot be started (the ones
+  // started are stopped first).
+  Subpool(int threads, int node, const std::vector<int>& cpus, const std::string& name);
   // Stops and joins the threads. No parallel_for or leader function may be in progress.
   ~Subpool();
   Subpool(const Subpool&) = delete;
@@ -47,7 +54,7 @@ class Subpool {
 
  private:
   struct Job;
-  void worker_loop(int index, const std::vector<int>& cpus);
+  void worker_loop(int index, const std::vector<int>& cpus, const std::string& name);
   void stop_and_join();
 
   int node_;
@@ -58,6 +65,8 @@ class Subpool {
   std::condition_variable work_cv_;         // the other idle threads sleep here
   std::condition_variable job_done_cv_;     // parallel_for's caller waits here
   std::condition_variable leader_done_cv_;  // wait_leader() waits here
+  std::condition_variable started_cv_;      // the constructor waits here for every thread to start
+  int started_ = 0;                         // threads named and pinned
   Job* job_ = nullptr;
   unsigned long job_generation_ = 0;
   std::function<void()> leader_fn_;

@@ -4,11 +4,23 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <system_error>
 #include <utility>
 
 #include "pool/numa_topology.hpp"
 
 namespace kt_moe {
+namespace {
+
+// The message of a pool whose `threads` compute threads could not be started, for `reason` (the
+// system's, e.g. "Resource temporarily unavailable").
+std::string thread_start_error(int threads, const std::string& reason) {
+  return "could not start " + std::to_string(threads) + " worker threads (cpuinfer_threads, plus one dispatcher): " +
+         reason + "; lower cpuinfer_threads or raise the process's thread limit (ulimit -u, ulimit -v)";
+}
+
+}  // namespace
 
 WorkerPool::WorkerPool(int threads, int subpools) : threads_(threads) {
   if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
@@ -18,13 +30,17 @@ WorkerPool::WorkerPool(int threads, int subpools) : threads_(threads) {
                                 std::to_string(threads) + ")");
   const std::vector<NumaNode>& nodes = numa_nodes();
   const int node_count = static_cast<int>(nodes.size());
-  for (int s = 0; s < subpools; ++s) {
-    int node = s % node_count;
-    int share = threads / subpools + (s < threads % subpools ? 1 : 0);
-    std::vector<int> pin = node_count > 1 ? nodes[node].cpus : std::vector<int>{};
-    subpools_.push_back(std::make_unique<Subpool>(share, node, pin));
+  try {
+    for (int s = 0; s < subpools; ++s) {
+      int node = s % node_count;
+      int share = threads / subpools + (s < threads % subpools ? 1 : 0);
+      std::vector<int> pin = node_count > 1 ? nodes[node].cpus : std::vector<int>{};
+      subpools_.push_back(std::make_unique<Subpool>(share, node, pin, "kt_moe-s" + std::to_string(s)));
+    }
+    dispatcher_ = std::thread(&WorkerPool::dispatch_loop, this);
+  } catch (const std::system_error& e) {  // the threads started so far stop with subpools_
+    throw std::runtime_error(thread_start_error(threads, e.what()));
   }
-  dispatcher_ = std::thread(&WorkerPool::dispatch_loop, this);
 }
 
 WorkerPool::~WorkerPool() {
@@ -83,6 +99,7 @@ void WorkerPool::sync() {
 }
 
 void WorkerPool::dispatch_loop() {
+  name_current_thread("kt_moe-queue");
   std::unique_lock<std::mutex> lk(m_);
   for (;;) {
     task_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });

@@ -20,7 +20,10 @@ class WorkerPool {
  public:
   // Splits `threads` among `subpools` subpools as evenly as possible (earlier subpools get the
   // remainder). With N > 1 NUMA nodes, subpool s runs on node s % N, its threads pinned to that
-  // node's CPUs. Throws std::invalid_argument naming the parameter unless 1 <= subpools <= threads.
+  // node's CPUs. Throws std::invalid_argument naming the parameter unless 1 <= subpools <= threads,
+  // std::runtime_error "could not start N worker threads ...: <the system's reason>" when the
+  // threads cannot be started. Threads are named
+  // kt_moe-s<subpool>-<k> and kt_moe-queue (the dispatcher).
   WorkerPool(int threads, int subpools);
   // Runs every task already submitted (pending ones included), then joins all threads. Errors of
   // tasks not yet reported by sync() are dropped.

@@ -1,5 +1,6 @@
 // The object Python sees as kt_moe._native.TP_MOE: an InferEngine plus the checks of the arrays it
-// is handed and the references that keep a queued forward's arrays alive until its sync. Also
+// is handed and the references that keep a queued forward's tensors alive until its sync (visible
+// to the cycle collector: py/held_objects.hpp). Also
 // bind_infer_engine(), the binding of the class, so that bindings.cpp needs one line for it.
 // Included by bindings.cpp only.
 #pragma once
@@ -19,6 +20,7 @@
 #include "moe/infer_engine.hpp"
 #include "pool/py_worker_pool.hpp"
 #include "py/arrays.hpp"
+#include "py/held_objects.hpp"
 #include "py/quant_parts.hpp"
 
 namespace kt_moe::py {
@@ -85,7 +87,8 @@ class PyInferEngine {
     const bf16_t* x = checked<const bf16_t>(input, "input", DType::bf16, {qlen, H});
     bf16_t* out = checked<bf16_t>(output, "output", DType::bf16, {qlen, H});
     const uint64_t ticket = engine_.submit(qlen, ids, w, x, out);
-    in_use_.emplace(ticket, std::array<Array, 4>{expert_ids, weights, input, output});
+    in_use_.emplace(ticket, std::array<nanobind::object, 4>{owner_of(expert_ids), owner_of(weights),
+                                                            owner_of(input), owner_of(output)});
     return ticket;
   }
 
@@ -104,6 +107,17 @@ class PyInferEngine {
     if (error) std::rethrow_exception(error);
   }
 
+  // The cycle collector's view of the tensors held for queued forwards (py/held_objects.hpp).
+  int visit_held(visitproc visit, void* arg) {
+    for (const auto& [ticket, objects] : in_use_)
+      for (const nanobind::object& o : objects) Py_VISIT(o.ptr());
+    return 0;
+  }
+  void release_held() {
+    engine_.wait_all();  // with the GIL: inside a collection no other Python thread may run
+    in_use_.clear();
+  }
+
  private:
   // The parts of one quantized matrix W [n, k] (C-contiguous, checked) as the engine takes them.
   static QuantInferWeights::Matrix matrix(QuantFormat format, const std::vector<Array>& parts, const char* name,
@@ -114,14 +128,14 @@ class PyInferEngine {
   }
 
   // Declared before engine_, so destroyed after ~InferEngine has waited for the queued work.
-  std::map<uint64_t, std::array<Array, 4>> in_use_;
+  std::map<uint64_t, std::array<nanobind::object, 4>> in_use_;  // expert_ids, weights, input, output
   InferEngine engine_;
 };
 
 inline void bind_infer_engine(nanobind::module_& m) {
   namespace nb = nanobind;
   using namespace nb::literals;
-  nb::class_<PyInferEngine>(m, "TP_MOE",
+  nb::class_<PyInferEngine>(m, "TP_MOE", nb::type_slots(held_object_slots<PyInferEngine>),
                             "Inference engine of one MoE layer on a WorkerPool (one subpool per tensor-parallel "
                             "part). submit_forward_task queues a forward and returns a ticket at once; "
                             "sync_forward_task(ticket) waits for it with the GIL released.")
@@ -148,6 +162,14 @@ inline void bind_infer_engine(nanobind::module_& m) {
            "Drop the staged weights; the weights forwards read stay as they were.")
       .def_prop_ro("pending", [](PyInferEngine& e) { return e.engine().pending(); },
                    "Forwards submitted and not yet synced.")
+      .def_prop_ro("scratch_bytes", [](PyInferEngine& e) { return e.engine().scratch_bytes(); },
+                   nb::call_guard<nb::gil_scoped_release>(),
+                   "Bytes the forwards' per-call buffers hold now (measured behind the queued work).")
+      .def_prop_rw(
+          "scratch_keep_bytes", [](PyInferEngine& e) { return e.engine().scratch_keep_bytes(); },
+          [](PyInferEngine& e, size_t bytes) { e.engine().set_scratch_keep_bytes(bytes); },
+          "After each forward, a per-call buffer larger than both what the forward needed and this many bytes "
+          "is freed (default 16 MiB).")
       .def("load_expert_task", &PyInferEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
            "down"_a.noconvert(),
            "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot` of the staged weights "

@@ -1,6 +1,7 @@
 // The object Python sees as kt_moe._native.TP_MOE_SFT (spec 2.2): an SftEngine plus the checks of
-// the arrays it is handed and the references to the LoRA tensors it reads in place. Every *_task
-// runs on the worker pool and returns when it has finished. Included by bindings.cpp only.
+// the arrays it is handed and the references to the LoRA tensors it reads in place (visible to the
+// cycle collector: py/held_objects.hpp). Every *_task runs on the worker pool and returns when it
+// has finished. Included by bindings.cpp only.
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -14,6 +15,7 @@
 
 #include "moe/sft_engine.hpp"
 #include "py/arrays.hpp"
+#include "py/held_objects.hpp"
 #include "py/quant_parts.hpp"
 
 namespace kt_moe::py {
@@ -95,7 +97,18 @@ class PySftEngine {
     t.down_a = checked<const bf16_t>(down_a, "down_lora_a", DType::bf16, {E, r, I});
     t.down_b = checked<const bf16_t>(down_b, "down_lora_b", DType::bf16, {E, H, r});
     engine_.set_lora(t);
-    lora_refs_ = {gate_a, gate_b, up_a, up_b, down_a, down_b};
+    lora_refs_ = {owner_of(gate_a), owner_of(gate_b), owner_of(up_a), owner_of(up_b), owner_of(down_a),
+                  owner_of(down_b)};
+  }
+
+  // The cycle collector's view of the LoRA tensors (py/held_objects.hpp).
+  int visit_held(visitproc visit, void* arg) {
+    for (const nanobind::object& o : lora_refs_) Py_VISIT(o.ptr());
+    return 0;
+  }
+  void release_held() {
+    engine_.clear_lora();  // no call is in progress: a caller would hold a reference to this object
+    lora_refs_ = {};
   }
 
   void forward(int qlen, int k, const Array& expert_ids, const Array& weights, const Array& input,
@@ -140,7 +153,7 @@ class PySftEngine {
   }
 
   SftEngine engine_;
-  std::array<Array, 6> lora_refs_;  // keep the tensors the engine reads alive
+  std::array<nanobind::object, 6> lora_refs_;  // keep the tensors the engine reads alive
 };
 
 }  // namespace kt_moe::py
