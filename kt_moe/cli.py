@@ -14,7 +14,9 @@ from typing import Optional, Sequence, TextIO
 
 from safetensors import SafetensorError
 
+import kt_moe
 from kt_moe import _native
+from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.quant import METHOD_SCHEMES
@@ -127,6 +129,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kt-moe", description="CPU Mixture-of-Experts operators.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {kt_moe.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate = commands.add_parser("validate", help="check a YAML, TOML or JSON config file")
     validate.add_argument("file", metavar="FILE", help="config file (.yaml, .yml, .toml or .json)")
@@ -157,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return quiet_on_closed_pipe(lambda: _run(argv))
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":

@@ -1,7 +1,9 @@
 """The `kt-moe` command: validate on YAML, TOML and JSON files, schema, info, demo dispatch, and the
 installed console script."""
 
+import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +11,9 @@ import types
 
 import pytest
 
+import kt_moe
 from kt_moe import cli
+from kt_moe.closed_pipe import SIGPIPE_STATUS
 from kt_moe.config import KTMoEConfig
 from kt_moe.config_files import ConfigFileError, load_config_file
 
@@ -136,6 +140,28 @@ def test_demo_dispatches_to_the_demo_module(monkeypatch, capsys):
     monkeypatch.setattr("kt_moe.demo", fake, raising=False)
     assert run(capsys, "demo", "--tokens", "4") == (7, "tokens 4\n", "")
     assert run(capsys, "demo") == (7, "tokens 1\n", "")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert (info.value.code, capsys.readouterr().out) == (0, f"kt-moe {kt_moe.__version__}\n")
+    assert kt_moe.__version__ == importlib.metadata.version("kt-moe")
+
+
+@pytest.mark.parametrize("command,status", [(["schema"], SIGPIPE_STATUS), (["info"], SIGPIPE_STATUS),
+                                            (["validate", "{config}"], SIGPIPE_STATUS), (["--help"], 0)])
+def test_closed_pipe_is_quiet(tmp_path, command, status):
+    """The reader of stdout is gone before the first line (`kt-moe schema | head` once head exits)."""
+    config = write(tmp_path, "json", VALID)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([sys.executable, "-m", "kt_moe.cli", *(a.format(config=config) for a in command)],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (out.returncode, out.stderr) == (status, "")
 
 
 def test_unknown_arguments_are_refused(capsys):
