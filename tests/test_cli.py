@@ -89,6 +89,14 @@ def test_validate_accepts_kt_moe_section_and_yml(tmp_path, capsys):
     ("c.json", "[1, 2]", "expected a mapping of parameters at the top level, found list"),
     ("c.yaml", "", "expected a mapping of parameters at the top level, found nothing"),
     ("c.yaml", "- 1\n", "expected a mapping of parameters at the top level, found list"),
+    ("c.json", '{"num_experts": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nested too deeply"),
+    ("c.yaml", "num_experts: " + "[" * 2000 + "]" * 2000, "invalid YAML: nested too deeply"),
+    ("c.yaml", "".join(" " * i + "a:\n" for i in range(3000)), "invalid YAML: nested too deeply"),
+    ("c.toml", "a = " + "{b = " * 5000 + "1" + "}" * 5000, "invalid TOML: nested too deeply"),
+    ("c.json", '{"num_experts": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit (4300 digits)"),
+    ("c.yaml", "num_experts: !!timestamp 2020-99-99", "invalid YAML: month must be in 1..12"),
+    ("c.yaml", "num_experts: !!float abc", "invalid YAML: could not convert string to float"),
+    ("c.yaml", "a: \x01", "invalid YAML: unacceptable character #x0001: special characters are not allowed; in "),
 ])
 def test_validate_unusable_file_is_one_line(tmp_path, capsys, name, text, reason):
     path = tmp_path / name
