@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from typing import Optional, Sequence, TextIO
@@ -21,20 +22,45 @@ from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.quant import METHOD_SCHEMES
 from kt_moe.weights.convert import convert_checkpoint, parse_layers
+from kt_moe.wrapper import engine_missing
+
+
+def _weight_path_problem(weight_path: str) -> Optional[str]:
+    """What is wrong with weight_path as the directory load_weights() reads, or None."""
+    consequence = "load_weights() will fail (load_weights_from_tensors() does not read it)"
+    if not weight_path:
+        return f"weight_path is empty: {consequence}"
+    if not os.path.exists(weight_path):
+        return f"weight_path '{weight_path}' does not exist: {consequence}"
+    if not os.path.isdir(weight_path):
+        return f"weight_path '{weight_path}' is not a directory: {consequence}"
+    return None
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Errors: the config's own (kt_moe.config) and a method this version cannot build. Warnings
+    (errors with --strict): a weight_path that is not a directory here."""
     try:
         data = load_config_file(args.file)
     except ConfigFileError as exc:
         print(exc)
         return 1
     errors = config_errors(data)
+    invalid = {field for field, _ in errors}
+    method = data.get("method", KTMoEConfig.model_fields["method"].default)
+    missing = None if "method" in invalid else engine_missing(method)
+    errors += [("method", missing)] if missing else []
+    path_problem = None if "weight_path" in invalid else _weight_path_problem(data["weight_path"])
+    warnings = [("weight_path", path_problem)] if path_problem else []
+    if args.strict:
+        errors, warnings = errors + warnings, []
     for field, message in errors:
         print(f"{args.file}: {field}: {message}")
+    for field, message in warnings:
+        print(f"{args.file}: {field}: warning: {message}")
     if errors:
         return 1
-    print("OK")
+    print(f"OK ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else "OK")
     return 0
 
 
@@ -133,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate = commands.add_parser("validate", help="check a YAML, TOML or JSON config file")
     validate.add_argument("file", metavar="FILE", help="config file (.yaml, .yml, .toml or .json)")
+    validate.add_argument("--strict", action="store_true",
+                          help="treat warnings (a weight_path that is not a directory here) as errors")
     validate.set_defaults(handler=_validate)
     commands.add_parser("schema", help="print the config's JSON Schema").set_defaults(handler=_schema)
     commands.add_parser("info", help="show the CPU's ISA levels and the active one").set_defaults(handler=_info)

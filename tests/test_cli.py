@@ -7,18 +7,19 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import types
 
 import pytest
 
 import kt_moe
-from kt_moe import cli
+from kt_moe import cli, wrapper
 from kt_moe.closed_pipe import SIGPIPE_STATUS
 from kt_moe.config import KTMoEConfig
 from kt_moe.config_files import ConfigFileError, load_config_file
 
 VALID = dict(layer_idx=0, num_experts=8, num_experts_per_tok=2, hidden_size=64, moe_intermediate_size=32,
-             num_gpu_experts=0, cpuinfer_threads=4, threadpool_count=2, weight_path="/tmp/w",
+             num_gpu_experts=0, cpuinfer_threads=4, threadpool_count=2, weight_path=tempfile.gettempdir(),
              chunked_prefill_size=64, mode="sft", method="AMXBF16_SFT", lora_rank=8, lora_alpha=16.0)
 
 
@@ -70,6 +71,42 @@ def test_validate_cross_field_and_mode_rules(tmp_path, capsys):
         f"{path}: lora_rank: lora_rank is only used with mode='sft' (got mode='inference')",
         f"{path}: lora_alpha: lora_alpha is only used with mode='sft' (got mode='inference')",
     ]
+
+
+@pytest.mark.parametrize("method", sorted(wrapper.ENGINES_NOT_BUILT))
+def test_validate_refuses_a_method_not_built(tmp_path, capsys, method):
+    path = write(tmp_path, "yaml", dict(VALID, mode="inference", method=method, lora_rank=16, lora_alpha=32.0))
+    code, out, _ = run(capsys, "validate", str(path))
+    built = ", ".join(sorted(wrapper.BACKENDS.keys() - wrapper.ENGINES_NOT_BUILT))
+    assert code == 1
+    assert out.splitlines() == [f"{path}: method: Method '{method}' is not implemented yet in this version of "
+                                f"kt-moe; implemented: {built}"]
+
+
+def test_validate_follows_the_factory_on_built_methods(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(wrapper, "ENGINES_NOT_BUILT", frozenset())
+    path = write(tmp_path, "yaml", dict(VALID, mode="inference", method="RAWINT4", lora_rank=16, lora_alpha=32.0))
+    assert run(capsys, "validate", str(path)) == (0, "OK\n", "")
+
+
+@pytest.mark.parametrize("weight_path,problem", [
+    ("{tmp}/absent", "weight_path '{tmp}/absent' does not exist"),
+    ("{tmp}/config.json", "weight_path '{tmp}/config.json' is not a directory"),
+    ("", "weight_path is empty"),
+])
+def test_validate_warns_about_weight_path(tmp_path, capsys, weight_path, problem):
+    weight_path, problem = weight_path.format(tmp=tmp_path), problem.format(tmp=tmp_path)
+    path = write(tmp_path, "json", dict(VALID, weight_path=weight_path))
+    line = f"{path}: weight_path: {problem}: load_weights() will fail (load_weights_from_tensors() does not read it)"
+    code, out, _ = run(capsys, "validate", str(path))
+    assert (code, out.splitlines()) == (0, [line.replace("weight_path: ", "weight_path: warning: ", 1),
+                                           "OK (1 warning)"])
+    code, out, _ = run(capsys, "validate", "--strict", str(path))
+    assert (code, out.splitlines()) == (1, [line])
+
+
+def test_validate_strict_passes_a_good_file(tmp_path, capsys):
+    assert run(capsys, "validate", "--strict", str(write(tmp_path, "toml", VALID))) == (0, "OK\n", "")
 
 
 def test_validate_accepts_kt_moe_section_and_yml(tmp_path, capsys):
