@@ -207,9 +207,10 @@ def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str
                        progress: Optional[Progress] = None, group_size: Optional[int] = None,
                        zero_point: Optional[bool] = None) -> List[LayerResult]:
     """Convert the routed experts of the checkpoint in `input_dir` (every MoE layer, or `layers`:
-    ids, or a LayerRanges such as parse_layers("0-60"); each must be a MoE layer there) to `method` (a method of kt_moe.quant.METHOD_SCHEMES; AMXINT8_SFT and AMXINT4_SFT write the
-    files of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module
-    docstring describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
+    ids, or a LayerRanges such as parse_layers("0-60"); each must be a MoE layer there) to
+    `method` (a method of kt_moe.quant.METHOD_SCHEMES; AMXINT8_SFT and AMXINT4_SFT write the files
+    of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module docstring
+    describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
     the defaults; ValueError with another method). `progress(done, total, message)` is called as
     experts are quantized. Returns one LayerResult per layer, in layer order."""
     scheme_for_method(method, group_size, zero_point)  # ValueError before anything is read
