@@ -23,21 +23,21 @@ from typing import List, Optional
 
 import torch
 
-from kt_moe.benchmark.arguments import csv_list
+from kt_moe.benchmark.arguments import HelpFormatter, csv_list
 from kt_moe.benchmark.cases import BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
 from kt_moe.benchmark.report import Reporter
 from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
 from kt_moe.benchmark.shapes import SHAPES
+from kt_moe.closed_pipe import quiet_on_closed_pipe
 
 MODES = ("inference", "sft")
 
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--shape", type=csv_list(str), default=["small"], help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--q", type=csv_list(int), default=[1, 128], help="comma list of token counts")
     p.add_argument("--threads", type=csv_list(int), default=[2], help="comma list of thread counts")
@@ -45,7 +45,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case before timing")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (lora_alpha is 32)")
     p.add_argument("--evict-mb", type=float, default=512.0,
-                   help="MB of other memory read before each timed step (untimed), so that a step's\n"
+                   help="MB of other memory read before each timed step (untimed), so that a step's "
                         "experts come from memory as in a whole model; 0 keeps what the cache holds")
     p.add_argument("--mode", choices=MODES + ("both",), default=None,
                    help="default: the modes of --methods, else inference")
@@ -106,4 +106,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -89,8 +89,10 @@ def _demo(args: argparse.Namespace) -> int:
     """The demo's own parser reads the rest of the command line (args.demo_args); importing the
     demo (and torch) waits until it is asked for."""
     from kt_moe import demo
+    from kt_moe.benchmark.arguments import HelpFormatter
 
-    parser = argparse.ArgumentParser(prog="kt-moe demo", description="Run the kt-moe demo.")
+    parser = argparse.ArgumentParser(prog="kt-moe demo", description="Run the kt-moe demo.",
+                                     formatter_class=HelpFormatter)
     demo.add_arguments(parser)
     return demo.run(parser.parse_args(args.demo_args))
 

@@ -31,7 +31,7 @@ EXAMPLES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="dsv2-lite",
                         help="layer shape (default dsv2-lite: E=64, top-6, H=2048, I=1408)")
-    parser.add_argument("--tokens", type=int, default=128, help="tokens per call (default 128)")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per call")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cpuinfer_threads")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the SFT example")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (median shown)")

@@ -1,10 +1,13 @@
 """`kt-moe demo` and bench/bench_moe.py run end to end at a small size: both examples, every
 method listed (run or skipped with its reason), baselines accurate against the reference."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from kt_moe import cli
 from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
@@ -58,3 +61,37 @@ def test_bench_prints_table_and_json_lines(tmp_path):
                 assert r["err_grad"] < bound * GRAD_BOUND_FACTOR.get(r["method"], 1) and not r["grads_missing"]
         else:
             assert r["reason"]
+
+
+def bench_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name,defaults", [
+    ("bench_moe", ["--shape SHAPE comma list of small, dsv2-lite, qwen3-30b (default: small)",
+                   "--q Q comma list of token counts (default: 1,128)", "--evict-mb", "(default: 512.0)",
+                   "--repeats REPEATS timed steps per case (default: 10)"]),
+    ("bench_gemm", ["--tokens TOKENS comma list of token counts T (default: 1,12,48,128)",
+                    "--min-ms MIN_MS each repeat loops calls for at least this long (default: 20.0)"]),
+    ("bench_qgemm", ["--formats FORMATS comma list of weight formats (default: int8_channel,int4_group16)",
+                     "--threads {1,2} threads per product (column halves) (default: 1)"]),
+])
+def test_bench_help_shows_defaults(capsys, name, defaults):
+    with pytest.raises(SystemExit) as info:
+        bench_script(name).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # as one line, whatever the terminal's width
+    assert info.value.code == 0
+    for default in defaults:
+        assert default in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_demo_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--tokens TOKENS tokens per call (default: 128)" in text
+    assert "--steps STEPS training steps of the SFT example (default: 5)" in text
