@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from typing import Optional, Sequence, TextIO
 
@@ -21,6 +20,7 @@ from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.quant import METHOD_SCHEMES
+from kt_moe.status_line import StatusLine
 from kt_moe.weights.convert import convert_checkpoint, parse_layers
 from kt_moe.wrapper import engine_missing
 
@@ -98,31 +98,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """The converter's progress: one line redrawn in place with \\r, e.g.
+    """The converter's progress: one line redrawn in place, e.g.
     `[############............]  50%  32/64 experts  layer 3: quantizing (32/64)`;
     draws nothing when disabled (a stream that is not a terminal, or --quiet)."""
 
     WIDTH = 24
 
     def __init__(self, stream: TextIO, enabled: bool):
-        self.stream, self.enabled, self.drawn = stream, enabled, 0
+        self.line, self.enabled = StatusLine(stream), enabled
 
     def update(self, done: int, total: int, message: str) -> None:
         if not self.enabled:
             return
         filled = self.WIDTH * done // max(total, 1)
-        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}%  "
-                f"{done}/{total} experts  {message}")[:shutil.get_terminal_size().columns - 1]  # no wrapping
-        self.stream.write("\r" + line.ljust(self.drawn))
-        self.stream.flush()
-        self.drawn = len(line)
+        self.line.show(f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}%  "
+                       f"{done}/{total} experts  {message}")
 
     def finish(self) -> None:
         """End the line, so that what follows starts on a line of its own."""
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = 0
+        self.line.finish()
 
 
 def _layers(text: str) -> list[int]:

@@ -1,9 +1,10 @@
-"""`kt-moe demo`: the two usage examples of spec section 3 (inference forward; SFT forward_sft +
+"""`kt-moe demo`: the two usage examples (inference: forward; LoRA fine-tuning: forward_sft +
 backward) at a layer size this machine holds, for the torch bf16 baseline and every kt-moe method:
-what ran, how fast, and the relative L2 error against kt_moe.reference. A method whose engine is
-not built yet shows as "skipped". BF16 also walks through the asynchronous calls (submit_forward /
-sync_forward) and deferred experts, which every inference method shares; each built SFT method runs
-a few training steps."""
+what ran, how fast, and the relative L2 error against kt_moe.reference next to the error the tests
+allow the method. A method whose engine is not built yet shows as "skipped", with the reason.
+BF16 also walks through the asynchronous calls (submit_forward / sync_forward) and deferred experts,
+which every inference method shares; each built SFT method runs a few training steps. What runs
+meanwhile (setup, timing rounds) shows on stderr."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from kt_moe.benchmark.cases import BASELINES, ktmoe_wrapper, names
 from kt_moe.benchmark.problem import LORA_ALPHA, Problem
-from kt_moe.benchmark.report import Reporter
+from kt_moe.benchmark.report import ERRORS_NOTE, Reporter
 from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
 from kt_moe.benchmark.shapes import SHAPES
 from kt_moe.reference import LoraWeights, lora_moe_forward, relative_l2
@@ -23,8 +24,9 @@ from kt_moe.reference import LoraWeights, lora_moe_forward, relative_l2
 ASYNC_EXAMPLE_METHOD = "BF16"  # the walk-through runs once, on the method whose weights load at once
 
 EXAMPLES = {
-    "inference": "spec 3.1: forward(hidden_states bf16 [q, H], topk_ids int64 [q, k], topk_weights fp32 [q, k])",
-    "sft": "spec 3.2: forward_sft(..., save_for_backward=True) then backward(grad_output), LoRA r={rank} alpha={alpha}",
+    "inference": "Inference: forward(hidden_states bf16 [q, H], topk_ids int64 [q, k], topk_weights fp32 [q, k])",
+    "sft": "LoRA fine-tuning: forward_sft(..., save_for_backward=True) + backward(grad_output), "
+           "LoRA r={rank} alpha={alpha}",
 }
 
 
@@ -52,14 +54,16 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
                   f"torch {torch.__version__}")
     reporter.note(f"layer {shape.name}: E={shape.num_experts} experts, top-{shape.top_k}, H={shape.hidden}, "
                   f"I={shape.intermediate}, {args.tokens} tokens, {args.threads} threads; times are medians "
-                  f"of {args.repeats} calls; 'err' is the relative L2 error against the fp32 reference")
+                  f"of {args.repeats} calls")
+    reporter.note(ERRORS_NOTE)
+    reporter.progress("generating the layer's random weights and inputs")
     problem = Problem(shape, args.tokens, args.rank)
     failed = False
     for mode, example in EXAMPLES.items():
         reporter.note("\n" + example.format(rank=args.rank, alpha=LORA_ALPHA))
         reporter.header()
         for name, record in zip(names(mode), run_cases(names(mode), problem, args.threads, warmup=1,
-                                                       repeats=args.repeats, isa=isa)):
+                                                       repeats=args.repeats, isa=isa, progress=reporter.progress)):
             failed |= record["status"] == "error"
             reporter.case(record)
             if mode == "sft" and name != BASELINES["sft"] and record["status"] == "ok":
@@ -70,7 +74,7 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def serve(method: str, problem: Problem, threads: int) -> None:
-    """The spec 3.1 call pattern split in two: submit_forward returns at once, sync_forward waits;
+    """The inference call split in two: submit_forward returns at once, sync_forward waits;
     then the lowest-scored experts of each token deferred (select_deferred_experts) and fetched with
     sync_deferred_forward: immediate + deferred must match the reference."""
     k = problem.shape.top_k
@@ -94,7 +98,7 @@ def serve(method: str, problem: Problem, threads: int) -> None:
 
 
 def train(method: str, problem: Problem, threads: int, steps: int) -> None:
-    """The spec 3.2 training loop: LoRA B starts at zero, AdamW fits the output of a teacher LoRA
+    """A LoRA training loop: LoRA B starts at zero, AdamW fits the output of a teacher LoRA
     (the problem's), one forward_sft + backward + step + update_lora_weights per step."""
     wrapper = ktmoe_wrapper(method, problem, threads)
     teacher = problem.lora
