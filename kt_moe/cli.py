@@ -21,7 +21,7 @@ from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.quant import METHOD_SCHEMES
 from kt_moe.status_line import StatusLine
-from kt_moe.weights.convert import convert_checkpoint, parse_layers
+from kt_moe.weights.convert import LayerRanges, convert_checkpoint, parse_layers
 from kt_moe.wrapper import engine_missing
 
 
@@ -119,7 +119,7 @@ class _ProgressBar:
         self.line.finish()
 
 
-def _layers(text: str) -> list[int]:
+def _layers(text: str) -> LayerRanges:
     try:
         return parse_layers(text)
     except ValueError as exc:

@@ -100,6 +100,7 @@ def serve(method: str, problem: Problem, threads: int) -> None:
 def train(method: str, problem: Problem, threads: int, steps: int) -> None:
     """A LoRA training loop: LoRA B starts at zero, AdamW fits the output of a teacher LoRA
     (the problem's), one forward_sft + backward + step + update_lora_weights per step."""
+    print(f"  training {method}: {steps} steps of AdamW towards a teacher LoRA (MSE loss)", flush=True)
     wrapper = ktmoe_wrapper(method, problem, threads)
     teacher = problem.lora
     student = LoraWeights(*(t.clone() if "_a" in name else torch.zeros_like(t)
@@ -110,7 +111,6 @@ def train(method: str, problem: Problem, threads: int, steps: int) -> None:
     target = lora_moe_forward(problem.x, problem.expert_ids, problem.weights, *problem.experts, teacher,
                               problem.scale)
     optimizer = torch.optim.AdamW(student, lr=1e-3, weight_decay=0.0)
-    print(f"  training {method}: {steps} steps of AdamW towards a teacher LoRA (MSE loss)")
     for step in range(steps):
         start = time.perf_counter()
         out = wrapper.forward_sft(problem.x, problem.expert_ids, problem.weights, save_for_backward=True)
