@@ -34,8 +34,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from kt_moe import _native
-from kt_moe.benchmark.arguments import csv_list, kernel_levels
+from kt_moe.benchmark.arguments import HelpFormatter, csv_list, kernel_levels
 from kt_moe.benchmark.runner import cpu_model
+from kt_moe.closed_pipe import quiet_on_closed_pipe
 
 H, I, R = 2048, 1408, 16
 
@@ -64,15 +65,17 @@ SHAPES = {
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=csv_list(int), default=[1, 12, 48, 128])
-    p.add_argument("--shapes", type=csv_list(str), default=list(SHAPES))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--tokens", type=csv_list(int), default=[1, 12, 48, 128], help="comma list of token counts T")
+    p.add_argument("--shapes", type=csv_list(str), default=list(SHAPES), help="comma list of products")
     p.add_argument("--levels", type=csv_list(str), default=None,
                    help="default: every level this CPU runs except amx_emulated")
     p.add_argument("--repeats", type=int, default=15, help="timed repeats per row (median reported)")
     p.add_argument("--min-ms", type=float, default=20.0, help="each repeat loops calls for at least this long")
-    p.add_argument("--cache-mb", type=float, default=512.0, help="bytes of streamed-operand copies to rotate through")
-    p.add_argument("--json-out", type=argparse.FileType("w"), default=None)
+    p.add_argument("--cache-mb", type=float, default=512.0,
+                   help="MB of streamed-operand copies to rotate through (0: one copy, cache-hot)")
+    p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
+                   help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)
     args.levels = kernel_levels(p, args.levels)
     for s in args.shapes:
@@ -177,4 +180,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

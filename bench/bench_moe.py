@@ -10,8 +10,10 @@ of each per round), so that their ratios hold while the machine's speed drifts. 
 and min-max of the timed steps, tokens/s, effective GB/s of the expert weights
 read and GFLOP/s of the base GEMMs (formulas in kt_moe/benchmark/metrics.py), the ratio to the torch baseline of
 the same mode, shape, q and threads (baseline median / case median: above 1 is faster), and the
-relative L2 error of the output (and, for sft, the worst of grad_input and the gradients).
-A kt-moe method whose engine is not built prints a "skipped" row. Exit status 1 if a case errored.
+relative L2 error of the output (and, for sft, the worst of grad_input and the gradients) next to
+the bound the tests hold the method to ('!' when above). A kt-moe method whose engine is not built
+prints a "skipped" row with the reason below it. What runs meanwhile shows on stderr. Exit status
+1 if a case errored.
 """
 
 from __future__ import annotations
@@ -23,21 +25,21 @@ from typing import List, Optional
 
 import torch
 
-from kt_moe.benchmark.arguments import csv_list
+from kt_moe.benchmark.arguments import HelpFormatter, csv_list
 from kt_moe.benchmark.cases import BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
-from kt_moe.benchmark.report import Reporter
+from kt_moe.benchmark.report import ERRORS_NOTE, Reporter
 from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
 from kt_moe.benchmark.shapes import SHAPES
+from kt_moe.closed_pipe import quiet_on_closed_pipe
 
 MODES = ("inference", "sft")
 
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--shape", type=csv_list(str), default=["small"], help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--q", type=csv_list(int), default=[1, 128], help="comma list of token counts")
     p.add_argument("--threads", type=csv_list(int), default=[2], help="comma list of thread counts")
@@ -45,7 +47,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case before timing")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (lora_alpha is 32)")
     p.add_argument("--evict-mb", type=float, default=512.0,
-                   help="MB of other memory read before each timed step (untimed), so that a step's\n"
+                   help="MB of other memory read before each timed step (untimed), so that a step's "
                         "experts come from memory as in a whole model; 0 keeps what the cache holds")
     p.add_argument("--mode", choices=MODES + ("both",), default=None,
                    help="default: the modes of --methods, else inference")
@@ -90,15 +92,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         reporter.note(f"torch bf16 GEMM [512 x 2048] @ [2048 x 1408], {threads} threads: {rate:.1f} GFLOP/s",
                       dict(kind="torch_gemm", m=512, k=2048, n=1408, dtype="bfloat16", threads=threads,
                            gflop_per_s=rate, cpu=cpu_model(), torch=torch.__version__))
+    reporter.note(ERRORS_NOTE)
     reporter.header()
     failed = False
     for shape_name in args.shape:
         for q in args.q:
+            reporter.progress(f"generating the random weights and inputs of {shape_name}, q={q}")
             problem = Problem(SHAPES[shape_name], q, args.rank)
             for mode, case_names in args.cases.items():
                 for threads in args.threads:
                     for record in run_cases(case_names, problem, threads, args.warmup, args.repeats, isa,
-                                            evict_bytes=int(args.evict_mb * 2**20)):
+                                            evict_bytes=int(args.evict_mb * 2**20), progress=reporter.progress):
                         failed |= record["status"] == "error"
                         reporter.case(dict(record, kind="case"))
     reporter.close()
@@ -106,4 +110,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

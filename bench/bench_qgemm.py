@@ -38,8 +38,9 @@ import torch
 
 import kt_moe
 from kt_moe import _native
-from kt_moe.benchmark.arguments import csv_list, kernel_levels
+from kt_moe.benchmark.arguments import HelpFormatter, csv_list, kernel_levels
 from kt_moe.benchmark.runner import cpu_model
+from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.quant import (dequantize_int4_group16, dequantize_int8_channel, quantize_int4_group16,
                           quantize_int8_channel)
 
@@ -49,17 +50,19 @@ FORMATS = ("int8_channel", "int4_group16")
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=csv_list(int), default=[1, 48])
-    p.add_argument("--formats", type=csv_list(str), default=list(FORMATS))
-    p.add_argument("--shapes", type=csv_list(str), default=["gate"])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--tokens", type=csv_list(int), default=[1, 48], help="comma list of token counts T")
+    p.add_argument("--formats", type=csv_list(str), default=list(FORMATS), help="comma list of weight formats")
+    p.add_argument("--shapes", type=csv_list(str), default=["gate"], help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--levels", type=csv_list(str), default=None,
                    help="default: every level this CPU runs except amx_emulated")
-    p.add_argument("--threads", type=int, default=1, choices=(1, 2))
+    p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="threads per product (column halves)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per row (median reported)")
     p.add_argument("--min-ms", type=float, default=20.0, help="each repeat loops calls for at least this long")
-    p.add_argument("--cache-mb", type=float, default=512.0, help="bytes of weight copies to rotate through")
-    p.add_argument("--json-out", type=argparse.FileType("w"), default=None)
+    p.add_argument("--cache-mb", type=float, default=512.0,
+                   help="MB of weight copies to rotate through (0: one copy, cache-hot)")
+    p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
+                   help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)
     args.levels = kernel_levels(p, args.levels)
     for f in args.formats:
@@ -192,4 +195,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -37,8 +37,14 @@ class MoEWrapperBase:
             raise ValueError(f"{type(self).__name__} runs mode='{self.mode}', the config has mode='{config.mode}'")
         self.config = config
         self.native_config = config.to_native()
-        self.isa = _native.active_isa()  # raises ValueError when KT_MOE_ISA asks for too much
+        _native.active_isa()  # raises ValueError here when KT_MOE_ISA asks for too much
         self.pool = shared_pool(config.cpuinfer_threads, config.threadpool_count)
+
+    @property
+    def isa(self) -> str:
+        """The ISA level the kernels run at now: read at each call, since kt_moe.set_isa() switches
+        every wrapper's kernels at once."""
+        return _native.active_isa()
 
     def __repr__(self) -> str:
         c = self.config

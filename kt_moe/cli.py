@@ -8,31 +8,59 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
 from typing import Optional, Sequence, TextIO
 
 from safetensors import SafetensorError
 
+import kt_moe
 from kt_moe import _native
+from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.quant import METHOD_SCHEMES
-from kt_moe.weights.convert import convert_checkpoint, parse_layers
+from kt_moe.status_line import StatusLine
+from kt_moe.weights.convert import LayerRanges, convert_checkpoint, parse_layers
+from kt_moe.wrapper import engine_missing
+
+
+def _weight_path_problem(weight_path: str) -> Optional[str]:
+    """What is wrong with weight_path as the directory load_weights() reads, or None."""
+    consequence = "load_weights() will fail (load_weights_from_tensors() does not read it)"
+    if not weight_path:
+        return f"weight_path is empty: {consequence}"
+    if not os.path.exists(weight_path):
+        return f"weight_path '{weight_path}' does not exist: {consequence}"
+    if not os.path.isdir(weight_path):
+        return f"weight_path '{weight_path}' is not a directory: {consequence}"
+    return None
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Errors: the config's own (kt_moe.config) and a method this version cannot build. Warnings
+    (errors with --strict): a weight_path that is not a directory here."""
     try:
         data = load_config_file(args.file)
     except ConfigFileError as exc:
         print(exc)
         return 1
     errors = config_errors(data)
+    invalid = {field for field, _ in errors}
+    method = data.get("method", KTMoEConfig.model_fields["method"].default)
+    missing = None if "method" in invalid else engine_missing(method)
+    errors += [("method", missing)] if missing else []
+    path_problem = None if "weight_path" in invalid else _weight_path_problem(data["weight_path"])
+    warnings = [("weight_path", path_problem)] if path_problem else []
+    if args.strict:
+        errors, warnings = errors + warnings, []
     for field, message in errors:
         print(f"{args.file}: {field}: {message}")
+    for field, message in warnings:
+        print(f"{args.file}: {field}: warning: {message}")
     if errors:
         return 1
-    print("OK")
+    print(f"OK ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else "OK")
     return 0
 
 
@@ -61,41 +89,37 @@ def _demo(args: argparse.Namespace) -> int:
     """The demo's own parser reads the rest of the command line (args.demo_args); importing the
     demo (and torch) waits until it is asked for."""
     from kt_moe import demo
+    from kt_moe.benchmark.arguments import HelpFormatter
 
-    parser = argparse.ArgumentParser(prog="kt-moe demo", description="Run the kt-moe demo.")
+    parser = argparse.ArgumentParser(prog="kt-moe demo", description="Run the kt-moe demo.",
+                                     formatter_class=HelpFormatter)
     demo.add_arguments(parser)
     return demo.run(parser.parse_args(args.demo_args))
 
 
 class _ProgressBar:
-    """The converter's progress: one line redrawn in place with \\r, e.g.
+    """The converter's progress: one line redrawn in place, e.g.
     `[############............]  50%  32/64 experts  layer 3: quantizing (32/64)`;
     draws nothing when disabled (a stream that is not a terminal, or --quiet)."""
 
     WIDTH = 24
 
     def __init__(self, stream: TextIO, enabled: bool):
-        self.stream, self.enabled, self.drawn = stream, enabled, 0
+        self.line, self.enabled = StatusLine(stream), enabled
 
     def update(self, done: int, total: int, message: str) -> None:
         if not self.enabled:
             return
         filled = self.WIDTH * done // max(total, 1)
-        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}%  "
-                f"{done}/{total} experts  {message}")[:shutil.get_terminal_size().columns - 1]  # no wrapping
-        self.stream.write("\r" + line.ljust(self.drawn))
-        self.stream.flush()
-        self.drawn = len(line)
+        self.line.show(f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // max(total, 1):3d}%  "
+                       f"{done}/{total} experts  {message}")
 
     def finish(self) -> None:
         """End the line, so that what follows starts on a line of its own."""
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = 0
+        self.line.finish()
 
 
-def _layers(text: str) -> list[int]:
+def _layers(text: str) -> LayerRanges:
     try:
         return parse_layers(text)
     except ValueError as exc:
@@ -127,9 +151,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kt-moe", description="CPU Mixture-of-Experts operators.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {kt_moe.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate = commands.add_parser("validate", help="check a YAML, TOML or JSON config file")
     validate.add_argument("file", metavar="FILE", help="config file (.yaml, .yml, .toml or .json)")
+    validate.add_argument("--strict", action="store_true",
+                          help="treat warnings (a weight_path that is not a directory here) as errors")
     validate.set_defaults(handler=_validate)
     commands.add_parser("schema", help="print the config's JSON Schema").set_defaults(handler=_schema)
     commands.add_parser("info", help="show the CPU's ISA levels and the active one").set_defaults(handler=_info)
@@ -157,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return quiet_on_closed_pipe(lambda: _run(argv))
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":

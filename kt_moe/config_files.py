@@ -18,11 +18,16 @@ SECTION = "kt_moe"
 
 
 class ConfigFileError(ValueError):
-    """A config file that cannot be used: str() is '<path>: <reason>'."""
+    """A config file that cannot be used: str() is '<path>: <reason>', one line."""
 
     def __init__(self, path: Union[str, os.PathLike], reason: str):
-        self.path, self.reason = os.fspath(path), reason
-        super().__init__(f"{self.path}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = "; ".join(line.strip() for line in reason.splitlines() if line.strip())
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class _ParseError(ValueError):
+    """A parser's own report of what is wrong in the text (its message is complete)."""
 
 
 def _parse_yaml(text: str) -> Any:
@@ -31,52 +36,64 @@ def _parse_yaml(text: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        raise _ParseError(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def _parse_toml(text: str) -> Any:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        raise ValueError("reading TOML needs Python 3.11 or newer") from None
+        raise _ParseError("reading TOML needs Python 3.11 or newer") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"invalid TOML: {exc}") from None
+        raise _ParseError(f"invalid TOML: {exc}") from None
 
 
 def _parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise _ParseError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {
-    ".yaml": _parse_yaml,
-    ".yml": _parse_yaml,
-    ".toml": _parse_toml,
-    ".json": _parse_json,
+FORMATS: dict[str, tuple[str, Callable[[str], Any]]] = {  # suffix -> (format name, parser)
+    ".yaml": ("YAML", _parse_yaml),
+    ".yml": ("YAML", _parse_yaml),
+    ".toml": ("TOML", _parse_toml),
+    ".json": ("JSON", _parse_json),
 }
+
+
+def _parse(path: Union[str, os.PathLike], text: str) -> Any:
+    """The parsed text; ConfigFileError (one line) for anything the parser refuses, including a
+    value it cannot convert (a 5000-digit integer, a bad date) and nesting deeper than it recurses."""
+    name, parse = FORMATS[Path(path).suffix.lower()]
+    try:
+        return parse(text)
+    except _ParseError as exc:
+        reason = str(exc)
+    except RecursionError:
+        reason = (f"invalid {name}: nested too deeply to read (a config file holds a flat mapping of "
+                  "parameters)")
+    except ValueError as exc:
+        reason = f"invalid {name}: {exc}"
+    raise ConfigFileError(path, reason)
 
 
 def load_config_file(path: Union[str, os.PathLike]) -> dict[Any, Any]:
     """The parameter mapping a config file holds, unvalidated; ConfigFileError when the file has an
     unknown suffix, cannot be read or parsed, or holds no mapping."""
-    parse = PARSERS.get(Path(path).suffix.lower())
-    if parse is None:
+    if Path(path).suffix.lower() not in FORMATS:
         raise ConfigFileError(path, f"unsupported file type '{Path(path).suffix}'; expected one of "
-                                    f"{', '.join(PARSERS)}")
+                                    f"{', '.join(FORMATS)}")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigFileError(path, f"cannot read file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigFileError(path, "cannot read file: not UTF-8 text") from None
-    try:
-        data = parse(text)
-    except ValueError as exc:
-        raise ConfigFileError(path, str(exc)) from None
+    data = _parse(path, text)
     if isinstance(data, dict) and isinstance(data.get(SECTION), dict):
         data = data[SECTION]
     if not isinstance(data, dict):

@@ -1,9 +1,10 @@
-"""`kt-moe demo`: the two usage examples of spec section 3 (inference forward; SFT forward_sft +
+"""`kt-moe demo`: the two usage examples (inference: forward; LoRA fine-tuning: forward_sft +
 backward) at a layer size this machine holds, for the torch bf16 baseline and every kt-moe method:
-what ran, how fast, and the relative L2 error against kt_moe.reference. A method whose engine is
-not built yet shows as "skipped". BF16 also walks through the asynchronous calls (submit_forward /
-sync_forward) and deferred experts, which every inference method shares; each built SFT method runs
-a few training steps."""
+what ran, how fast, and the relative L2 error against kt_moe.reference next to the error the tests
+allow the method. A method whose engine is not built yet shows as "skipped", with the reason.
+BF16 also walks through the asynchronous calls (submit_forward / sync_forward) and deferred experts,
+which every inference method shares; each built SFT method runs a few training steps. What runs
+meanwhile (setup, timing rounds) shows on stderr."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from kt_moe.benchmark.cases import BASELINES, ktmoe_wrapper, names
 from kt_moe.benchmark.problem import LORA_ALPHA, Problem
-from kt_moe.benchmark.report import Reporter
+from kt_moe.benchmark.report import ERRORS_NOTE, Reporter
 from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
 from kt_moe.benchmark.shapes import SHAPES
 from kt_moe.reference import LoraWeights, lora_moe_forward, relative_l2
@@ -23,15 +24,16 @@ from kt_moe.reference import LoraWeights, lora_moe_forward, relative_l2
 ASYNC_EXAMPLE_METHOD = "BF16"  # the walk-through runs once, on the method whose weights load at once
 
 EXAMPLES = {
-    "inference": "spec 3.1: forward(hidden_states bf16 [q, H], topk_ids int64 [q, k], topk_weights fp32 [q, k])",
-    "sft": "spec 3.2: forward_sft(..., save_for_backward=True) then backward(grad_output), LoRA r={rank} alpha={alpha}",
+    "inference": "Inference: forward(hidden_states bf16 [q, H], topk_ids int64 [q, k], topk_weights fp32 [q, k])",
+    "sft": "LoRA fine-tuning: forward_sft(..., save_for_backward=True) + backward(grad_output), "
+           "LoRA r={rank} alpha={alpha}",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="dsv2-lite",
                         help="layer shape (default dsv2-lite: E=64, top-6, H=2048, I=1408)")
-    parser.add_argument("--tokens", type=int, default=128, help="tokens per call (default 128)")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per call")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cpuinfer_threads")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the SFT example")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (median shown)")
@@ -52,14 +54,16 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
                   f"torch {torch.__version__}")
     reporter.note(f"layer {shape.name}: E={shape.num_experts} experts, top-{shape.top_k}, H={shape.hidden}, "
                   f"I={shape.intermediate}, {args.tokens} tokens, {args.threads} threads; times are medians "
-                  f"of {args.repeats} calls; 'err' is the relative L2 error against the fp32 reference")
+                  f"of {args.repeats} calls")
+    reporter.note(ERRORS_NOTE)
+    reporter.progress("generating the layer's random weights and inputs")
     problem = Problem(shape, args.tokens, args.rank)
     failed = False
     for mode, example in EXAMPLES.items():
         reporter.note("\n" + example.format(rank=args.rank, alpha=LORA_ALPHA))
         reporter.header()
         for name, record in zip(names(mode), run_cases(names(mode), problem, args.threads, warmup=1,
-                                                       repeats=args.repeats, isa=isa)):
+                                                       repeats=args.repeats, isa=isa, progress=reporter.progress)):
             failed |= record["status"] == "error"
             reporter.case(record)
             if mode == "sft" and name != BASELINES["sft"] and record["status"] == "ok":
@@ -70,7 +74,7 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def serve(method: str, problem: Problem, threads: int) -> None:
-    """The spec 3.1 call pattern split in two: submit_forward returns at once, sync_forward waits;
+    """The inference call split in two: submit_forward returns at once, sync_forward waits;
     then the lowest-scored experts of each token deferred (select_deferred_experts) and fetched with
     sync_deferred_forward: immediate + deferred must match the reference."""
     k = problem.shape.top_k
@@ -94,8 +98,9 @@ def serve(method: str, problem: Problem, threads: int) -> None:
 
 
 def train(method: str, problem: Problem, threads: int, steps: int) -> None:
-    """The spec 3.2 training loop: LoRA B starts at zero, AdamW fits the output of a teacher LoRA
+    """A LoRA training loop: LoRA B starts at zero, AdamW fits the output of a teacher LoRA
     (the problem's), one forward_sft + backward + step + update_lora_weights per step."""
+    print(f"  training {method}: {steps} steps of AdamW towards a teacher LoRA (MSE loss)", flush=True)
     wrapper = ktmoe_wrapper(method, problem, threads)
     teacher = problem.lora
     student = LoraWeights(*(t.clone() if "_a" in name else torch.zeros_like(t)
@@ -106,7 +111,6 @@ def train(method: str, problem: Problem, threads: int, steps: int) -> None:
     target = lora_moe_forward(problem.x, problem.expert_ids, problem.weights, *problem.experts, teacher,
                               problem.scale)
     optimizer = torch.optim.AdamW(student, lr=1e-3, weight_decay=0.0)
-    print(f"  training {method}: {steps} steps of AdamW towards a teacher LoRA (MSE loss)")
     for step in range(steps):
         start = time.perf_counter()
         out = wrapper.forward_sft(problem.x, problem.expert_ids, problem.weights, save_for_backward=True)

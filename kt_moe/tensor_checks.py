@@ -16,12 +16,22 @@ def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
     return " or ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def check_tensor(value, name: str, shape: Tuple[int, ...], dtypes: Sequence[torch.dtype],
-                 devices: Sequence[str] = ("cpu",)) -> torch.Tensor:
-    """`value` itself when it is a tensor of one of `dtypes` with exactly `shape` (-1: any size) on a
-    device of one of the types `devices` (default: the CPU only)."""
+def _check_dense(value, name: str) -> None:
+    """`value` is a dense torch.Tensor: strided layout, not nested (sparse, mkldnn and nested
+    tensors are refused before any of their data is touched)."""
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.is_nested:
+        layout = "nested" if value.is_nested else str(value.layout).replace("torch.", "").lstrip("_")
+        hint = "" if value.is_nested else " (.to_dense() converts it)"
+        raise ValueError(f"{name} must be a dense (strided) tensor, got a {layout} tensor{hint}")
+
+
+def check_tensor(value, name: str, shape: Tuple[int, ...], dtypes: Sequence[torch.dtype],
+                 devices: Sequence[str] = ("cpu",)) -> torch.Tensor:
+    """`value` itself when it is a dense tensor of one of `dtypes` with exactly `shape` (-1: any size)
+    on a device of one of the types `devices` (default: the CPU only)."""
+    _check_dense(value, name)
     if value.device.type not in devices:
         where = "on the CPU" if tuple(devices) == ("cpu",) else f"on a {' or '.join(devices)} device"
         raise ValueError(f"{name} must be {where}, got device {value.device}")
@@ -50,9 +60,8 @@ def as_contiguous(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def check_expert_map(value, num_experts: int, num_logical: int) -> torch.Tensor:
-    """physical_to_logical_map: int64 [num_experts] with entries in [0, num_logical)."""
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"physical_to_logical_map must be a torch.Tensor, got {type(value).__name__}")
+    """physical_to_logical_map: dense int64 [num_experts] with entries in [0, num_logical)."""
+    _check_dense(value, "physical_to_logical_map")
     if value.dtype != torch.int64:
         raise ValueError(f"physical_to_logical_map must be int64, got {str(value.dtype).replace('torch.', '')}")
     if value.dim() != 1 or value.shape[0] != num_experts:

@@ -25,10 +25,19 @@ BACKENDS = {
     "AMXINT4_KGroup_SFT": AMXSFTMoEWrapper,
 }
 
-# Methods whose engine is not built yet: the factory refuses them at construction. The work that
-# builds an engine removes its methods from this set.
+# Methods whose engine is not built yet: the factory refuses them at construction (and `kt-moe
+# validate` reports them). The work that builds an engine removes its methods from this set.
 ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT", "BF16",
                                            "AMXINT8", "AMXINT4"}
+
+
+def engine_missing(method: str) -> Optional[str]:
+    """Why this version cannot build `method` (a valid method name), or None when it can."""
+    if method not in ENGINES_NOT_BUILT:
+        return None
+    built = sorted(BACKENDS.keys() - ENGINES_NOT_BUILT)
+    return (f"Method '{method}' is not implemented yet in this version of kt-moe; "
+            f"implemented: {', '.join(built) if built else 'none'}")
 
 
 class KTMoEWrapper:
@@ -69,9 +78,7 @@ class KTMoEWrapper:
             max_deferred_experts_per_token=max_deferred_experts_per_token, method=method, mode=mode,
             lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth, group_size=group_size,
             zero_point=zero_point)
-        if config.method in ENGINES_NOT_BUILT:
-            built = sorted(BACKENDS.keys() - ENGINES_NOT_BUILT)
-            raise NotImplementedError(
-                f"Method '{config.method}' is not implemented yet in this version of kt-moe; "
-                f"implemented: {', '.join(built) if built else 'none'}")
+        missing = engine_missing(config.method)
+        if missing:
+            raise NotImplementedError(missing)
         return BACKENDS[config.method](config)

@@ -1,20 +1,25 @@
 """The `kt-moe` command: validate on YAML, TOML and JSON files, schema, info, demo dispatch, and the
 installed console script."""
 
+import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import types
 
 import pytest
 
-from kt_moe import cli
+import kt_moe
+from kt_moe import cli, wrapper
+from kt_moe.closed_pipe import SIGPIPE_STATUS
 from kt_moe.config import KTMoEConfig
 from kt_moe.config_files import ConfigFileError, load_config_file
 
 VALID = dict(layer_idx=0, num_experts=8, num_experts_per_tok=2, hidden_size=64, moe_intermediate_size=32,
-             num_gpu_experts=0, cpuinfer_threads=4, threadpool_count=2, weight_path="/tmp/w",
+             num_gpu_experts=0, cpuinfer_threads=4, threadpool_count=2, weight_path=tempfile.gettempdir(),
              chunked_prefill_size=64, mode="sft", method="AMXBF16_SFT", lora_rank=8, lora_alpha=16.0)
 
 
@@ -68,6 +73,42 @@ def test_validate_cross_field_and_mode_rules(tmp_path, capsys):
     ]
 
 
+@pytest.mark.parametrize("method", sorted(wrapper.ENGINES_NOT_BUILT))
+def test_validate_refuses_a_method_not_built(tmp_path, capsys, method):
+    path = write(tmp_path, "yaml", dict(VALID, mode="inference", method=method, lora_rank=16, lora_alpha=32.0))
+    code, out, _ = run(capsys, "validate", str(path))
+    built = ", ".join(sorted(wrapper.BACKENDS.keys() - wrapper.ENGINES_NOT_BUILT))
+    assert code == 1
+    assert out.splitlines() == [f"{path}: method: Method '{method}' is not implemented yet in this version of "
+                                f"kt-moe; implemented: {built}"]
+
+
+def test_validate_follows_the_factory_on_built_methods(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(wrapper, "ENGINES_NOT_BUILT", frozenset())
+    path = write(tmp_path, "yaml", dict(VALID, mode="inference", method="RAWINT4", lora_rank=16, lora_alpha=32.0))
+    assert run(capsys, "validate", str(path)) == (0, "OK\n", "")
+
+
+@pytest.mark.parametrize("weight_path,problem", [
+    ("{tmp}/absent", "weight_path '{tmp}/absent' does not exist"),
+    ("{tmp}/config.json", "weight_path '{tmp}/config.json' is not a directory"),
+    ("", "weight_path is empty"),
+])
+def test_validate_warns_about_weight_path(tmp_path, capsys, weight_path, problem):
+    weight_path, problem = weight_path.format(tmp=tmp_path), problem.format(tmp=tmp_path)
+    path = write(tmp_path, "json", dict(VALID, weight_path=weight_path))
+    line = f"{path}: weight_path: {problem}: load_weights() will fail (load_weights_from_tensors() does not read it)"
+    code, out, _ = run(capsys, "validate", str(path))
+    assert (code, out.splitlines()) == (0, [line.replace("weight_path: ", "weight_path: warning: ", 1),
+                                           "OK (1 warning)"])
+    code, out, _ = run(capsys, "validate", "--strict", str(path))
+    assert (code, out.splitlines()) == (1, [line])
+
+
+def test_validate_strict_passes_a_good_file(tmp_path, capsys):
+    assert run(capsys, "validate", "--strict", str(write(tmp_path, "toml", VALID))) == (0, "OK\n", "")
+
+
 def test_validate_accepts_kt_moe_section_and_yml(tmp_path, capsys):
     path = tmp_path / "train.yml"
     path.write_text("trainer:\n  epochs: 3\nkt_moe:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in VALID.items()))
@@ -85,6 +126,14 @@ def test_validate_accepts_kt_moe_section_and_yml(tmp_path, capsys):
     ("c.json", "[1, 2]", "expected a mapping of parameters at the top level, found list"),
     ("c.yaml", "", "expected a mapping of parameters at the top level, found nothing"),
     ("c.yaml", "- 1\n", "expected a mapping of parameters at the top level, found list"),
+    ("c.json", '{"num_experts": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nested too deeply"),
+    ("c.yaml", "num_experts: " + "[" * 2000 + "]" * 2000, "invalid YAML: nested too deeply"),
+    ("c.yaml", "".join(" " * i + "a:\n" for i in range(3000)), "invalid YAML: nested too deeply"),
+    ("c.toml", "a = " + "{b = " * 5000 + "1" + "}" * 5000, "invalid TOML: nested too deeply"),
+    ("c.json", '{"num_experts": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit (4300 digits)"),
+    ("c.yaml", "num_experts: !!timestamp 2020-99-99", "invalid YAML: month must be in 1..12"),
+    ("c.yaml", "num_experts: !!float abc", "invalid YAML: could not convert string to float"),
+    ("c.yaml", "a: \x01", "invalid YAML: unacceptable character #x0001: special characters are not allowed; in "),
 ])
 def test_validate_unusable_file_is_one_line(tmp_path, capsys, name, text, reason):
     path = tmp_path / name
@@ -136,6 +185,28 @@ def test_demo_dispatches_to_the_demo_module(monkeypatch, capsys):
     monkeypatch.setattr("kt_moe.demo", fake, raising=False)
     assert run(capsys, "demo", "--tokens", "4") == (7, "tokens 4\n", "")
     assert run(capsys, "demo") == (7, "tokens 1\n", "")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert (info.value.code, capsys.readouterr().out) == (0, f"kt-moe {kt_moe.__version__}\n")
+    assert kt_moe.__version__ == importlib.metadata.version("kt-moe")
+
+
+@pytest.mark.parametrize("command,status", [(["schema"], SIGPIPE_STATUS), (["info"], SIGPIPE_STATUS),
+                                            (["validate", "{config}"], SIGPIPE_STATUS), (["--help"], 0)])
+def test_closed_pipe_is_quiet(tmp_path, command, status):
+    """The reader of stdout is gone before the first line (`kt-moe schema | head` once head exits)."""
+    config = write(tmp_path, "json", VALID)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([sys.executable, "-m", "kt_moe.cli", *(a.format(config=config) for a in command)],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (out.returncode, out.stderr) == (status, "")
 
 
 def test_unknown_arguments_are_refused(capsys):

@@ -74,14 +74,26 @@ def test_list_moe_layers_finds_the_expert_layers(tmp_path, weights, scheme):
 
 
 def test_parse_and_format_layers():
-    assert parse_layers("1-3,7") == [1, 2, 3, 7]
-    assert parse_layers(" 5 , 2-3, 3") == [2, 3, 5]
+    assert list(parse_layers("1-3,7")) == [1, 2, 3, 7]
+    assert list(parse_layers(" 5 , 2-3, 3")) == [2, 3, 5]
+    assert str(parse_layers("4-6,1-2,3,9")) == "1-6, 9"
     assert format_layers([7, 1, 2, 3, 9]) == "1-3, 7, 9"
-    for text in ["a", "1-2-3", "", "-1", "2,", "1.5"]:
+    for text in ["a", "1-2-3", "", "-1", "2,", "1.5", "\u00b2", "\u0661"]:
         with pytest.raises(ValueError, match="expected a layer, a range A-B or a comma-separated list"):
             parse_layers(text)
     with pytest.raises(ValueError, match="range '3-1' is empty"):
         parse_layers("3-1")
+    for text, layer in [("0-2147483648", "2147483648"), ("9" * 5000, "9" * 5000)]:
+        with pytest.raises(ValueError, match=f"^layer {layer} is out of range: layer ids go up to 2147483647$"):
+            parse_layers(text)
+
+
+def test_layer_ranges_stay_unexpanded():
+    layers = parse_layers("0-2147483647")  # 2**31 ids: expanded, they would not fit in memory
+    assert 2147483647 in layers and 0 in layers and 5 in layers
+    assert str(layers.without([0, 1, 5, 2147483647])) == "2-4, 6-2147483646"
+    assert 3 not in parse_layers("1-2,4") and -1 not in parse_layers("0")
+    assert not parse_layers("1-3").without([1, 2, 3, 4])
 
 
 def test_layers_selects_a_subset(tmp_path, weights):
@@ -99,6 +111,7 @@ def test_layers_without_experts_are_refused(tmp_path, weights):
         convert_checkpoint(ckpt, tmp_path / "out", "AMXINT4", layers=[0, 3, 4])
     assert str(info.value) == f"layer(s) 0, 3 have no routed experts in {ckpt}; its MoE layers are 1-2, 4"
     assert not (tmp_path / "out").exists()
+
 
 
 # ---- round trip and format ----
@@ -434,6 +447,20 @@ def test_cli_errors_are_one_line(tmp_path, weights, capsys):
     with pytest.raises(SystemExit):
         cli.main(["convert", "--method", "RAWINT4", "--input", str(ckpt), "--output", str(out)])
     assert "argument --method: invalid choice: 'RAWINT4'" in capsys.readouterr().err
+
+
+def test_cli_huge_layer_range_is_one_line(tmp_path, weights, capsys):
+    ckpt = checkpoint(tmp_path, weights)
+    code, out, err = run(capsys, "--method", "AMXINT4", "--input", str(ckpt), "--output", str(tmp_path / "out"),
+                         "--layers", "0-400000000")
+    assert (code, out) == (1, "")
+    assert err == (f"kt-moe: error: layer(s) 0, 3, 5-400000000 have no routed experts in {ckpt}; "
+                   "its MoE layers are 1-2, 4\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["convert", "--method", "AMXINT4", "--input", str(ckpt), "--output", str(tmp_path / "out"),
+                  "--layers", "1-99999999999"])
+    assert info.value.code == 2
+    assert "argument --layers: layer 99999999999 is out of range" in capsys.readouterr().err
 
 
 def test_cli_process_reports_errors_without_traceback(tmp_path, run_python):

@@ -81,6 +81,18 @@ def test_backend_class_per_method(method, all_engines_built):
     assert method in repr(backend)
 
 
+def test_isa_is_the_level_the_kernels_use_now():
+    backend = make("BF16")
+    start = kt_moe.cpu_info()["active"]
+    other = next(level for level in kt_moe.cpu_info()["selectable"] if level != start)
+    try:
+        kt_moe.set_isa(other)
+        assert backend.isa == other and f"isa={other!r}" in repr(backend)
+    finally:
+        kt_moe.set_isa(start)
+    assert backend.isa == start
+
+
 @pytest.mark.parametrize("name", ["forward_sft", "backward", "init_lora_weights", "update_lora_weights"])
 def test_sft_methods_on_inference_wrapper(name, all_engines_built):
     backend = make("AMXINT4")

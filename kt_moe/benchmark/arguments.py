@@ -1,5 +1,6 @@
-"""Command-line pieces the benchmark scripts in bench/ share: comma-separated lists and the choice
-of ISA levels for the kernel benchmarks."""
+"""Command-line pieces the benchmark scripts in bench/ and `kt-moe demo` share: help that shows
+each option's default, comma-separated lists and the choice of ISA levels for the kernel
+benchmarks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ import argparse
 from typing import Callable, List, Optional
 
 import kt_moe
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with each option's default appended, "(default: 1,128)", lists written as they are
+    typed; the description keeps its line breaks. Options whose help already speaks of the
+    default, or whose default is None or False (absent, or a flag), get nothing appended."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
 
 
 def csv_list(kind: Callable) -> Callable[[str], List]:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import platform
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
-from kt_moe.benchmark.cases import BASELINES, make_case
+from kt_moe.benchmark.cases import BASELINES, ERROR_BOUNDS, make_case
 from kt_moe.benchmark.metrics import Stats, accuracy, step_flops, weight_bytes
 from kt_moe.benchmark.problem import Problem
+
+
+# (what runs now, transient): transient steps (timing rounds) are worth showing only in place
+Progress = Callable[[str, bool], None]
 
 
 def isa_level() -> str:
@@ -33,27 +37,34 @@ def cpu_model() -> str:
 
 
 def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, repeats: int,
-              isa: str, evict_bytes: int = 0) -> List[Dict]:
+              isa: str, evict_bytes: int = 0, progress: Optional[Progress] = None) -> List[Dict]:
     """Set up every case of `names` (the mode's torch baseline first), check each once against the
     fp32 reference, then time them round-robin: each round times one step of every case, so that
     all cases share the machine's slow and fast spells (this machine is shared and noisy) and their
     ratios compare like with like. With evict_bytes > 0, that many bytes of other memory are read
     before each timed step (not timed), so that the step finds its experts in memory, not in the
     last-level cache, as in a model whose other layers ran in between. One JSON record per case, in
-    order; vs_torch is relative to the first case when it ran."""
+    order; vs_torch is relative to the first case when it ran. progress(text, transient) hears
+    what runs, as it starts."""
+    progress = progress or (lambda text, transient: None)
     torch.set_num_threads(threads)
     records, ready = [], []
     for name in names:
+        progress(f"{name}: setting up and checking once against the fp32 reference (q={problem.q})", False)
         record, case = _prepare(name, problem, threads, isa)
         records.append(record)
         if case is not None:
             ready.append((len(records) - 1, case))
     times = {i: [] for i, _ in ready}
-    for _ in range(warmup):
+    progress(f"timing {len(ready)} cases: {warmup} warm-up and {repeats} timed round(s), one step of each per round",
+             False)
+    for r in range(warmup):
+        progress(f"timing {len(ready)} cases: warm-up round {r + 1}/{warmup}", True)
         for _, case in ready:
             case.step()
     evict = torch.ones(evict_bytes // 8, dtype=torch.int64) if evict_bytes > 0 else None
-    for _ in range(repeats):
+    for r in range(repeats):
+        progress(f"timing {len(ready)} cases: round {r + 1}/{repeats}", True)
         for i, case in ready:
             if evict is not None:
                 evict.sum()
@@ -75,7 +86,7 @@ def _prepare(name: str, problem: Problem, threads: int, isa: str):
     record = dict(shape=s.name, num_experts=s.num_experts, top_k=s.top_k, hidden=s.hidden,
                   intermediate=s.intermediate, q=problem.q, mode=case.mode, method=name, threads=threads,
                   isa=f"torch:{torch.backends.cpu.get_cpu_capability()}" if name in BASELINES.values() else isa,
-                  rank=problem.rank if case.mode == "sft" else None)
+                  rank=problem.rank if case.mode == "sft" else None, err_bound=ERROR_BOUNDS.get(name))
     try:
         case.setup(problem, threads)
         case.errors, case.missing = accuracy(case.step(), problem.reference(case.mode))

@@ -19,12 +19,14 @@ another directory, or with force).
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from kt_moe.config import INT32_MAX
 from kt_moe.quant import scheme_for_method
 from kt_moe.weights.hf_checkpoint import HFExpertReader, MoELayerInfo, list_moe_layers
 from kt_moe.weights.prequantized import (MATRICES, ExpertParts, LayerSettings, PrequantizedCorruptError,
@@ -58,29 +60,71 @@ class _Plan:
     problem: str = ""  # why, for "mismatch"
 
 
-def parse_layers(text: str) -> List[int]:
-    """Layer ids from "A", "A-B" (inclusive) or a comma-separated list of those, sorted, no repeats."""
-    layers = set()
+class LayerRanges:
+    """Layer ids as sorted, disjoint inclusive ranges, never expanded: "0-400000000" is one pair.
+    Iterating yields the ids in order; `in` and str() ("1-3, 7") work on the ranges."""
+
+    def __init__(self, ranges: Iterable[Tuple[int, int]]):
+        merged: List[List[int]] = []
+        for low, high in sorted(ranges):
+            if merged and low <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], high)
+            else:
+                merged.append([low, high])
+        self.ranges = [(low, high) for low, high in merged]
+
+    @classmethod
+    def of(cls, layers: Iterable[int]) -> "LayerRanges":
+        return cls((layer, layer) for layer in layers)
+
+    def __iter__(self) -> Iterator[int]:
+        for low, high in self.ranges:
+            yield from range(low, high + 1)
+
+    def __contains__(self, layer: int) -> bool:
+        i = bisect.bisect_right(self.ranges, (layer, float("inf"))) - 1
+        return i >= 0 and self.ranges[i][0] <= layer <= self.ranges[i][1]
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def without(self, layers: Iterable[int]) -> "LayerRanges":
+        """The ids here that are not in `layers`."""
+        gaps, present = [], sorted(set(layers))
+        for low, high in self.ranges:
+            for layer in present[bisect.bisect_left(present, low):bisect.bisect_right(present, high)]:
+                if layer > low:
+                    gaps.append((low, layer - 1))
+                low = layer + 1
+            if low <= high:
+                gaps.append((low, high))
+        return LayerRanges(gaps)
+
+    def __str__(self) -> str:
+        return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ranges)
+
+
+def parse_layers(text: str) -> LayerRanges:
+    """Layer ids from "A", "A-B" (inclusive) or a comma-separated list of those; ids above
+    INT32_MAX (what a layer_idx can be) are refused."""
+    ranges = []
     for item in text.split(","):
-        bounds = item.strip().split("-")
-        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+        bounds = [b.strip() for b in item.strip().split("-")]
+        if len(bounds) > 2 or not all(b.isascii() and b.isdigit() for b in bounds):
             raise ValueError(f"expected a layer, a range A-B or a comma-separated list of them, got {text!r}")
+        for b in bounds:
+            if len(b) > len(str(INT32_MAX)) or int(b) > INT32_MAX:
+                raise ValueError(f"layer {b} is out of range: layer ids go up to {INT32_MAX}")
         low, high = int(bounds[0]), int(bounds[-1])
         if low > high:
             raise ValueError(f"range {item.strip()!r} is empty (start after end)")
-        layers.update(range(low, high + 1))
-    return sorted(layers)
+        ranges.append((low, high))
+    return LayerRanges(ranges)
 
 
 def format_layers(layers: Iterable[int]) -> str:
-    """Sorted layer ids as ranges: [1, 2, 3, 7] -> "1-3, 7"."""
-    ranges: List[List[int]] = []
-    for layer in sorted(layers):
-        if ranges and layer == ranges[-1][1] + 1:
-            ranges[-1][1] = layer
-        else:
-            ranges.append([layer, layer])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+    """Layer ids as ranges: [1, 2, 3, 7] -> "1-3, 7"."""
+    return str(LayerRanges.of(layers))
 
 
 def source_identity(directory: Path, files: Sequence[Path]) -> str:
@@ -98,12 +142,12 @@ def _select(infos: List[MoELayerInfo], layers: Optional[Iterable[int]], director
     if layers is None:
         return infos
     by_layer = {info.layer_idx: info for info in infos}
-    wanted = sorted(set(layers))
-    absent = [layer for layer in wanted if layer not in by_layer]
+    wanted = layers if isinstance(layers, LayerRanges) else LayerRanges.of(layers)
+    absent = wanted.without(by_layer)
     if absent:
-        raise ValueError(f"layer(s) {format_layers(absent)} have no routed experts in {directory}; "
+        raise ValueError(f"layer(s) {absent} have no routed experts in {directory}; "
                          f"its MoE layers are {format_layers(by_layer)}")
-    return [by_layer[layer] for layer in wanted]
+    return [by_layer[layer] for layer in sorted(by_layer) if layer in wanted]
 
 
 def _open_existing(output: Path, settings: LayerSettings, source: str) -> PrequantizedLayerReader:
@@ -162,10 +206,11 @@ def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str
                        layers: Optional[Iterable[int]] = None, force: bool = False,
                        progress: Optional[Progress] = None, group_size: Optional[int] = None,
                        zero_point: Optional[bool] = None) -> List[LayerResult]:
-    """Convert the routed experts of the checkpoint in `input_dir` (every MoE layer, or `layers`)
-    to `method` (a method of kt_moe.quant.METHOD_SCHEMES; AMXINT8_SFT and AMXINT4_SFT write the
-    files of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module
-    docstring describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
+    """Convert the routed experts of the checkpoint in `input_dir` (every MoE layer, or `layers`:
+    ids, or a LayerRanges such as parse_layers("0-60"); each must be a MoE layer there) to
+    `method` (a method of kt_moe.quant.METHOD_SCHEMES; AMXINT8_SFT and AMXINT4_SFT write the files
+    of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module docstring
+    describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
     the defaults; ValueError with another method). `progress(done, total, message)` is called as
     experts are quantized. Returns one LayerResult per layer, in layer order."""
     scheme_for_method(method, group_size, zero_point)  # ValueError before anything is read
