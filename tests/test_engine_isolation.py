@@ -94,13 +94,19 @@ def test_sft_and_inference_engines_share_a_pool_with_a_failing_user():
 
 def test_loads_on_the_pool_while_another_thread_submits():
     """The loaded count is written by the loads on the pool and read by submit on the caller's
-    thread: a forward is refused until every expert is loaded, then runs."""
+    thread: a forward is refused until every expert is loaded and committed, then runs."""
     wrapper = inference_helpers.make_wrapper(inference_helpers.TINY)
     layer = inference_helpers.make_layer(inference_helpers.TINY, seed=5)
     gate, up, down = (t[layer.physical_map].to(torch.bfloat16).contiguous() for t in (layer.gate, layer.up, layer.down))
     batch = layer.batch(3, 2, seed=5)
-    loader = threading.Thread(target=lambda: [wrapper.engine.load_expert_task(p, gate[p], up[p], down[p])
-                                              for p in range(inference_helpers.TINY.num_experts)])
+
+    def load_all():  # what load_weights_from_tensors does: stage every slot, then put them in place
+        wrapper.engine.begin_load()
+        for p in range(inference_helpers.TINY.num_experts):
+            wrapper.engine.load_expert_task(p, gate[p], up[p], down[p])
+        wrapper.engine.commit_load()
+
+    loader = threading.Thread(target=load_all)
     loader.start()
     refused = 0
     while not wrapper.engine.weights_loaded:
