@@ -12,8 +12,8 @@ quantized methods against the dequantized weights), non-finite exactly in the ro
 whose reference is non-finite, or raise the documented type: ValueError for a bad argument,
 RuntimeError for a call out of order. A refused call changes nothing.
 
-Settings: the hypothesis profile named by KT_MOE_FUZZ_PROFILE, "ci" (default: derandomized, about a
-minute for all methods) or "long" (random, many more examples); KT_MOE_FUZZ_EXAMPLES overrides the
+Settings: the hypothesis profile named by KT_MOE_FUZZ_PROFILE, "ci" (default: derandomized, 60
+sequences of up to 10 calls per method) or "long" (random, many more examples); KT_MOE_FUZZ_EXAMPLES overrides the
 number of examples per method (docs/development.md).
 """
 
