@@ -90,9 +90,10 @@ class RowGroups {
   bf16_t* row_tail_ = nullptr;
 };
 
-// R tiles read in place also ask for their rows' line kPrefetchChunks chunks on
-// (prefetch_tile_rows): the forward's weight streams went from 16-18 to 18-20 GB/s on 2 threads,
-// 4-6 ms less per DeepSeek-V2-Lite SFT forward (measured interleaved in one process).
+// R tiles read in place also ask for their rows' line kPrefetchChunks chunks on while that chunk
+// exists (prefetch_tile_rows; no address past the rows): the forward's weight streams went from
+// 16-18 to 18-20 GB/s on 2 threads, 4-6 ms less per DeepSeek-V2-Lite SFT forward (measured
+// interleaved in one process).
 constexpr int kPrefetchChunks = 4;
 
 template <int T>
@@ -102,7 +103,7 @@ inline void load_r(const RowGroup& g, int kc, int chunks) {
     return;
   }
   const int64_t stride = g.ld * int64_t(sizeof(bf16_t));
-  prefetch_tile_rows(g.base + (kc + kPrefetchChunks) * kTileK, stride, 1);
+  if (kc + kPrefetchChunks < chunks) prefetch_tile_rows(g.base + (kc + kPrefetchChunks) * kTileK, stride, 1);
   tile::load<T>(g.base + kc * kTileK, stride);
 }
 

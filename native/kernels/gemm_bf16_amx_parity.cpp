@@ -18,9 +18,10 @@
 // Tails: the partial last chunk (depth % 16) and the partial last column block (cols % 32) come
 // from zero-padded copies of P (ScratchSlot::row_tail); expanded rows past `rows` are zero where
 // a tile reads them.
-// Each chunk also asks for its two lines per row of the next column-block pair
-// (prefetch_tile_rows): the 2-thread read of [1408, 2048] weights went from 6-10 to 12-21 GB/s,
-// and the DeepSeek-V2-Lite SFT backward 25-30% faster (measured interleaved in one process).
+// Each chunk also asks for its two lines per row of the next column-block pair, those inside P
+// (PTiles::prefetch_next_pair): the 2-thread read of [1408, 2048] weights went from 6-10 to
+// 12-21 GB/s, and the DeepSeek-V2-Lite SFT backward 25-30% faster (measured interleaved in one
+// process).
 // Tile registers: results 0..3 (C(b, t) = 2b + t for column block b of the pair), the even and
 // odd "A" tiles 4 and 5, P tiles 6 and 7. With a single row group (rows <= 16) the result and "A"
 // tiles are configured with just `rows` rows, so the tile products skip the padding rows.
@@ -80,6 +81,16 @@ class PTiles {
       return {k_tail_ + b * kBlockCols, k_tail_ld_ * int64_t(sizeof(bf16_t))};
     if (b == full_blocks_) return {j_tail_ + int64_t(kc) * kChunkRows * kBlockCols, kBlockCols * sizeof(bf16_t)};
     return {p_.p + int64_t(kc) * kChunkRows * p_.ldp + b * kBlockCols, p_.ldp * int64_t(sizeof(bf16_t))};
+  }
+
+  // Asks for chunk kc's rows of the column-block pair after b's, one 64-byte line (32 columns) per
+  // block: only the lines of whole chunks of P that start inside its columns, so that no address
+  // is formed past P (the tail copies are in cache already).
+  void prefetch_next_pair(int kc, int b) const {
+    const int next = (b + 2) * kBlockCols;
+    if (kc >= full_chunks_ || next >= p_.cols) return;
+    const int lines = next + kBlockCols < p_.cols ? 2 : 1;
+    prefetch_tile_rows(p_.p + int64_t(kc) * kChunkRows * p_.ldp + next, p_.ldp * int64_t(sizeof(bf16_t)), lines);
   }
 
  private:
@@ -146,7 +157,7 @@ void parity_kernel(const ExpandedRows& e, int64_t e_stride, const PTiles& p_tile
   }
   for (int kc = first; kc < first + count; ++kc) {
     const TileSource s0 = p_tiles(kc, b);
-    prefetch_tile_rows(s0.base + kPairCols, s0.stride_bytes, 2);  // this chunk's tiles of the next pair
+    p_tiles.prefetch_next_pair(kc, b);
     tile::load<kP0>(s0.base, s0.stride_bytes);
     tile::load<kEven>(e.even + kc * kTileK, e_stride);
     tile::load<kOdd>(e.odd + kc * kTileK, e_stride);

@@ -26,8 +26,8 @@ inline tile::Config full_tile_config() {
 // Asks for `lines` 64-byte lines from each of the 16 rows starting at `base` (row stride
 // stride_bytes) ahead of their tile loads. Both paths stream a weight from memory as tiles of 16
 // rows read 64 or 128 bytes at a time with 32 to 64 rows in flight: more streams than the hardware
-// prefetcher follows, and the tile loads alone keep few misses in flight. Prefetches never fault,
-// so a position past the end of the rows is harmless.
+// prefetcher follows, and the tile loads alone keep few misses in flight. Callers pass only lines
+// inside the array: a prefetch never faults, but forming a pointer past the end is undefined.
 inline void prefetch_tile_rows(const void* base, int64_t stride_bytes, int lines) {
   const char* row = static_cast<const char*>(base);
   for (int r = 0; r < kTileRows; ++r, row += stride_bytes)

@@ -41,7 +41,9 @@ inline int panel_columns(int cols, int kpairs, int unit) {
 // kj also asks for the line kPackPrefetchBytes on in each of the 32 rows once per 64-byte line:
 // 32 streams are more than the hardware prefetcher follows (DeepSeek-V2-Lite SFT backward at
 // q = 512, which packs its weights: 200 -> 165 ms, medians of variants interleaved in one process).
+// Only lines that start inside P's columns are asked for (no address past the array is formed).
 constexpr int64_t kPackPrefetchBytes = 256;
+constexpr int64_t kPackPrefetchElems = kPackPrefetchBytes / sizeof(bf16_t);
 
 inline void pack_vnni(const GemmPlan& p, int j0, int ncols, int k0, int kpairs, bf16_t* dst) {
   constexpr int kStepPairs = 16;
@@ -53,7 +55,7 @@ inline void pack_vnni(const GemmPlan& p, int j0, int ncols, int k0, int kpairs, 
       const int k_end = std::min(depth, k0 + 2 * std::min(kpairs, kp0 + kStepPairs));
       for (int g = 0; g < groups; ++g) {
         const int c0 = g * kVnniCols;
-        if (g % 2 == 0)  // two groups of 16 columns per 64-byte line
+        if (g % 2 == 0 && j0 + c0 + kPackPrefetchElems < p.cols)  // 2 groups of 16 columns per 64-byte line
           for (int k = k0 + 2 * kp0; k < k_end; ++k)
             __builtin_prefetch(reinterpret_cast<const char*>(p.p + k * p.ldp + j0 + c0) + kPackPrefetchBytes);
         const bool whole_group = c0 + kVnniCols <= ncols;
