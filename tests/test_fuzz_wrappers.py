@@ -12,7 +12,7 @@ quantized methods against the dequantized weights), non-finite exactly in the ro
 whose reference is non-finite, or raise the documented type: ValueError for a bad argument,
 RuntimeError for a call out of order. A refused call changes nothing.
 
-Settings: the hypothesis profile named by KT_MOE_FUZZ_PROFILE, "ci" (default: derandomized, 60
+Settings: the hypothesis profile named by KT_MOE_FUZZ_PROFILE, "ci" (default: derandomized, 400
 sequences of up to 10 calls per method) or "long" (random, many more examples); KT_MOE_FUZZ_EXAMPLES overrides the
 number of examples per method (docs/development.md).
 """
@@ -41,7 +41,7 @@ from test_sft_quantized import VS_DEQUANTIZED as SFT_VS_DEQUANTIZED
 
 _COMMON = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
-settings.register_profile("kt-moe-fuzz-ci", max_examples=60, stateful_step_count=10, derandomize=True, **_COMMON)
+settings.register_profile("kt-moe-fuzz-ci", max_examples=400, stateful_step_count=10, derandomize=True, **_COMMON)
 settings.register_profile("kt-moe-fuzz-long", max_examples=1000, stateful_step_count=25, **_COMMON)
 
 
@@ -59,7 +59,12 @@ START_ISA = kt_moe.cpu_info()["active"]
 THREADS = 2
 SPECIALS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 1e30}
 FLOATS = (torch.bfloat16, torch.float16, torch.float32)
-INFER_TOL = {"BF16": inference_helpers.TOL, "AMXINT8": INFER_VS_DEQUANTIZED, "AMXINT4": INFER_VS_DEQUANTIZED}
+# AMXINT8 / AMXINT4 against the dequantized weights: the int8 activations' error is measured on the
+# accuracy tests' layers (H >= 96, VS_DEQUANTIZED = 2e-2); on the one-expert H = 40, I = 24 layer below
+# a token's few products spread it further (generic level, 60 layers x q in 1, 2, 3, 8: median 1.2%,
+# 99th percentile 2.2%, largest 2.5% for both methods), so the fuzz test allows 1.5x the table's bound.
+FUZZ_INFER_VS_DEQUANTIZED = 1.5 * INFER_VS_DEQUANTIZED
+INFER_TOL = {"BF16": inference_helpers.TOL, "AMXINT8": FUZZ_INFER_VS_DEQUANTIZED, "AMXINT4": FUZZ_INFER_VS_DEQUANTIZED}
 SFT_TOL = {"AMXBF16_SFT": sft_helpers.TOL, "AMXINT8_SFT": SFT_VS_DEQUANTIZED, "AMXINT4_SFT": SFT_VS_DEQUANTIZED,
            "AMXINT4_KGroup_SFT": SFT_VS_DEQUANTIZED}
 # (num_experts, top_k, hidden, intermediate, threadpool_count): one expert and top-1, tails of every
