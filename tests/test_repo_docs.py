@@ -40,3 +40,11 @@ def test_repository_is_self_contained():
             continue
         text = path.read_text(errors="replace")
         assert not any(name in text for name in outside), path
+
+
+def test_no_fast_math_in_the_build():
+    """NaN and Inf must behave alike at every ISA level: no source is compiled with -ffast-math (or
+    the parts of it that drop NaN/Inf semantics)."""
+    build = (ROOT / "CMakeLists.txt").read_text()
+    for flag in ("-ffast-math", "-ffinite-math-only", "-Ofast", "-fno-honor-nans", "-fno-honor-infinities"):
+        assert flag not in build, flag
