@@ -267,10 +267,26 @@ def batch_call(data, dims: Dims, max_q: int) -> Batch:
     return batch
 
 
+class WrapperMachine(RuleBasedStateMachine):
+    """The rule both machines share: load_weights_from_tensors with valid or defective weights, while
+    the machine's load_allowed() (nothing in flight that a reload must not change)."""
+
+    def load_allowed(self) -> bool:
+        raise NotImplementedError
+
+    @precondition(lambda self: self.load_allowed())
+    @rule(data=st.data())
+    def load(self, data):
+        args, weights, defect = weights_call(data, self.dims, self.wrapper.scheme)
+        expect(None if defect == "none" else ValueError, lambda: self.wrapper.load_weights_from_tensors(*args))
+        if defect == "none":
+            self.weights = weights
+
+
 # ---- inference -------------------------------------------------------------------------------------
 
 
-class InferenceMachine(RuleBasedStateMachine):
+class InferenceMachine(WrapperMachine):
     method = "BF16"
 
     def __init__(self):
@@ -308,13 +324,8 @@ class InferenceMachine(RuleBasedStateMachine):
                        "top_k": dict(num_experts_per_tok=d.E + 1), "sft_param": dict(lora_rank=3)}[bad])
         expect(ValueError, lambda: kt_moe.KTMoEWrapper(**kwargs))
 
-    @precondition(lambda self: self.pending is None)
-    @rule(data=st.data())
-    def load(self, data):
-        args, weights, defect = weights_call(data, self.dims, self.wrapper.scheme)
-        expect(None if defect == "none" else ValueError, lambda: self.wrapper.load_weights_from_tensors(*args))
-        if defect == "none":
-            self.weights = weights
+    def load_allowed(self) -> bool:
+        return self.pending is None
 
     def lifecycle_error(self) -> Optional[type]:
         if self.pending is not None or self.weights is None:
@@ -391,7 +402,7 @@ class InferenceMachine(RuleBasedStateMachine):
 # ---- SFT -------------------------------------------------------------------------------------------
 
 
-class SFTMachine(RuleBasedStateMachine):
+class SFTMachine(WrapperMachine):
     method = "AMXBF16_SFT"
     options: dict = {}
 
@@ -433,13 +444,8 @@ class SFTMachine(RuleBasedStateMachine):
                        "lora_alpha": dict(lora_alpha=float("nan")), "inference_param": dict(cpu_save=True)}[bad])
         expect(ValueError, lambda: kt_moe.KTMoEWrapper(**kwargs))
 
-    @precondition(lambda self: not self.cache)
-    @rule(data=st.data())
-    def load(self, data):
-        args, weights, defect = weights_call(data, self.dims, self.wrapper.scheme)
-        expect(None if defect == "none" else ValueError, lambda: self.wrapper.load_weights_from_tensors(*args))
-        if defect == "none":
-            self.weights = weights
+    def load_allowed(self) -> bool:
+        return not self.cache
 
     @precondition(lambda self: not self.cache)
     @rule(data=st.data(), defect=st.sampled_from(["none", "none", "shape", "dtype", "strided", "meta", "missing"]))
