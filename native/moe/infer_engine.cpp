@@ -45,7 +45,7 @@ InferEngine::InferEngine(const MOEConfig& config, WorkerPool& pool)
                                 ") must equal the pool's subpool count (" + std::to_string(pool.subpool_count()) + ")");
   if (c.intermediate_size % c.tp_size != 0)
     throw std::invalid_argument("MOEConfig: intermediate_size must be divisible by tp_size");
-  weights_ = make_infer_weights(c, pool);
+  weights_ = StagedWeights<InferWeights>(make_infer_weights(c, pool));
   scratch_->slices.resize(c.tp_size);
   set_gpu_experts(nullptr);
 }
@@ -54,49 +54,44 @@ InferEngine::~InferEngine() = default;  // tickets_ waits for the queued work
 
 std::shared_ptr<const InferWeights> InferEngine::weights() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return weights_;
+  return weights_.current();
 }
 
 bool InferEngine::weights_loaded() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return weights_->loaded_count() == config_.expert_num;
+  return weights_.current_complete(config_.expert_num);
 }
 
 void InferEngine::begin_load() {
   std::shared_ptr<InferWeights> fresh = make_infer_weights(config_, pool_);
   std::lock_guard<std::mutex> lock(mutex_);
-  staged_.swap(fresh);  // the previous staged set, if any, is freed after the lock is released
+  fresh = weights_.restart(std::move(fresh));  // a staged set left over, freed after the lock is released
 }
 
 void InferEngine::commit_load() {
-  const int E = config_.expert_num;
   std::shared_ptr<InferWeights> previous;  // freed after the lock is released, unless queued forwards hold it
   std::lock_guard<std::mutex> lock(mutex_);
-  const int staged = staged_ ? staged_->loaded_count() : 0;
-  if (staged != E)
-    throw std::runtime_error("commit_load: the staged weights hold " + std::to_string(staged) + " of " +
-                             std::to_string(E) + " experts; load every slot first");
-  previous = std::exchange(weights_, std::move(staged_));
+  previous = weights_.commit(config_.expert_num);
 }
 
 void InferEngine::abort_load() {
   std::shared_ptr<InferWeights> dropped;
   std::lock_guard<std::mutex> lock(mutex_);
-  dropped.swap(staged_);
+  dropped = weights_.abort();
 }
 
 int InferEngine::staged_count() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return staged_ ? staged_->loaded_count() : 0;
+  return weights_.staged_count();
 }
 
 template <class Format>
 std::shared_ptr<Format> InferEngine::staged_as(const char* wanted) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!staged_) staged_ = make_infer_weights(config_, pool_);
-  std::shared_ptr<Format> format = std::dynamic_pointer_cast<Format>(staged_);
+  const std::shared_ptr<InferWeights>& staged = weights_.staged([&] { return make_infer_weights(config_, pool_); });
+  std::shared_ptr<Format> format = std::dynamic_pointer_cast<Format>(staged);
   if (!format)
-    throw std::invalid_argument("method " + config_.method + " stores its experts as " + staged_->format() +
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + staged->format() +
                                 ", not " + wanted);
   return format;
 }
@@ -131,12 +126,15 @@ uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weig
   const int E = config_.expert_num, k = config_.experts_per_token, H = config_.hidden_size;
   const int chunk = config_.chunked_prefill_size;
   std::lock_guard<std::mutex> lock(mutex_);
-  if (weights_->loaded_count() != E)
+  const std::shared_ptr<InferWeights>& current = weights_.current();
+  if (current->loaded_count() != E)
     throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
-                             std::to_string(weights_->loaded_count()) + " of " + std::to_string(E) +
+                             std::to_string(current->loaded_count()) + " of " + std::to_string(E) +
                              " experts loaded" +
-                             (staged_ ? ", " + std::to_string(staged_->loaded_count()) + " staged: commit_load() "
-                                        "puts them in place once all are" : std::string()) + ")");
+                             (weights_.has_staged() ? ", " + std::to_string(weights_.staged_count()) +
+                                                          " staged: commit_load() puts them in place once all are"
+                                                    : std::string()) +
+                             ")");
   // Routing the whole batch checks every id; a batch above one chunk is then routed per chunk.
   auto routes = std::make_shared<std::vector<Routing>>();
   routes->push_back(route_tokens(expert_ids, q, k, E, on_gpu_.data()));
@@ -146,7 +144,7 @@ uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weig
       routes->push_back(route_tokens(expert_ids + size_t(t0) * k, std::min(chunk, q - t0), k, E, on_gpu_.data()));
   }
   const IsaLevel level = active_isa_level();
-  return tickets_.submit([this, w = weights_, routes, weights, x, out, level, chunk, k, H] {
+  return tickets_.submit([this, w = current, routes, weights, x, out, level, chunk, k, H] {
     for (size_t c = 0; c < routes->size(); ++c) {
       const size_t t0 = c * size_t(chunk);
       compute(*w, (*routes)[c], weights + t0 * k, x + t0 * H, out + t0 * H, level);

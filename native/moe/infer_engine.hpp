@@ -27,6 +27,7 @@
 #include "moe/buffer.hpp"
 #include "moe/infer_weights.hpp"
 #include "moe/routing.hpp"
+#include "moe/staged_weights.hpp"
 #include "pool/task_tickets.hpp"
 #include "pool/worker_pool.hpp"
 
@@ -118,8 +119,7 @@ class InferEngine {
   std::atomic<size_t> scratch_keep_bytes_{kDefaultScratchKeepBytes};
 
   mutable std::mutex mutex_;  // guards the members below
-  std::shared_ptr<InferWeights> weights_;  // what forwards read; each queued forward holds its own reference
-  std::shared_ptr<InferWeights> staged_;   // the load in progress (null without one)
+  StagedWeights<InferWeights> weights_;  // current: what forwards read (each queued forward holds a reference)
   std::vector<uint8_t> on_gpu_;            // [E]
   TaskTickets tickets_;  // last: destroyed first, waiting for the queued work that uses the above
 };

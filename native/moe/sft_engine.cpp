@@ -91,7 +91,7 @@ SftEngine::SftEngine(const MOESFTConfig& config, WorkerPool& pool)
     throw std::invalid_argument("MOESFTConfig: intermediate_size must be divisible by tp_size");
   slice_size_ = c.intermediate_size / c.tp_size;
   scale_ = c.lora_alpha / static_cast<float>(c.lora_rank);
-  weights_ = make_sft_base_weights(c, pool);
+  weights_ = StagedWeights<SftBaseWeights>(make_sft_base_weights(c, pool));
   scratch_->slices.resize(c.tp_size);
 }
 
@@ -99,12 +99,12 @@ SftEngine::~SftEngine() = default;
 
 bool SftEngine::weights_loaded() const {
   std::lock_guard<std::mutex> lock(call_mutex_);
-  return weights_->loaded_count() == config_.expert_num;
+  return weights_.current_complete(config_.expert_num);
 }
 
 std::shared_ptr<const SftBaseWeights> SftEngine::base() const {
   std::lock_guard<std::mutex> lock(call_mutex_);
-  return weights_;
+  return weights_.current();
 }
 
 void SftEngine::check_no_saved_forward(const char* call) const {
@@ -118,38 +118,34 @@ void SftEngine::begin_load() {
   std::shared_ptr<SftBaseWeights> fresh = make_sft_base_weights(config_, pool_);
   std::lock_guard<std::mutex> lock(call_mutex_);
   check_no_saved_forward("begin_load");
-  staged_.swap(fresh);  // the previous staged base, if any, is freed after the lock is released
+  fresh = weights_.restart(std::move(fresh));  // a staged base left over, freed after the lock is released
 }
 
 void SftEngine::commit_load() {
-  const int E = config_.expert_num;
   std::shared_ptr<SftBaseWeights> previous;  // freed after the lock is released
   std::lock_guard<std::mutex> lock(call_mutex_);
-  const int staged = staged_ ? staged_->loaded_count() : 0;
-  if (staged != E)
-    throw std::runtime_error("commit_load: the staged weights hold " + std::to_string(staged) + " of " +
-                             std::to_string(E) + " experts; load every slot first");
   check_no_saved_forward("commit_load");
-  previous = std::exchange(weights_, std::move(staged_));
+  previous = weights_.commit(config_.expert_num);
 }
 
 void SftEngine::abort_load() {
   std::shared_ptr<SftBaseWeights> dropped;
   std::lock_guard<std::mutex> lock(call_mutex_);
-  dropped.swap(staged_);
+  dropped = weights_.abort();
 }
 
 int SftEngine::staged_count() const {
   std::lock_guard<std::mutex> lock(call_mutex_);
-  return staged_ ? staged_->loaded_count() : 0;
+  return weights_.staged_count();
 }
 
 template <class Format>
 Format& SftEngine::staged_as(const char* instead) {
-  if (!staged_) staged_ = make_sft_base_weights(config_, pool_);
-  auto* format = dynamic_cast<Format*>(staged_.get());
+  const std::shared_ptr<SftBaseWeights>& staged =
+      weights_.staged([&] { return make_sft_base_weights(config_, pool_); });
+  auto* format = dynamic_cast<Format*>(staged.get());
   if (!format)
-    throw std::invalid_argument("method " + config_.method + " stores its experts as " + staged_->format() +
+    throw std::invalid_argument("method " + config_.method + " stores its experts as " + staged->format() +
                                 ": load them " + instead);
   return *format;
 }
@@ -181,10 +177,10 @@ void SftEngine::clear_lora() {
 }
 
 void SftEngine::check_ready() const {
-  if (weights_->loaded_count() != config_.expert_num)
+  if (!weights_.current_complete(config_.expert_num))
     throw std::runtime_error("Weights not loaded: call load_weights() or load_weights_from_tensors() first (" +
-                             std::to_string(weights_->loaded_count()) + " of " + std::to_string(config_.expert_num) +
-                             " experts loaded)");
+                             std::to_string(weights_.current()->loaded_count()) + " of " +
+                             std::to_string(config_.expert_num) + " experts loaded)");
   if (!lora_set()) throw std::runtime_error("LoRA weights not initialized: call init_lora_weights() first");
 }
 
@@ -244,6 +240,7 @@ void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* we
 }
 
 void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels) {
+  const SftBaseWeights& frozen = *weights_.current();
   const GemmFn gemm = kernels.base.gemm;
   const Routing& rt = st.routing;
   const int H = config_.hidden_size, I = config_.intermediate_size, r = config_.lora_rank;
@@ -284,9 +281,9 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
       float* g = ss.gate.data() + size_t(b) * Is + c0;
       float* u = ss.up.data() + size_t(b) * Is + c0;
       const size_t b_off = (size_t(e) * I + begin + c0) * r;
-      base_nt(kernels.base, weights_->weight(s, e, BaseMatrix::gate), n, c0, c0 + nc, X + size_t(b) * H, H, g, Is);
+      base_nt(kernels.base, frozen.weight(s, e, BaseMatrix::gate), n, c0, c0 + nc, X + size_t(b) * H, H, g, Is);
       gemm_nt(gemm, n, nc, r, ax_gate + size_t(b) * r, r, lora_.gate_b + b_off, r, g, Is, scale_, true);
-      base_nt(kernels.base, weights_->weight(s, e, BaseMatrix::up), n, c0, c0 + nc, X + size_t(b) * H, H, u, Is);
+      base_nt(kernels.base, frozen.weight(s, e, BaseMatrix::up), n, c0, c0 + nc, X + size_t(b) * H, H, u, Is);
       gemm_nt(gemm, n, nc, r, ax_up + size_t(b) * r, r, lora_.up_b + b_off, r, u, Is, scale_, true);
       for (int m = 0; m < n; ++m)
         kernels.swiglu.forward(g + size_t(m) * Is, u + size_t(m) * Is, z + size_t(b + m) * Is + c0, nc);
@@ -303,7 +300,7 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
       const int e = experts[task / hb], h0 = (task % hb) * hw;
       const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* y = ss.y.data() + size_t(b) * H + h0;
-      base_nt(kernels.base, weights_->weight(s, e, BaseMatrix::down), n, h0, h0 + nh, z + size_t(b) * Is, Is, y, H);
+      base_nt(kernels.base, frozen.weight(s, e, BaseMatrix::down), n, h0, h0 + nh, z + size_t(b) * Is, Is, y, H);
       gemm_nt(gemm, n, nh, r, ss.az.data() + size_t(b) * r, r, lora_.down_b + (size_t(e) * H + h0) * r, r, y, H,
               scale_, true);
     });
@@ -357,6 +354,7 @@ void SftEngine::write_gradients(const LoraGradients& grads, const GradientOutput
 
 void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,
                                  const GradientBlocks& grads, float* grad_weights, const EngineKernels& kernels) {
+  const SftBaseWeights& frozen = *weights_.current();
   const GemmFn gemm = kernels.base.gemm;
   const Routing& rt = st.routing;
   const int E = config_.expert_num, H = config_.hidden_size, I = config_.intermediate_size;
@@ -429,7 +427,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       const int e = experts[task / ib], c0 = (task % ib) * iw;
       const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* dz = sc.dz.data() + size_t(b) * Is + c0;
-      base_nn(kernels.base, weights_->weight(s, e, BaseMatrix::down), n, c0, c0 + nc, D + size_t(b) * H, H, dz, Is);
+      base_nn(kernels.base, frozen.weight(s, e, BaseMatrix::down), n, c0, c0 + nc, D + size_t(b) * H, H, dz, Is);
       gemm_nn(gemm, n, nc, r, bd + size_t(b) * r, r, lora_.down_a + size_t(e) * r * I + begin + c0, I, dz, Is,
               scale_, true);
       for (int m = 0; m < n; ++m) {
@@ -483,8 +481,8 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
       const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
       float* dx = sc.dx.data() + size_t(b) * H + h0;
       const size_t a_off = size_t(e) * r * H + h0;
-      base_nn(kernels.base, weights_->weight(s, e, BaseMatrix::gate), n, h0, h0 + nh, dg + size_t(b) * Is, Is, dx, H);
-      base_nn(kernels.base, weights_->weight(s, e, BaseMatrix::up), n, h0, h0 + nh, du + size_t(b) * Is, Is, dx, H,
+      base_nn(kernels.base, frozen.weight(s, e, BaseMatrix::gate), n, h0, h0 + nh, dg + size_t(b) * Is, Is, dx, H);
+      base_nn(kernels.base, frozen.weight(s, e, BaseMatrix::up), n, h0, h0 + nh, du + size_t(b) * Is, Is, dx, H,
               true);
       gemm_nn(gemm, n, nh, r, sc.bg.data() + size_t(b) * r, r, lora_.gate_a + a_off, H, dx, H, scale_, true);
       gemm_nn(gemm, n, nh, r, sc.bu.data() + size_t(b) * r, r, lora_.up_a + a_off, H, dx, H, scale_, true);

@@ -23,6 +23,7 @@
 #include "moe/base_products.hpp"
 #include "moe/sft_base_weights.hpp"
 #include "moe/routing.hpp"
+#include "moe/staged_weights.hpp"
 #include "pool/task_tickets.hpp"
 #include "pool/worker_pool.hpp"
 
@@ -162,8 +163,7 @@ class SftEngine {
   WorkerPool& pool_;
   int slice_size_;  // I / tp
   float scale_;     // lora_alpha / lora_rank
-  std::shared_ptr<SftBaseWeights> weights_;  // the frozen base, one slice per subpool
-  std::shared_ptr<SftBaseWeights> staged_;   // the load in progress (null without one)
+  StagedWeights<SftBaseWeights> weights_;  // current: the frozen base calls read, one slice per subpool
   LoraTensors lora_;
   std::vector<std::unique_ptr<ForwardState>> cache_;  // saved forwards, latest last
   std::vector<std::unique_ptr<ForwardState>> free_;   // states not in the cache, kept for reuse
