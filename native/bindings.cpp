@@ -284,7 +284,7 @@ NB_MODULE(_native, m) {
           "scratch_keep_bytes", [](PySftEngine& e) { return e.engine().scratch_keep_bytes(); },
           [](PySftEngine& e, size_t bytes) { e.engine().set_scratch_keep_bytes(bytes); },
           "After each call, a per-call buffer larger than both what the call needed and this many bytes is "
-          "freed (default 16 MiB).")
+          "freed (default 256 MiB).")
       .def("warm_up_task", [](PySftEngine& e) { e.engine().warm_up(); }, nb::call_guard<nb::gil_scoped_release>(),
            "One forward without saving over every CPU expert (needs weights and LoRA).")
       .def_prop_ro("weights_loaded", [](PySftEngine& e) { return e.engine().weights_loaded(); })

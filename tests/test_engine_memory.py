@@ -8,7 +8,7 @@ import pytest
 import inference_helpers
 import sft_helpers
 
-DEFAULT_KEEP = 16 << 20
+DEFAULT_KEEP = 256 << 20
 
 
 def inference_scratch(shape, rows):

@@ -9,8 +9,10 @@
 
 namespace kt_moe {
 
-// Memory a per-call buffer may keep beyond what the latest call needed (engines' default).
-constexpr size_t kDefaultScratchKeepBytes = size_t(16) << 20;
+// Memory a per-call buffer may keep beyond what the latest call needed (engines' default): enough
+// for one 512-token prefill chunk's buffers at DeepSeek-V3 size (about 190 MB), so that prefills
+// interleaved with decodes do not allocate and fault their buffers in again each time.
+constexpr size_t kDefaultScratchKeepBytes = size_t(256) << 20;
 
 template <class T>
 class Buffer {

@@ -169,7 +169,7 @@ inline void bind_infer_engine(nanobind::module_& m) {
           "scratch_keep_bytes", [](PyInferEngine& e) { return e.engine().scratch_keep_bytes(); },
           [](PyInferEngine& e, size_t bytes) { e.engine().set_scratch_keep_bytes(bytes); },
           "After each forward, a per-call buffer larger than both what the forward needed and this many bytes "
-          "is freed (default 16 MiB).")
+          "is freed (default 256 MiB).")
       .def("load_expert_task", &PyInferEngine::load_expert, "slot"_a, "gate"_a.noconvert(), "up"_a.noconvert(),
            "down"_a.noconvert(),
            "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot` of the staged weights "
