@@ -203,7 +203,8 @@ def test_closed_pipe_is_quiet(tmp_path, command, status):
     os.close(read_end)
     try:
         out = subprocess.run([sys.executable, "-m", "kt_moe.cli", *(a.format(config=config) for a in command)],
-                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                             cwd=tmp_path)  # not the checkout: `-m` would import its kt_moe/, not the installed one
     finally:
         os.close(write_end)
     assert (out.returncode, out.stderr) == (status, "")
