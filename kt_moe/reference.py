@@ -84,7 +84,7 @@ def random_routing(num_tokens: int, num_experts: int, top_k: int,
 
 
 def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in fp64 (docs/design.md section 7); 0 when both are zero."""
+    """||actual - expected|| / ||expected|| in fp64 (docs/design.md section 8); 0 when both are zero."""
     diff = (actual.double() - expected.double()).norm().item()
     norm = expected.double().norm().item()
     return diff / norm if norm > 0 else diff

@@ -1,6 +1,6 @@
 """Shared pieces of the SFT tests (tests/test_sft_*.py): one place that builds an SFT wrapper
 (AMXBF16_SFT unless told otherwise) together with the matching fp32 reference (kt_moe.reference),
-runs a forward/backward step and compares the two by relative L2 error (docs/design.md section 7). For
+runs a forward/backward step and compares the two by relative L2 error (docs/design.md section 8). For
 the quantized methods, Layer.dequantized(scheme) gives the reference of the dequantized weights.
 
 Conventions: expert ids refer to physical slots; slot p of the wrapper holds logical expert map[p],

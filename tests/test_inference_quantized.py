@@ -1,5 +1,5 @@
 """AMXINT8 and AMXINT4 on the inference engine (experts quantized by kt_moe.quant and packed for the
-quantized kernels): each output against two fp32 references (docs/design.md section 7): the same layer
+quantized kernels): each output against two fp32 references (docs/design.md section 8): the same layer
 with its weights quantized and dequantized (checks the compute: only the int8 activations and bf16
 rounding differ) and the original bf16 weights (checks the scheme). Loading: online from tensors and
 from Hugging Face checkpoints, and from a pre-quantized file (`kt-moe convert`'s format), all equal.

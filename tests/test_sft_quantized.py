@@ -1,5 +1,5 @@
 """AMXINT8_SFT, AMXINT4_SFT and AMXINT4_KGroup_SFT (LoRA on a quantized base) against two fp32
-references (docs/design.md section 7): the same layer with its base quantized and dequantized by the
+references (docs/design.md section 8): the same layer with its base quantized and dequantized by the
 method's kt_moe.quant scheme (checks the compute: relative L2 <= 1e-2 for the output, grad_input,
 the six LoRA gradients and the routing-weight gradient) and the original bf16 base (checks the
 scheme: the bars of VS_ORIGINAL).

@@ -14,7 +14,7 @@ to ~0.16). The cost: 0.6875 bytes per weight (34% of bf16) against 0.625 for gro
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 
@@ -32,11 +32,6 @@ def quantize_int4_group16(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, 
     """w bf16/fp16/fp32 [N, K] or [E, N, K] -> (codes uint8 [..., N, Kp / 2], scale fp16 [..., N, G],
     zero uint8 [..., N, G]), Kp = padded_k(K), G = Kp / 16."""
     return int4_groups.quantize_int4(w, GROUP_SIZE, zero_point=True)
-
-
-def int4_group16_parts(n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """What quantize_int4_group16 returns for W [n, k]: part name -> (shape, dtype)."""
-    return int4_groups.int4_parts(n, k, GROUP_SIZE, zero_point=True)
 
 
 def dequantize_int4_group16(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

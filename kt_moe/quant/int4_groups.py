@@ -41,7 +41,7 @@ Relative L2 error against N(0, 1) weights (2048 inputs): G = 16 0.058, 32 0.072,
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -174,16 +174,6 @@ def quantize_int4(w: torch.Tensor, group_size: int, zero_point: bool) -> Tuple[t
             zero[block] = z
     parts = (codes.reshape(*lead, Kp // 2), scale.reshape(*lead, groups), zero.reshape(*lead, groups))
     return parts if zero_point else parts[:2]
-
-
-def int4_parts(n: int, k: int, group_size: int, zero_point: bool) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """What quantize_int4 returns for W [n, k]: part name -> (shape, dtype)."""
-    groups = padded_k(k, group_size) // group_size
-    parts = {"codes": ((n, groups * group_size // 2), torch.uint8), "scale": ((n, groups), torch.float16),
-             "zero": ((n, groups), torch.uint8)}
-    if not zero_point:
-        del parts["zero"]
-    return parts
 
 
 def dequantize_int4(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor] = None, *,

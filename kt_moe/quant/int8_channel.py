@@ -12,7 +12,7 @@ row by row the same way.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 
@@ -38,11 +38,6 @@ def quantize_int8_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         q[block] = torch.round(x / s[:, None]).clamp_(-QMAX, QMAX)
         scale[block] = s
     return q.reshape(*lead, K), scale.reshape(lead)
-
-
-def int8_channel_parts(n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """What quantize_int8_channel returns for W [n, k]: part name -> (shape, dtype)."""
-    return {"q": ((n, k), torch.int8), "scale": ((n,), torch.float32)}
 
 
 def dequantize_int8_channel(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,10 @@ A scheme turns one weight matrix W [N, K] (or a stack [E, N, K]) into named tens
 and back; `part_specs(N, K)` gives each part's shape and dtype, so a file can be checked against
 the shapes a layer needs without reading any data. int8_channel and int4_group16 are fixed;
 int4_kgroup (AMXINT4_KGroup_SFT) takes a group size and whether it has zero points.
+
+The native weight-format registry (native/formats/registry.cpp, `_native.weight_formats()`) is
+the one list of formats: which methods store which format and each format's part geometry come
+from it; this module adds the pure-torch quantizer and dequantizer of each.
 """
 
 from __future__ import annotations
@@ -15,12 +19,29 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from kt_moe import _native
 from kt_moe.config import DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT, KGROUP_SIZES
-from kt_moe.quant.int4_group16 import GROUP_SIZE, dequantize_int4_group16, int4_group16_parts, quantize_int4_group16
-from kt_moe.quant.int4_groups import dequantize_int4, int4_parts, quantize_int4
-from kt_moe.quant.int8_channel import dequantize_int8_channel, int8_channel_parts, quantize_int8_channel
+from kt_moe.quant.int4_group16 import GROUP_SIZE, dequantize_int4_group16, quantize_int4_group16
+from kt_moe.quant.int4_groups import dequantize_int4, quantize_int4
+from kt_moe.quant.int8_channel import dequantize_int8_channel, quantize_int8_channel
 
 PartSpec = Tuple[Tuple[int, ...], torch.dtype]  # (shape, dtype) of one part for one matrix
+
+_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "float32": torch.float32, "float8_e4m3fn": torch.float8_e4m3fn}
+
+
+def registry_part_specs(name: str, n: int, k: int, group_size: Optional[int] = None,
+                        zero_point: Optional[bool] = None) -> Dict[str, PartSpec]:
+    """Part name -> (shape, dtype) of W [n, k] in the registered format `name` with its options
+    (None: the format's defaults; its geometry from _native.weight_format), in the format's part
+    order."""
+    specs = {}
+    for p in _native.weight_format(name, group_size, zero_point)["parts"]:
+        rows = -(-n // p["rows_per_unit"])
+        shape = (rows,) if p["cols_per_unit"] == 0 else (rows, -(-k // p["cols_per_unit"]) * p["elems_per_unit"])
+        specs[p["name"]] = (shape, _DTYPES[p["dtype"]])
+    return specs
 
 
 @dataclass(frozen=True)
@@ -45,15 +66,17 @@ class QuantScheme:
 
 
 SCHEMES: Dict[str, QuantScheme] = {scheme.name: scheme for scheme in (
-    QuantScheme("int8_channel", 0, quantize_int8_channel, dequantize_int8_channel, int8_channel_parts),
-    QuantScheme("int4_group16", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16, int4_group16_parts),
+    QuantScheme("int8_channel", 0, quantize_int8_channel, dequantize_int8_channel,
+                functools.partial(registry_part_specs, "int8_channel")),
+    QuantScheme("int4_group16", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16,
+                functools.partial(registry_part_specs, "int4_group16")),
 )}
 KGROUP_SCHEME = "int4_kgroup"
 
-# method -> the scheme its experts are stored in
-METHOD_SCHEMES: Dict[str, str] = {"AMXINT8": "int8_channel", "AMXINT4": "int4_group16",
-                                  "AMXINT8_SFT": "int8_channel", "AMXINT4_SFT": "int4_group16",
-                                  "AMXINT4_KGroup_SFT": KGROUP_SCHEME}
+# method -> the scheme its experts are stored in (the registry's methods of each format; the
+# inference methods first)
+METHOD_SCHEMES: Dict[str, str] = {method: entry["name"] for kind in ("inference_methods", "sft_methods")
+                                  for entry in _native.weight_formats() for method in entry[kind]}
 
 
 def int4_kgroup_scheme(group_size: int, zero_point: bool) -> QuantScheme:
@@ -65,7 +88,8 @@ def int4_kgroup_scheme(group_size: int, zero_point: bool) -> QuantScheme:
     return QuantScheme(KGROUP_SCHEME, group_size,
                        functools.partial(quantize_int4, group_size=group_size, zero_point=zero_point),
                        functools.partial(dequantize_int4, group_size=group_size),
-                       functools.partial(int4_parts, group_size=group_size, zero_point=zero_point), zero_point)
+                       functools.partial(registry_part_specs, KGROUP_SCHEME, group_size=group_size,
+                                         zero_point=zero_point), zero_point)
 
 
 def scheme_for_method(method: str, group_size: Optional[int] = None,

@@ -24,11 +24,16 @@ static inline __m512i bf16_rounded_lanes(__m512 v) {
   return _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));  // NaN: set the quiet bit
 }
 
+// 32 words from the upper (odd) words of the 32-bit lanes of lo (elements 0..15) and hi (16..31).
+static inline __m512i upper_words(__m512i lo, __m512i hi) {
+  const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27,
+                                       25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  return _mm512_permutex2var_epi16(lo, odd, hi);
+}
+
 // float_to_bf16 of 32 floats: lo (elements 0..15), hi (16..31).
 static inline __m512i float_to_bf16(__m512 lo, __m512 hi) {
-  const __m512i upper_words = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29,
-                                               27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  return _mm512_permutex2var_epi16(bf16_rounded_lanes(lo), upper_words, bf16_rounded_lanes(hi));
+  return upper_words(bf16_rounded_lanes(lo), bf16_rounded_lanes(hi));
 }
 
 }  // namespace kt_moe

@@ -1,17 +1,17 @@
-// The one table from ISA level to dequantizer.
+// The lookup of a format's dequantizer for an ISA level (dequant_bf16.hpp).
+#include <stdexcept>
+#include <string>
+
 #include "kernels/dequant_bf16.hpp"
 
 namespace kt_moe {
 
-DequantFn dequant_bf16_kernel(IsaLevel level) {
-  switch (level) {
-    case IsaLevel::generic:
-    case IsaLevel::amx_emulated: return &generic::dequant_bf16;
-    case IsaLevel::avx512: return &avx512::dequant_bf16;
-    case IsaLevel::avx512_bf16:
-    case IsaLevel::amx: return &avx512_bf16::dequant_bf16;
-  }
-  return &generic::dequant_bf16;
+DequantFn dequant_bf16_kernel(const DequantFormat& format, IsaLevel level) {
+  const DequantFn kernel = format.kernels[int(level)];
+  if (!kernel)
+    throw std::invalid_argument(std::string("weight format ") + format.name + " has no bf16 dequantizer at ISA level " +
+                                isa_level_name(level));
+  return kernel;
 }
 
 }  // namespace kt_moe

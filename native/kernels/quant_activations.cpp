@@ -1,5 +1,5 @@
 // quantize_activations (gemm_quant.hpp): bf16 rows -> int8 records with a scale per 64 k and the
-// sums of q per 64 k (int8_channel) or per 16 k (int4_group16). Portable C++ written so that the
+// sums of q per the format's act_sum_group k (64, 32 or 16). Portable C++ written so that the
 // compiler vectorises it; compiled for generic (no ISA flags) and avx512, both with
 // -ffp-contract=off (CMakeLists.txt): every step is exact or one correctly rounded fp32 operation
 // (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead of twice), so both builds give
@@ -56,7 +56,8 @@ __attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int l
 
 void quantize_activations(const QuantizeArgs& args) {
   if (args.m < 0) throw std::invalid_argument("kt-moe quantize_activations: m must not be negative");
-  const QuantActLayout layout = quant_act_layout(args.format, args.k);
+  if (!args.format) throw std::invalid_argument("kt-moe quantize_activations: no format");
+  const QuantActLayout layout = quant_act_layout(*args.format, args.k);
   if (args.m == 0) return;
   if (!args.a || !args.out) throw std::invalid_argument("kt-moe quantize_activations: null pointer");
   if (args.m > 1 && args.lda < args.k)
@@ -79,10 +80,15 @@ void quantize_activations(const QuantizeArgs& args) {
       if (whole < layout.groups)  // the partial last group
         quantize_group<G, SG>(a + whole * G, args.k - whole * G, q + whole * G, scale + whole, sum + whole * (G / SG));
     };
-    if (layout.sum_group == quant_layout::kUnitK)
-      groups(std::integral_constant<int, quant_layout::kUnitK>{});
-    else
-      groups(std::integral_constant<int, quant_layout::kInt4Group>{});
+    switch (layout.sum_group) {  // the sum groups formats may ask for, as compile-time constants
+      case 64: groups(std::integral_constant<int, 64>{}); break;
+      case 32: groups(std::integral_constant<int, 32>{}); break;
+      case 16: groups(std::integral_constant<int, 16>{}); break;
+      default:
+        throw std::invalid_argument("kt-moe quantize_activations: format " + std::string(args.format->name) +
+                                    " asks for activation sums per " + std::to_string(layout.sum_group) +
+                                    " k (64, 32 or 16 are supported)");
+    }
   }
 }
 

@@ -1,6 +1,6 @@
-// What every quantized GEMM kernel (gemm_quant_*.cpp) shares: reading an activation record, the
-// INT8 rows' zero-point correction, and writing a block of results into C. Compiled per level
-// (everything lives in the level's namespace, see level_namespace.hpp).
+// What every format's quantized GEMM kernels (native/formats/*/gemm_*.cpp) share: reading an
+// activation record, prefetching the weight stream and writing a block of results into C.
+// Compiled per level (everything lives in the level's namespace, see level_namespace.hpp).
 #pragma once
 
 #include <cstdint>
@@ -13,8 +13,8 @@
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 
-// One quantized activation row: q [k_padded], scale [groups] (per 64 k), sum [sums] (per 64 k for
-// int8_channel, per 16 k for int4_group16).
+// One quantized activation row: q [k_padded], scale [groups] (per 64 k), sum [sums] (per the
+// format's act_sum_group k).
 struct QuantRow {
   const int8_t* q;
   const float* scale;
@@ -27,14 +27,6 @@ inline QuantRow quant_row(const QuantGemmArgs& args, const QuantActLayout& layou
   const uint8_t* rec = args.a.data + int64_t(r) * args.a.stride;
   return {reinterpret_cast<const int8_t*>(rec), reinterpret_cast<const float*>(rec + layout.scale_offset),
           reinterpret_cast<const float*>(rec + layout.sum_offset)};
-}
-
-// INT8 stores q + 128, so every group dot product of a row carries 128 * sum_g(a_s * a_sum) too:
-// the value to subtract (before the column scale), computed in this order at every level.
-inline float int8_row_offset(const float* scale, const float* sum, int groups) {
-  float s = 0.0f;
-  for (int g = 0; g < groups; ++g) s = __builtin_fmaf(scale[g], sum[g], s);
-  return float(quant_layout::kInt8Zero) * s;
 }
 
 // Asks for the cache lines of [p, p + bytes) (prefetcht0): the kernels stream the packed weight

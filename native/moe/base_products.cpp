@@ -1,7 +1,8 @@
 // The base products of the SFT engine (base_products.hpp): bf16 straight to the GEMM, quantized
-// through dequantized row blocks in ScratchSlot::dequantized. int8_channel blocks hold q exactly
-// (kernels/dequant_bf16.hpp), so its row scales are applied here: the forward scales C's columns
-// in fp32, the backward scales the block's columns of A (rounded to bf16, as the GEMM reads bf16).
+// through dequantized row blocks in ScratchSlot::dequantized. A row_scales format's blocks hold
+// W / scale exactly (int8_channel: q; kernels/dequant_bf16.hpp), so its row scales are applied here:
+// the forward scales C's columns in fp32, the backward scales the block's columns of A (rounded to
+// bf16, as the GEMM reads bf16).
 #include "moe/base_products.hpp"
 
 #include <algorithm>
@@ -31,7 +32,10 @@ bf16_t* block_scratch(int rows, int width, size_t extra = 0) {
       thread_scratch(ScratchSlot::dequantized, sizeof(bf16_t) * (size_t(rows) * size_t(block_ld(width)) + extra)));
 }
 
-bool is_int8(const WeightView& w) { return w.quant.format == DequantFormat::int8_channel; }
+// The fp32 row scales the products apply (formats whose dequantizer leaves them out), or null.
+const float* row_scales(const WeightView& w) {
+  return w.quant.format->row_scales ? static_cast<const float*>(w.quant.scale) : nullptr;
+}
 
 }  // namespace
 
@@ -43,17 +47,19 @@ void base_nt(const BaseKernels& kernels, const WeightView& w, int m, int n0, int
     return;
   }
   if (m <= 0) return;
+  const DequantFn dequant = dequant_bf16_kernel(*w.quant.format, kernels.level);
+  const float* scale = row_scales(w);
   const int step = block_rows(K, kForwardBlockBytes);
   const int64_t ld = block_ld(K);
   bf16_t* block = block_scratch(std::min(step, n1 - n0), K);
   for (int b0 = n0; b0 < n1; b0 += step) {
     const int b1 = std::min(b0 + step, n1);
-    kernels.dequant(w.quant, b0, b1, 0, K, block, ld);
+    dequant(w.quant, b0, b1, 0, K, block, ld);
     float* cb = c + (b0 - n0);
     gemm_nt(kernels.gemm, m, b1 - b0, K, a, lda, block, ld, cb, ldc);
-    if (is_int8(w))
+    if (scale)
       for (int i = 0; i < m; ++i)
-        for (int n = b0; n < b1; ++n) cb[i * ldc + (n - b0)] *= w.quant.scale[n];
+        for (int n = b0; n < b1; ++n) cb[i * ldc + (n - b0)] *= scale[n];
   }
 }
 
@@ -67,17 +73,19 @@ void base_nn(const BaseKernels& kernels, const WeightView& w, int m, int j0, int
   if (m <= 0 || width <= 0) return;
   const int step = std::min(block_rows(width, kBackwardBlockBytes), rows);
   const int64_t ld = block_ld(width);
-  bf16_t* block = block_scratch(step, width, is_int8(w) ? size_t(m) * step : 0);
-  bf16_t* scaled = block + size_t(step) * ld;  // int8: A's block columns times the row scales, [m, step]
+  const DequantFn dequant = dequant_bf16_kernel(*w.quant.format, kernels.level);
+  const float* scale = row_scales(w);
+  bf16_t* block = block_scratch(step, width, scale ? size_t(m) * step : 0);
+  bf16_t* scaled = block + size_t(step) * ld;  // row scales: A's block columns times them, [m, step]
   for (int k0 = 0; k0 < rows; k0 += step) {
     const int k1 = std::min(k0 + step, rows), kb = k1 - k0;
-    kernels.dequant(w.quant, k0, k1, j0, j1, block, ld);
+    dequant(w.quant, k0, k1, j0, j1, block, ld);
     const bf16_t* ab = a + k0;
     int64_t lda_block = lda;
-    if (is_int8(w)) {
+    if (scale) {
       for (int i = 0; i < m; ++i)
         for (int k = 0; k < kb; ++k)
-          scaled[i * kb + k] = float_to_bf16(bf16_to_float(a[i * lda + k0 + k]) * w.quant.scale[k0 + k]);
+          scaled[i * kb + k] = float_to_bf16(bf16_to_float(a[i * lda + k0 + k]) * scale[k0 + k]);
       ab = scaled;
       lda_block = kb;
     }

@@ -5,8 +5,9 @@
 // of a quantized weight:
 //   base_nt (forward, the weight as stored):  C[:, b0 - n0 : b1 - n0] = A x W[b0:b1, :]^T
 //   base_nn (backward, the weight transposed): C += A[:, k0:k1] x W[k0:k1, j0:j1]
-// INT4 blocks hold the dequantized weight; INT8 blocks hold q exactly and the row scales are applied
-// in fp32 to the forward's outputs and to the backward's inputs (rounded to bf16). Either way the
+// Blocks hold the dequantized weight, or for a row_scales format (int8_channel) W / scale exactly,
+// the row scales then applied in fp32 to the forward's outputs and to the backward's inputs
+// (rounded to bf16). Either way the
 // result is the dequantized weight's product up to bf16 rounding of the GEMM inputs and the fp32
 // summation order. Single-threaded, like the GEMM kernels; the engine calls them from its tasks.
 #pragma once
@@ -40,11 +41,12 @@ struct WeightView {
   static WeightView of_quant(const QuantMatrixView& q) { return {q.rows, q.cols, nullptr, 0, q}; }
 };
 
-// The kernels the products use, chosen from the active ISA level when an engine call starts.
+// The kernels the products use, chosen from the active ISA level when an engine call starts (the
+// dequantizer is the weight's format's at that level).
 struct BaseKernels {
   GemmFn gemm;
-  DequantFn dequant;
-  static BaseKernels for_level(IsaLevel level) { return {gemm_bf16_kernel(level), dequant_bf16_kernel(level)}; }
+  IsaLevel level;
+  static BaseKernels for_level(IsaLevel level) { return {gemm_bf16_kernel(level), level}; }
 };
 
 // C[i, n - n0] = sum_k a[i, k] W[n, k]   for i < m, n0 <= n < n1.   a: [m, cols] bf16 (row stride

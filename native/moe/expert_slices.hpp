@@ -1,65 +1,49 @@
-// The bf16 weights of every expert of a layer, split by intermediate slice over a pool's subpools
-// (tensor parallel): subpool s owns rows [s * Is, (s + 1) * Is) of gate and up and the same columns
-// of down, Is = I / tp, in memory on its NUMA node. Shared by the SFT and the inference engines.
-// Rows are stored with padded strides (kernels/row_stride.hpp): gate_ld >= H, down_ld >= Is.
+// The bf16 weights of every expert of a layer in an ExpertStore (expert_store.hpp: one slice per
+// subpool, tensor parallel). Per expert and slice: gate [Is, H], up [Is, H], down [H, Is], rows
+// stored with padded strides (kernels/row_stride.hpp): gate_ld >= H, down_ld >= Is. Shared by the
+// SFT and the inference engines.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
-#include <memory>
-#include <vector>
+#include <cstdint>
 
 #include "kernels/gemm_bf16.hpp"
+#include "moe/expert_store.hpp"
 #include "pool/worker_pool.hpp"
 
 namespace kt_moe {
 
 class Bf16ExpertSlices {
  public:
-  struct Slice {
-    int begin = 0;           // first intermediate row of the slice
-    bf16_t* gate = nullptr;  // [E, Is, H], rows gate_ld apart
-    bf16_t* up = nullptr;    // [E, Is, H], rows gate_ld apart
-    bf16_t* down = nullptr;  // [E, H, Is], rows down_ld apart
-    size_t bytes = 0;        // of the one allocation the three live in
-    ~Slice();
-  };
-
   // Allocates one slice per subpool of `pool` (tp = its subpool count) on the subpool's node.
   // std::invalid_argument when a size is not positive or I is not divisible by tp.
   Bf16ExpertSlices(int experts, int hidden, int intermediate, WorkerPool& pool);
 
-  int slice_size() const { return slice_size_; }  // Is
-  int64_t gate_ld() const { return gate_ld_; }     // row stride of gate and up (elements)
-  int64_t down_ld() const { return down_ld_; }     // row stride of down (elements)
+  int slice_size() const { return store_.slice_size(); }  // Is
+  int64_t gate_ld() const { return gate_ld_; }            // row stride of gate and up (elements)
+  int64_t down_ld() const { return down_ld_; }            // row stride of down (elements)
   // Expert `slot`'s matrices in slice s.
-  const bf16_t* gate(int s, int slot) const { return slices_[s]->gate + gate_offset(slot); }
-  const bf16_t* up(int s, int slot) const { return slices_[s]->up + gate_offset(slot); }
-  const bf16_t* down(int s, int slot) const { return slices_[s]->down + down_offset(slot); }
+  const bf16_t* gate(int s, int slot) const { return matrices(s, slot); }
+  const bf16_t* up(int s, int slot) const { return matrices(s, slot) + gate_elems(); }
+  const bf16_t* down(int s, int slot) const { return matrices(s, slot) + 2 * gate_elems(); }
   // Bytes one expert holds, all slices together (padding included).
-  size_t bytes_per_expert() const;
+  size_t bytes_per_expert() const { return store_.bytes_per_expert(); }
   // std::invalid_argument naming the slot unless 0 <= slot < E.
-  void check_slot(int slot) const;
+  void check_slot(int slot) const { store_.check_slot(slot); }
 
   // Copies one expert (gate, up [I, H], down [H, I], bf16, contiguous) into physical slot `slot`
-  // (checked with check_slot first), each subpool its own slice (so pages are first touched on
-  // their node). Runs for_each_subpool on the calling thread: the engines call it from a task
-  // queued on the pool, behind their other work.
+  // (checked with check_slot first), each subpool its own slice (ExpertStore::load). The engines
+  // call it from a task queued on the pool, behind their other work.
   void load(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
 
-  int loaded_count() const { return loaded_count_; }
-  bool all_loaded() const { return loaded_count_ == experts_; }
+  int loaded_count() const { return store_.loaded_count(); }
 
  private:
-  size_t gate_offset(int slot) const { return size_t(slot) * slice_size_ * gate_ld_; }  // of gate and up
-  size_t down_offset(int slot) const { return size_t(slot) * hidden_ * down_ld_; }
+  size_t gate_elems() const { return size_t(store_.slice_size()) * gate_ld_; }
+  bf16_t* matrices(int s, int slot) const { return reinterpret_cast<bf16_t*>(store_.expert(s, slot)); }
 
-  int experts_, hidden_, intermediate_, slice_size_;
+  ExpertStore store_;
   int64_t gate_ld_, down_ld_;
-  WorkerPool& pool_;
-  std::vector<std::unique_ptr<Slice>> slices_;
-  std::vector<char> loaded_;
-  std::atomic<int> loaded_count_{0};  // written by loads on the dispatcher, read by callers
 };
 
 }  // namespace kt_moe

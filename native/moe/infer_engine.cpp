@@ -102,8 +102,8 @@ void InferEngine::load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* u
   run_queued([&] { format->load(slot, gate, up, down); });
 }
 
-void InferEngine::load_quant_expert(int slot, const QuantInferWeights::Matrix& gate,
-                                    const QuantInferWeights::Matrix& up, const QuantInferWeights::Matrix& down) {
+void InferEngine::load_quant_expert(int slot, const MatrixParts& gate, const MatrixParts& up,
+                                    const MatrixParts& down) {
   const std::shared_ptr<QuantInferWeights> format = staged_as<QuantInferWeights>("a quantized format");
   format->check_slot(slot);
   run_queued([&] { format->load(slot, gate, up, down); });

@@ -66,10 +66,9 @@ class InferEngine {
   // the staged set, on the pool after the work queued before it; returns when done.
   // std::invalid_argument for a bad slot or when the method stores another format.
   void load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
-  // Methods AMXINT8 / AMXINT4: packs one expert given in the canonical quantized format of the
-  // method (QuantInferWeights::Matrix; gate, up W [I, H], down W [H, I]) likewise.
-  void load_quant_expert(int slot, const QuantInferWeights::Matrix& gate, const QuantInferWeights::Matrix& up,
-                         const QuantInferWeights::Matrix& down);
+  // Methods with a registered quantized format: packs one expert given in the format's canonical
+  // parts (gate, up W [I, H], down W [H, I]; QuantInferWeights::load) likewise.
+  void load_quant_expert(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down);
 
   // Which experts live on the GPU (their slots are skipped): mask [E], nonzero = on the GPU; null
   // restores the config's experts [0, num_gpu_experts). Applies to forwards submitted afterwards.

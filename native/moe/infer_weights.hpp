@@ -1,13 +1,16 @@
-// How the inference engine stores the experts' weights and multiplies by them: one class per weight
-// format behind one interface, so that the engine's routing, tasks and threading do not depend on
-// the format. BF16 (Bf16InferWeights) reads bf16 weights with the bf16 GEMM kernels; AMXINT8 /
-// AMXINT4 (QuantInferWeights) keep them packed for the quantized kernels (kernels/gemm_quant.hpp),
-// which read int8-quantized activations: such a format converts each chunk's inputs once
-// (convert_*), before the products read them. make_infer_weights() maps a method to its format.
+// How the inference engine stores the experts' weights and multiplies by them, behind one interface
+// so that the engine's routing, tasks and threading do not depend on the format. BF16
+// (Bf16InferWeights) reads bf16 weights with the bf16 GEMM kernels; every registered weight format
+// with quantized GEMM kernels (QuantInferWeights over formats/weight_format.hpp: AMXINT8's
+// int8_channel, AMXINT4's int4_group16, ...) keeps them packed for those kernels
+// (kernels/gemm_quant.hpp), which read int8-quantized activations: such a format converts each
+// chunk's inputs once (convert_*), before the products read them. make_infer_weights() maps a
+// method to its format through the registry.
 //
-// Every format splits each expert by intermediate slice over the pool's subpools (tensor parallel):
-// slice s holds rows [s * Is, (s + 1) * Is) of gate and up and the same columns of down, Is = I / tp,
-// in memory of the subpool's NUMA node.
+// Both keep their experts in an ExpertStore (moe/expert_store.hpp): each expert split by
+// intermediate slice over the pool's subpools (tensor parallel), slice s holding rows [s * Is,
+// (s + 1) * Is) of gate and up and the same columns of down, Is = I / tp, in memory of the
+// subpool's NUMA node.
 #pragma once
 
 #include <atomic>
@@ -20,10 +23,10 @@
 #include "cpu/cpu_features.hpp"
 #include "kernels/gemm_bf16.hpp"
 #include "kernels/gemm_quant.hpp"
-#include "kernels/quant_layout.hpp"
+#include "formats/weight_format.hpp"
 #include "moe/buffer.hpp"
 #include "moe/expert_slices.hpp"
-#include "moe/quant_parts.hpp"
+#include "moe/expert_store.hpp"
 #include "pool/worker_pool.hpp"
 
 namespace kt_moe {
@@ -32,7 +35,7 @@ class InferWeights {
  public:
   virtual ~InferWeights() = default;
 
-  virtual const char* format() const = 0;       // "bf16", "int8_channel", "int4_group16"
+  virtual const char* format() const = 0;       // "bf16" or the registered format's name
   virtual int slice_size() const = 0;           // Is = I / tp
   virtual int loaded_count() const = 0;         // physical slots loaded so far
   virtual void check_slot(int slot) const = 0;  // std::invalid_argument unless 0 <= slot < E
@@ -88,29 +91,26 @@ class Bf16InferWeights final : public InferWeights {
   int hidden_;
 };
 
-// Methods AMXINT8 (int8_channel) and AMXINT4 (int4_group16): every expert's slices packed for the
-// quantized kernels; the rows of x and z quantized once per chunk. Any H and I; int4_group16 cuts
-// down's inputs (K = I) into the slices at whole canonical groups, so with more than one subpool
-// Is must be a multiple of 16 (each slice is packed on its own, its K padded to 64).
+// A registered weight format with quantized GEMM kernels: every expert's slices packed for them;
+// the rows of x and z quantized once per chunk. Any H and I; a format whose packed K slices must
+// start at multiples of k_slice_align (int4_group16: whole groups of 16) needs Is to be a multiple
+// of it when there is more than one subpool (each slice is packed on its own, its K padded to 64).
 class QuantInferWeights final : public InferWeights {
  public:
-  // One matrix W [N, K] of one expert, whole, in the canonical format (moe/quant_parts.hpp;
-  // int4_group16: G = 16 with zero points, codes [N, Kp / 2], Kp = K rounded up to 16).
-  using Matrix = QuantParts;
+  // std::invalid_argument when the format has no quantized GEMM kernels or its shape rules do not
+  // hold for H and Is.
+  QuantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format);
 
-  // std::invalid_argument when the format's shape rules do not hold for H and Is.
-  QuantInferWeights(const MOEConfig& config, WorkerPool& pool, QuantFormat format);
-  ~QuantInferWeights() override;
+  const WeightFormat& weight_format() const { return format_; }
+  const char* format() const override { return format_.name; }
+  int slice_size() const override { return store_.slice_size(); }
+  int loaded_count() const override { return store_.loaded_count(); }
+  void check_slot(int slot) const override { store_.check_slot(slot); }
 
-  QuantFormat quant_format() const { return format_; }
-  const char* format() const override { return quant_format_name(format_); }
-  int slice_size() const override { return slice_size_; }
-  int loaded_count() const override { return loaded_count_; }
-  void check_slot(int slot) const override;
-
-  // Packs one expert (gate and up W [I, H], down W [H, I]) into `slot`, each subpool its own slice.
-  // Runs for_each_subpool on the calling thread, like Bf16ExpertSlices::load.
-  void load(int slot, const Matrix& gate, const Matrix& up, const Matrix& down);
+  // Packs one expert, each matrix given whole in its canonical parts (gate and up W [I, H], down
+  // W [H, I]; row strides in MatrixParts::ld), into `slot`, each subpool its own slice
+  // (ExpertStore::load).
+  void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down);
 
   bool converts_inputs() const override { return true; }
   void prepare_inputs(int rows) override;
@@ -123,21 +123,17 @@ class QuantInferWeights final : public InferWeights {
             int64_t ldy) const override;
 
  private:
-  struct Slice;
   // Where the packed gate, up or down (which = 0, 1, 2) of expert `slot` lives in slice s, and
   // the view the kernels read.
   uint8_t* packed(int s, int slot, int which) const;
   QuantWeightView weight(int s, int slot, int which) const;
-  // Packs rows [n0, n0 + n) and columns [k0, k0 + k) of m (a W [rows, cols]) into dst.
-  void pack(const Matrix& m, int cols, int n0, int n, int k0, int k, uint8_t* dst) const;
+  // Packs rows [n0, n0 + n) and columns [k0, k0 + k) of m (a whole W [rows, cols]) into dst.
+  void pack(const MatrixParts& m, int n0, int n, int k0, int k, uint8_t* dst) const;
 
-  QuantFormat format_;
-  int experts_, hidden_, intermediate_, slice_size_;
-  WorkerPool& pool_;
+  WeightFormat format_;
+  const PackedFormat& packed_;
+  ExpertStore store_;
   int64_t gate_bytes_, down_bytes_;  // of one packed [Is, H] and one packed [H, Is]
-  std::vector<std::unique_ptr<Slice>> slices_;
-  std::vector<char> loaded_;
-  std::atomic<int> loaded_count_{0};  // written by loads on the dispatcher, read by callers
   QuantActLayout x_layout_, z_layout_;  // the records of a row of x (k = H) and of z (k = Is)
   struct Records {
     Buffer<uint8_t> x, z;  // [R] quantized rows of x and of z
@@ -145,8 +141,8 @@ class QuantInferWeights final : public InferWeights {
   std::vector<Records> records_;  // per slice
 };
 
-// The weight format of config.method: BF16, AMXINT8, AMXINT4 (allocated per subpool).
-// std::invalid_argument naming the method when it has no native format.
+// The weight storage of config.method: BF16, or the registered format that names the method
+// (allocated per subpool). std::invalid_argument naming the method when it has none.
 std::unique_ptr<InferWeights> make_infer_weights(const MOEConfig& config, WorkerPool& pool);
 
 }  // namespace kt_moe

@@ -157,7 +157,7 @@ void SftEngine::load_expert(int slot, const bf16_t* gate, const bf16_t* up, cons
   run([&] { base.load(slot, gate, up, down); });
 }
 
-void SftEngine::load_quant_expert(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down) {
+void SftEngine::load_quant_expert(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) {
   std::lock_guard<std::mutex> lock(call_mutex_);
   QuantSftBase& base = staged_as<QuantSftBase>("as bf16, not quantized parts");
   base.check_slot(slot);

@@ -93,11 +93,11 @@ class SftEngine {
   int staged_count() const;  // slots of the staged base loaded so far (0 without one)
 
   // Copies one expert into physical slot `slot` of the staged base, each subpool its own slice: bf16
-  // gate, up [I, H] and down [H, I], contiguous (AMXBF16_SFT), or their canonical quantized parts (the
-  // other methods; moe/quant_parts.hpp). std::invalid_argument when the method stores its base the
-  // other way.
+  // gate, up [I, H] and down [H, I], contiguous (AMXBF16_SFT), or their canonical parts in the
+  // method's registered format (the other methods; QuantSftBase::load). std::invalid_argument when
+  // the method stores its base the other way.
   void load_expert(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down);
-  void load_quant_expert(int slot, const QuantParts& gate, const QuantParts& up, const QuantParts& down);
+  void load_quant_expert(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down);
   bool weights_loaded() const;
   std::shared_ptr<const SftBaseWeights> base() const;  // the base calls read now
 

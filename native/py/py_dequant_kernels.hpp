@@ -12,7 +12,9 @@
 #include <string>
 
 #include "cpu/cpu_features.hpp"
+#include "formats/weight_format.hpp"
 #include "kernels/dequant_bf16.hpp"
+#include "kernels/fp16.hpp"
 #include "py/arrays.hpp"
 
 namespace kt_moe::py {
@@ -37,20 +39,22 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
   w.cols = cols;
   w.values = static_cast<const uint8_t*>(values.data());
   w.ld_values = ld;
+  // the dequantizers of int8_channel, or of the int4 groups (int4_group16's are int4_kgroup's)
+  w.format = weight_format(group == 0 ? "int8_channel" : "int4_group16").dequant;
   if (group == 0) {
     checked<const int8_t>(values, "values", DType::i8, {rows, ld});
     w.scale = checked<const float>(scale, "scale", DType::f32, {rows});
+    w.ld_scale = 1;
     if (cols > ld) throw std::invalid_argument("cols exceeds the stored row");
   } else {
     if (group < 16 || group > 1024 || (group & (group - 1)) != 0 || col0 < 0 || col0 >= group)
       throw std::invalid_argument("bad group or col0");
-    w.format = DequantFormat::int4;
     w.group = group;
     w.col0 = col0;
     checked<const uint8_t>(values, "values", DType::u8, {rows, ld});
     const int64_t groups = 2 * ld / group;
     if (2 * ld % group != 0 || col0 + cols > 2 * ld) throw std::invalid_argument("values must hold whole groups");
-    w.scale_fp16 = checked<const fp16_t>(scale, "scale", DType::f16, {rows, groups});
+    w.scale = checked<const fp16_t>(scale, "scale", DType::f16, {rows, groups});
     w.ld_scale = groups;
     if (zero) {
       w.zero = checked<const uint8_t>(*zero, "zero", DType::u8, {rows, groups});
@@ -60,7 +64,7 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
   if (r0 < 0 || r0 > r1 || r1 > rows || c0 < 0 || c0 > c1 || c1 > cols)
     throw std::invalid_argument("need 0 <= r0 <= r1 <= rows and 0 <= c0 <= c1 <= cols");
   bf16_t* dst = checked<bf16_t>(out, "out", DType::bf16, {r1 - r0, c1 - c0});
-  const DequantFn kernel = dequant_bf16_kernel(level);
+  const DequantFn kernel = dequant_bf16_kernel(*w.format, level);
   nanobind::gil_scoped_release unlocked;
   kernel(w, r0, r1, c0, c1, dst, c1 - c0);
 }

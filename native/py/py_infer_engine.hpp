@@ -42,9 +42,9 @@ class PyInferEngine {
     engine_.load_bf16_expert(slot, g, u, d);
   }
 
-  // One expert into physical slot `slot` in the canonical quantized format of the method
+  // One expert into physical slot `slot` in the canonical parts of the method's registered format
   // (AMXINT8: [q int8, scale fp32]; AMXINT4: [codes uint8, scale fp16, zero uint8]; gate and up of
-  // W [I, H], down of W [H, I]; see kernels/gemm_quant.hpp).
+  // W [I, H], down of W [H, I]; see py/quant_parts.hpp).
   void load_quant_expert(int slot, const std::vector<Array>& gate, const std::vector<Array>& up,
                          const std::vector<Array>& down) {
     const MOEConfig& c = engine_.config();
@@ -54,9 +54,9 @@ class PyInferEngine {
       throw std::invalid_argument("method " + c.method + " stores its experts as " + weights->format() +
                                   ": load them with load_expert_task");
     const int64_t I = c.intermediate_size, H = c.hidden_size;
-    const QuantFormat f = format->quant_format();
-    const QuantInferWeights::Matrix g = matrix(f, gate, "gate", I, H), u = matrix(f, up, "up", I, H),
-                                    d = matrix(f, down, "down", H, I);
+    const WeightFormat& f = format->weight_format();
+    const MatrixParts g = checked_parts(f, gate, "gate", I, H), u = checked_parts(f, up, "up", I, H),
+                      d = checked_parts(f, down, "down", H, I);
     nanobind::gil_scoped_release unlocked;
     engine_.load_quant_expert(slot, g, u, d);
   }
@@ -119,14 +119,6 @@ class PyInferEngine {
   }
 
  private:
-  // The parts of one quantized matrix W [n, k] (C-contiguous, checked) as the engine takes them.
-  static QuantInferWeights::Matrix matrix(QuantFormat format, const std::vector<Array>& parts, const char* name,
-                                          int64_t n, int64_t k) {
-    const bool int8 = format == QuantFormat::int8_channel;
-    return checked_parts({quant_format_name(format), int8, int8 ? 0 : quant_layout::kInt4Group, !int8}, parts,
-                         name, n, k);
-  }
-
   // Declared before engine_, so destroyed after ~InferEngine has waited for the queued work.
   std::map<uint64_t, std::array<nanobind::object, 4>> in_use_;  // expert_ids, weights, input, output
   InferEngine engine_;
@@ -147,7 +139,7 @@ inline void bind_infer_engine(nanobind::module_& m) {
           "config"_a, "pool"_a, nb::keep_alive<1, 3>())
       .def_prop_ro("config", [](PyInferEngine& e) { return e.engine().config(); })
       .def_prop_ro("weight_format", [](PyInferEngine& e) { return std::string(e.engine().weights()->format()); },
-                   "How the experts are stored: 'bf16', 'int8_channel' or 'int4_group16'.")
+                   "How the experts are stored: 'bf16' or the method's registered weight format (weight_formats()).")
       .def_prop_ro("weights_loaded", [](PyInferEngine& e) { return e.engine().weights_loaded(); })
       .def_prop_ro("staged_count", [](PyInferEngine& e) { return e.engine().staged_count(); },
                    "Slots of the load in progress (not committed) that hold an expert.")
@@ -175,9 +167,9 @@ inline void bind_infer_engine(nanobind::module_& m) {
            "One expert (gate, up [I, H], down [H, I] bf16) into physical slot `slot` of the staged weights "
            "(commit_load puts them in place).")
       .def("load_quant_expert_task", &PyInferEngine::load_quant_expert, "slot"_a, "gate"_a, "up"_a, "down"_a,
-           "One expert into physical slot `slot` of the staged weights for AMXINT8 / AMXINT4: each of gate, up (W [I, H]) and down "
-           "(W [H, I]) as the list of its canonical parts, [q int8, scale fp32] or [codes uint8, scale fp16, "
-           "zero uint8] (kt_moe.quant).")
+           "One expert into physical slot `slot` of the staged weights for a method with a quantized weight format: "
+           "each of gate, up (W [I, H]) and down (W [H, I]) as the list of its canonical parts (weight_formats(); "
+           "AMXINT8: [q int8, scale fp32], AMXINT4: [codes uint8, scale fp16, zero uint8]; kt_moe.quant).")
       .def("set_gpu_experts", &PyInferEngine::set_gpu_experts, "mask"_a.none(),
            "A bool per expert (True: on the GPU, its slots are skipped), or None for experts "
            "[0, num_gpu_experts). Applies to forwards submitted afterwards.")

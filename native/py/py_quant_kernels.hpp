@@ -1,6 +1,7 @@
-// Python hooks of the quantized GEMM family (kernels/gemm_quant.hpp): packing the canonical INT8 /
-// INT4 formats into a QuantWeight, the activation record layout, and test entries that run the
-// quantizer and the product of one ISA level (tests/test_quant_kernels.py, bench/bench_qgemm.py).
+// Python hooks of the quantized GEMM family (kernels/gemm_quant.hpp): packing a registered format's
+// canonical parts into a QuantWeight (int8_channel and int4_group16 by name), the activation record
+// layout, and test entries that run the quantizer and the product of one ISA level
+// (tests/test_quant_kernels.py, bench/bench_qgemm.py).
 // Tensors cross as nb::ndarray; device, dtype, shape and strides are checked here (ValueError).
 // Included by bindings.cpp only.
 #pragma once
@@ -17,6 +18,8 @@
 #include <type_traits>
 
 #include "cpu/cpu_features.hpp"
+#include "formats/weight_format.hpp"
+#include "kernels/fp16.hpp"
 #include "kernels/gemm_quant.hpp"
 
 namespace kt_moe::py {
@@ -69,6 +72,10 @@ inline IsaLevel quant_runnable_level(const std::string& name) {
   return level;
 }
 
+// The packed kernels of the registered format `name` (ValueError for an unknown name or a format
+// without them).
+inline const PackedFormat& packed_format(const std::string& name) { return weight_format(name).packed_kernels(); }
+
 inline int quant_dim(size_t d, const char* what) {
   if (d > size_t(1) << 30) throw std::invalid_argument(std::string(what) + " is larger than 2^30");
   return int(d);
@@ -79,9 +86,9 @@ inline void bind_quant_kernels(nanobind::module_& m) {
   using namespace nb::literals;
 
   nb::class_<QuantWeight>(m, "QuantWeight",
-                          "A weight packed for the quantized GEMM kernels (int8_channel or int4_group16); one layout "
-                          "for every ISA level.")
-      .def_prop_ro("format", [](const QuantWeight& w) { return std::string(quant_format_name(w.view().format)); })
+                          "A weight packed for the quantized GEMM kernels of its format (int8_channel, int4_group16, "
+                          "...); one layout for every ISA level.")
+      .def_prop_ro("format", [](const QuantWeight& w) { return std::string(w.view().format->name); })
       .def_prop_ro("n", [](const QuantWeight& w) { return w.view().n; })
       .def_prop_ro("k", [](const QuantWeight& w) { return w.view().k; })
       .def_prop_ro("nbytes", &QuantWeight::bytes, "Bytes of packed memory held.")
@@ -99,8 +106,11 @@ inline void bind_quant_kernels(nanobind::module_& m) {
         const int8_t* qp = quant_operand<const int8_t>(q, "q", {-1, -1}, &ld);
         const int n = quant_dim(q.shape(0), "n"), k = quant_dim(q.shape(1), "k");
         const float* sp = quant_operand<const float>(scale, "scale", {n});
+        MatrixParts parts;
+        parts.data[0] = qp, parts.ld[0] = ld, parts.data[1] = sp, parts.ld[1] = 1;
+        const PackedFormat& format = packed_format("int8_channel");
         nb::gil_scoped_release unlocked;
-        return QuantWeight::int8_channel(qp, ld, sp, n, k);
+        return QuantWeight::pack(format, parts, n, k);
       },
       "q"_a, "scale"_a, "Pack int8_channel: q int8 [N, K], scale float32 [N] -> QuantWeight.");
 
@@ -116,8 +126,12 @@ inline void bind_quant_kernels(nanobind::module_& m) {
                                       std::to_string(codes.shape(1)) + " bytes per row for k = " + std::to_string(k));
         const fp16_t* sp = quant_operand<const fp16_t>(scale, "scale", {n, kp / 16}, &lds, kQuantF16);
         const uint8_t* zp = quant_operand<const uint8_t>(zero, "zero", {n, kp / 16}, &ldz);
+        MatrixParts parts;
+        parts.data[0] = cp, parts.ld[0] = ldc, parts.data[1] = sp, parts.ld[1] = lds, parts.data[2] = zp;
+        parts.ld[2] = ldz;
+        const PackedFormat& format = packed_format("int4_group16");
         nb::gil_scoped_release unlocked;
-        return QuantWeight::int4_group16(cp, ldc, sp, lds, zp, ldz, n, k);
+        return QuantWeight::pack(format, parts, n, k);
       },
       "codes"_a, "scale"_a, "zero"_a, "k"_a = nb::none(),
       "Pack int4_group16: codes uint8 [N, Kp/2] (low nibble = even k), scale float16 [N, Kp/16], zero uint8 "
@@ -126,7 +140,7 @@ inline void bind_quant_kernels(nanobind::module_& m) {
   m.def(
       "quant_act_layout",
       [](const std::string& format, int k) {
-        const QuantActLayout l = quant_act_layout(parse_quant_format(format.c_str()), k);
+        const QuantActLayout l = quant_act_layout(packed_format(format), k);
         nb::dict d;
         d["k"] = l.k, d["group"] = l.group, d["groups"] = l.groups, d["k_padded"] = l.k_padded;
         d["sum_group"] = l.sum_group, d["sums"] = l.sums;
@@ -139,7 +153,7 @@ inline void bind_quant_kernels(nanobind::module_& m) {
 
   m.def(
       "quant_amx_min_rows",
-      [](const std::string& format) { return quant_amx_min_rows(parse_quant_format(format.c_str())); },
+      [](const std::string& format) { return packed_format(format).amx_min_rows; },
       "format"_a, "Rows from which the amx level runs the AMX kernel (fewer go to the avx512_bf16 kernel).");
 
   m.def(
@@ -147,11 +161,11 @@ inline void bind_quant_kernels(nanobind::module_& m) {
       [](const std::string& level_name, const std::string& format, QuantArray a, QuantArray out) {
         const IsaLevel level = quant_runnable_level(level_name);
         QuantizeArgs args;
-        args.format = parse_quant_format(format.c_str());
+        args.format = &packed_format(format);
         args.a = quant_operand<const bf16_t>(a, "a", {-1, -1}, &args.lda, kQuantBf16);
         args.m = quant_dim(a.shape(0), "m"), args.k = quant_dim(a.shape(1), "k");
         args.out = quant_operand<uint8_t>(out, "out", {args.m, -1}, &args.out_stride);
-        if (int64_t(out.shape(1)) < quant_act_layout(args.format, args.k).row_bytes)
+        if (int64_t(out.shape(1)) < quant_act_layout(*args.format, args.k).row_bytes)
           throw std::invalid_argument("out: rows shorter than the record (quant_act_layout()['row_bytes'])");
         const QuantizeFn kernel = quantize_activations_kernel(level);
         nb::gil_scoped_release unlocked;
@@ -171,7 +185,7 @@ inline void bind_quant_kernels(nanobind::module_& m) {
         args.a.format = args.w.format, args.a.k = args.w.k;
         args.a.data = quant_operand<const uint8_t>(records, "records", {-1, -1}, &args.a.stride);
         args.a.rows = quant_dim(records.shape(0), "rows");
-        if (int64_t(records.shape(1)) < quant_act_layout(args.a.format, args.a.k).row_bytes)
+        if (int64_t(records.shape(1)) < quant_act_layout(*args.a.format, args.a.k).row_bytes)
           throw std::invalid_argument("records: rows shorter than the record (quant_act_layout()['row_bytes'])");
         args.c = quant_operand<float>(c, "c", {-1, -1}, &args.ldc);
         args.m = quant_dim(c.shape(0), "m");

@@ -64,11 +64,10 @@ class PySftEngine {
     if (!base)
       throw std::invalid_argument("method " + c.method + " stores its experts as " + weights->format() +
                                   ": load them with load_expert_task");
-    const QuantSftBase::Scheme& scheme = base->scheme();
-    const PartsFormat f{scheme.name, scheme.format == DequantFormat::int8_channel, scheme.group, scheme.zero_point};
+    const WeightFormat& f = base->weight_format();
     const int64_t I = c.intermediate_size, H = c.hidden_size;
-    const QuantParts g = checked_parts(f, gate, "gate", I, H), u = checked_parts(f, up, "up", I, H),
-                     d = checked_parts(f, down, "down", H, I);
+    const MatrixParts g = checked_parts(f, gate, "gate", I, H), u = checked_parts(f, up, "up", I, H),
+                      d = checked_parts(f, down, "down", H, I);
     nanobind::gil_scoped_release unlocked;
     engine_.load_quant_expert(slot, g, u, d);
   }

@@ -1,46 +1,57 @@
-// The canonical parts of one quantized matrix as Python hands them to an engine (a list of tensors
-// in kt_moe.quant's part order), checked against the format and the matrix shape W [n, k]:
-//   int8_channel   [q int8 [n, k], scale fp32 [n]]
-//   int4 groups    [codes uint8 [n, kp / 2], scale fp16 [n, kp / G], zero uint8 [n, kp / G]], the zero
-//                  (in sixteenths of a code) only with zero points; kp = k rounded up to a multiple
-//                  of the group size G
-// Shared by the inference and the SFT bindings. Included by the binding headers only.
+// The canonical parts of one quantized matrix W [n, k] as Python hands them to an engine: a list of
+// tensors in the order of the weight format's part list (formats/weight_format.hpp; kt_moe.quant
+// writes them), each checked for its dtype and its shape from the format's part geometry, whole and
+// C-contiguous. Shared by the inference and the SFT bindings. Included by the binding headers only.
 #pragma once
 
 #include <string>
 #include <vector>
 
-#include "moe/quant_parts.hpp"
+#include "formats/part_slices.hpp"
+#include "formats/weight_format.hpp"
 #include "py/arrays.hpp"
 
 namespace kt_moe::py {
 
-struct PartsFormat {
-  const char* name;  // the scheme's name, for messages
-  bool int8;         // int8_channel; otherwise int4 groups
-  int group = 0;     // int4: inputs per scale
-  bool zero_point = false;
-};
-
-inline QuantParts checked_parts(const PartsFormat& f, const std::vector<Array>& parts, const char* name, int64_t n,
-                                int64_t k) {
-  const std::string base(name);
-  const size_t count = f.int8 ? 2 : f.zero_point ? 3 : 2;
-  if (parts.size() != count)
-    throw std::invalid_argument(base + " must be given as " +
-                                (f.int8 ? "[q, scale]" : f.zero_point ? "[codes, scale, zero]" : "[codes, scale]") +
-                                " (" + f.name + "), got " + std::to_string(parts.size()) + " tensors");
-  QuantParts m;
-  if (f.int8) {
-    m.values = checked<const int8_t>(parts[0], (base + " q").c_str(), DType::i8, {n, k});
-    m.scale = checked<const float>(parts[1], (base + " scale").c_str(), DType::f32, {n});
-    return m;
+// Whether `a` holds elements of a part of `type` (float8 as DLPack's float8_e4m3fn or as raw bytes).
+inline bool has_part_type(const Array& a, PartType type) {
+  namespace dl = nanobind::dlpack;
+  const dl::dtype t = a.dtype();
+  if (t.lanes != 1) return false;
+  switch (type) {
+    case PartType::i8: return has_dtype(a, DType::i8);
+    case PartType::u8: return has_dtype(a, DType::u8);
+    case PartType::i32: return t.code == uint8_t(dl::dtype_code::Int) && t.bits == 32;
+    case PartType::f16: return has_dtype(a, DType::f16);
+    case PartType::bf16: return has_dtype(a, DType::bf16);
+    case PartType::f32: return has_dtype(a, DType::f32);
+    case PartType::f8_e4m3: return t.bits == 8 && t.code == uint8_t(dl::dtype_code::Float8_E4M3FN);
   }
-  const int64_t groups = (k + f.group - 1) / f.group;
-  m.values = checked<const uint8_t>(parts[0], (base + " codes").c_str(), DType::u8, {n, groups * f.group / 2});
-  m.scale_fp16 = checked<const fp16_t>(parts[1], (base + " scale").c_str(), DType::f16, {n, groups});
-  if (f.zero_point) m.zero = checked<const uint8_t>(parts[2], (base + " zero").c_str(), DType::u8, {n, groups});
-  return m;
+  return false;
+}
+
+inline MatrixParts checked_parts(const WeightFormat& f, const std::vector<Array>& parts, const char* name, int64_t n,
+                                 int64_t k) {
+  const std::string base(name);
+  if (int(parts.size()) != f.part_count)
+    throw std::invalid_argument(base + " must be given as " + f.part_list() + " (" + f.name + "), got " +
+                                std::to_string(parts.size()) + " tensors");
+  const void* data[kMaxMatrixParts] = {};
+  for (int i = 0; i < f.part_count; ++i) {
+    const PartSpec& p = f.parts[i];
+    const Array& a = parts[i];
+    const std::string part = base + " " + p.name;
+    if (!has_part_type(a, p.type)) throw std::invalid_argument(part + " must be " + part_type_name(p.type));
+    const int64_t rows = p.rows(int(n)), cols = p.cols(int(k));
+    const bool same = p.one_d() ? a.ndim() == 1 && int64_t(a.shape(0)) == rows
+                                : a.ndim() == 2 && int64_t(a.shape(0)) == rows && int64_t(a.shape(1)) == cols;
+    if (!same)
+      throw std::invalid_argument(part + " shape mismatch: expected " +
+                                  (p.one_d() ? shape_text({rows}) : shape_text({rows, cols})) + ", got " +
+                                  shape_text(a));
+    data[i] = a.data();
+  }
+  return contiguous_parts(f, data, int(k));
 }
 
 }  // namespace kt_moe::py

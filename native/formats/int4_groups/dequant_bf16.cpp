@@ -1,12 +1,17 @@
-// Dequantization to bf16 (contract: dequant_bf16.hpp), compiled three times: portable C++ for the
-// generic level (no ISA flags) and, from this same source, AVX-512 (F/BW/VL/DQ flags) and
-// AVX-512 + AVX512-BF16 (its vcvtne2ps2bf16 rounds the int4 tables in one instruction). The levels
-// give the same bits: every int4 value is exact in fp32 and never denormal (see the header), so one
-// round to nearest even is all any level does. The AVX-512 sources convert fp16 with vcvtph2ps only:
-// kernels/fp16.hpp's scalar fp16_to_float (static: every translation unit its own copy) is the generic one's.
-//   int8, AVX-512: 32 columns per step: q to fp32 (exact), whose high halves are q as bf16 (exact,
-//     |q| < 2^8), packed by one permutation; the tail through masked loads and stores.
-//   int4, AVX-512: a row is cut into segments of at most kSegment stored columns; a segment's group
+// The int4 groups' bf16 dequantizer (formats int4_group16 and int4_kgroup; int4_groups.hpp):
+//   D[r, c] = bf16((float(code[r, j]) - zero[r, g] * 0.0625f) * fp16_to_float(scale[r, g])),
+//   j = col0 + c the stored column, g = j / group; zero is in sixteenths of a code, and
+//   zero * 0.0625f = 8 for every group when the matrix has no zero points (symmetric).
+// The fp32 value is exact (code - z is a multiple of 1/16 in [-16, 15], the scale has 11
+// significant bits: at most 20 bits) and is W[r, c] itself; it is rounded once, to nearest even.
+// For finite scales it is 0 or at least 2^-28 in magnitude (never a denormal) and below 2^20 (never
+// infinite), so every level rounds it the same way.
+// Compiled three times: portable C++ for the generic level (no ISA flags) and, from this same
+// source, AVX-512 (F/BW/VL/DQ flags) and AVX-512 + AVX512-BF16 (its vcvtne2ps2bf16 rounds the
+// tables in one instruction). The AVX-512 sources convert fp16 with vcvtph2ps only:
+// kernels/fp16.hpp's scalar fp16_to_float (static: every translation unit its own copy) is the
+// generic one's.
+//   AVX-512: a row is cut into segments of at most kSegment stored columns; a segment's group
 //     scales s (vcvtph2ps) and zero points z (zero / 16, or 8) are first converted to fp32 arrays,
 //     with -z s. Its codes are read in steps of 32 stored columns (16 bytes of codes), each of which
 //     spreads its codes over 32 words in column order and looks them up with one permutation in a
@@ -35,9 +40,10 @@
 #pragma GCC diagnostic pop
 #endif
 
+#include "formats/int4_groups/int4_groups.hpp"
 #include "kernels/bf16.hpp"
-#include "kernels/dequant_bf16.hpp"
-#include "kernels/level_namespace.hpp"
+#include "kernels/dequant_rows.hpp"
+#include "kernels/fp16.hpp"
 #if defined(__AVX512F__)
 #include "kernels/bf16_avx512.hpp"
 #endif
@@ -58,13 +64,6 @@ constexpr int kSegment = 4096;  // stored columns per segment of a row (GroupPar
 // other in memory, and one row at a time is too short a stream for the hardware prefetcher to
 // keep enough misses in flight (measured: 6.5 GB/s without, on one core).
 constexpr int kPrefetchBytes = 4096;
-
-// 32 words from the odd (high) words of the 32-bit lanes of lo (elements 0..15) and hi (16..31).
-inline __m512i high_words(__m512i lo, __m512i hi) {
-  const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27,
-                                       25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  return _mm512_permutex2var_epi16(lo, odd, hi);
-}
 
 // The groups of one segment in fp32: scale s, zero point z (in codes) and offset -z s of group
 // ga + i at [i]. A segment's steps touch at most kSegment / 16 groups.
@@ -118,7 +117,7 @@ inline __m512i int4_table(const GroupParams& p, int a, int b) {
 #if defined(__AVX512BF16__)
   return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // round to nearest even
 #else
-  return high_words(bf16_rounded_lanes(lo), bf16_rounded_lanes(hi));
+  return float_to_bf16(lo, hi);
 #endif
 }
 
@@ -222,7 +221,7 @@ constexpr int kParamRowsAhead = 4;
 
 void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* codes = w.values + r * w.ld_values;
-  const fp16_t* scale = w.scale_fp16 + r * w.ld_scale;
+  const fp16_t* scale = static_cast<const fp16_t*>(w.scale) + r * w.ld_scale;
   const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
   if (r + kParamRowsAhead < w.rows) {
     const int64_t g0 = (w.col0 + c0) / w.group, g1 = (w.col0 + c1 - 1) / w.group + 1;
@@ -244,24 +243,11 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   }
 }
 
-void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
-  const int8_t* q = reinterpret_cast<const int8_t*>(w.values + r * w.ld_values);
-  for (int c = c0; c < c1; c += 32) {
-    const int n = std::min(32, c1 - c);
-    const __mmask32 mask = n == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((uint64_t(1) << n) - 1);
-    _mm_prefetch(reinterpret_cast<const char*>(q + c) + kPrefetchBytes, _MM_HINT_T0);
-    const __m256i v = _mm256_maskz_loadu_epi8(mask, q + c);
-    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v)));
-    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1)));
-    _mm512_mask_storeu_epi16(dst + (c - c0), mask, high_words(_mm512_castps_si512(lo), _mm512_castps_si512(hi)));
-  }
-}
-
 #else
 
 void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* codes = w.values + r * w.ld_values;
-  const fp16_t* scale = w.scale_fp16 + r * w.ld_scale;
+  const fp16_t* scale = static_cast<const fp16_t*>(w.scale) + r * w.ld_scale;
   const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
   int group = -1;
   float s = 0.0f, z = 0.0f;
@@ -277,24 +263,12 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   }
 }
 
-void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
-  const int8_t* q = reinterpret_cast<const int8_t*>(w.values + r * w.ld_values);
-  for (int c = c0; c < c1; ++c) dst[c - c0] = float_to_bf16(float(q[c]));
-}
-
 #endif
 
 }  // namespace
 
-void dequant_bf16(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  if (c0 >= c1) return;
-  for (int r = r0; r < r1; ++r) {
-    bf16_t* row = dst + (r - r0) * ld;
-    if (w.format == DequantFormat::int8_channel)
-      int8_row(w, r, c0, c1, row);
-    else
-      int4_row(w, r, c0, c1, row);
-  }
+void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
+  dequant_rows<int4_row>(w, r0, r1, c0, c1, dst, ld);
 }
 
 }  // namespace KT_KERNEL_NS

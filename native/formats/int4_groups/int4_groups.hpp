@@ -1,0 +1,35 @@
+// The int4 groups shared by formats int4_group16 and int4_kgroup (kt_moe/quant/int4_groups.py):
+// 4-bit codes with an fp16 scale per group of G consecutive inputs and, optionally, a uint8 zero
+// point in sixteenths of a code (without one: the fixed zero point 8).
+//   canonical parts   Kp = K rounded up to a multiple of G, g = Kp / G groups per row:
+//                     codes uint8 [N, Kp / 2] (low nibble = even k), scale fp16 [N, g],
+//                     zero uint8 [N, g] (with zero points only)
+//                     W[n, k] = (code[n, k] - zero[n, k / G] / 16) * scale[n, k / G]
+// Their bf16 dequantizer (dequant_bf16.cpp, every level) takes G in {16, 32, 64, 128} as a
+// compile-time constant and any other power of two up to 1024 at run time.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dequant_bf16.hpp"
+
+namespace kt_moe {
+
+namespace int4_groups_layout {
+enum Part : int { kCodes = 0, kScale = 1, kZero = 2 };
+}
+
+namespace generic {
+void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+}
+namespace avx512 {
+void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+}
+namespace avx512_bf16 {
+void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+}
+
+// The dequantizers by level (amx runs avx512_bf16's, amx_emulated the generic one).
+extern const DequantFormat kInt4GroupsDequant;
+
+}  // namespace kt_moe

@@ -1,0 +1,35 @@
+// Format int8_channel (layout.hpp): its canonical parts and kernel families, by ISA level.
+#include "formats/int8_channel/format.hpp"
+
+#include "formats/int8_channel/int8_channel.hpp"
+#include "formats/int8_channel/layout.hpp"
+
+namespace kt_moe {
+namespace {
+
+const PackedFormat kPacked = {
+    "int8_channel", int8_channel_layout::kSumGroup, int8_channel_layout::kAmxMinRows, 1,
+    &int8_channel_block_bytes, &int8_channel_pack,
+    {&generic::gemm_int8_channel, &avx512::gemm_int8_channel, &avx512_bf16::gemm_int8_channel,
+     &amx::gemm_int8_channel, &amx_emulated::gemm_int8_channel}};
+
+// D = q (exact); the products apply the row scale.
+const DequantFormat kDequant = {
+    "int8_channel", true,
+    {&generic::dequant_int8_channel, &avx512::dequant_int8_channel, &avx512_bf16::dequant_int8_channel,
+     &avx512_bf16::dequant_int8_channel, &generic::dequant_int8_channel}};
+
+}  // namespace
+
+WeightFormat make_int8_channel(const FormatOptions&) {
+  WeightFormat f;
+  f.name = "int8_channel";
+  f.part_count = 2;
+  f.parts[int8_channel_layout::kQ] = {"q", PartType::i8, 1, 1, 1};
+  f.parts[int8_channel_layout::kScale] = {"scale", PartType::f32, 1, 0, 1};
+  f.packed = &kPacked;
+  f.dequant = &kDequant;
+  return f;
+}
+
+}  // namespace kt_moe

@@ -1,0 +1,47 @@
+// The registry of weight formats (weight_format.hpp): every format once, with the methods that
+// store their experts in it. A new format adds its directory and one line here.
+#include <stdexcept>
+#include <string>
+
+#include "formats/int4_group16/format.hpp"
+#include "formats/int4_kgroup/format.hpp"
+#include "formats/int8_channel/format.hpp"
+#include "formats/weight_format.hpp"
+
+namespace kt_moe {
+
+const std::vector<FormatEntry>& weight_format_entries() {
+  static const std::vector<FormatEntry> entries = {
+      {"int8_channel", {"AMXINT8"}, {"AMXINT8_SFT"}, &make_int8_channel, {}},
+      {"int4_group16", {"AMXINT4"}, {"AMXINT4_SFT"}, &make_int4_group16, {}},
+      {"int4_kgroup", {}, {"AMXINT4_KGroup_SFT"}, &make_int4_kgroup, {128, true}},
+  };
+  return entries;
+}
+
+WeightFormat weight_format(const std::string& name, const FormatOptions* options) {
+  std::string names;
+  for (const FormatEntry& e : weight_format_entries()) {
+    if (name == e.name) return e.make(options ? *options : e.defaults);
+    names += (names.empty() ? "'" : ", '") + std::string(e.name) + "'";
+  }
+  throw std::invalid_argument("kt-moe: unknown format '" + name + "' (expected one of " + names + ")");
+}
+
+const FormatEntry* weight_format_entry_for_method(const std::string& method, bool sft) {
+  for (const FormatEntry& e : weight_format_entries())
+    for (const std::string& m : sft ? e.sft_methods : e.inference_methods)
+      if (m == method) return &e;
+  return nullptr;
+}
+
+std::string weight_format_methods(bool sft, const std::string& first) {
+  std::vector<std::string> all{first};
+  for (const FormatEntry& e : weight_format_entries())
+    for (const std::string& m : sft ? e.sft_methods : e.inference_methods) all.push_back(m);
+  std::string s;
+  for (size_t i = 0; i < all.size(); ++i) s += (i == 0 ? "" : i + 1 == all.size() ? " and " : ", ") + all[i];
+  return s;
+}
+
+}  // namespace kt_moe

@@ -1,0 +1,304 @@
+// What the formats' quantized GEMMs on AMX-INT8 tiles share (native/formats/*/gemm_amx.cpp),
+// written against the tile layer (amx/tile.hpp) and compiled twice: with the AMX instructions
+// (level amx) and with their portable emulation (level amx_emulated, no ISA flags; the code around
+// the tiles is portable C++ with GCC vector types for that reason).
+//
+// One tile product per 64-k unit (the activations' scale group; a product must not cross it):
+//   A  16 activation rows x 64 int8 (row tiles straight from the records when 16 whole rows are
+//      there and no row list is given; otherwise gathered into zero-padded copies)
+//   B  the unit's 16 quads x 64 B of one 16-column block, in one of two ways, the format's policy F:
+//      in place (F::kRequantized false): unsigned bytes straight from the packed weight (TDPBSUD),
+//        the block's 16 fp32 column scales at its start and its units F::kHeaderBytes on; the
+//        row's zero-point term F::row_offset(scale, sum, groups) and the column scales are
+//        applied once per row at the end: out = (acc - offset) * column scale;
+//      requantized (F::kRequantized true): each unit of F::kSourceUnitBytes is turned into signed
+//        int8 tiles (TDPBSSD) and one scale S per (column, unit) by F::requantize_unit, once per
+//        block and call, into a thread-local buffer: out = acc
+//   C  16 x 16 exact int32 sums, stored and folded into 16 fp32 row accumulators (registers):
+//      acc = fma(C, a_s (in place) or S * a_s (requantized), acc).
+// The folds use an explicit FMA at both levels (the emulated one rounds once too), and nothing
+// else is left to FMA contraction, so amx and amx_emulated give bit-identical results.
+// Loads, products, stores and folds of consecutive units overlap as a software pipeline (four C
+// tiles and two A and B tiles in turn). A requantization costs about as much vector work as three
+// row tiles' pipelines per block (measured cache-hot for int4_group16 on [m, 2048] x [1408, 2048],
+// 1 thread: ~0.35 of ~0.45 ms at m = 16), so with two or more row tiles the next block is
+// requantized inside the current block's pipeline steps, where the vector units wait for the tile
+// unit (m = 64: 0.75 ms instead of 0.85 ms requantizing each block before its row tiles).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/amx/tile.hpp"
+#include "kernels/quant_kernel_common.hpp"
+#include "kernels/scratch.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+namespace amx_pipeline {
+
+using namespace quant_layout;
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+constexpr int kTileRows = tile::kMaxRows;  // 16 rows per row tile
+static_assert(kCols * 4 == tile::kMaxColBytes, "a C tile row is one 16-column block of int32");
+static_assert(kUnitK == tile::kMaxColBytes && kUnitQuads == tile::kMaxRows, "one unit is one full A / B tile");
+
+// Four C tiles in turn (kTileSets units in flight), two A and two B tiles.
+constexpr int kTileSets = 4;
+enum : int { kC0 = 0, kA0 = 4, kA1 = 5, kB0 = 6, kB1 = 7 };
+
+// Every tile is 16 rows x 64 bytes (C: 16 x 16 int32; A: 16 rows x 64 k; B: 16 quads x 64 B).
+inline tile::Config tile_config() {
+  tile::Config cfg;
+  for (int t = 0; t < tile::kTileCount; ++t) cfg.rows[t] = kTileRows, cfg.colsb[t] = tile::kMaxColBytes;
+  return cfg;
+}
+
+// v = the bytes at p (out-parameter: a by-value 64-byte vector changes the ABI without AVX-512).
+template <class V>
+inline void load_vec(V& v, const void* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+
+// acc = fma(a, b, acc) per lane, rounded once at both levels.
+inline void fmadd(v16f& acc, const v16f& a, const v16f& b) {
+#if defined(__AVX512F__)
+  acc = (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#else
+  for (int l = 0; l < 16; ++l) acc[l] = __builtin_fmaf(a[l], b[l], acc[l]);
+#endif
+}
+
+// A whole block of a requantized format: unit u into tiles + u * kTileBytes and scales + 16 u.
+// When `next` is not null, asks for the next block on the way.
+template <class F>
+void requantize_block(const uint8_t* block, int units, uint8_t* tiles, float* scales, const uint8_t* next) {
+  for (int u = 0; u < units; ++u) {
+    if (next) prefetch_bytes(next + int64_t(u) * F::kSourceUnitBytes, F::kSourceUnitBytes);
+    F::requantize_unit(block + int64_t(u) * F::kSourceUnitBytes, tiles + int64_t(u) * kTileBytes, scales + u * kCols);
+  }
+}
+
+// ---- activation row tiles ----------------------------------------------------------------------
+
+// The A side of one row tile: int8 rows at q + r * ld; scale [units][16] and, for INT8, the
+// zero-point term offset [16] per row (zero for rows past m).
+struct RowTile {
+  const int8_t* q;
+  int64_t ld;
+  const float* scale;
+  const float* offset;
+  int rows;
+};
+
+// Every row tile of a call, prepared once (ScratchSlot::row_tail).
+template <class F>
+class RowTiles {
+ public:
+  RowTiles(const QuantGemmArgs& args, const QuantActLayout& layout)
+      : args_(args), layout_(layout), tiles_((args.m + kTileRows - 1) / kTileRows) {
+    const int64_t kp = layout.k_padded, units = layout.groups;
+    copied_from_ = args.row_ids ? 0 : args.m / kTileRows;  // tiles from here on are copies
+    const int64_t scale_bytes = sizeof(float) * tiles_ * kTileRows * (units + 1);
+    const int64_t copy_bytes = (tiles_ - copied_from_) * kTileRows * kp;
+    auto* base = static_cast<uint8_t*>(thread_scratch(ScratchSlot::row_tail, scale_bytes + copy_bytes));
+    scale_ = reinterpret_cast<float*>(base);
+    offset_ = scale_ + tiles_ * kTileRows * units;
+    copies_ = reinterpret_cast<int8_t*>(base + scale_bytes);
+    std::memset(base, 0, scale_bytes + copy_bytes);  // rows past m: zero scales and values
+    for (int i = 0; i < args.m; ++i) {
+      const QuantRow a = quant_row(args, layout, i);
+      float* scale = scale_ + (i / kTileRows) * kTileRows * units + i % kTileRows;
+      for (int g = 0; g < units; ++g) scale[g * kTileRows] = a.scale[g];
+      if constexpr (!F::kRequantized) offset_[i] = F::row_offset(a.scale, a.sum, layout.groups);
+      if (i / kTileRows >= copied_from_) std::memcpy(copies_ + (i - copied_from_ * kTileRows) * kp, a.q, kp);
+    }
+  }
+
+  int count() const { return tiles_; }
+
+  RowTile operator[](int t) const {
+    const int64_t units = layout_.groups;
+    const int rows = std::min(kTileRows, args_.m - t * kTileRows);
+    const float* scale = scale_ + int64_t(t) * kTileRows * units;
+    const float* offset = offset_ + t * kTileRows;
+    if (t < copied_from_)
+      return {reinterpret_cast<const int8_t*>(args_.a.data + int64_t(t) * kTileRows * args_.a.stride), args_.a.stride,
+              scale, offset, rows};
+    return {copies_ + int64_t(t - copied_from_) * kTileRows * layout_.k_padded, layout_.k_padded, scale, offset, rows};
+  }
+
+ private:
+  const QuantGemmArgs& args_;
+  const QuantActLayout& layout_;
+  int tiles_;
+  int copied_from_ = 0;
+  float* scale_ = nullptr;
+  float* offset_ = nullptr;
+  int8_t* copies_ = nullptr;
+};
+
+// ---- the tile pipeline -------------------------------------------------------------------------
+
+// The three tile stages of unit g, J = g % 4: its A and B tiles (A, B tile J % 2), its product
+// (C tile J), the product's store to sums + J * 256 (int32 [16][16]).
+template <int J>
+inline void load_unit(const RowTile& rt, int g, const uint8_t* b) {
+  tile::load<kA0 + J % 2>(rt.q + int64_t(g) * kUnitK, rt.ld);
+  tile::load<kB0 + J % 2>(b, kQuadBytes);
+}
+
+template <int J, bool SignedWeights>
+inline void multiply_unit() {
+  constexpr int C = kC0 + J, A = kA0 + J % 2, B = kB0 + J % 2;
+  tile::zero<C>();
+  if constexpr (SignedWeights)
+    tile::dpbssd<C, A, B>();
+  else
+    tile::dpbsud<C, A, B>();
+}
+
+template <int J>
+inline void store_unit(int32_t* sums) {
+  tile::store<kC0 + J>(sums + J * kTileRows * kCols, kCols * sizeof(int32_t));
+}
+
+// acc[r] = fma(sums[r], the row's unit scale (* the unit's column scales S for INT4), acc[r]).
+template <bool UnitColumnScales>
+inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float* col_scales, v16f (&acc)[kTileRows]) {
+  v16f col_scale = {};
+  if constexpr (UnitColumnScales) load_vec(col_scale, col_scales + g * kCols);
+  const float* row_scale = rt.scale + g * kTileRows;
+#pragma GCC unroll 16  // constant indices keep acc in registers
+  for (int r = 0; r < kTileRows; ++r) {
+    v16i sum;
+    load_vec(sum, sums + r * kCols);
+    const v16f d = __builtin_convertvector(sum, v16f);  // exact: |sum| < 2^24
+    v16f m;
+    if constexpr (UnitColumnScales)
+      m = col_scale * row_scale[r];
+    else
+      m = v16f{} + row_scale[r];
+    fmadd(acc[r], d, m);
+  }
+}
+
+// Requantized formats: the requantization of the next block, spread over the steps of the current block's row
+// tiles (the vector units requantize while the tile unit multiplies): row tile t, step s does
+// unit s of `block` when s % every == phase, so that each unit is done once over `every` row
+// tiles. `ahead` (the block after it, or null) is asked for on the way.
+struct RequantWork {
+  const uint8_t* block = nullptr;  // null: nothing to do
+  const uint8_t* ahead = nullptr;
+  uint8_t* tiles = nullptr;
+  float* scales = nullptr;
+  int every = 1, phase = 0;
+};
+
+// acc = the fp32 sums of one row tile x one column block over all units, as a software
+// pipeline: step s multiplies unit s - 1, stores unit s - 3, loads the tiles of unit s and
+// folds unit s - 4, so that no tile instruction waits for the one just before it (a product for
+// its loads, a store for its product) and the vector unit folds while the tile unit multiplies.
+// b: the block's B tiles, one per unit (kTileBytes apart). When `next` is not null, each unit asks
+// for the same unit of the next block (INT8 reads B in place, so the first row tile's loads come
+// from memory).
+template <class F>
+inline void row_tile_block(const RowTile& rt, int units, const uint8_t* b, const float* col_scales,
+                           const uint8_t* next, const RequantWork& rq, int32_t* sums, v16f (&acc)[kTileRows]) {
+  for (int s0 = 0; s0 < units + 4; s0 += kTileSets) {
+    auto step = [&](auto u) {
+      constexpr int J = decltype(u)::value;  // s % 4
+      const int s = s0 + J;
+      if (s >= 1 && s - 1 < units) multiply_unit<(J + 3) % kTileSets, F::kRequantized>();
+      if (s >= 3 && s - 3 < units) store_unit<(J + 1) % kTileSets>(sums);
+      if (s < units) load_unit<J>(rt, s, b + int64_t(s) * kTileBytes);
+      if (s >= 4 && s - 4 < units) {
+        if (next) prefetch_bytes(next + int64_t(s - 4) * kTileBytes, kTileBytes);
+        fold_unit<F::kRequantized>(sums + J * kTileRows * kCols, rt, s - 4, col_scales, acc);
+      }
+      if constexpr (F::kRequantized) {
+        if (rq.block && s < units && s % rq.every == rq.phase) {
+          if (rq.ahead) prefetch_bytes(rq.ahead + int64_t(s) * F::kSourceUnitBytes, F::kSourceUnitBytes);
+          F::requantize_unit(rq.block + int64_t(s) * F::kSourceUnitBytes, rq.tiles + int64_t(s) * kTileBytes,
+                               rq.scales + s * kCols);
+        }
+      }
+    };
+    step(std::integral_constant<int, 0>{});
+    step(std::integral_constant<int, 1>{});
+    step(std::integral_constant<int, 2>{});
+    step(std::integral_constant<int, 3>{});
+  }
+}
+
+// The product of format policy F (see the top of this file).
+template <class F>
+void gemm_quant_tiles(const QuantGemmArgs& args) {
+  validate_quant_gemm(args);
+  if (args.m == 0 || args.n0 == args.n1) return;
+  const QuantActLayout layout = quant_act_layout(*args.a.format, args.a.k);
+  constexpr bool InPlace = !F::kRequantized;
+  const int units = layout.groups;
+  const int64_t block_bytes = args.w.format->block_bytes(args.w.k);
+  // requantized formats: two buffers of a block's B tiles [units][1024 B] and column scales S
+  // [units][16]: the current block's, and the next one's being written
+  const int64_t requant_bytes = int64_t(units) * (kTileBytes + kCols * 4);
+  auto* requantized = InPlace ? nullptr : static_cast<uint8_t*>(thread_scratch(ScratchSlot::packed, 2 * requant_bytes));
+  auto tiles_of = [&](int i) { return requantized + (i % 2) * requant_bytes; };
+  auto scales_of = [&](int i) { return reinterpret_cast<float*>(tiles_of(i) + int64_t(units) * kTileBytes); };
+  auto* sums = static_cast<int32_t*>(
+      thread_scratch(ScratchSlot::tile_out, kTileSets * kTileRows * kCols * sizeof(int32_t)));
+  const RowTiles<F> tiles(args, layout);
+  const tile::Scope scope(tile_config());
+  const int blocks = (args.n1 - args.n0 + kCols - 1) / kCols;
+  const uint8_t* first = args.w.data + (args.n0 / kCols) * block_bytes;
+  if constexpr (F::kRequantized)
+    requantize_block<F>(first, units, tiles_of(0), scales_of(0), blocks > 1 ? first + block_bytes : nullptr);
+  for (int i = 0; i < blocks; ++i) {
+    const int n = args.n0 + i * kCols;
+    const uint8_t* block = first + i * block_bytes;
+    const uint8_t* next = i + 1 < blocks ? block + block_bytes : nullptr;
+    RequantWork rq;
+    if (!InPlace && next && tiles.count() > 1)
+      rq = {next, i + 2 < blocks ? next + block_bytes : nullptr, tiles_of(i + 1), scales_of(i + 1), tiles.count(), 0};
+    const uint8_t* b = InPlace ? block + F::kHeaderBytes : tiles_of(i);
+    const float* col_scales = InPlace ? nullptr : scales_of(i);
+    v16f col_scale = {};
+    if constexpr (InPlace) load_vec(col_scale, block);
+    const int cols = std::min(kCols, args.n1 - n);
+    for (int t = 0; t < tiles.count(); ++t) {
+      const RowTile rt = tiles[t];
+      v16f acc[kTileRows] = {};
+      rq.phase = t;
+      row_tile_block<F>(rt, units, b, col_scales, InPlace && t == 0 && next ? next + F::kHeaderBytes : nullptr, rq,
+                        sums, acc);
+#pragma GCC unroll 16
+      for (int r = 0; r < kTileRows; ++r) {
+        if (r >= rt.rows) break;
+        v16f out = acc[r];
+        if constexpr (InPlace) out = (out - rt.offset[r]) * col_scale;
+        store_columns(args.c + int64_t(t * kTileRows + r) * args.ldc + n, reinterpret_cast<const float*>(&out), cols,
+                      args.accumulate);
+      }
+    }
+    if constexpr (F::kRequantized) {
+      if (next && tiles.count() == 1)  // one row tile: nothing to overlap with
+        requantize_block<F>(next, units, tiles_of(i + 1), scales_of(i + 1),
+                            i + 2 < blocks ? next + block_bytes : nullptr);
+    }
+  }
+}
+
+}  // namespace amx_pipeline
+
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe
