@@ -99,7 +99,8 @@ def test_block_stack_equals_matrices_one_by_one():
     for e in range(3):
         we, se = quantize_fp8_block(w[e], 32)
         assert torch.equal(bits(weight[e]), bits(we)) and torch.equal(scale_inv[e], se)
-    assert torch.equal(dequantize_fp8_block(weight, scale_inv, 32)[1], dequantize_fp8_block(weight[1], scale_inv[1], 32))
+    assert torch.equal(dequantize_fp8_block(weight, scale_inv, 32)[1],
+                       dequantize_fp8_block(weight[1], scale_inv[1], 32))
 
 
 def test_block_result_does_not_depend_on_row_blocking(monkeypatch):

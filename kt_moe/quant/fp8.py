@@ -35,15 +35,16 @@ fp8_channel: GLM-4.x-FP8 (compressed-tensors "float-quantized", weights strategy
     W[n, k] = float(weight[n, k]) * weight_scale[n]
 quantize_fp8_channel reproduces what compressed-tensors 0.20 (quantization/utils/helpers.py
 calculate_qparams with the min-max statistics llm-compressor's observer feeds it, then
-quantization/lifecycle/forward.py quantize) does to a bf16 weight, step for step:
+quantization/lifecycle/forward.py quantize) does to a bf16 weight, step for step
+(kt_moe.quant.bf16_symmetric):
     x      = W rounded to bf16
     scale  = bf16(max_k |x[n, k]| / 448); a scale of 0 becomes bf16's eps 2^-7 (the library's guard
              against dividing by zero), so an all-zero row stores 2^-7 and zeros
     weight = fp8(clamp(bf16(x / scale), -448, 448)): the quotient is rounded to bf16 before the
              round to nearest even into fp8, as the library's bf16 arithmetic does
 
-Both dequantizers return fp32 products: exact for fp8_channel (4 x 8 significant bits), rounded
-once for fp8_block's fp32 scales (the libraries return the same products rounded to the model's
+Both dequantizers return fp32 products, exact for bf16 and fp16 scales (4 x 8 or 11 significant
+bits) and rounded once for fp32 ones (the libraries return the same products rounded to the model's
 dtype). A leading expert dimension [E, N, K] gets a leading E on every part, each matrix quantized
 on its own. The input is read in row blocks, so the fp32 working copy stays small.
 """
@@ -55,22 +56,20 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from kt_moe.quant.common import check_matrices, row_blocks
+from kt_moe.quant.bf16_symmetric import bf16_quotients, symmetric_scale
+from kt_moe.quant.common import check_matrices, check_positive_int, row_blocks
 from kt_moe.tensor_checks import WEIGHT_DTYPES, check_finite, check_tensor
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 BLOCK_SCALE_DTYPES = (torch.float32, torch.bfloat16)
 CHANNEL_SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-ZERO_SCALE = torch.finfo(torch.bfloat16).eps  # 2^-7, compressed-tensors' stand-in for a zero bf16 scale
 
 PartSpecs = Dict[str, Tuple[Tuple[int, ...], torch.dtype]]
 
 
 def _check_block(block) -> int:
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be a positive int (the side of the square scale blocks), got {block!r}")
-    return block
+    return check_positive_int(block, "block", "the side of the square scale blocks")
 
 
 def fp8_block_grid(n: int, k: int, block: int) -> Tuple[int, int]:
@@ -146,9 +145,8 @@ def quantize_fp8_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = rows[rs].to(torch.bfloat16).float()  # [r, K]: the bf16 weight, exact in fp32
         amax = x.abs().amax(dim=1, keepdim=True)  # [r, 1]
         check_finite(amax, "w")
-        s = (amax / FP8_MAX).to(torch.bfloat16)
-        s = torch.where(s == 0, ZERO_SCALE, s)
-        weight[rs] = x.div_(s.float()).to(torch.bfloat16).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+        s = symmetric_scale(amax, FP8_MAX)
+        weight[rs] = bf16_quotients(x, s).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
         scale[rs] = s
     return weight.reshape(*lead, K), scale.reshape(*lead, 1)
 
@@ -160,7 +158,7 @@ def fp8_channel_parts(n: int, k: int) -> PartSpecs:
 
 def dequantize_fp8_channel(weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
     """(weight float8_e4m3fn [..., N, K], weight_scale bf16/fp16/fp32 [..., N, 1] or [..., N]) -> W
-    fp32 [..., N, K] = weight * weight_scale[n], exact."""
+    fp32 [..., N, K] = weight * weight_scale[n] (exact unless the scales are fp32)."""
     check_matrices(weight, "weight", (FP8,))
     rows = tuple(weight.shape[:-1])
     if isinstance(weight_scale, torch.Tensor) and weight_scale.dim() == len(rows):

@@ -22,7 +22,7 @@ negative). When 8 does not divide K, the last word's unused nibbles are 0. Unpac
 nibble back and subtracts 8.
 
 Quantizing (what the library does to a bf16 weight, with the min-max statistics llm-compressor's
-observer feeds it), per group x of g values of W rounded to bf16:
+observer feeds it; kt_moe.quant.bf16_symmetric), per group x of g values of W rounded to bf16:
     scale = bf16(max |x| / 7.5)   (7.5 = (7 - (-8)) / 2); a scale of 0 becomes bf16's eps 2^-7,
             so an all-zero group stores 2^-7 and q = 0 (nibble 8)
     q     = round_half_even(clamp(bf16(x / scale), -8, 7)): the quotient is rounded to bf16 first,
@@ -30,9 +30,9 @@ observer feeds it), per group x of g values of W rounded to bf16:
 The negative extreme of a group lands on -8 when it is the group's largest magnitude (-7.5 rounds
 to -8) and the positive one is clamped to 7.
 
-dequantize_int4_packed returns the exact fp32 product (4 x 8 significant bits); the library returns
-it rounded to the scale's dtype. A leading expert dimension [E, N, K] gets a leading E on every part
-(weight_shape [E, 2]), each matrix quantized on its own.
+dequantize_int4_packed returns the fp32 product, exact for bf16 and fp16 scales (4 x 8 or 11
+significant bits); the library returns it rounded to the scale's dtype. A leading expert dimension
+[E, N, K] gets a leading E on every part (weight_shape [E, 2]), each matrix quantized on its own.
 """
 
 from __future__ import annotations
@@ -41,23 +41,17 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from kt_moe.quant.common import check_matrices, row_blocks
+from kt_moe.quant.bf16_symmetric import bf16_quotients, symmetric_scale
+from kt_moe.quant.common import check_matrices, check_positive_int, row_blocks
 from kt_moe.tensor_checks import WEIGHT_DTYPES, check_finite, check_tensor
 
 QMIN, QMAX = -8, 7
 OFFSET = 8  # stored nibble = q + OFFSET
 PER_WORD = 8  # 4-bit values per int32 word
 HALF_RANGE = (QMAX - QMIN) / 2  # 7.5: scale = max |x| / HALF_RANGE
-ZERO_SCALE = torch.finfo(torch.bfloat16).eps  # 2^-7, compressed-tensors' stand-in for a zero bf16 scale
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SHAPE_DTYPES = (torch.int64, torch.int32)
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)  # bit offset of the nibble of k % 8 = 0 .. 7
-
-
-def _check_group_size(group_size) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    return group_size
 
 
 def packed_words(k: int) -> int:
@@ -66,7 +60,7 @@ def packed_words(k: int) -> int:
 
 
 def _groups(k: int, group_size: int) -> int:
-    _check_group_size(group_size)
+    check_positive_int(group_size, "group_size")
     if k % group_size:
         raise ValueError(f"K = {k} inputs is not a multiple of group_size {group_size}: compressed-tensors' "
                          "pack-quantized groups are whole (its quantizer refuses a partial last group)")
@@ -120,9 +114,8 @@ def quantize_int4_packed(w: torch.Tensor, group_size: int) -> Tuple[torch.Tensor
         x = rows[rs].to(torch.bfloat16).float().view(-1, G, group_size)  # [r, G, g]: the bf16 weight, exact
         amax = x.abs().amax(dim=2)  # [r, G]
         check_finite(amax, "w")
-        s = (amax / HALF_RANGE).to(torch.bfloat16)
-        s = torch.where(s == 0, ZERO_SCALE, s)
-        q = x.div_(s.float()[..., None]).to(torch.bfloat16).float().clamp_(QMIN, QMAX).round_()
+        s = symmetric_scale(amax, HALF_RANGE)
+        q = bf16_quotients(x, s[..., None]).clamp_(QMIN, QMAX).round_()
         packed[rs] = pack_int4(q.to(torch.int8).view(-1, K))
         scale[rs] = s
     shape = torch.tensor([N, K]).repeat(*lead, 1)  # [..., 2]
@@ -140,9 +133,9 @@ def dequantize_int4_packed(weight_packed: torch.Tensor, weight_scale: torch.Tens
                            weight_shape: Optional[torch.Tensor] = None, *, group_size: int) -> torch.Tensor:
     """(weight_packed int32 [..., N, ceil(K / 8)], weight_scale bf16/fp16/fp32 [..., N, G], weight_shape
     int64/int32 [..., 2] = (N, K) or None) with K = G * group_size -> W fp32 [..., N, K] = q * scale of
-    its group, exact."""
+    its group (exact unless the scales are fp32)."""
     check_matrices(weight_packed, "weight_packed", (torch.int32,))
-    _check_group_size(group_size)
+    check_positive_int(group_size, "group_size")
     *lead, N, words = weight_packed.shape
     check_tensor(weight_scale, "weight_scale", (*lead, N, -1), SCALE_DTYPES)
     G = weight_scale.shape[-1]
