@@ -37,6 +37,7 @@ significant bits); the library returns it rounded to the scale's dtype. A leadin
 
 from __future__ import annotations
 
+import sys
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -79,14 +80,17 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """q int8 [..., K] of values in [-8, 7] -> int32 [..., ceil(K / 8)] (module docstring: nibble q + 8,
     lowest nibble first, unused nibbles 0)."""
     _check_rows(q, "q", torch.int8)
-    if bool(((q < QMIN) | (q > QMAX)).any()):
-        raise ValueError(f"q must hold 4-bit values in [{QMIN}, {QMAX}]")
+    low, high = torch.aminmax(q)
+    if int(low) < QMIN or int(high) > QMAX:
+        raise ValueError(f"q must hold 4-bit values in [{QMIN}, {QMAX}], got values in [{int(low)}, {int(high)}]")
     *lead, K = q.shape
     words = packed_words(K)
-    nibbles = torch.zeros(*lead, words * PER_WORD, dtype=torch.int64)
-    nibbles[..., :K] = q.to(torch.int64) + OFFSET
-    packed = (nibbles.view(*lead, words, PER_WORD) << _SHIFTS.to(torch.int64)).sum(dim=-1)  # [..., words] in [0, 2^32)
-    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)  # the same 32 bits, signed
+    nibbles = torch.zeros(*lead, words * PER_WORD, dtype=torch.uint8)
+    nibbles[..., :K] = q.view(torch.uint8) + OFFSET  # q + 8 in [0, 15] (int8 bits read unsigned, plus 8, mod 256)
+    octets = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)  # [..., 4 words]: byte j of a word holds k = 2j, 2j + 1
+    if sys.byteorder == "big":  # a word's bytes in memory run from its most significant one there
+        octets = octets.view(*lead, words, 4).flip(-1).reshape(*lead, words * 4)
+    return octets.view(torch.int32)
 
 
 def unpack_int4(weight_packed: torch.Tensor, k: int) -> torch.Tensor:
