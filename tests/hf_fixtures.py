@@ -50,10 +50,17 @@ def write_hf_checkpoint(directory, layers: Mapping[int, Tuple[torch.Tensor, torc
     tensors.update(extra or {})
     for name in drop:
         del tensors[name]
+    return save_tensors(directory, tensors, shards)
+
+
+def save_tensors(directory, tensors: Mapping[str, torch.Tensor], shards: int = 1) -> Path:
+    """Write `tensors` (name -> contiguous tensor, stored as given) into `directory` as save_pretrained
+    does: one `model.safetensors`, or (shards > 1) that many files of consecutive names listed by
+    `model.safetensors.index.json`. Returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if shards == 1:
-        save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+        save_file(dict(tensors), directory / "model.safetensors", metadata={"format": "pt"})
         return directory
     names, weight_map = list(tensors), {}
     per_shard = math.ceil(len(names) / shards)

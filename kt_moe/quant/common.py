@@ -22,6 +22,14 @@ def check_matrices(value, name: str, dtypes: Sequence[torch.dtype] = FLOAT_DTYPE
     return check_tensor(value, name, (-1,) * value.dim(), dtypes)
 
 
+def check_positive_int(value, name: str, what: str = "") -> int:
+    """`value` when it is a positive int (not a bool); otherwise a ValueError naming `name` (`what`
+    says what the number is, in parentheses)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{f' ({what})' if what else ''}, got {value!r}")
+    return value
+
+
 def rows_per_block(cols: int) -> int:
     """How many rows of `cols` values make a block of about BLOCK_ELEMENTS values (at least one)."""
     return max(1, BLOCK_ELEMENTS // cols)
