@@ -6,6 +6,7 @@ from __future__ import annotations
 from kt_moe import _native
 from kt_moe.config import KTMoEConfig
 from kt_moe.pool import shared_pool
+from kt_moe.weights.checkpoint_formats import format_option
 
 INFERENCE_ONLY_METHODS = ("forward", "submit_forward", "sync_forward", "select_deferred_experts")
 SFT_ONLY_METHODS = ("forward_sft", "backward", "init_lora_weights", "update_lora_weights")
@@ -36,7 +37,10 @@ class MoEWrapperBase:
         if config.mode != self.mode:
             raise ValueError(f"{type(self).__name__} runs mode='{self.mode}', the config has mode='{config.mode}'")
         self.config = config
-        self.native_config = config.to_native()
+        # FP8's scale block side / RAWINT4's group size, from the checkpoint in weight_path (None for
+        # the methods whose format takes none)
+        self.format_option = format_option(config.weight_path, config.method)
+        self.native_config = config.to_native(self.format_option)
         _native.active_isa()  # raises ValueError here when KT_MOE_ISA asks for too much
         self.pool = shared_pool(config.cpuinfer_threads, config.threadpool_count)
 

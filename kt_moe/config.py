@@ -23,7 +23,8 @@ from kt_moe._native import MOEConfig, MOESFTConfig
 
 # The spec's inference methods (1.2), then BF16: unquantized bf16 experts (AMXMoEWrapper).
 INFERENCE_METHODS = ("AMXINT4", "AMXINT8", "RAWINT4", "FP8", "LLAMAFILE", "MOE_INT4", "MOE_INT8", "BF16")
-SFT_METHODS = ("AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT")
+# The spec's SFT methods (2.1), then AMXFP8_SFT: LoRA on an FP8 base read as the checkpoint ships it.
+SFT_METHODS = ("AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT", "AMXFP8_SFT")
 METHODS = {"inference": INFERENCE_METHODS, "sft": SFT_METHODS}
 MODES = tuple(METHODS)
 
@@ -236,8 +237,10 @@ class KTMoEConfig(BaseModel):
         names = METHOD_ONLY_PARAMETERS.get(self.method, ())
         return {name: getattr(self, name) for name in names}
 
-    def to_native(self) -> Union[MOEConfig, MOESFTConfig]:
-        """The read-only native config: MOEConfig for inference, MOESFTConfig for sft."""
+    def to_native(self, format_option: Optional[int] = None) -> Union[MOEConfig, MOESFTConfig]:
+        """The read-only native config: MOEConfig for inference, MOESFTConfig for sft. format_option:
+        the option of the method's weight format that the checkpoint decides (FP8's scale block side,
+        RAWINT4's group size; kt_moe.weights.checkpoint_formats), passed as group_size."""
         common = dict(expert_num=self.num_experts, hidden_size=self.hidden_size,
                       intermediate_size=self.moe_intermediate_size, experts_per_token=self.num_experts_per_tok,
                       num_gpu_experts=self.num_gpu_experts, weight_path=self.weight_path,
@@ -245,10 +248,12 @@ class KTMoEConfig(BaseModel):
                       chunked_prefill_size=self.chunked_prefill_size, method=self.method)
         if self.is_sft:
             return MOESFTConfig(**common, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
-                                max_cache_depth=self.max_cache_depth, group_size=self.group_size,
+                                max_cache_depth=self.max_cache_depth,
+                                group_size=self.group_size if format_option is None else format_option,
                                 zero_point=self.zero_point)
         return MOEConfig(**common, cpu_save=self.cpu_save,
-                         max_deferred_experts_per_token=self.max_deferred_experts_per_token)
+                         max_deferred_experts_per_token=self.max_deferred_experts_per_token,
+                         group_size=format_option or 0)
 
 
 def _describe(error: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -79,7 +79,7 @@ class AMXMoEWrapper(BaseMoEWrapper):
     def __init__(self, config):
         super().__init__(config)
         self.engine = _native.TP_MOE(self.native_config, self.pool)  # ValueError for a method not built
-        self.scheme = base_scheme(config)  # kt_moe.quant scheme; None for BF16
+        self.scheme = base_scheme(config, self.format_option)  # kt_moe.quant scheme; None for BF16
         self._load_lock = threading.Lock()  # one load at a time (they share the engine's staged weights)
         self._pending: Optional[_Pending] = None
         self._deferred: Optional[_Pending] = None
@@ -102,6 +102,11 @@ class AMXMoEWrapper(BaseMoEWrapper):
         with the method's scheme for AMXINT8 / AMXINT4). All or nothing, like load_weights."""
         with self._load_lock:
             load_from_tensors(self.engine, self.config, self.scheme, gate, up, down, physical_to_logical_map)
+
+    def resident_bytes_per_expert(self) -> int:
+        """Memory the engine holds for one expert's weights (all tensor-parallel slices; scales and
+        alignment included)."""
+        return self.engine.resident_bytes_per_expert
 
     # ---- experts on the GPU ----------------------------------------------------------------
 
@@ -263,8 +268,27 @@ def _rank_descending(score: torch.Tensor, included: torch.Tensor) -> torch.Tenso
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
-class NativeMoEWrapper(BaseMoEWrapper):
-    """RAWINT4 / FP8: pre-quantized weights in the format users download."""
+class NativeMoEWrapper(AMXMoEWrapper):
+    """FP8 and RAWINT4: experts kept in the quantized format big checkpoints ship (block or
+    per-channel FP8; compressed-tensors pack-quantized INT4), one byte (FP8) or half a byte (INT4) per
+    weight plus the scales, read through the engine's dequantizing products at every ISA level. The
+    format's option (FP8's scale block side, RAWINT4's group size) is the checkpoint's in weight_path
+    when its config.json has a quantization_config, else 128 (FP8) or 32 (RAWINT4); see
+    docs/inference.md. The forward API is AMXMoEWrapper's."""
+
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+        """Read layer layer_idx from weight_path: a quantized checkpoint in place (mmap, one expert at
+        a time; its scales and FP8 values checked), or a bf16 checkpoint quantized while loading.
+        verify_checksum applies to kt-moe's own pre-quantized files only. All or nothing."""
+        super().load_weights(physical_to_logical_map, verify_checksum)
+
+    def load_weights_from_tensors(self, gate, up, down, physical_to_logical_map: torch.Tensor) -> None:
+        """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU; bf16, fp16, fp32 or fp64, finite),
+        quantized online to the wrapper's format; or each the list of the format's parts stacked over
+        the logical experts (FP8: [weight float8_e4m3fn [E', N, K], weight_scale_inv fp32 [E', ceil(N /
+        b), ceil(K / b)]] or, per channel, weight_scale fp32 [E', N]; RAWINT4: [weight_packed int32 [E',
+        N, K / 8], weight_scale bf16 [E', N, K / G]]), kept as they are. All or nothing."""
+        super().load_weights_from_tensors(gate, up, down, physical_to_logical_map)
 
 
 class LlamafileMoEWrapper(BaseMoEWrapper):

@@ -23,12 +23,13 @@ BACKENDS = {
     "AMXINT8_SFT": AMXSFTMoEWrapper,
     "AMXINT4_SFT": AMXSFTMoEWrapper,
     "AMXINT4_KGroup_SFT": AMXSFTMoEWrapper,
+    "AMXFP8_SFT": AMXSFTMoEWrapper,
 }
 
 # Methods whose engine is not built yet: the factory refuses them at construction (and `kt-moe
 # validate` reports them). The work that builds an engine removes its methods from this set.
-ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT", "BF16",
-                                           "AMXINT8", "AMXINT4"}
+ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT",
+                                           "AMXFP8_SFT", "BF16", "AMXINT8", "AMXINT4", "FP8", "RAWINT4"}
 
 
 def engine_missing(method: str) -> Optional[str]:

@@ -110,20 +110,24 @@ NB_MODULE(_native, m) {
       "__init__",
       [](MOEConfig* self, int expert_num, int hidden_size, int intermediate_size, int experts_per_token,
          int num_gpu_experts, std::string weight_path, int layer_idx, int tp_size, int chunked_prefill_size,
-         std::string method, bool cpu_save, std::optional<int> max_deferred_experts_per_token) {
+         std::string method, bool cpu_save, std::optional<int> max_deferred_experts_per_token, int group_size) {
         new (self) MOEConfig();
         fill_common(*self, expert_num, hidden_size, intermediate_size, experts_per_token, num_gpu_experts,
                     std::move(weight_path), layer_idx, tp_size, chunked_prefill_size, std::move(method));
         self->cpu_save = cpu_save;
         self->max_deferred_experts_per_token = max_deferred_experts_per_token;
+        self->group_size = group_size;
       },
       nb::kw_only(), "expert_num"_a = 0, "hidden_size"_a = 0, "intermediate_size"_a = 0,
       "experts_per_token"_a = 0, "num_gpu_experts"_a = 0, "weight_path"_a = "", "layer_idx"_a = 0,
       "tp_size"_a = 1, "chunked_prefill_size"_a = 0, "method"_a = "", "cpu_save"_a = false,
-      "max_deferred_experts_per_token"_a = nb::none());
+      "max_deferred_experts_per_token"_a = nb::none(), "group_size"_a = 0);
   bind_common_fields<MOEConfig>(moe_config);
   moe_config.def_ro("cpu_save", &MOEConfig::cpu_save)
-      .def_ro("max_deferred_experts_per_token", &MOEConfig::max_deferred_experts_per_token);
+      .def_ro("max_deferred_experts_per_token", &MOEConfig::max_deferred_experts_per_token)
+      .def_ro("group_size", &MOEConfig::group_size,
+              "The weight format's option: FP8's scale block side (0: one scale per output row), RAWINT4's "
+              "inputs per scale.");
 
   auto sft_config = nb::class_<MOESFTConfig>(m, "MOESFTConfig", "Frozen SFT engine configuration (spec 2.1).");
   sft_config.def(
@@ -270,6 +274,17 @@ NB_MODULE(_native, m) {
       .def_prop_ro("config", [](PySftEngine& e) { return e.engine().config(); })
       .def_prop_ro("weight_format", [](PySftEngine& e) { return std::string(e.engine().base()->format()); },
                    "How the base is stored: 'bf16', 'int8_channel', 'int4_group16' or 'int4_kgroup'.")
+      .def(
+          "stored_parts",
+          [](PySftEngine& e, int slot, const std::string& matrix, int slice) {
+            const std::shared_ptr<const kt_moe::SftBaseWeights> base = e.engine().base();
+            const auto* canonical = dynamic_cast<const kt_moe::QuantSftBase*>(base.get());
+            return kt_moe::py::stored_parts(canonical ? &canonical->experts() : nullptr, e.engine().config().method,
+                                            slot, matrix, slice);
+          },
+          "slot"_a, "matrix"_a, "slice"_a = 0,
+          "Test hook: the canonical parts kept of one expert's base matrix ('gate', 'up', 'down') in a subpool's "
+          "slice, as bytes in part order (the quantized bases).")
       .def_prop_ro("resident_bytes_per_expert",
                    [](PySftEngine& e) { return e.engine().base()->resident_bytes_per_expert(); },
                    "Bytes one expert's base weights hold, all tensor-parallel slices together (scales included).")

@@ -21,8 +21,10 @@ import torch
 
 from kt_moe import _native
 from kt_moe.config import DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT, KGROUP_SIZES
+from kt_moe.quant.fp8 import dequantize_fp8_block, dequantize_fp8_channel, quantize_fp8_block, quantize_fp8_channel
 from kt_moe.quant.int4_group16 import GROUP_SIZE, dequantize_int4_group16, quantize_int4_group16
 from kt_moe.quant.int4_groups import dequantize_int4, quantize_int4
+from kt_moe.quant.int4_packed import dequantize_int4_packed, quantize_int4_packed
 from kt_moe.quant.int8_channel import dequantize_int8_channel, quantize_int8_channel
 
 PartSpec = Tuple[Tuple[int, ...], torch.dtype]  # (shape, dtype) of one part for one matrix
@@ -72,6 +74,8 @@ SCHEMES: Dict[str, QuantScheme] = {scheme.name: scheme for scheme in (
                 functools.partial(registry_part_specs, "int4_group16")),
 )}
 KGROUP_SCHEME = "int4_kgroup"
+FP8_SCHEME = "fp8"
+INT4_PACKED_SCHEME = "int4_packed"
 
 # method -> the scheme its experts are stored in (the registry's methods of each format; the
 # inference methods first)
@@ -92,12 +96,43 @@ def int4_kgroup_scheme(group_size: int, zero_point: bool) -> QuantScheme:
                                          zero_point=zero_point), zero_point)
 
 
+def _fp8_channel_quantize(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    weight, scale = quantize_fp8_channel(w)
+    return weight, scale.float().squeeze(-1)  # the engine's part: fp32 [..., N] (exact from bf16)
+
+
+def fp8_scheme(block: int) -> QuantScheme:
+    """fp8 (FP8, AMXFP8_SFT; kt_moe.quant.fp8): blocks of block x block (DeepSeek-V3's
+    weight_scale_inv, fp32), or with block 0 one fp32 scale per output row; ValueError for a
+    negative or non-integer block."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+        raise ValueError(f"{FP8_SCHEME} takes a block side >= 1 (or 0: a scale per output row), got {block!r}")
+    specs = functools.partial(registry_part_specs, FP8_SCHEME, group_size=block)
+    if block == 0:
+        return QuantScheme(FP8_SCHEME, 0, _fp8_channel_quantize, dequantize_fp8_channel, specs)
+    return QuantScheme(FP8_SCHEME, block, functools.partial(quantize_fp8_block, block=block),
+                       functools.partial(dequantize_fp8_block, block=block), specs)
+
+
+def int4_packed_scheme(group_size: int) -> QuantScheme:
+    """int4_packed (RAWINT4; kt_moe.quant.int4_packed): compressed-tensors pack-quantized INT4 with
+    `group_size` inputs per bf16 scale, as [weight_packed, weight_scale] (weight_shape left out)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 8 or group_size % 8:
+        raise ValueError(f"{INT4_PACKED_SCHEME} takes a group_size that is a positive multiple of 8, got "
+                         f"{group_size!r}")
+    return QuantScheme(INT4_PACKED_SCHEME, group_size,
+                       lambda w: quantize_int4_packed(w, group_size)[:2],
+                       functools.partial(dequantize_int4_packed, group_size=group_size),
+                       functools.partial(registry_part_specs, INT4_PACKED_SCHEME, group_size=group_size))
+
+
 def scheme_for_method(method: str, group_size: Optional[int] = None,
                       zero_point: Optional[bool] = None) -> QuantScheme:
     """The scheme `method` stores its experts in. group_size and zero_point are those of
-    AMXINT4_KGroup_SFT (None: the config's defaults, 128 and True) and must stay None for the other
-    methods. ValueError
-    for a method without a scheme or options it does not take."""
+    AMXINT4_KGroup_SFT (None: the config's defaults, 128 and True); group_size is FP8's and
+    AMXFP8_SFT's scale block side (0: a scale per output row) and RAWINT4's inputs per scale (None:
+    the registry's defaults, 128 and 32); the other methods take neither. ValueError for a method
+    without a scheme or options it does not take."""
     if method not in METHOD_SCHEMES:
         raise ValueError(f"method '{method}' has no kt-moe quantization scheme; "
                          f"expected one of {', '.join(METHOD_SCHEMES)}")
@@ -105,6 +140,9 @@ def scheme_for_method(method: str, group_size: Optional[int] = None,
     if name == KGROUP_SCHEME:
         return int4_kgroup_scheme(DEFAULT_GROUP_SIZE if group_size is None else group_size,
                                   DEFAULT_ZERO_POINT if zero_point is None else zero_point)
+    if name in (FP8_SCHEME, INT4_PACKED_SCHEME) and zero_point is None:
+        option = _native.weight_format(name)["group"] if group_size is None else group_size
+        return fp8_scheme(option) if name == FP8_SCHEME else int4_packed_scheme(option)
     if group_size is not None or zero_point is not None:
         raise ValueError(f"group_size and zero_point are options of {KGROUP_SCHEME} (AMXINT4_KGroup_SFT); "
                          f"method '{method}' stores {name}")

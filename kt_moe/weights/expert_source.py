@@ -13,6 +13,10 @@ first (kt_moe.tensor_checks.check_finite, a ValueError naming the matrix and the
 pre-quantized scale likewise, and a pre-quantized file's checksum is verified while it is read
 unless verify_checksum=False.
 
+The FP8 and RAWINT4 methods read a quantized checkpoint in place (kt_moe.weights.checkpoint_formats:
+each matrix as its format's parts, checked for non-finite values) and take pre-quantized parts from
+the caller too (load_weights_from_tensors with each matrix a sequence of its stacked parts).
+
 A load is all or nothing: the experts go into the engine's staged weights (begin_load), which
 replace the weights forwards read only once every slot is loaded (commit_load); any failure drops
 them (abort_load) and the engine keeps its previous weights, or stays without weights. During a
@@ -25,13 +29,14 @@ Physical slot p holds logical expert physical_to_logical_map[p] (int64 [num_expe
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
 from kt_moe.config import KTMoEConfig
 from kt_moe.quant import METHOD_SCHEMES, QuantScheme, scheme_for_method
 from kt_moe.tensor_checks import WEIGHT_DTYPES, as_contiguous, check_expert_map, check_finite, check_tensor
+from kt_moe.weights.checkpoint_formats import CheckpointFormat, checkpoint_format
 from kt_moe.weights.hf_checkpoint import HFExpertReader
 from kt_moe.weights.prequantized import MATRICES, ExpertParts, PrequantizedLayerReader, layer_file
 
@@ -116,9 +121,88 @@ def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Ten
     return experts()
 
 
-def base_scheme(config: KTMoEConfig) -> Optional[QuantScheme]:
-    """The kt_moe.quant scheme config.method stores its experts in; None for the bf16 methods."""
-    return scheme_for_method(config.method, **config.quant_options) if config.method in METHOD_SCHEMES else None
+def base_scheme(config: KTMoEConfig, format_option: Optional[int] = None) -> Optional[QuantScheme]:
+    """The kt_moe.quant scheme config.method stores its experts in, with the checkpoint-decided
+    option of its format (kt_moe.weights.checkpoint_formats.format_option) when there is one; None
+    for the bf16 methods."""
+    if config.method not in METHOD_SCHEMES:
+        return None
+    options = dict(config.quant_options)
+    if format_option is not None:
+        options["group_size"] = format_option
+    return scheme_for_method(config.method, **options)
+
+
+class PartsExpert(NamedTuple):
+    """One physical slot's weights as the scheme's parts of each matrix."""
+
+    slot: int
+    names: Tuple[str, str, str]
+    parts: Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]  # gate, up, down
+
+
+def check_parts_finite(parts: Sequence[torch.Tensor], name: str) -> None:
+    """ValueError naming the matrix when a floating part holds NaN or infinity (FP8: its NaN codes)."""
+    for part in parts:
+        if part.dtype == torch.float8_e4m3fn:
+            nan = (part.view(torch.uint8) & 0x7F) == 0x7F
+            if bool(nan.any()):
+                index = tuple(nan.nonzero()[0].tolist())
+                raise ValueError(f"{name} must be finite: its FP8 weight holds NaN at {list(index)}")
+        elif part.is_floating_point():
+            check_finite(part, name)
+
+
+def checkpoint_parts_experts(config: KTMoEConfig, found: CheckpointFormat, scheme: QuantScheme,
+                             physical_to_logical_map: torch.Tensor) -> Iterator[PartsExpert]:
+    """Layer config.layer_idx of the quantized checkpoint in weight_path, each matrix as its format's
+    parts, read one expert at a time; its option must be the one the wrapper was built with."""
+    if found.option != scheme.group_size:
+        raise ValueError(f"{config.weight_path} holds {found.description}, but this {config.method} wrapper was "
+                         f"built for the option {scheme.group_size} of format {scheme.name} (build the wrapper with "
+                         "weight_path pointing at the checkpoint it will load)")
+    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts)
+    reader = HFExpertReader(config.weight_path, config.layer_idx, config.num_experts, config.hidden_size,
+                            config.moe_intermediate_size, parts=found.parts)
+
+    def experts() -> Iterator[PartsExpert]:
+        for slot, (e, gate, up, down) in enumerate(reader.experts(expert_map.tolist())):
+            yield PartsExpert(slot, reader.describe(e), (gate, up, down))
+
+    return experts()
+
+
+def tensor_parts_experts(config: KTMoEConfig, scheme: QuantScheme, gate: Sequence[torch.Tensor],
+                         up: Sequence[torch.Tensor], down: Sequence[torch.Tensor],
+                         physical_to_logical_map: torch.Tensor) -> Iterator[PartsExpert]:
+    """gate, up, down each given as the scheme's parts stacked over logical experts ([E', *part])."""
+    H, I = config.hidden_size, config.moe_intermediate_size
+    stacked = {}
+    logical = None
+    for matrix, value, (n, k) in zip(MATRICES, (gate, up, down), ((I, H), (I, H), (H, I))):
+        specs = scheme.part_specs(n, k)
+        if not isinstance(value, (list, tuple)) or len(value) != len(specs):
+            raise ValueError(f"{matrix} must be a tensor or the {len(specs)} parts {list(specs)} of {scheme.name}, "
+                             f"got {type(value).__name__}")
+        for part, (part_name, (shape, dtype)) in zip(value, specs.items()):
+            check_tensor(part, f"{matrix} {part_name}", (-1 if logical is None else logical, *shape), (dtype,))
+            logical = part.shape[0]
+        stacked[matrix] = value
+    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, logical)
+
+    def experts() -> Iterator[PartsExpert]:
+        for slot, e in enumerate(expert_map.tolist()):
+            yield PartsExpert(slot, tuple(f"{m} of expert {e}" for m in MATRICES),
+                              tuple([p[e].contiguous() for p in stacked[m]] for m in MATRICES))
+
+    return experts()
+
+
+def load_parts_expert(engine, expert: PartsExpert) -> None:
+    """One expert's parts into the engine's staged slot, checked for non-finite values first."""
+    for name, parts in zip(expert.names, expert.parts):
+        check_parts_finite(parts, name)
+    engine.load_quant_expert_task(expert.slot, *(list(p) for p in expert.parts))
 
 
 def load_expert(engine, scheme: Optional[QuantScheme], expert: Expert) -> None:
@@ -155,10 +239,15 @@ def load_all_or_nothing(engine, items: Iterable[Item], put: Callable[[Item], Non
 
 def load_from_path(engine, config: KTMoEConfig, scheme: Optional[QuantScheme],
                    physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
-    """Layer layer_idx from weight_path into the engine, all or nothing: for a quantized method its
-    pre-quantized file when there is one (its checksum verified unless verify_checksum is False), else
-    the Hugging Face checkpoint (quantized while loading)."""
-    if scheme is not None and has_prequantized_layer(config):
+    """Layer layer_idx from weight_path into the engine, all or nothing: for FP8 and RAWINT4 a
+    quantized checkpoint in place; for a quantized method its pre-quantized file when there is one
+    (its checksum verified unless verify_checksum is False); else the Hugging Face checkpoint
+    (quantized while loading)."""
+    found = checkpoint_format(config.weight_path, config.method) if config.weight_path else None
+    if found is not None:
+        load_all_or_nothing(engine, checkpoint_parts_experts(config, found, scheme, physical_to_logical_map),
+                            lambda expert: load_parts_expert(engine, expert))
+    elif scheme is not None and has_prequantized_layer(config):
         load_all_or_nothing(engine, prequantized_experts(config, physical_to_logical_map, verify_checksum),
                             lambda item: engine.load_quant_expert_task(item[0], *(list(item[1][m]) for m in MATRICES)))
     else:
@@ -166,8 +255,15 @@ def load_from_path(engine, config: KTMoEConfig, scheme: Optional[QuantScheme],
                             lambda expert: load_expert(engine, scheme, expert))
 
 
-def load_from_tensors(engine, config: KTMoEConfig, scheme: Optional[QuantScheme], gate: torch.Tensor,
-                      up: torch.Tensor, down: torch.Tensor, physical_to_logical_map: torch.Tensor) -> None:
-    """gate [E', I, H], up [E', I, H], down [E', H, I] into the engine, one expert at a time, all or nothing."""
+def load_from_tensors(engine, config: KTMoEConfig, scheme: Optional[QuantScheme], gate, up, down,
+                      physical_to_logical_map: torch.Tensor) -> None:
+    """gate [E', I, H], up [E', I, H], down [E', H, I] into the engine, one expert at a time, all or
+    nothing; for a quantized method each may also be the sequence of its scheme's parts stacked over
+    the logical experts, taken as they are."""
+    matrices = (gate, up, down)
+    if scheme is not None and all(isinstance(m, (list, tuple)) for m in matrices):
+        load_all_or_nothing(engine, tensor_parts_experts(config, scheme, gate, up, down, physical_to_logical_map),
+                            lambda expert: load_parts_expert(engine, expert))
+        return
     load_all_or_nothing(engine, tensor_experts(config, gate, up, down, physical_to_logical_map),
                         lambda expert: load_expert(engine, scheme, expert))

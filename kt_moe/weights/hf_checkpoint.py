@@ -5,7 +5,9 @@ The directory holds either `model.safetensors` or shards listed by `model.safete
 (its "weight_map": tensor name -> shard file). Two naming schemes, detected from the layer's names:
   deepseek (DeepSeek, Qwen-MoE): model.layers.{L}.mlp.experts.{e}.{gate,up,down}_proj.weight
   mixtral:                       model.layers.{L}.block_sparse_moe.experts.{e}.{w1,w3,w2}.weight
-with gate and up [I, H] and down [H, I]; BF16, F16 or F32 on disk, returned as bf16.
+with gate and up [I, H] and down [H, I]; BF16, F16 or F32 on disk, returned as bf16. A quantized
+checkpoint (kt_moe.weights.checkpoint_formats: FP8, pack-quantized INT4) keeps each matrix as the
+tensors `{module}.{suffix}` of its format's parts, returned as the parts the engine takes.
 
 Files are opened with safetensors' safe_open (a memory map plus the JSON header): construction
 reads headers only (names, shapes, dtypes); expert(e) reads that expert's three tensors and nothing
@@ -25,11 +27,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors import safe_open
 
+from kt_moe.weights.checkpoint_formats import StoredPart
 from kt_moe.weights.safetensors_errors import damaged_file_errors
 
 SINGLE_FILE = "model.safetensors"
@@ -42,6 +45,9 @@ SCHEMES: Dict[str, Tuple[str, Tuple[str, str, str]]] = {
 }
 SUPPORTED_DTYPES = ("BF16", "F16", "F32")
 MISSING_NAMES_SHOWN = 5
+# an unquantized checkpoint: each matrix is its `weight`, handed out as contiguous bf16
+BF16_WEIGHT = StoredPart("weight", SUPPORTED_DTYPES, lambda n, k: [(n, k)],
+                         lambda t: t.to(torch.bfloat16).contiguous())
 
 
 def _read_weight_map(directory: Path) -> Tuple[Dict[str, Path], Optional[Path]]:
@@ -79,16 +85,18 @@ class HFExpertReader:
     """One layer's routed experts of a Hugging Face checkpoint directory, validated at construction.
 
     `expert(e)` returns expert e's (gate [I, H], up [I, H], down [H, I]) as contiguous bf16 tensors
-    of their own; `experts(order)` yields (e, gate, up, down) for the logical ids in `order`. Files
-    are opened on first use and stay open until close(), the end of an experts() iteration or the
-    end of a `with` block.
+    of their own, or with `parts` (a quantized checkpoint's StoredPart list) each matrix as the list
+    of its format's parts; `experts(order)` yields (e, gate, up, down) for the logical ids in
+    `order`. Files are opened on first use and stay open until close(), the end of an experts()
+    iteration or the end of a `with` block.
     """
 
     def __init__(self, weight_path: Union[str, os.PathLike], layer_idx: int, num_experts: int,
-                 hidden_size: int, intermediate_size: int):
+                 hidden_size: int, intermediate_size: int, parts: Optional[Sequence[StoredPart]] = None):
         self.directory = Path(weight_path)
         self.layer_idx, self.num_experts = layer_idx, num_experts
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+        self.parts = tuple(parts) if parts is not None else None
         if not self.directory.is_dir():
             raise FileNotFoundError(f"checkpoint directory not found: {self.directory}")
         weight_map, index = _read_weight_map(self.directory)
@@ -98,18 +106,27 @@ class HFExpertReader:
         self._stack = contextlib.ExitStack()
         self._handles: Dict[Path, safe_open] = {}
 
+    def _stored_parts(self) -> Tuple[StoredPart, ...]:
+        return self.parts if self.parts is not None else (BF16_WEIGHT,)
+
     def tensor_names(self, e: int) -> Tuple[str, str, str]:
-        """The checkpoint's names of expert e's gate, up and down weights."""
+        """The checkpoint's names of expert e's gate, up and down weights (their first part)."""
+        return tuple(names[0] for names in self.part_names(e))
+
+    def part_names(self, e: int) -> Tuple[Tuple[str, ...], ...]:
+        """The checkpoint's names of each part of expert e's gate, up and down."""
         prefix, projs = SCHEMES[self.scheme]
-        return tuple(f"{prefix.format(L=self.layer_idx)}{e}.{proj}.weight" for proj in projs)
+        return tuple(tuple(f"{prefix.format(L=self.layer_idx)}{e}.{proj}.{p.suffix}" for p in self._stored_parts())
+                     for proj in projs)
 
     def _check_tensors(self, weight_map: Dict[str, Path], index: Optional[Path]) -> None:
-        """Every needed name present in its file, with a supported dtype and the expected shape."""
+        """Every needed name present in its file, with a supported dtype and an expected shape."""
         I, H = self.intermediate_size, self.hidden_size
-        expected: Dict[str, List[int]] = {}
+        expected: Dict[str, Tuple[StoredPart, List[List[int]]]] = {}
         for e in range(self.num_experts):
-            gate, up, down = self.tensor_names(e)
-            expected.update({gate: [I, H], up: [I, H], down: [H, I]})
+            for names, (n, k) in zip(self.part_names(e), ((I, H), (I, H), (H, I))):
+                for name, part in zip(names, self._stored_parts()):
+                    expected[name] = (part, [list(shape) for shape in part.shapes(n, k)])
         missing = [name for name in expected if name not in weight_map]
         by_file: Dict[Path, List[str]] = {}
         for name in expected:
@@ -126,11 +143,13 @@ class HFExpertReader:
                         continue
                     tensor = f.get_slice(name)
                     dtype, shape = tensor.get_dtype(), list(tensor.get_shape())
-                    if dtype not in SUPPORTED_DTYPES:
+                    part, shapes = expected[name]
+                    if dtype not in part.dtypes:
                         raise ValueError(f"{name} in {path}: dtype {dtype} not supported "
-                                         f"(expected one of {', '.join(SUPPORTED_DTYPES)})")
-                    if shape != expected[name]:
-                        raise ValueError(f"{name} in {path}: expected shape {expected[name]}, got {shape}")
+                                         f"(expected one of {', '.join(part.dtypes)})")
+                    if shape not in shapes:
+                        raise ValueError(f"{name} in {path}: expected shape {' or '.join(map(str, shapes))}, "
+                                         f"got {shape}")
                     self._files[name] = path
         if missing:
             shown = ", ".join(missing[:MISSING_NAMES_SHOWN]) + (", ..." if len(missing) > MISSING_NAMES_SHOWN else "")
@@ -146,22 +165,24 @@ class HFExpertReader:
             raise ValueError(f"expert id {e} out of range [0, {self.num_experts})")
         return e
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, part: StoredPart) -> torch.Tensor:
         path = self._files[name]
         with damaged_file_errors(path):
             if path not in self._handles:
                 self._handles[path] = self._stack.enter_context(safe_open(path, framework="pt"))
-            return self._handles[path].get_tensor(name).to(torch.bfloat16).contiguous()
+            return part.to_part(self._handles[path].get_tensor(name))
 
     def describe(self, e: int) -> Tuple[str, str, str]:
         """How messages name expert e's gate, up and down: "gate of expert e (<tensor name> in <file>)"."""
         return tuple(f"{matrix} of expert {e} ({name} in {self._files[name]})"
                      for matrix, name in zip(("gate", "up", "down"), self.tensor_names(e)))
 
-    def expert(self, e: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Expert e's (gate [I, H], up [I, H], down [H, I]), bf16, contiguous, read now."""
-        gate, up, down = self.tensor_names(self._check_id(operator.index(e)))
-        return self._read(gate), self._read(up), self._read(down)
+    def expert(self, e: int) -> Tuple:
+        """Expert e's (gate [I, H], up [I, H], down [H, I]), read now: bf16 and contiguous, or with
+        `parts` each matrix as the list of its parts."""
+        matrices = [[self._read(name, part) for name, part in zip(names, self._stored_parts())]
+                    for names in self.part_names(self._check_id(operator.index(e)))]
+        return tuple(m if self.parts is not None else m[0] for m in matrices)
 
     def experts(self, order: Optional[Iterable[int]] = None
                 ) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -26,6 +26,9 @@ struct MoECommonConfig {
 struct MOEConfig : MoECommonConfig {
   bool cpu_save = false;                                  // keep results in CPU memory
   std::optional<int> max_deferred_experts_per_token;      // none: no deferral
+  // The option of the method's weight format (formats/registry.cpp): FP8's scale block side
+  // (0: one scale per output row), RAWINT4's inputs per scale; the other methods ignore it.
+  int group_size = 0;
 };
 
 // SFT engine configuration (spec 2.1 plus the common fields above).

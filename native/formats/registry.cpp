@@ -3,8 +3,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "formats/fp8/format.hpp"
 #include "formats/int4_group16/format.hpp"
 #include "formats/int4_kgroup/format.hpp"
+#include "formats/int4_packed/format.hpp"
 #include "formats/int8_channel/format.hpp"
 #include "formats/weight_format.hpp"
 
@@ -15,6 +17,8 @@ const std::vector<FormatEntry>& weight_format_entries() {
       {"int8_channel", {"AMXINT8"}, {"AMXINT8_SFT"}, &make_int8_channel, {}},
       {"int4_group16", {"AMXINT4"}, {"AMXINT4_SFT"}, &make_int4_group16, {}},
       {"int4_kgroup", {}, {"AMXINT4_KGroup_SFT"}, &make_int4_kgroup, {128, true}},
+      {"fp8", {"FP8"}, {"AMXFP8_SFT"}, &make_fp8, {128, false}},
+      {"int4_packed", {"RAWINT4"}, {}, &make_int4_packed, {32, false}},
   };
   return entries;
 }

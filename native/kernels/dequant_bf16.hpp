@@ -33,14 +33,17 @@ struct DequantFormat {
 };
 
 // A quantized W [rows, cols] (logical shape) as the format stores it. Row r's values start at
-// values + r * ld_values (bytes); scale and zero are the format's per-row arrays (ld_scale,
-// ld_zero in their elements), zero null when the format has none. Grouped formats: `group` stored
-// columns per scale, logical column c at stored column col0 + c (0 <= col0 < group).
+// values + r * ld_values (bytes); scale and zero are the format's arrays (ld_scale, ld_zero in
+// their elements), zero null when the format has none. `group`: the format's inputs per scale.
+// (row0, col0): where logical (0, 0) lies inside the first stored scale unit (a slice that starts
+// inside a group or block): grouped formats store whole groups, logical column c at stored column
+// col0 + c (0 <= col0 < group); block formats store the scales of whole blocks, the scale of
+// (r, c) at [(row0 + r) / block, (col0 + c) / block].
 struct QuantMatrixView {
   const DequantFormat* format = nullptr;
   int rows = 0, cols = 0;
   int group = 0;
-  int col0 = 0;
+  int row0 = 0, col0 = 0;
   const uint8_t* values = nullptr;
   int64_t ld_values = 0;
   const void* scale = nullptr;

@@ -104,7 +104,7 @@ void InferEngine::load_bf16_expert(int slot, const bf16_t* gate, const bf16_t* u
 
 void InferEngine::load_quant_expert(int slot, const MatrixParts& gate, const MatrixParts& up,
                                     const MatrixParts& down) {
-  const std::shared_ptr<QuantInferWeights> format = staged_as<QuantInferWeights>("a quantized format");
+  const std::shared_ptr<PartsInferWeights> format = staged_as<PartsInferWeights>("a quantized format");
   format->check_slot(slot);
   run_queued([&] { format->load(slot, gate, up, down); });
 }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "formats/part_slices.hpp"
+#include "moe/base_products.hpp"
 #include "moe/gemm_calls.hpp"
 
 namespace kt_moe {
@@ -111,12 +112,39 @@ void QuantInferWeights::down(IsaLevel level, int s, int slot, const bf16_t*, int
   gemm_quant_kernel(level)({weight(s, slot, 2), a, n, nullptr, h0, h0 + nh, y, ldy, false});
 }
 
+// ---- formats read through their dequantizer ---------------------------------------------------
+
+DequantInferWeights::DequantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format)
+    : experts_(format, config.expert_num, config.hidden_size, config.intermediate_size, pool),
+      hidden_(config.hidden_size) {}
+
+void DequantInferWeights::gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc,
+                                  float* g, float* u, int64_t ldc) const {
+  const BaseKernels kernels = BaseKernels::for_level(level);
+  const int H = hidden_;
+  const bf16_t* rows = x + size_t(b) * H;
+  base_nt(kernels, WeightView::of_quant(experts_.view(s, slot, BaseMatrix::gate)), n, c0, c0 + nc, rows, H, g + c0,
+          ldc);
+  base_nt(kernels, WeightView::of_quant(experts_.view(s, slot, BaseMatrix::up)), n, c0, c0 + nc, rows, H, u + c0,
+          ldc);
+}
+
+void DequantInferWeights::down(IsaLevel level, int s, int slot, const bf16_t* z, int b, int n, int h0, int nh,
+                               float* y, int64_t ldy) const {
+  const int Is = experts_.slice_size();
+  base_nt(BaseKernels::for_level(level), WeightView::of_quant(experts_.view(s, slot, BaseMatrix::down)), n, h0,
+          h0 + nh, z + size_t(b) * Is, Is, y + h0, ldy);
+}
+
 // ---- method -> format ------------------------------------------------------------------------
 
 std::unique_ptr<InferWeights> make_infer_weights(const MOEConfig& config, WorkerPool& pool) {
   if (config.method == "BF16") return std::make_unique<Bf16InferWeights>(config, pool);
-  if (const FormatEntry* entry = weight_format_entry_for_method(config.method, false))
-    return std::make_unique<QuantInferWeights>(config, pool, entry->make({}));
+  if (const FormatEntry* entry = weight_format_entry_for_method(config.method, false)) {
+    const WeightFormat format = entry->make({config.group_size, false});
+    if (format.packed) return std::make_unique<QuantInferWeights>(config, pool, format);
+    return std::make_unique<DequantInferWeights>(config, pool, format);
+  }
   throw std::invalid_argument("the inference engine has no weight format for method '" + config.method +
                               "' (it runs " + weight_format_methods(false, "BF16") + ")");
 }

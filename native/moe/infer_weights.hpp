@@ -25,6 +25,7 @@
 #include "kernels/gemm_quant.hpp"
 #include "formats/weight_format.hpp"
 #include "moe/buffer.hpp"
+#include "moe/canonical_experts.hpp"
 #include "moe/expert_slices.hpp"
 #include "moe/expert_store.hpp"
 #include "pool/worker_pool.hpp"
@@ -39,6 +40,8 @@ class InferWeights {
   virtual int slice_size() const = 0;           // Is = I / tp
   virtual int loaded_count() const = 0;         // physical slots loaded so far
   virtual void check_slot(int slot) const = 0;  // std::invalid_argument unless 0 <= slot < E
+  // Memory one expert holds, all slices together (scales and alignment included).
+  virtual size_t resident_bytes_per_expert() const = 0;
 
   // Whether the products read their inputs in another form than bf16. If so the engine, for each
   // chunk of R routed rows, calls prepare_inputs(R), then, per slice s, convert_gate_up_input for
@@ -72,6 +75,7 @@ class Bf16InferWeights final : public InferWeights {
   int slice_size() const override { return slices_.slice_size(); }
   int loaded_count() const override { return slices_.loaded_count(); }
   void check_slot(int slot) const override { slices_.check_slot(slot); }
+  size_t resident_bytes_per_expert() const override { return slices_.bytes_per_expert(); }
 
   // One expert (gate, up [I, H], down [H, I] bf16) into `slot`; see Bf16ExpertSlices::load.
   void load(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) { slices_.load(slot, gate, up, down); }
@@ -91,26 +95,37 @@ class Bf16InferWeights final : public InferWeights {
   int hidden_;
 };
 
+// The weights of a registered weight format (formats/weight_format.hpp), loaded from its canonical
+// parts: QuantInferWeights (formats with packed GEMM kernels) and DequantInferWeights (formats read
+// through their bf16 dequantizer).
+class PartsInferWeights : public InferWeights {
+ public:
+  virtual const WeightFormat& weight_format() const = 0;
+  const char* format() const override { return weight_format().name; }
+  // One expert, each matrix whole in the format's canonical parts (gate and up W [I, H], down
+  // W [H, I]; row strides in MatrixParts::ld), into `slot`, each subpool its own slice
+  // (ExpertStore::load).
+  virtual void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) = 0;
+};
+
 // A registered weight format with quantized GEMM kernels: every expert's slices packed for them;
 // the rows of x and z quantized once per chunk. Any H and I; a format whose packed K slices must
 // start at multiples of k_slice_align (int4_group16: whole groups of 16) needs Is to be a multiple
 // of it when there is more than one subpool (each slice is packed on its own, its K padded to 64).
-class QuantInferWeights final : public InferWeights {
+class QuantInferWeights final : public PartsInferWeights {
  public:
   // std::invalid_argument when the format has no quantized GEMM kernels or its shape rules do not
   // hold for H and Is.
   QuantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format);
 
-  const WeightFormat& weight_format() const { return format_; }
-  const char* format() const override { return format_.name; }
+  const WeightFormat& weight_format() const override { return format_; }
   int slice_size() const override { return store_.slice_size(); }
   int loaded_count() const override { return store_.loaded_count(); }
   void check_slot(int slot) const override { store_.check_slot(slot); }
+  size_t resident_bytes_per_expert() const override { return store_.bytes_per_expert(); }
 
-  // Packs one expert, each matrix given whole in its canonical parts (gate and up W [I, H], down
-  // W [H, I]; row strides in MatrixParts::ld), into `slot`, each subpool its own slice
-  // (ExpertStore::load).
-  void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down);
+  // Packs each slice of the expert for the format's kernels.
+  void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) override;
 
   bool converts_inputs() const override { return true; }
   void prepare_inputs(int rows) override;
@@ -139,6 +154,42 @@ class QuantInferWeights final : public InferWeights {
     Buffer<uint8_t> x, z;  // [R] quantized rows of x and of z
   };
   std::vector<Records> records_;  // per slice
+};
+
+// A registered weight format without packed GEMM kernels but with a bf16 dequantizer (FP8,
+// RAWINT4): the experts kept in their canonical parts (moe/canonical_experts.hpp), every product
+// through dequantized row blocks and the bf16 GEMM of the level (moe/base_products.hpp), the inputs
+// read as bf16.
+class DequantInferWeights final : public PartsInferWeights {
+ public:
+  // std::invalid_argument when the format has no bf16 dequantizer.
+  DequantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format);
+
+  const WeightFormat& weight_format() const override { return experts_.format(); }
+  int slice_size() const override { return experts_.slice_size(); }
+  int loaded_count() const override { return experts_.loaded_count(); }
+  void check_slot(int slot) const override { experts_.check_slot(slot); }
+  size_t resident_bytes_per_expert() const override { return experts_.bytes_per_expert(); }
+  const CanonicalExperts& experts() const { return experts_; }
+
+  // Copies each slice's covering units of the canonical parts (CanonicalExperts::load).
+  void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) override {
+    experts_.load(slot, gate, up, down);
+  }
+
+  bool converts_inputs() const override { return false; }
+  void prepare_inputs(int) override {}
+  void convert_gate_up_input(IsaLevel, int, const bf16_t*, int, int) override {}
+  void convert_down_input(IsaLevel, int, const bf16_t*, int, int) override {}
+
+  void gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc, float* g, float* u,
+               int64_t ldc) const override;
+  void down(IsaLevel level, int s, int slot, const bf16_t* z, int b, int n, int h0, int nh, float* y,
+            int64_t ldy) const override;
+
+ private:
+  CanonicalExperts experts_;
+  int hidden_;
 };
 
 // The weight storage of config.method: BF16, or the registered format that names the method

@@ -5,31 +5,23 @@
 //                (formats/registry.cpp: AMXINT8_SFT int8_channel, AMXINT4_SFT int4_group16,
 //                AMXINT4_KGroup_SFT int4_kgroup of group_size with or without zero points), kept in
 //                its canonical parts as they are and read through its bf16 dequantizer
-// Only the quantized weights are held: the backward reads them row block by row block through
-// moe/base_products (no transposed copy). A quantized slice keeps, per part, the whole units (groups)
-// that cover its rows and columns (formats/part_slices.hpp), so it dequantizes to exactly the
-// columns of the whole dequantized matrix for any I and tp (that costs at most two partial groups
-// per row and slice).
+// Only the quantized weights are held (moe/canonical_experts.hpp): the backward reads them row block
+// by row block through moe/base_products (no transposed copy).
 #pragma once
 
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <vector>
 
 #include "config/moe_config.hpp"
-#include "formats/part_slices.hpp"
 #include "formats/weight_format.hpp"
 #include "kernels/dequant_bf16.hpp"
 #include "moe/base_products.hpp"
+#include "moe/canonical_experts.hpp"
 #include "moe/expert_slices.hpp"
-#include "moe/expert_store.hpp"
 #include "pool/worker_pool.hpp"
 
 namespace kt_moe {
-
-enum class BaseMatrix : int { gate = 0, up = 1, down = 2 };
 
 class SftBaseWeights {
  public:
@@ -63,40 +55,29 @@ class Bf16SftBase final : public SftBaseWeights {
   int hidden_, intermediate_;
 };
 
-// The quantized bases: any registered format with a bf16 dequantizer.
+// The quantized bases: any registered format with a bf16 dequantizer, in its canonical parts.
 class QuantSftBase final : public SftBaseWeights {
  public:
   // std::invalid_argument when the format has no bf16 dequantizer.
   QuantSftBase(const MOESFTConfig& config, WorkerPool& pool, const WeightFormat& format);
 
-  const WeightFormat& weight_format() const { return format_; }
-  const char* format() const override { return format_.name; }
-  int loaded_count() const override { return store_.loaded_count(); }
-  void check_slot(int slot) const override { store_.check_slot(slot); }
-  size_t resident_bytes_per_expert() const override { return store_.bytes_per_expert(); }
-  WeightView weight(int s, int slot, BaseMatrix which) const override;
+  const WeightFormat& weight_format() const { return experts_.format(); }
+  const CanonicalExperts& experts() const { return experts_; }
+  const char* format() const override { return experts_.format().name; }
+  int loaded_count() const override { return experts_.loaded_count(); }
+  void check_slot(int slot) const override { experts_.check_slot(slot); }
+  size_t resident_bytes_per_expert() const override { return experts_.bytes_per_expert(); }
+  WeightView weight(int s, int slot, BaseMatrix which) const override {
+    return WeightView::of_quant(experts_.view(s, slot, which));
+  }
 
-  // One expert, each matrix whole in the format's canonical parts (gate, up W [I, H], down W [H, I];
-  // row strides in MatrixParts::ld) into `slot`, each subpool copying its own slice
-  // (ExpertStore::load). std::invalid_argument when a part is null.
-  void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down);
+  // One expert in the format's canonical parts; see CanonicalExperts::load.
+  void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) {
+    experts_.load(slot, gate, up, down);
+  }
 
  private:
-  // One matrix of an expert in a slice: the covered part slices and where each part's rows start
-  // in the expert's bytes (64-byte aligned), with their row strides (elements).
-  struct Layout {
-    int rows = 0, cols = 0;  // the slice's logical shape
-    MatrixSlice slice;
-    size_t at[kMaxMatrixParts] = {};
-    int64_t ld[kMaxMatrixParts] = {};
-  };
-  Layout layout(int begin, BaseMatrix which, size_t& at) const;
-  void copy(const MatrixParts& src, const Layout& l, uint8_t* expert) const;
-
-  WeightFormat format_;
-  const DequantFormat& dequant_;
-  ExpertStore store_;
-  std::vector<std::array<Layout, 3>> layouts_;  // per slice: gate, up, down
+  CanonicalExperts experts_;
 };
 
 // The base of config.method; std::invalid_argument naming the method when it has none, or for

@@ -49,7 +49,7 @@ class PyInferEngine {
                          const std::vector<Array>& down) {
     const MOEConfig& c = engine_.config();
     const std::shared_ptr<const InferWeights> weights = engine_.weights();
-    const auto* format = dynamic_cast<const QuantInferWeights*>(weights.get());
+    const auto* format = dynamic_cast<const PartsInferWeights*>(weights.get());
     if (!format)
       throw std::invalid_argument("method " + c.method + " stores its experts as " + weights->format() +
                                   ": load them with load_expert_task");
@@ -140,6 +140,20 @@ inline void bind_infer_engine(nanobind::module_& m) {
       .def_prop_ro("config", [](PyInferEngine& e) { return e.engine().config(); })
       .def_prop_ro("weight_format", [](PyInferEngine& e) { return std::string(e.engine().weights()->format()); },
                    "How the experts are stored: 'bf16' or the method's registered weight format (weight_formats()).")
+      .def_prop_ro("resident_bytes_per_expert",
+                   [](PyInferEngine& e) { return e.engine().weights()->resident_bytes_per_expert(); },
+                   "Memory one expert's weights hold, all subpools' slices together (scales and alignment included).")
+      .def(
+          "stored_parts",
+          [](PyInferEngine& e, int slot, const std::string& matrix, int slice) {
+            const std::shared_ptr<const InferWeights> weights = e.engine().weights();
+            const auto* canonical = dynamic_cast<const DequantInferWeights*>(weights.get());
+            return stored_parts(canonical ? &canonical->experts() : nullptr, e.engine().config().method, slot, matrix,
+                                slice);
+          },
+          "slot"_a, "matrix"_a, "slice"_a = 0,
+          "Test hook: the canonical parts kept of one expert's matrix ('gate', 'up', 'down') in a subpool's slice, "
+          "as bytes in part order (methods that keep their experts in canonical parts: FP8, RAWINT4).")
       .def_prop_ro("weights_loaded", [](PyInferEngine& e) { return e.engine().weights_loaded(); })
       .def_prop_ro("staged_count", [](PyInferEngine& e) { return e.engine().staged_count(); },
                    "Slots of the load in progress (not committed) that hold an expert.")

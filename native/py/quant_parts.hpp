@@ -1,7 +1,8 @@
 // The canonical parts of one quantized matrix W [n, k] as Python hands them to an engine: a list of
 // tensors in the order of the weight format's part list (formats/weight_format.hpp; kt_moe.quant
 // writes them), each checked for its dtype and its shape from the format's part geometry, whole and
-// C-contiguous. Shared by the inference and the SFT bindings. Included by the binding headers only.
+// C-contiguous; and back: the parts an engine keeps for one expert (stored_parts, a test hook).
+// Shared by the inference and the SFT bindings. Included by the binding headers only.
 #pragma once
 
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "formats/part_slices.hpp"
 #include "formats/weight_format.hpp"
+#include "moe/canonical_experts.hpp"
 #include "py/arrays.hpp"
 
 namespace kt_moe::py {
@@ -52,6 +54,26 @@ inline MatrixParts checked_parts(const WeightFormat& f, const std::vector<Array>
     data[i] = a.data();
   }
   return contiguous_parts(f, data, int(k));
+}
+
+// The parts `experts` keeps of expert `slot`'s matrix ("gate", "up" or "down") in slice s, as bytes
+// objects in part order; std::invalid_argument for a bad name, slot or slice, or without experts
+// kept in canonical parts (null: `method` keeps them otherwise).
+inline nanobind::list stored_parts(const CanonicalExperts* experts, const std::string& method, int slot,
+                                   const std::string& matrix, int s) {
+  if (!experts) throw std::invalid_argument("method " + method + " does not keep its experts in canonical parts");
+  const char* names[] = {"gate", "up", "down"};
+  int which = -1;
+  for (int m = 0; m < 3; ++m)
+    if (matrix == names[m]) which = m;
+  if (which < 0) throw std::invalid_argument("matrix must be 'gate', 'up' or 'down', got '" + matrix + "'");
+  if (s < 0 || s >= experts->slice_count())
+    throw std::invalid_argument("slice " + std::to_string(s) + " out of range [0, " +
+                                std::to_string(experts->slice_count()) + ")");
+  nanobind::list out;
+  for (const std::vector<uint8_t>& part : experts->stored_parts(s, slot, BaseMatrix(which)))
+    out.append(nanobind::bytes(reinterpret_cast<const char*>(part.data()), part.size()));
+  return out;
 }
 
 }  // namespace kt_moe::py

@@ -1,11 +1,13 @@
-// The int4 groups' bf16 dequantizer (formats int4_group16 and int4_kgroup; int4_groups.hpp):
-//   D[r, c] = bf16((float(code[r, j]) - zero[r, g] * 0.0625f) * fp16_to_float(scale[r, g])),
+// The int4 groups' bf16 dequantizers (formats int4_group16, int4_kgroup and, with bf16 scales,
+// int4_packed; int4_groups.hpp):
+//   D[r, c] = bf16((float(code[r, j]) - zero[r, g] * 0.0625f) * scale[r, g]),
 //   j = col0 + c the stored column, g = j / group; zero is in sixteenths of a code, and
 //   zero * 0.0625f = 8 for every group when the matrix has no zero points (symmetric).
-// The fp32 value is exact (code - z is a multiple of 1/16 in [-16, 15], the scale has 11
-// significant bits: at most 20 bits) and is W[r, c] itself; it is rounded once, to nearest even.
-// For finite scales it is 0 or at least 2^-28 in magnitude (never a denormal) and below 2^20 (never
-// infinite), so every level rounds it the same way.
+// The fp32 value is exact (code - z is a multiple of 1/16 in [-16, 15], an fp16 scale has 11
+// significant bits, a bf16 one 8: at most 20 bits) and is W[r, c] itself; it is rounded once, to
+// nearest even. With finite fp16 scales it is 0 or at least 2^-28 in magnitude (never a denormal)
+// and below 2^20 (never infinite), so every level rounds it the same way; bf16 scales round with the
+// same bit arithmetic at every level (denormals included).
 // Compiled three times: portable C++ for the generic level (no ISA flags) and, from this same
 // source, AVX-512 (F/BW/VL/DQ flags) and AVX-512 + AVX512-BF16 (its vcvtne2ps2bf16 rounds the
 // tables in one instruction). The AVX-512 sources convert fp16 with vcvtph2ps only:
@@ -74,13 +76,17 @@ struct GroupParams {
 };
 
 // Groups [ga, gb) of a row into p; those from gl on (past the stored groups) get scale 0, zero 0.
-// Returns whether every stored one, [ga, gl), has a finite scale > 0 (see int4_table).
-bool load_group_params(const fp16_t* scale, const uint8_t* zero, int ga, int gl, int gb, GroupParams& p) {
+// Returns whether every stored one, [ga, gl), has a finite scale > 0 (see int4_table). Scales are
+// fp16 or, with Bf16Scale, bf16 (both exact in fp32).
+template <bool Bf16Scale>
+bool load_group_params(const uint16_t* scale, const uint8_t* zero, int ga, int gl, int gb, GroupParams& p) {
   __mmask16 positive = 0xFFFF;
   for (int i = 0; ga + i < gb; i += 16) {
     const int n = std::min(std::max(gl - ga - i, 0), 16);
     const __mmask16 m = __mmask16((1u << n) - 1u);
-    const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + ga + i));
+    const __m256i bits = _mm256_maskz_loadu_epi16(m, scale + ga + i);
+    const __m512 s = Bf16Scale ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))
+                               : _mm512_cvtph_ps(bits);
     const __mmask16 finite_positive = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ) &
                                       _mm512_cmp_ps_mask(s, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
     positive &= finite_positive | __mmask16(~m);
@@ -103,7 +109,9 @@ bool load_group_params(const fp16_t* scale, const uint8_t* zero, int ga, int gl,
 // when s > 0 (+0, the sign of (k - z) s with k = z); with s <= 0 the signs of zeros differ, so
 // Fused is for segments whose scales are all positive, and finite: with s = Inf, k s - z s is
 // Inf - Inf = NaN where (k - z) s is +-Inf.
-template <bool Fused>
+// With Bf16Scale the products may be fp32 denormals (a bf16 scale can be tiny), which the AVX512-BF16
+// conversion would flush to zero: such tables round with kernels/bf16_avx512.hpp at every level.
+template <bool Fused, bool Bf16Scale>
 inline __m512i int4_table(const GroupParams& p, int a, int b) {
   const __m512 codes = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   __m512 lo, hi;
@@ -115,10 +123,9 @@ inline __m512i int4_table(const GroupParams& p, int a, int b) {
     hi = _mm512_mul_ps(_mm512_sub_ps(codes, _mm512_set1_ps(p.zero[b])), _mm512_set1_ps(p.scale[b]));
   }
 #if defined(__AVX512BF16__)
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // round to nearest even
-#else
-  return float_to_bf16(lo, hi);
+  if constexpr (!Bf16Scale) return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // round to nearest even
 #endif
+  return float_to_bf16(lo, hi);
 }
 
 // Which half of the table a step's columns look up: all the first, all the second, or the first
@@ -147,13 +154,13 @@ inline void int4_step(const uint8_t* codes, __m512i table, bf16_t* out) {
 
 // Stored columns [j0, j1) of one row, inside one aligned segment of kSegment, to dst[0, j1 - j0),
 // the group parameters loaded (p, from group ga on). G = Group, or w.group when Group is 0.
-template <int Group, bool Fused>
+template <int Group, bool Fused, bool Bf16Scale>
 void int4_steps(const QuantMatrixView& w, const uint8_t* codes, const GroupParams& p, int ga, int j0, int j1,
                 bf16_t* dst) {
   const int G = Group ? Group : w.group;
   const int shift = __builtin_ctz(unsigned(G));  // groups are powers of two (16, 32, 64, 128)
   // A step's own table: the group of its first 16 columns and that of its last 16.
-  auto table = [&](int j) { return int4_table<Fused>(p, (j >> shift) - ga, ((j + kInt4Step / 2) >> shift) - ga); };
+  auto table = [&](int j) { return int4_table<Fused, Bf16Scale>(p, (j >> shift) - ga, ((j + kInt4Step / 2) >> shift) - ga); };
   // A step that covers only part of [j0, j1): the first and the last one.
   auto partial = [&](int j) {
     const int lo = std::max(j, j0), hi = std::min(j + kInt4Step, j1);
@@ -172,14 +179,14 @@ void int4_steps(const QuantMatrixView& w, const uint8_t* codes, const GroupParam
     const uint8_t* c = codes + j / 2;
     bf16_t* out = dst + (j - j0);
     for (int a = (j >> shift) - ga; j < body_end; j += kInt4Step, c += kInt4Step / 2, out += kInt4Step, a += 2)
-      int4_step<Half::split>(c, int4_table<Fused>(p, a, a + 1), out);
+      int4_step<Half::split>(c, int4_table<Fused, Bf16Scale>(p, a, a + 1), out);
   } else {
     // Whole steps up to a pair of groups, then pair by pair: one table serves 2G / 32 steps.
     for (; j < body_end && (j & (2 * G - 1)) != 0; j += kInt4Step)
       int4_step<Half::split>(codes + j / 2, table(j), dst + (j - j0));
     for (; j + 2 * G <= body_end; j += 2 * G) {
       const int a = (j >> shift) - ga;
-      const __m512i t = int4_table<Fused>(p, a, a + 1);
+      const __m512i t = int4_table<Fused, Bf16Scale>(p, a, a + 1);
       const uint8_t* c = codes + j / 2;
       bf16_t* out = dst + (j - j0);
       for (int k = 0; k < G; k += kInt4Step, c += kInt4Step / 2, out += kInt4Step) int4_step<Half::first>(c, t, out);
@@ -192,18 +199,18 @@ void int4_steps(const QuantMatrixView& w, const uint8_t* codes, const GroupParam
 }
 
 // Stored columns [j0, j1) of one row, inside one aligned segment of kSegment, to dst[0, j1 - j0).
-template <int Group>
-void int4_segment(const QuantMatrixView& w, const uint8_t* codes, const fp16_t* scale, const uint8_t* zero, int j0,
+template <int Group, bool Bf16Scale>
+void int4_segment(const QuantMatrixView& w, const uint8_t* codes, const uint16_t* scale, const uint8_t* zero, int j0,
                   int j1, bf16_t* dst) {
   const int G = Group ? Group : w.group;
   const int shift = __builtin_ctz(unsigned(G));
   const int first = j0 / kInt4Step * kInt4Step, last = (j1 + kInt4Step - 1) / kInt4Step * kInt4Step;
   const int ga = first >> shift;
   GroupParams p;
-  if (load_group_params(scale, zero, ga, (j1 + G - 1) >> shift, ((last - 1) >> shift) + 1, p))
-    int4_steps<Group, true>(w, codes, p, ga, j0, j1, dst);
+  if (load_group_params<Bf16Scale>(scale, zero, ga, (j1 + G - 1) >> shift, ((last - 1) >> shift) + 1, p))
+    int4_steps<Group, true, Bf16Scale>(w, codes, p, ga, j0, j1, dst);
   else
-    int4_steps<Group, false>(w, codes, p, ga, j0, j1, dst);
+    int4_steps<Group, false, Bf16Scale>(w, codes, p, ga, j0, j1, dst);
 }
 
 // Asks for the cache lines of bytes [begin, end).
@@ -219,24 +226,25 @@ inline void prefetch_range(const void* begin, const void* end) {
 // times as long when the output goes to memory).
 constexpr int kParamRowsAhead = 4;
 
+template <bool Bf16Scale>
 void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* codes = w.values + r * w.ld_values;
-  const fp16_t* scale = static_cast<const fp16_t*>(w.scale) + r * w.ld_scale;
+  const uint16_t* scale = static_cast<const uint16_t*>(w.scale) + r * w.ld_scale;
   const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
   if (r + kParamRowsAhead < w.rows) {
     const int64_t g0 = (w.col0 + c0) / w.group, g1 = (w.col0 + c1 - 1) / w.group + 1;
-    const fp16_t* s = scale + kParamRowsAhead * w.ld_scale;
+    const uint16_t* s = scale + kParamRowsAhead * w.ld_scale;
     prefetch_range(s + g0, s + g1);
     if (zero) prefetch_range(zero + kParamRowsAhead * w.ld_zero + g0, zero + kParamRowsAhead * w.ld_zero + g1);
   }
   for (int j = w.col0 + c0, j1 = w.col0 + c1; j < j1;) {
     const int end = std::min(j1, (j / kSegment + 1) * kSegment);
     switch (w.group) {  // the formats' groups with the group a constant (the loops over a pair unrolled)
-      case 16: int4_segment<16>(w, codes, scale, zero, j, end, dst); break;
-      case 32: int4_segment<32>(w, codes, scale, zero, j, end, dst); break;
-      case 64: int4_segment<64>(w, codes, scale, zero, j, end, dst); break;
-      case 128: int4_segment<128>(w, codes, scale, zero, j, end, dst); break;
-      default: int4_segment<0>(w, codes, scale, zero, j, end, dst);
+      case 16: int4_segment<16, Bf16Scale>(w, codes, scale, zero, j, end, dst); break;
+      case 32: int4_segment<32, Bf16Scale>(w, codes, scale, zero, j, end, dst); break;
+      case 64: int4_segment<64, Bf16Scale>(w, codes, scale, zero, j, end, dst); break;
+      case 128: int4_segment<128, Bf16Scale>(w, codes, scale, zero, j, end, dst); break;
+      default: int4_segment<0, Bf16Scale>(w, codes, scale, zero, j, end, dst);
     }
     dst += end - j;
     j = end;
@@ -245,9 +253,10 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
 
 #else
 
+template <bool Bf16Scale>
 void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* codes = w.values + r * w.ld_values;
-  const fp16_t* scale = static_cast<const fp16_t*>(w.scale) + r * w.ld_scale;
+  const uint16_t* scale = static_cast<const uint16_t*>(w.scale) + r * w.ld_scale;
   const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
   int group = -1;
   float s = 0.0f, z = 0.0f;
@@ -255,7 +264,7 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
     const int j = w.col0 + c, g = j / w.group;
     if (g != group) {
       group = g;
-      s = fp16_to_float(scale[g]);
+      s = Bf16Scale ? bf16_to_float(scale[g]) : fp16_to_float(scale[g]);
       z = zero ? float(zero[g]) * kZeroUnit : kSymmetricZero;
     }
     const int code = (j & 1) ? codes[j >> 1] >> 4 : codes[j >> 1] & 0xF;
@@ -268,7 +277,11 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
 }  // namespace
 
 void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  dequant_rows<int4_row>(w, r0, r1, c0, c1, dst, ld);
+  dequant_rows<int4_row<false>>(w, r0, r1, c0, c1, dst, ld);
+}
+
+void dequant_int4_groups_bf16(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
+  dequant_rows<int4_row<true>>(w, r0, r1, c0, c1, dst, ld);
 }
 
 }  // namespace KT_KERNEL_NS

@@ -1,4 +1,5 @@
-// The int4 groups' dequantizers by ISA level (int4_groups.hpp), shared by int4_group16 and int4_kgroup.
+// The int4 groups' dequantizers by ISA level (int4_groups.hpp): fp16 scales (int4_group16, int4_kgroup)
+// and bf16 scales (int4_packed).
 #include "formats/int4_groups/int4_groups.hpp"
 
 namespace kt_moe {
@@ -7,5 +8,10 @@ const DequantFormat kInt4GroupsDequant = {
     "int4 groups", false,
     {&generic::dequant_int4_groups, &avx512::dequant_int4_groups, &avx512_bf16::dequant_int4_groups,
      &avx512_bf16::dequant_int4_groups, &generic::dequant_int4_groups}};
+
+const DequantFormat kInt4GroupsBf16Dequant = {
+    "int4 groups, bf16 scales", false,
+    {&generic::dequant_int4_groups_bf16, &avx512::dequant_int4_groups_bf16, &avx512_bf16::dequant_int4_groups_bf16,
+     &avx512_bf16::dequant_int4_groups_bf16, &generic::dequant_int4_groups_bf16}};
 
 }  // namespace kt_moe

@@ -1,6 +1,6 @@
-// The int4 groups shared by formats int4_group16 and int4_kgroup (kt_moe/quant/int4_groups.py):
-// 4-bit codes with an fp16 scale per group of G consecutive inputs and, optionally, a uint8 zero
-// point in sixteenths of a code (without one: the fixed zero point 8).
+// The int4 groups shared by formats int4_group16 and int4_kgroup (kt_moe/quant/int4_groups.py) and,
+// with bf16 scales, int4_packed: 4-bit codes with a scale per group of G consecutive inputs and,
+// optionally, a uint8 zero point in sixteenths of a code (without one: the fixed zero point 8).
 //   canonical parts   Kp = K rounded up to a multiple of G, g = Kp / G groups per row:
 //                     codes uint8 [N, Kp / 2] (low nibble = even k), scale fp16 [N, g],
 //                     zero uint8 [N, g] (with zero points only)
@@ -19,17 +19,23 @@ namespace int4_groups_layout {
 enum Part : int { kCodes = 0, kScale = 1, kZero = 2 };
 }
 
+// dequant_int4_groups: fp16 scales; dequant_int4_groups_bf16: bf16 scales.
+#define KT_INT4_GROUPS_DEQUANTIZERS                                                                           \
+  void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld); \
+  void dequant_int4_groups_bf16(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
 namespace generic {
-void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+KT_INT4_GROUPS_DEQUANTIZERS
 }
 namespace avx512 {
-void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+KT_INT4_GROUPS_DEQUANTIZERS
 }
 namespace avx512_bf16 {
-void dequant_int4_groups(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+KT_INT4_GROUPS_DEQUANTIZERS
 }
+#undef KT_INT4_GROUPS_DEQUANTIZERS
 
 // The dequantizers by level (amx runs avx512_bf16's, amx_emulated the generic one).
-extern const DequantFormat kInt4GroupsDequant;
+extern const DequantFormat kInt4GroupsDequant;      // fp16 scales
+extern const DequantFormat kInt4GroupsBf16Dequant;  // bf16 scales
 
 }  // namespace kt_moe
