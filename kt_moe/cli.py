@@ -19,9 +19,8 @@ from kt_moe import _native
 from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
-from kt_moe.quant import METHOD_SCHEMES
 from kt_moe.status_line import StatusLine
-from kt_moe.weights.convert import LayerRanges, convert_checkpoint, parse_layers
+from kt_moe.weights.convert import CONVERT_METHODS, LayerRanges, convert_checkpoint, parse_layers
 from kt_moe.wrapper import engine_missing
 
 
@@ -167,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize the routed experts of a Hugging Face checkpoint into one pre-quantized file per "
                     "layer (docs/quantization.md). Rerunning resumes: layers whose file verifies are skipped, "
                     "damaged files are rewritten; a file written for other settings is an error unless --force.")
-    convert.add_argument("--method", required=True, choices=list(METHOD_SCHEMES), help="quantization method")
+    convert.add_argument("--method", required=True, choices=list(CONVERT_METHODS), help="quantization method")
     convert.add_argument("--input", required=True, metavar="HF_DIR", help="Hugging Face checkpoint directory")
     convert.add_argument("--output", required=True, metavar="DIR", help="directory for the layer files")
     convert.add_argument("--group-size", type=int, choices=KGROUP_SIZES,

@@ -262,7 +262,9 @@ def test_missing_or_unusable_input(tmp_path, weights):
     holey = checkpoint(tmp_path, weights, name="holey", drop=["model.layers.4.mlp.experts.2.up_proj.weight"])
     with pytest.raises(ValueError, match="1 expert tensor\\(s\\) missing for layer 4"):
         convert_checkpoint(holey, tmp_path / "out", "AMXINT4")
-    with pytest.raises(ValueError, match="method 'FP8' has no kt-moe quantization scheme"):
+    with pytest.raises(ValueError, match="method 'LLAMAFILE' has no kt-moe quantization scheme"):
+        convert_checkpoint(checkpoint(tmp_path, weights), tmp_path / "out", "LLAMAFILE")
+    with pytest.raises(ValueError, match="method 'FP8' reads quantized checkpoints in place with load_weights"):
         convert_checkpoint(checkpoint(tmp_path, weights), tmp_path / "out", "FP8")
     assert not (tmp_path / "out").exists()  # every check comes before the first write
     (tmp_path / "file").write_text("")

@@ -15,6 +15,7 @@ EXPECTED_CLASS = {
     "FP8": NativeMoEWrapper, "LLAMAFILE": LlamafileMoEWrapper, "MOE_INT4": GeneralMoEWrapper,
     "MOE_INT8": GeneralMoEWrapper, "BF16": AMXMoEWrapper, "AMXBF16_SFT": AMXSFTMoEWrapper,
     "AMXINT8_SFT": AMXSFTMoEWrapper, "AMXINT4_SFT": AMXSFTMoEWrapper, "AMXINT4_KGroup_SFT": AMXSFTMoEWrapper,
+    "AMXFP8_SFT": AMXSFTMoEWrapper,
 }
 
 

@@ -246,7 +246,8 @@ def test_dequantize_checks_its_parts():
 
 def test_method_table():
     assert METHOD_SCHEMES == {"AMXINT8": "int8_channel", "AMXINT4": "int4_group16", "AMXINT8_SFT": "int8_channel",
-                              "AMXINT4_SFT": "int4_group16", "AMXINT4_KGroup_SFT": "int4_kgroup"}
+                              "AMXINT4_SFT": "int4_group16", "AMXINT4_KGroup_SFT": "int4_kgroup", "FP8": "fp8",
+                              "RAWINT4": "int4_packed", "AMXFP8_SFT": "fp8"}
     int8, int4 = scheme_for_method("AMXINT8"), scheme_for_method("AMXINT4")
     assert (int8.name, int8.group_size, int8.parts) == ("int8_channel", 0, ("q", "scale"))
     assert (int4.name, int4.group_size, int4.parts) == ("int4_group16", 16, ("codes", "scale", "zero"))
@@ -256,10 +257,15 @@ def test_method_table():
         ("int4_kgroup", 128, True, ("codes", "scale", "zero"))
     symmetric = scheme_for_method("AMXINT4_KGroup_SFT", group_size=64, zero_point=False)
     assert (symmetric.group_size, symmetric.zero_point, symmetric.parts) == (64, False, ("codes", "scale"))
+    fp8, fp8_channel = scheme_for_method("FP8"), scheme_for_method("AMXFP8_SFT", group_size=0)
+    assert (fp8.name, fp8.group_size, fp8.parts) == ("fp8", 128, ("weight", "weight_scale_inv"))
+    assert (fp8_channel.group_size, fp8_channel.parts) == (0, ("weight", "weight_scale"))
+    rawint4 = scheme_for_method("RAWINT4")
+    assert (rawint4.name, rawint4.group_size, rawint4.parts) == ("int4_packed", 32, ("weight_packed", "weight_scale"))
     with pytest.raises(ValueError) as info:
-        scheme_for_method("FP8")
-    assert str(info.value) == ("method 'FP8' has no kt-moe quantization scheme; expected one of AMXINT8, AMXINT4, "
-                               "AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT")
+        scheme_for_method("LLAMAFILE")
+    assert str(info.value) == ("method 'LLAMAFILE' has no kt-moe quantization scheme; expected one of AMXINT8, "
+                               "AMXINT4, FP8, RAWINT4, AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT, AMXFP8_SFT")
     with pytest.raises(ValueError, match="^group_size and zero_point are options of int4_kgroup"):
         scheme_for_method("AMXINT4", group_size=32)
     with pytest.raises(ValueError, match=r"^int4_kgroup takes group_size in \(32, 64, 128\)"):

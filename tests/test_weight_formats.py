@@ -8,23 +8,32 @@ import torch
 
 from kt_moe import _native
 from kt_moe.quant import METHOD_SCHEMES, SCHEMES, int4_kgroup_scheme
+from kt_moe.quant.schemes import fp8_scheme, int4_packed_scheme
 
 
 def test_registry_lists_each_format_once_with_its_methods():
     entries = _native.weight_formats()
-    assert [e["name"] for e in entries] == ["int8_channel", "int4_group16", "int4_kgroup"]
+    assert [e["name"] for e in entries] == ["int8_channel", "int4_group16", "int4_kgroup", "fp8", "int4_packed"]
     methods = [m for e in entries for m in e["inference_methods"] + e["sft_methods"]]
     assert len(methods) == len(set(methods))
     assert METHOD_SCHEMES == {m: e["name"] for e in entries for m in e["inference_methods"] + e["sft_methods"]}
 
 
 @pytest.mark.parametrize("scheme", [SCHEMES["int8_channel"], SCHEMES["int4_group16"], int4_kgroup_scheme(32, False),
-                                    int4_kgroup_scheme(128, True)], ids=lambda s: f"{s.name}-{s.group_size}")
+                                    int4_kgroup_scheme(128, True), fp8_scheme(128), fp8_scheme(16), fp8_scheme(0)],
+                         ids=lambda s: f"{s.name}-{s.group_size}")
 @pytest.mark.parametrize("n,k", [(1, 1), (5, 40), (24, 72), (16, 257)])
 def test_part_geometry_matches_the_quantizer(scheme, n, k):
     parts = scheme.quantize(torch.randn(n, k, generator=torch.Generator().manual_seed(n * k)))
     specs = scheme.part_specs(n, k)
     assert [(tuple(p.shape), p.dtype) for p in parts] == list(specs.values())
+
+
+@pytest.mark.parametrize("n,k", [(1, 32), (5, 64), (24, 96)])
+def test_int4_packed_geometry_matches_the_quantizer(n, k):
+    scheme = int4_packed_scheme(32)
+    parts = scheme.quantize(torch.randn(n, k, generator=torch.Generator().manual_seed(n)))
+    assert [(tuple(p.shape), p.dtype) for p in parts] == list(scheme.part_specs(n, k).values())
 
 
 def test_format_description():
@@ -38,9 +47,13 @@ def test_format_description():
 
 def test_unknown_names_options_and_families_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown format 'fp4' \(expected one of 'int8_channel', 'int4_group16', "
-                                         r"'int4_kgroup'\)"):
+                                         r"'int4_kgroup', 'fp8', 'int4_packed'\)"):
         _native.weight_format("fp4")
     with pytest.raises(ValueError, match="group_size must be 32, 64 or 128 for AMXINT4_KGroup_SFT, got 16"):
         _native.weight_format("int4_kgroup", 16, True)
     with pytest.raises(ValueError, match="weight format int4_kgroup has no quantized GEMM kernels"):
         _native.quant_act_layout("int4_kgroup", 64)
+    with pytest.raises(ValueError, match="int4_packed: the group size must be a power of two in"):
+        _native.weight_format("int4_packed", 24)
+    with pytest.raises(ValueError, match=r"fp8: the scale block side must be in \[1, 65536\]"):
+        _native.weight_format("fp8", -1)

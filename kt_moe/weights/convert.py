@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from kt_moe.config import INT32_MAX
-from kt_moe.quant import scheme_for_method
+from kt_moe.quant import METHOD_SCHEMES, scheme_for_method
+from kt_moe.weights.checkpoint_formats import CHECKPOINT_METHODS
 from kt_moe.weights.hf_checkpoint import HFExpertReader, MoELayerInfo, list_moe_layers
 from kt_moe.weights.prequantized import (MATRICES, ExpertParts, LayerSettings, PrequantizedCorruptError,
                                          PrequantizedLayerReader, PrequantizedMismatchError, layer_file,
                                          write_layer)
 
 Progress = Callable[[int, int, str], None]  # (experts done, experts in all, what is happening now)
+# The methods convert writes files for: those with a scheme, but not FP8, AMXFP8_SFT and RAWINT4,
+# which read the quantized checkpoints people download in place (kt_moe.weights.checkpoint_formats).
+CONVERT_METHODS = tuple(m for m in METHOD_SCHEMES if m not in CHECKPOINT_METHODS)
 
 
 @dataclass(frozen=True)
@@ -208,12 +212,15 @@ def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str
                        zero_point: Optional[bool] = None) -> List[LayerResult]:
     """Convert the routed experts of the checkpoint in `input_dir` (every MoE layer, or `layers`:
     ids, or a LayerRanges such as parse_layers("0-60"); each must be a MoE layer there) to
-    `method` (a method of kt_moe.quant.METHOD_SCHEMES; AMXINT8_SFT and AMXINT4_SFT write the files
+    `method` (one of CONVERT_METHODS; AMXINT8_SFT and AMXINT4_SFT write the files
     of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module docstring
     describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
     the defaults; ValueError with another method). `progress(done, total, message)` is called as
     experts are quantized. Returns one LayerResult per layer, in layer order."""
     scheme_for_method(method, group_size, zero_point)  # ValueError before anything is read
+    if method not in CONVERT_METHODS:
+        raise ValueError(f"method '{method}' reads quantized checkpoints in place with load_weights (nothing to "
+                         f"convert); convert writes files for {', '.join(CONVERT_METHODS)}")
     options = dict(group_size=group_size, zero_point=zero_point)
     source_dir, output = Path(input_dir), Path(output_dir)
     if output.exists() and not output.is_dir():

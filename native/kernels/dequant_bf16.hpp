@@ -23,6 +23,15 @@ struct QuantMatrixView;
 // 0 <= c0 <= c1 <= cols; not checked: the callers are the engine's own products).
 using DequantFn = void (*)(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
 
+// C[i, n - n0] = sum_k a[i, k] W[n, k]   for i < m, n0 <= n < n1, m <= kDequantDotMaxRows, straight
+// from the stored parts with the weights' fp32 values (scales included, row_scales or not): the
+// few-rows products (the decode) of a format that has them, instead of dequantizing row blocks to
+// bf16 for the GEMM. a: bf16 [m, cols] (row stride lda); c: fp32 (row stride ldc) at column n0.
+// Returns false, having written nothing, for a matrix it does not take (the caller then dequantizes).
+using DequantDotFn = bool (*)(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                              int64_t ldc);
+constexpr int kDequantDotMaxRows = 4;
+
 constexpr int kDequantIsaLevels = 5;  // IsaLevel generic .. amx_emulated
 
 // A format's dequantizers.
@@ -30,6 +39,7 @@ struct DequantFormat {
   const char* name;
   bool row_scales;                     // D = W / scale[r]: the products apply scale (fp32 [rows]) themselves
   DequantFn kernels[kDequantIsaLevels];  // by IsaLevel
+  DequantDotFn dot[kDequantIsaLevels];   // by IsaLevel; null: the format has no few-rows product
 };
 
 // A quantized W [rows, cols] (logical shape) as the format stores it. Row r's values start at
@@ -54,5 +64,7 @@ struct QuantMatrixView {
 
 // The dequantizer of w's format at `level`; std::invalid_argument when the format has none there.
 DequantFn dequant_bf16_kernel(const DequantFormat& format, IsaLevel level);
+// The format's few-rows product at `level`, or null.
+inline DequantDotFn dequant_dot_kernel(const DequantFormat& format, IsaLevel level) { return format.dot[int(level)]; }
 
 }  // namespace kt_moe

@@ -1,8 +1,9 @@
 // The SFT engine's products with its frozen base weights, whatever their format: one place for
 // the bf16 base (read in place by the bf16 GEMM) and the quantized ones (a block of stored rows
 // dequantized to bf16 into thread scratch, then the bf16 GEMM of the active level on the block).
-// Both directions walk ROW blocks of the stored W [N, K], so the backward needs no transposed copy
-// of a quantized weight:
+// A few rows (at most kDequantDotMaxRows) go through the format's fused product instead, when it
+// has one (kernels/dequant_bf16.hpp). Both directions walk ROW blocks of the stored W [N, K], so the
+// backward needs no transposed copy of a quantized weight:
 //   base_nt (forward, the weight as stored):  C[:, b0 - n0 : b1 - n0] = A x W[b0:b1, :]^T
 //   base_nn (backward, the weight transposed): C += A[:, k0:k1] x W[k0:k1, j0:j1]
 // Blocks hold the dequantized weight, or for a row_scales format (int8_channel) W / scale exactly,

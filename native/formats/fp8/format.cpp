@@ -1,6 +1,6 @@
 // Format fp8 (layout.hpp): scale blocks of b x b (b = options.group_size > 0) or a scale per output
-// row (b = 0), read through the bf16 dequantizer (no packed GEMM: the inference engine multiplies by
-// dequantized row blocks).
+// row (b = 0), read through the bf16 dequantizer and, for a few rows (the decode), the fused product
+// (no packed GEMM: the inference engine multiplies by dequantized row blocks).
 #include "formats/fp8/format.hpp"
 
 #include <stdexcept>
@@ -15,13 +15,17 @@ namespace {
 const DequantFormat kBlockDequant = {
     "fp8 blocks", false,
     {&generic::dequant_fp8_block, &avx512::dequant_fp8_block, &avx512_bf16::dequant_fp8_block,
-     &avx512_bf16::dequant_fp8_block, &generic::dequant_fp8_block}};
+     &avx512_bf16::dequant_fp8_block, &generic::dequant_fp8_block},
+    {&generic::dot_fp8_block, &avx512::dot_fp8_block, &avx512_bf16::dot_fp8_block, &avx512_bf16::dot_fp8_block,
+     &generic::dot_fp8_block}};
 
 // D = the fp8 value (exact); the products apply the row scale.
 const DequantFormat kChannelDequant = {
     "fp8 channels", true,
     {&generic::dequant_fp8_channel, &avx512::dequant_fp8_channel, &avx512_bf16::dequant_fp8_channel,
-     &avx512_bf16::dequant_fp8_channel, &generic::dequant_fp8_channel}};
+     &avx512_bf16::dequant_fp8_channel, &generic::dequant_fp8_channel},
+    {&generic::dot_fp8_channel, &avx512::dot_fp8_channel, &avx512_bf16::dot_fp8_channel,
+     &avx512_bf16::dot_fp8_channel, &generic::dot_fp8_channel}};
 
 constexpr int kMaxBlock = 1 << 16;
 

@@ -1,0 +1,58 @@
+// What the formats' few-rows products (DequantDotFn, kernels/dequant_bf16.hpp; native/formats/*/
+// dequant_dot.cpp) share: the call's bf16 activation rows in fp32 in thread scratch, zero-padded to
+// whole steps, and the loop over output rows. Compiled per level (level_namespace.hpp).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/bf16.hpp"
+#include "kernels/dequant_bf16.hpp"
+#include "kernels/level_namespace.hpp"
+#include "kernels/scratch.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+
+// The m rows of a [m, cols] bf16 (row stride lda) as fp32 rows of ld = cols rounded up to `step`
+// (zeros past cols), in the thread's ScratchSlot::packed.
+struct DotActivations {
+  const float* x;
+  int64_t ld;
+};
+
+inline DotActivations dot_activations(const bf16_t* a, int64_t lda, int m, int cols, int step) {
+  const int64_t ld = (int64_t(cols) + step - 1) / step * step;
+  auto* x = static_cast<float*>(thread_scratch(ScratchSlot::packed, sizeof(float) * size_t(m) * size_t(ld)));
+  for (int i = 0; i < m; ++i) {
+    float* row = x + i * ld;
+    int c = 0;
+#if defined(__AVX512F__)
+    for (; c + 16 <= cols; c += 16) {  // bf16 is the upper half of an fp32: widen and shift
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i * lda + c));
+      _mm512_storeu_si512(row + c, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+#endif
+    for (; c < cols; ++c) row[c] = bf16_to_float(a[i * lda + c]);
+    std::memset(row + cols, 0, sizeof(float) * size_t(ld - cols));
+  }
+  return {x, ld};
+}
+
+// c[i * ldc + (n - n0)] = row(w, n, x)[i] for i < m, n0 <= n < n1, where Row(w, n, x, m, out) writes
+// the m results of output row n.
+template <void (*Row)(const QuantMatrixView&, int, const DotActivations&, int, float*)>
+void dot_rows(const QuantMatrixView& w, int m, int n0, int n1, const DotActivations& x, float* c, int64_t ldc) {
+  float out[kDequantDotMaxRows];
+  for (int n = n0; n < n1; ++n) {
+    Row(w, n, x, m, out);
+    for (int i = 0; i < m; ++i) c[i * ldc + (n - n0)] = out[i];
+  }
+}
+
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe
