@@ -6,7 +6,7 @@ from __future__ import annotations
 from kt_moe import _native
 from kt_moe.config import KTMoEConfig
 from kt_moe.pool import shared_pool
-from kt_moe.weights.checkpoint_formats import format_option
+from kt_moe.weights.checkpoint_formats import checkpoint_base_format, format_option
 
 INFERENCE_ONLY_METHODS = ("forward", "submit_forward", "sync_forward", "select_deferred_experts")
 SFT_ONLY_METHODS = ("forward_sft", "backward", "init_lora_weights", "update_lora_weights")
@@ -37,10 +37,18 @@ class MoEWrapperBase:
         if config.mode != self.mode:
             raise ValueError(f"{type(self).__name__} runs mode='{self.mode}', the config has mode='{config.mode}'")
         self.config = config
-        # FP8's scale block side / RAWINT4's group size, from the checkpoint in weight_path (None for
-        # the methods whose format takes none)
-        self.format_option = format_option(config.weight_path, config.method)
-        self.native_config = config.to_native(self.format_option)
+        # The base format a checkpoint decides (AMXINT4_KGroup_SFT on pack-quantized INT4), and FP8's
+        # scale block side / the INT4 group size from the checkpoint in weight_path (None for the
+        # methods whose format takes none)
+        self.base_format = checkpoint_base_format(config.weight_path, config.method)
+        if self.base_format is not None:
+            self.format_option = self.base_format.option
+            if config.group_size not in (type(config).model_fields["group_size"].default, self.format_option):
+                raise ValueError(f"group_size is {config.group_size}, but {config.weight_path} holds "
+                                 f"{self.base_format.description}: leave group_size at its default")
+        else:
+            self.format_option = format_option(config.weight_path, config.method)
+        self.native_config = config.to_native(self.format_option, self.base_format and self.base_format.format)
         _native.active_isa()  # raises ValueError here when KT_MOE_ISA asks for too much
         self.pool = shared_pool(config.cpuinfer_threads, config.threadpool_count)
 

@@ -237,10 +237,12 @@ class KTMoEConfig(BaseModel):
         names = METHOD_ONLY_PARAMETERS.get(self.method, ())
         return {name: getattr(self, name) for name in names}
 
-    def to_native(self, format_option: Optional[int] = None) -> Union[MOEConfig, MOESFTConfig]:
+    def to_native(self, format_option: Optional[int] = None,
+                  base_format: Optional[str] = None) -> Union[MOEConfig, MOESFTConfig]:
         """The read-only native config: MOEConfig for inference, MOESFTConfig for sft. format_option:
         the option of the method's weight format that the checkpoint decides (FP8's scale block side,
-        RAWINT4's group size; kt_moe.weights.checkpoint_formats), passed as group_size."""
+        RAWINT4's group size; kt_moe.weights.checkpoint_formats), passed as group_size; base_format:
+        the format an SFT base keeps because the checkpoint ships it (None: the method's own)."""
         common = dict(expert_num=self.num_experts, hidden_size=self.hidden_size,
                       intermediate_size=self.moe_intermediate_size, experts_per_token=self.num_experts_per_tok,
                       num_gpu_experts=self.num_gpu_experts, weight_path=self.weight_path,
@@ -250,7 +252,7 @@ class KTMoEConfig(BaseModel):
             return MOESFTConfig(**common, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                                 max_cache_depth=self.max_cache_depth,
                                 group_size=self.group_size if format_option is None else format_option,
-                                zero_point=self.zero_point)
+                                zero_point=self.zero_point and not base_format, base_format=base_format or "")
         return MOEConfig(**common, cpu_save=self.cpu_save,
                          max_deferred_experts_per_token=self.max_deferred_experts_per_token,
                          group_size=format_option or 0)

@@ -79,7 +79,7 @@ class AMXMoEWrapper(BaseMoEWrapper):
     def __init__(self, config):
         super().__init__(config)
         self.engine = _native.TP_MOE(self.native_config, self.pool)  # ValueError for a method not built
-        self.scheme = base_scheme(config, self.format_option)  # kt_moe.quant scheme; None for BF16
+        self.scheme = base_scheme(config, self.format_option, self.base_format)  # kt_moe.quant scheme; None for BF16
         self._load_lock = threading.Lock()  # one load at a time (they share the engine's staged weights)
         self._pending: Optional[_Pending] = None
         self._deferred: Optional[_Pending] = None

@@ -66,7 +66,7 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
     def __init__(self, config):
         super().__init__(config)
         self.engine = _native.TP_MOE_SFT(self.native_config, self.pool)
-        self.scheme = base_scheme(config, self.format_option)  # kt_moe.quant scheme of the base; None for AMXBF16_SFT
+        self.scheme = base_scheme(config, self.format_option, self.base_format)  # kt_moe.quant scheme of the base; None for AMXBF16_SFT
         self._load_lock = threading.Lock()  # one load at a time (they share the engine's staged base)
         self._lora: Optional[Tuple[torch.Tensor, ...]] = None  # the caller's tensors
         self._lora_bf16: Optional[Tuple[torch.Tensor, ...]] = None  # what the engine reads

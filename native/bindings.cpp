@@ -134,7 +134,8 @@ NB_MODULE(_native, m) {
       "__init__",
       [](MOESFTConfig* self, int expert_num, int hidden_size, int intermediate_size, int experts_per_token,
          int num_gpu_experts, std::string weight_path, int layer_idx, int tp_size, int chunked_prefill_size,
-         std::string method, int lora_rank, float lora_alpha, int max_cache_depth, int group_size, bool zero_point) {
+         std::string method, int lora_rank, float lora_alpha, int max_cache_depth, int group_size, bool zero_point,
+         std::string base_format) {
         new (self) MOESFTConfig();
         fill_common(*self, expert_num, hidden_size, intermediate_size, experts_per_token, num_gpu_experts,
                     std::move(weight_path), layer_idx, tp_size, chunked_prefill_size, std::move(method));
@@ -143,17 +144,22 @@ NB_MODULE(_native, m) {
         self->max_cache_depth = max_cache_depth;
         self->group_size = group_size;
         self->zero_point = zero_point;
+        self->base_format = std::move(base_format);
       },
       nb::kw_only(), "expert_num"_a = 0, "hidden_size"_a = 0, "intermediate_size"_a = 0,
       "experts_per_token"_a = 0, "num_gpu_experts"_a = 0, "weight_path"_a = "", "layer_idx"_a = 0,
       "tp_size"_a = 1, "chunked_prefill_size"_a = 0, "method"_a = "", "lora_rank"_a = 16,
-      "lora_alpha"_a = 32.0f, "max_cache_depth"_a = 1, "group_size"_a = 128, "zero_point"_a = true);
+      "lora_alpha"_a = 32.0f, "max_cache_depth"_a = 1, "group_size"_a = 128, "zero_point"_a = true,
+      "base_format"_a = "");
   bind_common_fields<MOESFTConfig>(sft_config);
   sft_config.def_ro("lora_rank", &MOESFTConfig::lora_rank)
       .def_ro("lora_alpha", &MOESFTConfig::lora_alpha)
       .def_ro("max_cache_depth", &MOESFTConfig::max_cache_depth)
       .def_ro("group_size", &MOESFTConfig::group_size)
-      .def_ro("zero_point", &MOESFTConfig::zero_point);
+      .def_ro("zero_point", &MOESFTConfig::zero_point)
+      .def_ro("base_format", &MOESFTConfig::base_format,
+              "Empty, or the registered format the checkpoint ships that the base is kept in (AMXINT4_KGroup_SFT "
+              "on a pack-quantized INT4 checkpoint: 'int4_packed').");
 
   // ---- kernels (test hooks) --------------------------------------------------------------
   {

@@ -126,6 +126,10 @@ def int4_packed_scheme(group_size: int) -> QuantScheme:
                        functools.partial(registry_part_specs, INT4_PACKED_SCHEME, group_size=group_size))
 
 
+# the formats whose scheme takes one option (group_size: FP8's block side, the INT4 group size)
+OPTION_SCHEMES: Dict[str, Callable[[int], QuantScheme]] = {FP8_SCHEME: fp8_scheme, INT4_PACKED_SCHEME: int4_packed_scheme}
+
+
 def scheme_for_method(method: str, group_size: Optional[int] = None,
                       zero_point: Optional[bool] = None) -> QuantScheme:
     """The scheme `method` stores its experts in. group_size and zero_point are those of
@@ -140,9 +144,8 @@ def scheme_for_method(method: str, group_size: Optional[int] = None,
     if name == KGROUP_SCHEME:
         return int4_kgroup_scheme(DEFAULT_GROUP_SIZE if group_size is None else group_size,
                                   DEFAULT_ZERO_POINT if zero_point is None else zero_point)
-    if name in (FP8_SCHEME, INT4_PACKED_SCHEME) and zero_point is None:
-        option = _native.weight_format(name)["group"] if group_size is None else group_size
-        return fp8_scheme(option) if name == FP8_SCHEME else int4_packed_scheme(option)
+    if name in OPTION_SCHEMES and zero_point is None:
+        return OPTION_SCHEMES[name](_native.weight_format(name)["group"] if group_size is None else group_size)
     if group_size is not None or zero_point is not None:
         raise ValueError(f"group_size and zero_point are options of {KGROUP_SCHEME} (AMXINT4_KGroup_SFT); "
                          f"method '{method}' stores {name}")

@@ -34,6 +34,9 @@ from kt_moe import _native
 CONFIG_FILE = "config.json"
 # method -> the registered format whose option a quantized checkpoint decides
 CHECKPOINT_METHODS = {"FP8": "fp8", "AMXFP8_SFT": "fp8", "RAWINT4": "int4_packed"}
+# SFT methods whose base is another registered format when the checkpoint ships that one (the
+# registry's checkpoint_sft_methods): AMXINT4_KGroup_SFT keeps a pack-quantized INT4 checkpoint as it is
+CHECKPOINT_BASE_METHODS = {m: e["name"] for e in _native.weight_formats() for m in e["checkpoint_sft_methods"]}
 
 
 @dataclass(frozen=True)
@@ -128,17 +131,18 @@ def _weights_args(qc: dict, where: str) -> dict:
 
 
 def checkpoint_format(weight_path, method: str) -> Optional[CheckpointFormat]:
-    """The quantized format of the checkpoint in weight_path for `method` (FP8, AMXFP8_SFT, RAWINT4),
-    or None when its config.json has no quantization_config (or there is none) or the method reads no
-    quantized checkpoints. ValueError when the config names a format the method does not read."""
-    if method not in CHECKPOINT_METHODS:
+    """The quantized format of the checkpoint in weight_path for `method` (FP8, AMXFP8_SFT, RAWINT4;
+    AMXINT4_KGroup_SFT reads pack-quantized INT4 too), or None when its config.json has no
+    quantization_config (or there is none) or the method reads no quantized checkpoints. ValueError
+    when the config names a format the method does not read."""
+    if method not in CHECKPOINT_METHODS and method not in CHECKPOINT_BASE_METHODS:
         return None
     qc = read_quantization_config(weight_path)
     if qc is None:
         return None
     where = f"{Path(weight_path) / CONFIG_FILE} quantization_config"
     kind = qc.get("quant_method")
-    if CHECKPOINT_METHODS[method] == "fp8":
+    if CHECKPOINT_METHODS.get(method) == "fp8":
         if kind == "fp8":
             if qc.get("fmt", "e4m3") != "e4m3":
                 raise ValueError(f"{where}: fmt {qc.get('fmt')!r} is not supported (FP8 reads e4m3)")
@@ -164,6 +168,14 @@ def checkpoint_format(weight_path, method: str) -> Optional[CheckpointFormat]:
             return _int4_packed(w["group_size"])
     raise ValueError(f"{where} names {kind!r} {qc.get('format', '')!r}: method {method} reads compressed-tensors "
                      "pack-quantized INT4 (num_bits 4, type int, strategy 'group', symmetric)")
+
+
+def checkpoint_base_format(weight_path, method: str) -> Optional[CheckpointFormat]:
+    """For an SFT method that keeps a checkpoint's own format as its base (CHECKPOINT_BASE_METHODS):
+    that format when weight_path holds such a checkpoint, else None (the method's own format)."""
+    if method not in CHECKPOINT_BASE_METHODS:
+        return None
+    return checkpoint_format(weight_path, method)
 
 
 def format_option(weight_path, method: str) -> Optional[int]:

@@ -35,6 +35,7 @@ import torch
 
 from kt_moe.config import KTMoEConfig
 from kt_moe.quant import METHOD_SCHEMES, QuantScheme, scheme_for_method
+from kt_moe.quant.schemes import OPTION_SCHEMES
 from kt_moe.tensor_checks import WEIGHT_DTYPES, as_contiguous, check_expert_map, check_finite, check_tensor
 from kt_moe.weights.checkpoint_formats import CheckpointFormat, checkpoint_format
 from kt_moe.weights.hf_checkpoint import HFExpertReader
@@ -121,10 +122,14 @@ def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Ten
     return experts()
 
 
-def base_scheme(config: KTMoEConfig, format_option: Optional[int] = None) -> Optional[QuantScheme]:
+def base_scheme(config: KTMoEConfig, format_option: Optional[int] = None,
+                base_format: Optional[CheckpointFormat] = None) -> Optional[QuantScheme]:
     """The kt_moe.quant scheme config.method stores its experts in, with the checkpoint-decided
-    option of its format (kt_moe.weights.checkpoint_formats.format_option) when there is one; None
-    for the bf16 methods."""
+    option of its format (kt_moe.weights.checkpoint_formats.format_option) when there is one, or the
+    scheme of the checkpoint's own format when the base keeps it (base_format); None for the bf16
+    methods."""
+    if base_format is not None:
+        return OPTION_SCHEMES[base_format.format](base_format.option)
     if config.method not in METHOD_SCHEMES:
         return None
     options = dict(config.quant_options)

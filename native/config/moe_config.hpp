@@ -38,6 +38,10 @@ struct MOESFTConfig : MoECommonConfig {
   int max_cache_depth = 1;   // forward_sft(save_for_backward=True) entries held at once
   int group_size = 128;      // AMXINT4_KGroup_SFT: inputs per INT4 scale (32, 64 or 128)
   bool zero_point = true;    // AMXINT4_KGroup_SFT: a zero point per group (else symmetric)
+  // Empty: the base format the registry gives the method; else the registered format the checkpoint
+  // ships, kept as it is (AMXINT4_KGroup_SFT on a pack-quantized INT4 checkpoint: "int4_packed",
+  // group_size its group size).
+  std::string base_format;
 };
 
 }  // namespace kt_moe

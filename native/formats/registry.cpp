@@ -14,11 +14,11 @@ namespace kt_moe {
 
 const std::vector<FormatEntry>& weight_format_entries() {
   static const std::vector<FormatEntry> entries = {
-      {"int8_channel", {"AMXINT8"}, {"AMXINT8_SFT"}, &make_int8_channel, {}},
-      {"int4_group16", {"AMXINT4"}, {"AMXINT4_SFT"}, &make_int4_group16, {}},
-      {"int4_kgroup", {}, {"AMXINT4_KGroup_SFT"}, &make_int4_kgroup, {128, true}},
-      {"fp8", {"FP8"}, {"AMXFP8_SFT"}, &make_fp8, {128, false}},
-      {"int4_packed", {"RAWINT4"}, {}, &make_int4_packed, {32, false}},
+      {"int8_channel", {"AMXINT8"}, {"AMXINT8_SFT"}, {}, &make_int8_channel, {}},
+      {"int4_group16", {"AMXINT4"}, {"AMXINT4_SFT"}, {}, &make_int4_group16, {}},
+      {"int4_kgroup", {}, {"AMXINT4_KGroup_SFT"}, {}, &make_int4_kgroup, {128, true}},
+      {"fp8", {"FP8"}, {"AMXFP8_SFT"}, {}, &make_fp8, {128, false}},
+      {"int4_packed", {"RAWINT4"}, {}, {"AMXINT4_KGroup_SFT"}, &make_int4_packed, {32, false}},
   };
   return entries;
 }

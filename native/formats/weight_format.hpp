@@ -72,6 +72,9 @@ struct FormatEntry {
   const char* name;
   std::vector<std::string> inference_methods;  // methods whose inference engine stores this format
   std::vector<std::string> sft_methods;        // methods whose SFT engine keeps its base in it
+  // SFT methods that keep their base in this format when their checkpoint ships it
+  // (MOESFTConfig.base_format: AMXINT4_KGroup_SFT on a pack-quantized INT4 checkpoint)
+  std::vector<std::string> checkpoint_sft_methods;
   // The format with `options` applied; std::invalid_argument for options it does not take.
   WeightFormat (*make)(const FormatOptions& options);
   FormatOptions defaults;  // the options of a format asked for by name alone

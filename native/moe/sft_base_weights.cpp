@@ -35,6 +35,13 @@ QuantSftBase::QuantSftBase(const MOESFTConfig& config, WorkerPool& pool, const W
 std::unique_ptr<SftBaseWeights> make_sft_base_weights(const MOESFTConfig& config, WorkerPool& pool) {
   const std::string& m = config.method;
   if (m == "AMXBF16_SFT") return std::make_unique<Bf16SftBase>(config, pool);
+  if (!config.base_format.empty()) {
+    for (const FormatEntry& e : weight_format_entries())
+      for (const std::string& method : e.checkpoint_sft_methods)
+        if (config.base_format == e.name && method == m)
+          return std::make_unique<QuantSftBase>(config, pool, e.make({config.group_size, config.zero_point}));
+    throw std::invalid_argument("method " + m + " does not keep its base in format '" + config.base_format + "'");
+  }
   if (const FormatEntry* entry = weight_format_entry_for_method(m, true))
     return std::make_unique<QuantSftBase>(config, pool, entry->make({config.group_size, config.zero_point}));
   throw std::invalid_argument("the SFT engine has no base format for method '" + m + "' (it runs " +

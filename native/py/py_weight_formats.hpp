@@ -27,11 +27,13 @@ inline void bind_weight_formats(nanobind::module_& m) {
           d["name"] = e.name;
           d["inference_methods"] = e.inference_methods;
           d["sft_methods"] = e.sft_methods;
+          d["checkpoint_sft_methods"] = e.checkpoint_sft_methods;
           out.append(d);
         }
         return out;
       },
-      "The registered weight formats: [{'name', 'inference_methods', 'sft_methods'}], in registry order.");
+      "The registered weight formats: [{'name', 'inference_methods', 'sft_methods', 'checkpoint_sft_methods'}], in "
+      "registry order.");
   m.def(
       "weight_format",
       [](const std::string& name, std::optional<int> group_size, std::optional<bool> zero_point) {
