@@ -1,12 +1,13 @@
 // fp8's bf16 dequantizers (layout.hpp): scale blocks (D = bf16(value * block scale)) and a scale per
 // row (D = value, exact). Compiled for generic (no ISA flags), avx512 and avx512_bf16 from this one
 // source; every level gives the same bits (the values decode exactly, the block product is one fp32
-// multiplication, the bf16 rounding kernels/bf16.hpp's at every level: the AVX-512 BF16 conversion
-// instruction is not used, since it flushes denormal products to zero).
+// multiplication, the bf16 rounding kernels/bf16.hpp's at every level; the AVX512-BF16 conversion
+// instruction, which flushes denormals to zero, only where no product can be denormal).
 //   AVX-512: per row, the columns that share a scale in runs, 32 columns per step: 32 bytes decoded
 //   (decode.hpp), times 256 (exact), times the scale; rounded to bf16 and stored under a mask at the
 //   run's end.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #if defined(__AVX512F__)
@@ -27,24 +28,47 @@ namespace {
 constexpr int kStep = 32;
 constexpr int kPrefetchBytes = 4096;  // rows follow each other; one row is too short a stream to prefetch
 
-// out[0, n) = bf16(value(v[i]) * scale), n <= 32.
-inline void fp8_step(const uint8_t* v, int n, __m512 scale, bf16_t* out) {
+// out[0, n) = bf16(value(v[i]) * scale), n <= 32: the product rounded once, then to bf16.
+//   Normal (scale magnitude in [2^-117, 2^100]): value / 256 (exact) times scale * 256 (exact), and at
+//   AVX512-BF16 its conversion, which rounds as kernels/bf16.hpp does every value it does not flush;
+//   no product is denormal there (the smallest nonzero value is 2^-9).
+//   Otherwise: value / 256 times 256 (exact), times scale; kernels/bf16_avx512.hpp's rounding.
+template <bool Normal>
+inline void fp8_step(const uint8_t* v, int n, float scale, bf16_t* out) {
   const __mmask32 mask = n == kStep ? __mmask32(0xFFFFFFFFu) : __mmask32((uint64_t(1) << n) - 1);
-  const __m512 unit = _mm512_set1_ps(kFp8HalfUnit);
   __m512 lo, hi;
   fp8_over_256(v, mask, lo, hi);
-  lo = _mm512_mul_ps(_mm512_mul_ps(lo, unit), scale);
-  hi = _mm512_mul_ps(_mm512_mul_ps(hi, unit), scale);
+  if constexpr (Normal) {
+    const __m512 s = _mm512_set1_ps(scale * kFp8HalfUnit);
+    lo = _mm512_mul_ps(lo, s);
+    hi = _mm512_mul_ps(hi, s);
+#if defined(__AVX512BF16__)
+    _mm512_mask_storeu_epi16(out, mask, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    return;
+#endif
+  } else {
+    const __m512 unit = _mm512_set1_ps(kFp8HalfUnit), s = _mm512_set1_ps(scale);
+    lo = _mm512_mul_ps(_mm512_mul_ps(lo, unit), s);
+    hi = _mm512_mul_ps(_mm512_mul_ps(hi, unit), s);
+  }
   _mm512_mask_storeu_epi16(out, mask, float_to_bf16(lo, hi));
+}
+
+template <bool Normal>
+inline void fp8_steps(const uint8_t* v, int c0, int c1, float scale, bf16_t* out) {
+  for (int c = c0; c < c1; c += kStep) {
+    _mm_prefetch(reinterpret_cast<const char*>(v + c) + kPrefetchBytes, _MM_HINT_T0);
+    fp8_step<Normal>(v + c, std::min(kStep, c1 - c), scale, out + (c - c0));
+  }
 }
 
 // Columns [c0, c1) of one stored row with one scale.
 inline void fp8_run(const uint8_t* v, int c0, int c1, float scale, bf16_t* out) {
-  const __m512 s = _mm512_set1_ps(scale);
-  for (int c = c0; c < c1; c += kStep) {
-    _mm_prefetch(reinterpret_cast<const char*>(v + c) + kPrefetchBytes, _MM_HINT_T0);
-    fp8_step(v + c, std::min(kStep, c1 - c), s, out + (c - c0));
-  }
+  constexpr float kSmallest = 6.018531076210112e-36f, kLargest = 1.2676506002282294e30f;  // 2^-117, 2^100
+  if (std::fabs(scale) >= kSmallest && std::fabs(scale) <= kLargest)
+    fp8_steps<true>(v, c0, c1, scale, out);
+  else
+    fp8_steps<false>(v, c0, c1, scale, out);
 }
 
 #else
