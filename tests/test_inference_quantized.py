@@ -25,16 +25,16 @@ QSMALL = Shape(num_experts=8, hidden=96, intermediate=64)  # the slow amx_emulat
 METHODS = ("AMXINT8", "AMXINT4", "FP8", "RAWINT4")
 PREQUANTIZED_METHODS = ("AMXINT8", "AMXINT4")  # the methods `kt-moe convert` writes files for
 # Against the dequantized weights: AMXINT8 / AMXINT4 quantize the activations to int8 (groups of 64 /
-# 32) on top of bf16 rounding; FP8 and RAWINT4 multiply bf16 activations by the bf16-exact dequantized
-# weights, so only bf16 rounding is left (the issue's bar, 1e-2; measured at most 4.4e-3 over the grid
+# 32) on top of bf16 rounding; FP8 and RAWINT4 multiply the bf16 activations by the weights dequantized
+# to bf16, so only bf16 rounding is left (the issue's bar, 1e-2; measured at most 4.4e-3 over the grid
 # at every level).
 VS_DEQUANTIZED = {"AMXINT8": 2e-2, "AMXINT4": 2e-2, "FP8": 1e-2, "RAWINT4": 1e-2}
 # Against the original weights, the schemes' error on top. FP8 (blocks of 128) and RAWINT4 (symmetric
-# int4, groups of 32, no zero point) measured over the grids below, worst case: FP8 0.051 (QSHAPE, q=1,
-# k=1, tp=1, every level) and 0.053 (QSMALL at amx_emulated, q=1, k=8, tp=2); RAWINT4 0.184 (QSHAPE,
-# q=3, k=6, tp=2) and 0.232 (QSMALL, q=1, k=6, tp=2). The mean over many draws is 0.047 and 0.167; a
-# single token's error scatters around it (60 other draws at q=1: up to 0.062 and 0.289). Bounds: the
-# grid's worst case x 1.3, rounded.
+# int4, groups of 32, no zero point), measured over the grids below, worst cases: FP8 0.051 (QSHAPE,
+# q=1, k=1, tp=1, at generic, avx512 and avx512_bf16) and 0.053 (QSMALL at amx_emulated, q=1, k=8,
+# tp=2); RAWINT4 0.184 (QSHAPE, q=3, k=6, tp=2) and 0.232 (QSMALL, q=1, k=6, tp=2). The mean over many
+# draws is 0.047 and 0.167; a single token's error scatters around it (60 other draws at q=1: up to
+# 0.062 and 0.289). Bounds: the grid's worst case x 1.3, rounded.
 VS_ORIGINAL = {"AMXINT8": 3e-2, "AMXINT4": 0.15, "FP8": 0.07, "RAWINT4": 0.30}
 
 
