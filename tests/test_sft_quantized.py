@@ -1,16 +1,16 @@
-"""AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT and AMXFP8_SFT (LoRA on a quantized base) against two fp32
-references (docs/design.md section 8): the same layer with its base quantized and dequantized by the
-method's kt_moe.quant scheme (checks the compute: relative L2 <= 1e-2 for the output, grad_input,
-the six LoRA gradients and the routing-weight gradient) and the original bf16 base (checks the
-scheme: the bars of VS_ORIGINAL).
+"""AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT and AMXFP8_SFT (LoRA on a quantized base) against two
+fp32 references (docs/design.md section 8): the same layer with its base quantized and dequantized
+by the method's kt_moe.quant scheme (checks the compute: relative L2 <= 1e-2 for the output,
+grad_input, the six LoRA gradients and the routing-weight gradient) and the original bf16 base
+(checks the scheme: the bars of VS_ORIGINAL).
 
 Coverage, as the AMXBF16_SFT tests (test_sft_accuracy.py): the full grid q in {1, 7, 128} x k in
 {1, 2, 6, 8} x threadpool_count in {1, 2} at the level the process starts with, for INT8, INT4,
 K-group INT4 (groups of 32 with zero points) and FP8 (blocks of 128), shape MAIN (H = 200, I = 120:
 no block-size multiples, every FP8 block partial, and with two subpools I / 2 = 60 cuts a group of
-down's inputs in two and a slice starts inside a 128-block); q = 1 and
-7 leave most experts without a token; the other K-group settings on a reduced grid; a reduced grid
-at every other selectable level (shape SMALL at amx_emulated); other LoRA ranks; the memory report.
+down's inputs in two and a slice starts inside a 128-block); q = 1 and 7 leave most experts without
+a token; the other K-group settings on a reduced grid; a reduced grid at every other selectable
+level (shape SMALL at amx_emulated); other LoRA ranks; the memory report.
 """
 
 import pytest
