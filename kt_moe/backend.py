@@ -6,7 +6,7 @@ from __future__ import annotations
 from kt_moe import _native
 from kt_moe.config import KTMoEConfig
 from kt_moe.pool import shared_pool
-from kt_moe.weights.checkpoint_formats import checkpoint_base_format, format_option
+from kt_moe.weights.checkpoint_formats import CHECKPOINT_METHODS, check_layer_shape, checkpoint_base_format, format_option
 
 INFERENCE_ONLY_METHODS = ("forward", "submit_forward", "sync_forward", "select_deferred_experts")
 SFT_ONLY_METHODS = ("forward_sft", "backward", "init_lora_weights", "update_lora_weights")
@@ -48,6 +48,8 @@ class MoEWrapperBase:
                                  f"{self.base_format.description}: leave group_size at its default")
         else:
             self.format_option = format_option(config.weight_path, config.method)
+        check_layer_shape(self.base_format.format if self.base_format else CHECKPOINT_METHODS.get(config.method),
+                          self.format_option, config.hidden_size, config.moe_intermediate_size)
         self.native_config = config.to_native(self.format_option, self.base_format and self.base_format.format)
         _native.active_isa()  # raises ValueError here when KT_MOE_ISA asks for too much
         self.pool = shared_pool(config.cpuinfer_threads, config.threadpool_count)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The bench's sft gradients here come from one and three tokens: the quantized bases' error is then a
 # draw of few tokens (the INT4 methods reach 0.27 at q = 1 in tests/test_sft_quantized.py, which
 # checks the issue's bars from q = 7 on), so this smoke test only bounds them by twice the bars.
-GRAD_BOUND_FACTOR = {"AMXINT8_SFT": 2, "AMXINT4_SFT": 2, "AMXINT4_KGroup_SFT": 2}
+GRAD_BOUND_FACTOR = {"AMXINT8_SFT": 2, "AMXINT4_SFT": 2, "AMXINT4_KGroup_SFT": 2, "AMXFP8_SFT": 2}
 
 
 def test_error_bounds_are_the_tests_bounds():
@@ -33,7 +33,7 @@ def test_error_bounds_are_the_tests_bounds():
     assert ERROR_BOUNDS["AMXBF16_SFT"] == sft_helpers.TOL
     for method, bound in test_inference_quantized.VS_ORIGINAL.items():
         assert ERROR_BOUNDS[method] == bound
-    for method in ("AMXINT8_SFT", "AMXINT4_SFT"):
+    for method in ("AMXINT8_SFT", "AMXINT4_SFT", "AMXFP8_SFT"):
         assert ERROR_BOUNDS[method] == test_sft_quantized.VS_ORIGINAL[method]
     assert ERROR_BOUNDS["AMXINT4_KGroup_SFT"] == test_sft_quantized.VS_ORIGINAL_OTHER_KGROUP  # groups of 128
     built = (set(INFERENCE_METHODS) | set(SFT_METHODS)) - ENGINES_NOT_BUILT

@@ -245,11 +245,12 @@ ERROR_CASES = {  # id: (method, damage to the checkpoint, message regex)
                      r"holds NaN at \[3, 5\]$"),
     "fp8-negative-nan-code": ("FP8", set_fp8_code(f"{FP8_GATE}.weight", (0, 0), 0xFF),
                               rf"^gate of expert {LAST_EXPERT} \({FP8_GATE}\.weight in .*\) must be finite"),
-    # the message names the matrix's module (and its weight tensor), not the scale tensor itself
+    # the message names the scale tensor itself
     "scale-inf": ("FP8", set_value(f"{FP8_DOWN}.weight_scale_inv", (1, 0), float("inf")),
-                  rf"^down of expert {LAST_EXPERT} \({FP8_DOWN}\.weight in .*\) contains NaN or infinite values"),
+                  rf"^down of expert {LAST_EXPERT} \({FP8_DOWN}\.weight_scale_inv in .*\) contains NaN or infinite "
+                  r"values"),
     "int4-scale-nan": ("RAWINT4", set_value(f"{INT4_DOWN}.weight_scale", (7, 2), float("nan")),
-                       rf"^down of expert {LAST_EXPERT} \({INT4_DOWN}\.weight_packed in .*\) contains NaN or infinite"),
+                       rf"^down of expert {LAST_EXPERT} \({INT4_DOWN}\.weight_scale in .*\) contains NaN or infinite"),
     "int4-scale-shape": ("RAWINT4", replace(f"{INT4_DOWN}.weight_scale", lambda t: t[:, :-1].contiguous()),
                          rf"^{INT4_DOWN}\.weight_scale in .*: expected shape \[160, 6\], got \[160, 5\]$"),
     "int4-scale-dtype": ("RAWINT4", replace(f"{INT4_DOWN}.weight_scale", lambda t: t.float()),
@@ -258,8 +259,8 @@ ERROR_CASES = {  # id: (method, damage to the checkpoint, message regex)
         directory, fp8_block_quantization_config(64)),
         r"holds block FP8 \(weight_block_size \[64, 64\]\), but this FP8 wrapper was built for the option 128 "),
     "config-other-format": ("FP8", lambda directory: rewrite_quantization_config(directory, kimi_quantization_config()),
-                            r"config\.json quantization_config names 'compressed-tensors' 'pack-quantized': method "
-                            r"FP8 reads block FP8"),
+                            r"config\.json quantization_config names quant_method 'compressed-tensors' "
+                            r"\(format 'pack-quantized'\): method FP8 reads block FP8"),
 }
 
 
@@ -297,12 +298,12 @@ def test_bad_checkpoint_is_refused_and_changes_nothing(tmp_path, case, loaded_be
 def test_a_format_the_method_does_not_read_is_refused_at_construction(tmp_path):
     _, layers = layer_weights()
     int4 = write_int4_packed_checkpoint(tmp_path / "int4", layers)
-    with pytest.raises(ValueError, match=r"config\.json quantization_config names 'compressed-tensors' "
-                                         r"'pack-quantized': method FP8 reads block FP8"):
+    with pytest.raises(ValueError, match=r"config\.json quantization_config names quant_method 'compressed-tensors' "
+                                         r"\(format 'pack-quantized'\): method FP8 reads block FP8"):
         make_wrapper(SHAPE, method="FP8", layer_idx=LAYER, weight_path=str(int4))
     fp8 = write_fp8_checkpoint(tmp_path / "fp8", layers)
-    with pytest.raises(ValueError, match=r"config\.json quantization_config names 'fp8' '': method RAWINT4 reads "
-                                         "compressed-tensors pack-quantized INT4"):
+    with pytest.raises(ValueError, match=r"config\.json quantization_config names quant_method 'fp8': method RAWINT4 "
+                                         "reads compressed-tensors pack-quantized INT4"):
         make_wrapper(SHAPE, method="RAWINT4", layer_idx=LAYER, weight_path=str(fp8))
 
 
@@ -312,8 +313,8 @@ def test_fp8_nan_code_in_tensors_is_refused():
     wrapper = make_wrapper(SHAPE, method="FP8", top_k=TOP_K)
     parts = [list(wrapper.scheme.quantize(w)) for w in (layer.gate, layer.up, layer.down)]
     parts[1][0].view(torch.uint8)[LAST_EXPERT, 2, 9] = 0x7F
-    with pytest.raises(ValueError, match=rf"^up of expert {LAST_EXPERT} must be finite: its FP8 weight holds NaN at "
-                                         r"\[2, 9\]$"):
+    with pytest.raises(ValueError, match=rf"^up weight of expert {LAST_EXPERT} must be finite: its FP8 weight holds "
+                                         r"NaN at \[2, 9\]$"):
         wrapper.load_weights_from_tensors(*parts, MAP)
     with pytest.raises(RuntimeError, match="^Weights not loaded"):
         forward_all_slots(wrapper, layer)
@@ -366,3 +367,13 @@ def test_sft_trains_on_an_fp8_checkpoint(tmp_path):
     result = sft_helpers.step(wrapper, batch)
     sft_helpers.check_layout(result, batch, layer.lora)
     sft_helpers.assert_close(result, layer.dequantized(wrapper.scheme).reference(batch))
+
+
+def test_rawint4_needs_whole_groups():
+    """compressed-tensors keeps whole groups of G inputs (its quantizer refuses a partial one): RAWINT4
+    refuses sizes that are not multiples of G when it is built."""
+    with pytest.raises(ValueError, match=r"^pack-quantized INT4 keeps whole groups of 32 inputs: hidden_size \(40\) "
+                                         r"must be a multiple of 32$"):
+        make_wrapper(Shape(num_experts=4, hidden=40, intermediate=64), method="RAWINT4")
+    with pytest.raises(ValueError, match=r"hidden_size \(40\) and moe_intermediate_size \(48\) must be multiples"):
+        make_wrapper(Shape(num_experts=4, hidden=40, intermediate=48), method="RAWINT4")

@@ -24,6 +24,7 @@ METHODS = [  # (method, KTMoEWrapper options)
     ("AMXINT4_SFT", {}),
     ("AMXINT4_KGroup_SFT", {}),
     ("AMXINT4_KGroup_SFT", dict(group_size=32, zero_point=False)),
+    ("AMXFP8_SFT", {}),
 ]
 
 

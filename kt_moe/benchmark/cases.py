@@ -28,12 +28,12 @@ BYTES_PER_ELEMENT = {
 # hold each case to (BF16: tests/inference_helpers.py TOL; AMXBF16_SFT: tests/sft_helpers.py TOL; the
 # quantized methods: VS_ORIGINAL of tests/test_inference_quantized.py and tests/test_sft_quantized.py,
 # AMXINT4_KGroup_SFT at its default groups of 128; the torch baselines: bf16 compute). 4-bit weights
-# are coarse: ~0.1 is their normal error; FP8's 3 mantissa bits give ~0.04. A method without an
-# engine has no bound yet.
+# are coarse: ~0.1 is their normal error (RAWINT4's symmetric groups of 32 ~0.17); FP8's 3 mantissa
+# bits give ~0.05. A method without an engine has no bound yet.
 ERROR_BOUNDS = {
     "torch-bf16": 2e-2, "torch-bf16-autograd": 2e-2, "BF16": 5e-3, "AMXINT8": 3e-2, "AMXINT4": 0.15,
-    "FP8": 6e-2, "RAWINT4": 0.2, "AMXBF16_SFT": 1e-2, "AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15,
-    "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 6e-2,
+    "FP8": 7e-2, "RAWINT4": 0.3, "AMXBF16_SFT": 1e-2, "AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15,
+    "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12,
 }
 KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method in methods}
 BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}

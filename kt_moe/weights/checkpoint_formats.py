@@ -130,6 +130,12 @@ def _weights_args(qc: dict, where: str) -> dict:
     return weights
 
 
+def _described(qc: dict) -> str:
+    """quant_method 'x' (format 'y')."""
+    fmt = f" (format {qc['format']!r})" if "format" in qc else ""
+    return f"quant_method {qc.get('quant_method')!r}{fmt}"
+
+
 def checkpoint_format(weight_path, method: str) -> Optional[CheckpointFormat]:
     """The quantized format of the checkpoint in weight_path for `method` (FP8, AMXFP8_SFT, RAWINT4;
     AMXINT4_KGroup_SFT reads pack-quantized INT4 too), or None when its config.json has no
@@ -158,7 +164,7 @@ def checkpoint_format(weight_path, method: str) -> Optional[CheckpointFormat]:
                     block = _square_block(w.get("block_structure"), "block_structure", where)
                     return _fp8_blocks(block, "weight_scale", ("BF16", "F16", "F32"),
                                        f"FP8 in blocks of {block} (compressed-tensors float-quantized)")
-        raise ValueError(f"{where} names {kind!r} {qc.get('format', '')!r}: method {method} reads block FP8 "
+        raise ValueError(f"{where} names {_described(qc)}: method {method} reads block FP8 "
                          "(quant_method 'fp8' with weight_block_size) or compressed-tensors float-quantized FP8 "
                          "(strategy 'channel' or 'block')")
     if kind == "compressed-tensors" and qc.get("format") == "pack-quantized":
@@ -166,7 +172,7 @@ def checkpoint_format(weight_path, method: str) -> Optional[CheckpointFormat]:
         if (w.get("num_bits") == 4 and w.get("type") == "int" and w.get("strategy") == "group"
                 and w.get("symmetric", True) and isinstance(w.get("group_size"), int)):
             return _int4_packed(w["group_size"])
-    raise ValueError(f"{where} names {kind!r} {qc.get('format', '')!r}: method {method} reads compressed-tensors "
+    raise ValueError(f"{where} names {_described(qc)}: method {method} reads compressed-tensors "
                      "pack-quantized INT4 (num_bits 4, type int, strategy 'group', symmetric)")
 
 
@@ -187,3 +193,17 @@ def format_option(weight_path, method: str) -> Optional[int]:
         return None
     found = checkpoint_format(weight_path, method)
     return found.option if found is not None else _native.weight_format(name)["group"]
+
+
+def check_layer_shape(format_name: Optional[str], option: Optional[int], hidden_size: int,
+                      moe_intermediate_size: int) -> None:
+    """ValueError when the layer's sizes do not fit the format: int4_packed keeps whole groups of
+    `option` inputs (compressed-tensors refuses a partial group), so H and I must be multiples of it."""
+    if format_name != "int4_packed":
+        return
+    bad = [f"{name} ({value})" for name, value in (("hidden_size", hidden_size),
+                                                   ("moe_intermediate_size", moe_intermediate_size)) if value % option]
+    if bad:
+        what = "must be multiples" if len(bad) > 1 else "must be a multiple"
+        raise ValueError(f"pack-quantized INT4 keeps whole groups of {option} inputs: {' and '.join(bad)} {what} of "
+                         f"{option}")

@@ -142,13 +142,13 @@ class PartsExpert(NamedTuple):
     """One physical slot's weights as the scheme's parts of each matrix."""
 
     slot: int
-    names: Tuple[str, str, str]
+    names: Tuple[Tuple[str, ...], ...]  # how messages name each part of gate, up and down
     parts: Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]  # gate, up, down
 
 
-def check_parts_finite(parts: Sequence[torch.Tensor], name: str) -> None:
-    """ValueError naming the matrix when a floating part holds NaN or infinity (FP8: its NaN codes)."""
-    for part in parts:
+def check_parts_finite(parts: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """ValueError naming the part when a floating part holds NaN or infinity (FP8: its NaN codes)."""
+    for part, name in zip(parts, names):
         if part.dtype == torch.float8_e4m3fn:
             nan = (part.view(torch.uint8) & 0x7F) == 0x7F
             if bool(nan.any()):
@@ -172,7 +172,7 @@ def checkpoint_parts_experts(config: KTMoEConfig, found: CheckpointFormat, schem
 
     def experts() -> Iterator[PartsExpert]:
         for slot, (e, gate, up, down) in enumerate(reader.experts(expert_map.tolist())):
-            yield PartsExpert(slot, reader.describe(e), (gate, up, down))
+            yield PartsExpert(slot, reader.describe_parts(e), (gate, up, down))
 
     return experts()
 
@@ -197,7 +197,7 @@ def tensor_parts_experts(config: KTMoEConfig, scheme: QuantScheme, gate: Sequenc
 
     def experts() -> Iterator[PartsExpert]:
         for slot, e in enumerate(expert_map.tolist()):
-            yield PartsExpert(slot, tuple(f"{m} of expert {e}" for m in MATRICES),
+            yield PartsExpert(slot, tuple(tuple(f"{m} {part} of expert {e}" for part in scheme.parts) for m in MATRICES),
                               tuple([p[e].contiguous() for p in stacked[m]] for m in MATRICES))
 
     return experts()
@@ -205,8 +205,8 @@ def tensor_parts_experts(config: KTMoEConfig, scheme: QuantScheme, gate: Sequenc
 
 def load_parts_expert(engine, expert: PartsExpert) -> None:
     """One expert's parts into the engine's staged slot, checked for non-finite values first."""
-    for name, parts in zip(expert.names, expert.parts):
-        check_parts_finite(parts, name)
+    for names, parts in zip(expert.names, expert.parts):
+        check_parts_finite(parts, names)
     engine.load_quant_expert_task(expert.slot, *(list(p) for p in expert.parts))
 
 

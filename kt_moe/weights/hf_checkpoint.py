@@ -174,8 +174,12 @@ class HFExpertReader:
 
     def describe(self, e: int) -> Tuple[str, str, str]:
         """How messages name expert e's gate, up and down: "gate of expert e (<tensor name> in <file>)"."""
-        return tuple(f"{matrix} of expert {e} ({name} in {self._files[name]})"
-                     for matrix, name in zip(("gate", "up", "down"), self.tensor_names(e)))
+        return tuple(names[0] for names in self.describe_parts(e))
+
+    def describe_parts(self, e: int) -> Tuple[Tuple[str, ...], ...]:
+        """The same for each part of each matrix (its own tensor name)."""
+        return tuple(tuple(f"{matrix} of expert {e} ({name} in {self._files[name]})" for name in names)
+                     for matrix, names in zip(("gate", "up", "down"), self.part_names(e)))
 
     def expert(self, e: int) -> Tuple:
         """Expert e's (gate [I, H], up [I, H], down [H, I]), read now: bf16 and contiguous, or with
