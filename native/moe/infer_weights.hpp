@@ -47,10 +47,11 @@ class InferWeights {
   // chunk of R routed rows, calls prepare_inputs(R), then, per slice s, convert_gate_up_input for
   // the rows of slice s's gathered x [R, H] and, once slice s's z [R, Is] is complete,
   // convert_down_input for its rows; both for disjoint row ranges [r0, r1) from several threads.
-  virtual bool converts_inputs() const = 0;
-  virtual void prepare_inputs(int rows) = 0;
-  virtual void convert_gate_up_input(IsaLevel level, int s, const bf16_t* x, int r0, int r1) = 0;
-  virtual void convert_down_input(IsaLevel level, int s, const bf16_t* z, int r0, int r1) = 0;
+  // (The default: the products read bf16, nothing to convert.)
+  virtual bool converts_inputs() const { return false; }
+  virtual void prepare_inputs(int) {}
+  virtual void convert_gate_up_input(IsaLevel, int, const bf16_t*, int, int) {}
+  virtual void convert_down_input(IsaLevel, int, const bf16_t*, int, int) {}
 
   // Slice s, expert `slot`, the chunk's rows [b, b + n) (x: [R, H] bf16, slice s's copy of the
   // whole chunk), the slice's intermediate columns [c0, c0 + nc), with the kernels of `level`:
@@ -79,11 +80,6 @@ class Bf16InferWeights final : public InferWeights {
 
   // One expert (gate, up [I, H], down [H, I] bf16) into `slot`; see Bf16ExpertSlices::load.
   void load(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) { slices_.load(slot, gate, up, down); }
-
-  bool converts_inputs() const override { return false; }
-  void prepare_inputs(int) override {}
-  void convert_gate_up_input(IsaLevel, int, const bf16_t*, int, int) override {}
-  void convert_down_input(IsaLevel, int, const bf16_t*, int, int) override {}
 
   void gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc, float* g, float* u,
                int64_t ldc) const override;
@@ -176,11 +172,6 @@ class DequantInferWeights final : public PartsInferWeights {
   void load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) override {
     experts_.load(slot, gate, up, down);
   }
-
-  bool converts_inputs() const override { return false; }
-  void prepare_inputs(int) override {}
-  void convert_gate_up_input(IsaLevel, int, const bf16_t*, int, int) override {}
-  void convert_down_input(IsaLevel, int, const bf16_t*, int, int) override {}
 
   void gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc, float* g, float* u,
                int64_t ldc) const override;
