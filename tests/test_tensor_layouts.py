@@ -74,7 +74,7 @@ def test_inference_sync_forward_and_select_deferred(inference):
 
 
 @pytest.mark.parametrize("helpers", [inference_helpers, sft_helpers], ids=["inference", "sft"])
-@pytest.mark.parametrize("index,name", enumerate(["gate", "up", "down", "physical_to_logical_map"]))
+@pytest.mark.parametrize("index,name", list(enumerate(["gate", "up", "down", "physical_to_logical_map"])))
 def test_load_weights_from_tensors(helpers, index, name):
     layer = helpers.make_layer(helpers.TINY)
     args = [layer.gate, layer.up, layer.down, layer.physical_map]
