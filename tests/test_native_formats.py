@@ -13,7 +13,8 @@ are read in place, so the engine must hold exactly the checkpoint's bytes.
   that changed since the wrapper was built or names a format the method does not read) are a
   ValueError naming the tensor or the config key, and the failed load changes nothing.
 - Memory: one expert's resident bytes at DeepSeek-V2-Lite's shape are the checkpoint's bytes.
-- AMXFP8_SFT trains on an FP8 checkpoint loaded in place.
+- AMXFP8_SFT trains on an FP8 checkpoint loaded in place, and AMXINT4_KGroup_SFT on a pack-quantized
+  INT4 one, kept as it ships.
 
 Shape: H = 160 and I = 192 leave partial FP8 blocks of 128 (and of 64 along H) and are whole INT4
 groups of 32; with two subpools (I / 2 = 96) a slice of down starts inside a 64-block.
@@ -367,6 +368,31 @@ def test_sft_trains_on_an_fp8_checkpoint(tmp_path):
     result = sft_helpers.step(wrapper, batch)
     sft_helpers.check_layout(result, batch, layer.lora)
     sft_helpers.assert_close(result, layer.dequantized(wrapper.scheme).reference(batch))
+
+
+def test_kgroup_sft_keeps_a_pack_quantized_checkpoint_as_it_is(tmp_path):
+    """AMXINT4_KGroup_SFT on a Kimi-style pack-quantized checkpoint (groups of 32, two subpools) keeps it
+    as it ships (format int4_packed, the checkpoint's integers and bf16 scales) instead of quantizing
+    anew; forward_sft and backward match the fp32 reference on the dequantized base (relative L2 <=
+    1e-2). A group_size other than the default that names another group size is refused."""
+    shape = sft_helpers.Shape(num_experts=4, hidden=160, intermediate=192, rank=8, alpha=16.0)
+    layer = sft_helpers.make_layer(shape, seed=7)
+    write_int4_packed_checkpoint(tmp_path, {LAYER: (layer.gate, layer.up, layer.down)}, group_size=32)
+    wrapper = sft_helpers.make_wrapper(shape, top_k=TOP_K, layer_idx=LAYER, weight_path=str(tmp_path), tp=2,
+                                       method="AMXINT4_KGroup_SFT")
+    assert (wrapper.engine.weight_format, wrapper.format_option, wrapper.scheme.name) == ("int4_packed", 32,
+                                                                                          "int4_packed")
+    wrapper.load_weights(layer.physical_map)
+    packed = read_checkpoint(tmp_path)[f"{module(int(layer.physical_map[0]), 'gate')}.weight_packed"]
+    assert torch.equal(stored(wrapper, 0, "gate")[0], raw(packed[:shape.intermediate // 2]))  # slice 0's rows
+    wrapper.init_lora_weights(*layer.lora)
+    batch = layer.batch(24, TOP_K, seed=7)
+    result = sft_helpers.step(wrapper, batch)
+    sft_helpers.check_layout(result, batch, layer.lora)
+    sft_helpers.assert_close(result, layer.dequantized(wrapper.scheme).reference(batch))
+    with pytest.raises(ValueError, match=r"^group_size is 64, but .* holds pack-quantized INT4 in groups of 32"):
+        sft_helpers.make_wrapper(shape, top_k=TOP_K, layer_idx=LAYER, weight_path=str(tmp_path),
+                                 method="AMXINT4_KGroup_SFT", group_size=64)
 
 
 def test_rawint4_needs_whole_groups():
