@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kt_moe.quant import common
-from kt_moe.quant.fp8 import (FP8, dequantize_fp8_block, dequantize_fp8_channel, fp8_block_grid, fp8_block_parts,
-                              fp8_channel_parts, quantize_fp8_block, quantize_fp8_channel)
+from kt_moe.quant.fp8 import (FP8, dequantize_fp8_block, dequantize_fp8_channel, fp8_block_grid,
+                              quantize_fp8_block, quantize_fp8_channel)
 
 
 def normal(*shape, seed=0, dtype=torch.float32):
@@ -121,32 +121,6 @@ def test_block_dequantize_takes_bf16_scales():
     assert torch.equal(dequantize_fp8_block(weight, scale, 16), weight.float() * expanded)
 
 
-def test_block_parts_match_quantize():
-    for (n, k), b in [((64, 96), 128), ((130, 70), 64), ((7, 9), 1)]:
-        parts = fp8_block_parts(n, k, b)
-        weight, scale_inv = quantize_fp8_block(normal(n, k), b)
-        assert list(parts) == ["weight", "weight_scale_inv"]
-        assert parts["weight"] == ((n, k), weight.dtype)
-        assert parts["weight_scale_inv"] == (tuple(scale_inv.shape), scale_inv.dtype)
-
-
-@pytest.mark.parametrize("w,block,match", [
-    ("not a tensor", 4, "w must be a torch.Tensor"),
-    (torch.zeros(8, dtype=torch.float32), 4, r"w must be a non-empty \[N, K\] or \[E, N, K\] tensor"),
-    (torch.zeros(0, 8), 4, "w must be a non-empty"),
-    (torch.zeros(4, 8, dtype=torch.int8), 4, "w must be bfloat16 or float16 or float32 or float64"),
-    (torch.tensor([[1.0, float("nan")]]), 4, "w contains NaN or infinite values"),
-    (torch.tensor([[1.0, float("inf")]]), 4, "w contains NaN or infinite values"),
-    (torch.zeros(4, 8), 0, "block must be a positive int"),
-    (torch.zeros(4, 8), -2, "block must be a positive int"),
-    (torch.zeros(4, 8), 2.0, "block must be a positive int"),
-    (torch.zeros(4, 8), True, "block must be a positive int"),
-])
-def test_block_quantize_rejects(w, block, match):
-    with pytest.raises(ValueError, match=match):
-        quantize_fp8_block(w, block)
-
-
 def test_block_dequantize_rejects():
     weight, scale_inv = quantize_fp8_block(normal(8, 12), 4)
     with pytest.raises(ValueError, match="weight must be float8_e4m3fn, got float32"):
@@ -204,12 +178,6 @@ def test_channel_stack_equals_matrices_one_by_one():
     for e in range(3):
         we, se = quantize_fp8_channel(w[e])
         assert torch.equal(bits(weight[e]), bits(we)) and torch.equal(scale[e], se)
-
-
-def test_channel_parts_match_quantize():
-    weight, scale = quantize_fp8_channel(normal(12, 20))
-    assert fp8_channel_parts(12, 20) == {"weight": ((12, 20), weight.dtype),
-                                         "weight_scale": (tuple(scale.shape), scale.dtype)}
 
 
 def test_channel_rejects_bad_input():

@@ -51,7 +51,7 @@ on its own. The input is read in row blocks, so the fp32 working copy stays smal
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +64,6 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 BLOCK_SCALE_DTYPES = (torch.float32, torch.bfloat16)
 CHANNEL_SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-PartSpecs = Dict[str, Tuple[Tuple[int, ...], torch.dtype]]
 
 
 def _check_block(block) -> int:
@@ -111,11 +109,6 @@ def quantize_fp8_block(w: torch.Tensor, block: int) -> Tuple[torch.Tensor, torch
     return weight.reshape(*lead, N, K), multiplier.reciprocal().reshape(*lead, nb, kb)
 
 
-def fp8_block_parts(n: int, k: int, block: int) -> PartSpecs:
-    """What quantize_fp8_block returns for W [n, k]: part name -> (shape, dtype)."""
-    return {"weight": ((n, k), FP8), "weight_scale_inv": (fp8_block_grid(n, k, block), torch.float32)}
-
-
 def dequantize_fp8_block(weight: torch.Tensor, weight_scale_inv: torch.Tensor, block: int) -> torch.Tensor:
     """(weight float8_e4m3fn [..., N, K], weight_scale_inv fp32 or bf16 [..., ceil(N / b), ceil(K / b)])
     -> W fp32 [..., N, K] = weight * weight_scale_inv of its block."""
@@ -149,11 +142,6 @@ def quantize_fp8_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         weight[rs] = bf16_quotients(x, s).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
         scale[rs] = s
     return weight.reshape(*lead, K), scale.reshape(*lead, 1)
-
-
-def fp8_channel_parts(n: int, k: int) -> PartSpecs:
-    """What quantize_fp8_channel returns for W [n, k]: part name -> (shape, dtype)."""
-    return {"weight": ((n, k), FP8), "weight_scale": ((n, 1), torch.bfloat16)}
 
 
 def dequantize_fp8_channel(weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ significant bits); the library returns it rounded to the scale's dtype. A leadin
 from __future__ import annotations
 
 import sys
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -124,13 +124,6 @@ def quantize_int4_packed(w: torch.Tensor, group_size: int) -> Tuple[torch.Tensor
         scale[rs] = s
     shape = torch.tensor([N, K]).repeat(*lead, 1)  # [..., 2]
     return packed.reshape(*lead, N, -1), scale.reshape(*lead, N, G), shape
-
-
-def int4_packed_parts(n: int, k: int, group_size: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
-    """What quantize_int4_packed returns for W [n, k]: part name -> (shape, dtype)."""
-    return {"weight_packed": ((n, packed_words(k)), torch.int32),
-            "weight_scale": ((n, _groups(k, group_size)), torch.bfloat16),
-            "weight_shape": ((2,), torch.int64)}
 
 
 def dequantize_int4_packed(weight_packed: torch.Tensor, weight_scale: torch.Tensor,
