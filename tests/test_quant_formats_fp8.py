@@ -121,6 +121,23 @@ def test_block_dequantize_takes_bf16_scales():
     assert torch.equal(dequantize_fp8_block(weight, scale, 16), weight.float() * expanded)
 
 
+@pytest.mark.parametrize("w,block,match", [
+    ("not a tensor", 4, "w must be a torch.Tensor"),
+    (torch.zeros(8, dtype=torch.float32), 4, r"w must be a non-empty \[N, K\] or \[E, N, K\] tensor"),
+    (torch.zeros(0, 8), 4, "w must be a non-empty"),
+    (torch.zeros(4, 8, dtype=torch.int8), 4, "w must be bfloat16 or float16 or float32 or float64"),
+    (torch.tensor([[1.0, float("nan")]]), 4, "w contains NaN or infinite values"),
+    (torch.tensor([[1.0, float("inf")]]), 4, "w contains NaN or infinite values"),
+    (torch.zeros(4, 8), 0, "block must be a positive int"),
+    (torch.zeros(4, 8), -2, "block must be a positive int"),
+    (torch.zeros(4, 8), 2.0, "block must be a positive int"),
+    (torch.zeros(4, 8), True, "block must be a positive int"),
+])
+def test_block_quantize_rejects(w, block, match):
+    with pytest.raises(ValueError, match=match):
+        quantize_fp8_block(w, block)
+
+
 def test_block_dequantize_rejects():
     weight, scale_inv = quantize_fp8_block(normal(8, 12), 4)
     with pytest.raises(ValueError, match="weight must be float8_e4m3fn, got float32"):

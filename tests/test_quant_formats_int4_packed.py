@@ -128,3 +128,47 @@ def test_result_does_not_depend_on_row_blocking(monkeypatch):
     got = quantize_int4_packed(w, 32)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert torch.equal(dequantize_int4_packed(*got, group_size=32), dequantize_int4_packed(*want, group_size=32))
+
+
+# ---- input checks ----
+
+@pytest.mark.parametrize("w,g,match", [
+    (torch.zeros(4, 48), 32, "K = 48 inputs is not a multiple of group_size 32"),
+    (torch.zeros(4, 32), 0, "group_size must be a positive int, got 0"),
+    (torch.zeros(4, 32), 32.0, "group_size must be a positive int"),
+    (torch.zeros(4, 32, dtype=torch.int8), 32, "w must be bfloat16 or float16 or float32 or float64, got int8"),
+    (torch.zeros(32), 32, r"w must be a non-empty \[N, K\] or \[E, N, K\] tensor"),
+    (torch.tensor([[float("nan")] * 32]), 32, "w contains NaN or infinite values"),
+])
+def test_quantize_rejects(w, g, match):
+    with pytest.raises(ValueError, match=match):
+        quantize_int4_packed(w, g)
+
+
+def test_dequantize_rejects():
+    packed, scale, weight_shape = quantize_int4_packed(normal(4, 64), 32)
+    with pytest.raises(ValueError, match=r"must have ceil\(K / 8\) = 4 words per row for K = 1 groups x 32"):
+        dequantize_int4_packed(packed, scale[:, :1], group_size=32)
+    with pytest.raises(ValueError, match="weight_packed must have ceil"):
+        dequantize_int4_packed(packed, scale, group_size=16)
+    with pytest.raises(ValueError, match="weight_packed must be int32, got int64"):
+        dequantize_int4_packed(packed.long(), scale, group_size=32)
+    with pytest.raises(ValueError, match="weight_scale must be bfloat16 or float16 or float32, got int32"):
+        dequantize_int4_packed(packed, packed[:, :2], group_size=32)
+    with pytest.raises(ValueError, match=r"weight_scale shape mismatch: expected \(4, -1\), got \(3, 2\)"):
+        dequantize_int4_packed(packed, scale[:3], group_size=32)
+    with pytest.raises(ValueError, match=r"weight_shape must hold \(N, K\) = \(4, 64\) for every matrix, got \[4, 6"):
+        dequantize_int4_packed(packed, scale, torch.tensor([4, 60]), group_size=32)
+    with pytest.raises(ValueError, match="weight_shape must be int64 or int32, got float32"):
+        dequantize_int4_packed(packed, scale, weight_shape.float(), group_size=32)
+
+
+def test_pack_and_unpack_reject():
+    with pytest.raises(ValueError, match=r"q must hold 4-bit values in \[-8, 7\]"):
+        pack_int4(torch.tensor([[8]], dtype=torch.int8))
+    with pytest.raises(ValueError, match="q must be int8, got int32"):
+        pack_int4(torch.tensor([[1]], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"q must be a tensor \[..., n\] with n >= 1"):
+        pack_int4(torch.zeros(2, 0, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"weight_packed must have ceil\(k / 8\) words per row for k = 17"):
+        unpack_int4(torch.zeros(1, 2, dtype=torch.int32), 17)
