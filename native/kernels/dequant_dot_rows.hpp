@@ -13,6 +13,7 @@
 #include "kernels/bf16.hpp"
 #include "kernels/dequant_bf16.hpp"
 #include "kernels/level_namespace.hpp"
+#include "kernels/micro_tile.hpp"
 #include "kernels/scratch.hpp"
 
 namespace kt_moe {
@@ -43,15 +44,18 @@ inline DotActivations dot_activations(const bf16_t* a, int64_t lda, int m, int c
   return {x, ld};
 }
 
-// c[i * ldc + (n - n0)] = row(w, n, x)[i] for i < m, n0 <= n < n1, where Row(w, n, x, m, out) writes
-// the m results of output row n.
-template <void (*Row)(const QuantMatrixView&, int, const DotActivations&, int, float*)>
-void dot_rows(const QuantMatrixView& w, int m, int n0, int n1, const DotActivations& x, float* c, int64_t ldc) {
-  float out[kDequantDotMaxRows];
-  for (int n = n0; n < n1; ++n) {
-    Row(w, n, x, m, out);
-    for (int i = 0; i < m; ++i) c[i * ldc + (n - n0)] = out[i];
-  }
+// c[i * ldc + (n - n0)] = out[i] for i < m, n0 <= n < n1, where row(r, n, out) writes the m results
+// of output row n, r = std::integral_constant<int, m> (the activation rows as a constant, so that
+// the accumulators stay in registers).
+template <class Row>
+void dot_rows(int m, int n0, int n1, float* c, int64_t ldc, Row row) {
+  with_static_count<kDequantDotMaxRows>(m, [&](auto r) {
+    float out[kDequantDotMaxRows];
+    for (int n = n0; n < n1; ++n) {
+      row(r, n, out);
+      for (int i = 0; i < r(); ++i) c[i * ldc + (n - n0)] = out[i];
+    }
+  });
 }
 
 }  // namespace KT_KERNEL_NS

@@ -84,25 +84,6 @@ void channel_row(const QuantMatrixView& w, int n, const DotActivations& x, float
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-// The row functions with the activation row count as a constant (accumulators in registers).
-void fp8_block_row(const QuantMatrixView& w, int n, const DotActivations& x, int m, float* out) {
-  switch (m) {
-    case 1: return block_row<1>(w, n, x, out);
-    case 2: return block_row<2>(w, n, x, out);
-    case 3: return block_row<3>(w, n, x, out);
-    default: return block_row<4>(w, n, x, out);
-  }
-}
-
-void fp8_channel_row(const QuantMatrixView& w, int n, const DotActivations& x, int m, float* out) {
-  switch (m) {
-    case 1: return channel_row<1>(w, n, x, out);
-    case 2: return channel_row<2>(w, n, x, out);
-    case 3: return channel_row<3>(w, n, x, out);
-    default: return channel_row<4>(w, n, x, out);
-  }
-}
-
 #if defined(__AVX512BF16__)
 
 constexpr int kChunk = 64;
@@ -186,35 +167,6 @@ void pair_channel_row(const QuantMatrixView& w, int n, const PairActivations& x,
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) * kRowScaleBack;
 }
 
-// Rows [n0, n1) of C through Row<R> with the activation count R as a constant.
-template <template <int> class Row>
-void pair_rows(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c, int64_t ldc) {
-  const PairActivations x = pair_activations(a, lda, m, w.cols);
-  float out[kDequantDotMaxRows];
-  for (int n = n0; n < n1; ++n) {
-    switch (m) {
-      case 1: Row<1>::run(w, n, x, out); break;
-      case 2: Row<2>::run(w, n, x, out); break;
-      case 3: Row<3>::run(w, n, x, out); break;
-      default: Row<4>::run(w, n, x, out); break;
-    }
-    for (int i = 0; i < m; ++i) c[i * ldc + (n - n0)] = out[i];
-  }
-}
-
-template <int R>
-struct PairBlockRow {
-  static void run(const QuantMatrixView& w, int n, const PairActivations& x, float* out) {
-    pair_block_row<R>(w, n, x, out);
-  }
-};
-template <int R>
-struct PairChannelRow {
-  static void run(const QuantMatrixView& w, int n, const PairActivations& x, float* out) {
-    pair_channel_row<R>(w, n, x, out);
-  }
-};
-
 // Whether the bf16 path takes w: its runs start at multiples of 64 columns.
 inline bool pair_path(const QuantMatrixView& w, bool channel) {
   return channel || (w.col0 == 0 && w.group % kChunk == 0);
@@ -226,30 +178,35 @@ inline bool pair_path(const QuantMatrixView& w, bool channel) {
 
 constexpr int kStep = 1;
 
-// out[i] += scale * sum_{c in [c0, c1)} x[i, c] value(v[c]).
-inline void run_sum(const uint8_t* v, const DotActivations& x, int m, int c0, int c1, float scale, float* out) {
+// acc[i] += scale * sum_{c in [c0, c1)} x[i, c] value(v[c]), for R activation rows.
+template <int R>
+inline void run_sum(const uint8_t* v, const DotActivations& x, int c0, int c1, float scale, float (&acc)[R]) {
   const Fp8Table& table = fp8_table();
-  for (int i = 0; i < m; ++i) {
+  for (int i = 0; i < R; ++i) {
     float part = 0.0f;
     for (int c = c0; c < c1; ++c) part += x.x[i * x.ld + c] * table.value[v[c]];
-    out[i] += part * scale;
+    acc[i] += part * scale;
   }
 }
 
-void fp8_block_row(const QuantMatrixView& w, int n, const DotActivations& x, int m, float* out) {
+template <int R>
+void block_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
   const uint8_t* v = row_values(w, n);
   const float* scales = block_scales(w, n);
-  std::fill(out, out + m, 0.0f);
+  float acc[R] = {};
   for (int c = 0; c < w.cols;) {
     const int block = (w.col0 + c) / w.group, end = std::min(w.cols, (block + 1) * w.group - w.col0);
-    run_sum(v, x, m, c, end, scales[block], out);
+    run_sum<R>(v, x, c, end, scales[block], acc);
     c = end;
   }
+  std::copy(acc, acc + R, out);
 }
 
-void fp8_channel_row(const QuantMatrixView& w, int n, const DotActivations& x, int m, float* out) {
-  std::fill(out, out + m, 0.0f);
-  run_sum(row_values(w, n), x, m, 0, w.cols, static_cast<const float*>(w.scale)[n], out);
+template <int R>
+void channel_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
+  float acc[R] = {};
+  run_sum<R>(row_values(w, n), x, 0, w.cols, static_cast<const float*>(w.scale)[n], acc);
+  std::copy(acc, acc + R, out);
 }
 
 #endif
@@ -260,11 +217,13 @@ bool dot_fp8_block(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t
                    int64_t ldc) {
 #if defined(__AVX512BF16__)
   if (pair_path(w, false)) {
-    pair_rows<PairBlockRow>(w, m, n0, n1, a, lda, c, ldc);
+    const PairActivations x = pair_activations(a, lda, m, w.cols);
+    dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { pair_block_row<r()>(w, n, x, out); });
     return true;
   }
 #endif
-  dot_rows<fp8_block_row>(w, m, n0, n1, dot_activations(a, lda, m, w.cols, kStep), c, ldc);
+  const DotActivations x = dot_activations(a, lda, m, w.cols, kStep);
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { block_row<r()>(w, n, x, out); });
   return true;
 }
 
@@ -272,11 +231,13 @@ bool dot_fp8_channel(const QuantMatrixView& w, int m, int n0, int n1, const bf16
                      int64_t ldc) {
 #if defined(__AVX512BF16__)
   if (pair_path(w, true)) {
-    pair_rows<PairChannelRow>(w, m, n0, n1, a, lda, c, ldc);
+    const PairActivations x = pair_activations(a, lda, m, w.cols);
+    dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { pair_channel_row<r()>(w, n, x, out); });
     return true;
   }
 #endif
-  dot_rows<fp8_channel_row>(w, m, n0, n1, dot_activations(a, lda, m, w.cols, kStep), c, ldc);
+  const DotActivations x = dot_activations(a, lda, m, w.cols, kStep);
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { channel_row<r()>(w, n, x, out); });
   return true;
 }
 

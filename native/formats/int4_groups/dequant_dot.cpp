@@ -110,16 +110,7 @@ bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const
                           int64_t ldc) {
   if (w.zero || w.col0 != 0 || w.group < 8 || (w.group & (w.group - 1)) != 0) return false;
   const PhaseActivations x = phase_activations(a, lda, m, w.cols);
-  float out[kDequantDotMaxRows];
-  for (int n = n0; n < n1; ++n) {
-    switch (m) {
-      case 1: int4_row<1>(w, n, x, out); break;
-      case 2: int4_row<2>(w, n, x, out); break;
-      case 3: int4_row<3>(w, n, x, out); break;
-      default: int4_row<4>(w, n, x, out); break;
-    }
-    for (int i = 0; i < m; ++i) c[i * ldc + (n - n0)] = out[i];
-  }
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { int4_row<r()>(w, n, x, out); });
   return true;
 }
 
