@@ -296,6 +296,9 @@ NB_MODULE(_native, m) {
                    "Bytes one expert's base weights hold, all tensor-parallel slices together (scales included).")
       .def_prop_ro("cache_depth", [](PySftEngine& e) { return e.engine().cache_depth(); },
                    "Saved forwards waiting for backward.")
+      .def("discard_saved_forward", [](PySftEngine& e) { e.engine().discard_saved_forward(); },
+           nb::call_guard<nb::gil_scoped_release>(),
+           "Drop the latest saved forward without a backward (RuntimeError when none is saved).")
       .def_prop_ro("cached_bytes_per_routed_slot",
                    [](PySftEngine& e) { return e.engine().cached_bytes_per_routed_slot(); },
                    "Bytes a saved forward holds per routed (token, slot) pair.")

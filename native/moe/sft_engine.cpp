@@ -312,6 +312,14 @@ void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, 
   combine_expert_outputs(pool_, rt, st.weights.data(), ys, H, out);
 }
 
+void SftEngine::discard_saved_forward() {
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  if (cache_.empty()) throw std::runtime_error("No forward cache available: nothing to discard");
+  std::unique_ptr<ForwardState> state = std::move(cache_.back());
+  cache_.pop_back();
+  release_state(std::move(state));
+}
+
 void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads,
                          float* grad_weights) {
   std::lock_guard<std::mutex> lock(call_mutex_);

@@ -117,6 +117,9 @@ class SftEngine {
   // experts without tokens), grad_weights [q, k] fp32 (dL/dweights). std::invalid_argument when q
   // differs from the saved forward's (the entry stays).
   void backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads, float* grad_weights);
+  // Drops the latest saved forward without a backward (its caller will never run one, e.g. an
+  // autograd graph freed unused); std::runtime_error "No forward cache available" when none.
+  void discard_saved_forward();
 
   int cache_depth() const {
     std::lock_guard<std::mutex> lock(call_mutex_);

@@ -1,0 +1,127 @@
+"""kt-moe as the routed experts of a Hugging Face transformers model (transformers >= 5).
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    offload_experts(model, method="AMXINT4")            # inference: generate() works unchanged
+    offload_experts(model, method="AMXBF16_SFT", lora_rank=16, lora_alpha=32)   # LoRA training
+
+offload_experts builds one KTMoEWrapper per MoE layer (kt_moe.integrations.architectures says
+which), loads it from the module's own weights or, with weight_path=, from the checkpoint files,
+deletes the module's gate_up_proj / down_proj parameters, attaches an OffloadedExperts as
+`module.kt_moe`, registers "kt_moe" in transformers' ExpertsInterface and switches the model to
+it (`model.set_experts_implementation("kt_moe")`), so the model's own routers, shared experts and
+attention run in torch and each experts module calls kt-moe. load_offloaded builds a model from
+a checkpoint without ever materializing its experts as torch tensors."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
+
+from kt_moe.config import SFT_METHODS
+from kt_moe.integrations.architectures import ExpertsSite, find_experts, text_config
+from kt_moe.integrations.expert_lora import EngineLora, new_parameters
+from kt_moe.integrations.offloaded_experts import OffloadedExperts
+from kt_moe.wrapper import KTMoEWrapper
+
+IMPLEMENTATION = "kt_moe"  # the name registered in transformers' ExpertsInterface
+
+
+def kt_moe_experts_forward(module: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                           top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The "kt_moe" experts implementation: the module's OffloadedExperts."""
+    offloaded = getattr(module, "kt_moe", None)
+    if offloaded is None:
+        raise RuntimeError(f"{type(module).__name__}: experts_implementation is 'kt_moe' but this module's experts "
+                           "were not offloaded; call kt_moe.integrations.transformers.offload_experts(model)")
+    return offloaded(module, hidden_states, top_k_index, top_k_weights)
+
+
+ExpertsInterface.register(IMPLEMENTATION, kt_moe_experts_forward)
+
+
+def _available_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _layer_wrapper(site: ExpertsSite, config, method: str, num_gpu_experts: int, cpuinfer_threads: int,
+                   threadpool_count: int, weight_path: Optional[str], chunked_prefill_size: int, **kwargs):
+    sft = method in SFT_METHODS
+    return KTMoEWrapper(layer_idx=site.layer_idx, num_experts=site.num_experts,
+                        num_experts_per_tok=config.num_experts_per_tok, hidden_size=site.hidden_size,
+                        moe_intermediate_size=site.intermediate_size, num_gpu_experts=num_gpu_experts,
+                        cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
+                        weight_path=weight_path or "", chunked_prefill_size=chunked_prefill_size, method=method,
+                        mode="sft" if sft else "inference", **kwargs)
+
+
+def _load(wrapper, module: torch.nn.Module, weight_path: Optional[str], num_experts: int) -> None:
+    slots = torch.arange(num_experts, dtype=torch.int64)
+    if weight_path:
+        wrapper.load_weights(slots)
+        return
+    gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
+    if gate_up.device.type == "meta":
+        raise ValueError(f"model: the experts of layer {wrapper.config.layer_idx} are on the meta device (not "
+                         "loaded); pass weight_path= to read them from the checkpoint")
+    I = module.intermediate_dim
+    gate_up, down = gate_up.cpu(), down.cpu()
+    wrapper.load_weights_from_tensors(gate_up[:, :I], gate_up[:, I:], down, slots)
+
+
+def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_experts: int = 0,
+                    cpuinfer_threads: Optional[int] = None, threadpool_count: int = 1,
+                    weight_path: Optional[str] = None, *, lora_rank: int = 16, lora_alpha: float = 32.0,
+                    lora_dtype: torch.dtype = torch.float32, chunked_prefill_size: int = 4096,
+                    max_cache_depth: int = 8, **kwargs) -> torch.nn.Module:
+    """Put every MoE layer's routed experts of `model` on kt-moe; returns `model`.
+
+    method: any KTMoEWrapper method; an SFT method (AMXBF16_SFT, ...) adds LoRA parameters
+    `lora_gate_up_A/B`, `lora_down_A/B` (PEFT's layout, expert_lora.py) of `lora_dtype` to each
+    experts module, trained through loss.backward(). num_gpu_experts: experts 0..n-1 of each layer
+    stay in torch on the model's device (inference methods only). cpuinfer_threads: default, every CPU
+    this process may run on. weight_path: read the experts from these checkpoint files (Hugging Face
+    safetensors, or kt-moe's pre-quantized files) instead of the modules. chunked_prefill_size:
+    most tokens one call takes (inference chunks larger batches; training refuses them).
+    max_cache_depth: training forwards that may wait for their backward (micro-batches in flight).
+    Other keyword arguments go to KTMoEWrapper (group_size, zero_point, ...).
+    """
+    sites = find_experts(model)
+    if any(hasattr(site.module, "kt_moe") for site in sites):
+        raise ValueError("model: its experts are already offloaded to kt-moe")
+    sft = method in SFT_METHODS
+    if sft and num_gpu_experts:
+        raise ValueError(f"num_gpu_experts: must be 0 with the SFT method {method} (the LoRA of experts kept in "
+                         f"torch is not trained here), got {num_gpu_experts}")
+    if lora_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"lora_dtype: expected torch.float32 or torch.bfloat16, got {lora_dtype}")
+    config = text_config(model)
+    threads = _available_cpus() if cpuinfer_threads is None else cpuinfer_threads
+    sft_kwargs = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth) if sft else {}
+    for site in sites:
+        module = site.module
+        wrapper = _layer_wrapper(site, config, method, num_gpu_experts, threads, threadpool_count, weight_path,
+                                 chunked_prefill_size, **sft_kwargs, **kwargs)
+        _load(wrapper, module, weight_path, site.num_experts)
+        gpu_gate_up = gpu_down = None
+        if num_gpu_experts:
+            gpu_gate_up = module.gate_up_proj.detach()[:num_gpu_experts].clone()
+            gpu_down = module.down_proj.detach()[:num_gpu_experts].clone()
+        del module.gate_up_proj, module.down_proj
+        lora = None
+        if sft:
+            params = new_parameters(site.num_experts, site.hidden_size, site.intermediate_size, lora_rank, lora_dtype)
+            for name, param in params.items():
+                module.register_parameter(name, param)
+            lora = EngineLora(wrapper, params, site.intermediate_size)
+        module.kt_moe = OffloadedExperts(wrapper, lora, gpu_gate_up, gpu_down)
+    model.set_experts_implementation(IMPLEMENTATION)
+    return model
+
+
+def expert_lora_parameters(model: torch.nn.Module):
+    """The experts' LoRA parameters of an offloaded model (name, parameter), for an optimizer."""
+    return [(name, param) for name, param in model.named_parameters() if ".experts.lora_" in name
+            or name.startswith("experts.lora_")]
