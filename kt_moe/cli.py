@@ -84,16 +84,25 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """The demo's own parser reads the rest of the command line (args.demo_args); importing the
-    demo (and torch) waits until it is asked for."""
-    from kt_moe import demo
+# Subcommands with a parser of their own, which reads the rest of the command line: name -> (module,
+# description). Importing the module (and torch) waits until the subcommand is asked for.
+OWN_PARSER_COMMANDS = {
+    "demo": ("kt_moe.demo", "Run the kt-moe demo."),
+    "finetune": ("kt_moe.integrations.finetune_example",
+                 "Fine-tune a small Qwen3-MoE with kt-moe experts (needs transformers and peft)."),
+}
+
+
+def _own_parser_command(args: argparse.Namespace) -> int:
+    import importlib
     from kt_moe.benchmark.arguments import HelpFormatter
 
-    parser = argparse.ArgumentParser(prog="kt-moe demo", description="Run the kt-moe demo.",
+    module_name, description = OWN_PARSER_COMMANDS[args.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"kt-moe {args.command}", description=description,
                                      formatter_class=HelpFormatter)
-    demo.add_arguments(parser)
-    return demo.run(parser.parse_args(args.demo_args))
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(args.own_args))
 
 
 class _ProgressBar:
@@ -159,8 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
     commands.add_parser("schema", help="print the config's JSON Schema").set_defaults(handler=_schema)
     commands.add_parser("info", help="show the CPU's ISA levels and the active one").set_defaults(handler=_info)
-    demo = commands.add_parser("demo", add_help=False, help="run the demo ('kt-moe demo --help' for its options)")
-    demo.set_defaults(handler=_demo)
+    commands.add_parser("demo", add_help=False, help="run the demo ('kt-moe demo --help' for its options)"
+                        ).set_defaults(handler=_own_parser_command)
+    commands.add_parser("finetune", add_help=False,
+                        help="LoRA fine-tuning of a small Qwen3-MoE with kt-moe experts, adapter saved for PEFT "
+                             "('kt-moe finetune --help' for its options)").set_defaults(handler=_own_parser_command)
     convert = commands.add_parser(
         "convert", help="quantize a Hugging Face checkpoint's routed experts into pre-quantized files",
         description="Quantize the routed experts of a Hugging Face checkpoint into one pre-quantized file per "
@@ -189,8 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        args.demo_args = rest
+    if args.command in OWN_PARSER_COMMANDS:
+        args.own_args = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.handler(args)

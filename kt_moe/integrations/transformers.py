@@ -87,6 +87,11 @@ def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_exp
     most tokens one call takes (inference chunks larger batches; training refuses them).
     max_cache_depth: training forwards that may wait for their backward (micro-batches in flight).
     Other keyword arguments go to KTMoEWrapper (group_size, zero_point, ...).
+
+    Wrapping the offloaded model in peft.get_peft_model (a LoRA on the attention, say) freezes the
+    experts' LoRA (PEFT leaves only its own adapter layers trainable): re-enable it afterwards,
+    `for _, p in expert_lora_parameters(model): p.requires_grad_(True)`, and save it with
+    kt_moe.integrations.peft_adapters.save_expert_adapter (PeftModel.save_pretrained leaves it out).
     """
     sites = find_experts(model)
     if any(hasattr(site.module, "kt_moe") for site in sites):
