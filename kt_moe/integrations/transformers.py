@@ -9,8 +9,9 @@ which), loads it from the module's own weights or, with weight_path=, from the c
 deletes the module's gate_up_proj / down_proj parameters, attaches an OffloadedExperts as
 `module.kt_moe`, registers "kt_moe" in transformers' ExpertsInterface and switches the model to
 it (`model.set_experts_implementation("kt_moe")`), so the model's own routers, shared experts and
-attention run in torch and each experts module calls kt-moe. load_offloaded builds a model from
-a checkpoint without ever materializing its experts as torch tensors."""
+attention run in torch and each experts module calls kt-moe. load_offloaded
+(kt_moe.integrations.model_loading) builds a model from a checkpoint without ever materializing its
+experts as torch tensors."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 from kt_moe.config import SFT_METHODS
 from kt_moe.integrations.architectures import ExpertsSite, find_experts, text_config
 from kt_moe.integrations.expert_lora import EngineLora, new_parameters
+from kt_moe.integrations.model_loading import read_torch_experts
 from kt_moe.integrations.offloaded_experts import OffloadedExperts
 from kt_moe.wrapper import KTMoEWrapper
 
@@ -114,6 +116,9 @@ def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_exp
         if num_gpu_experts:
             gpu_gate_up = module.gate_up_proj.detach()[:num_gpu_experts].clone()
             gpu_down = module.down_proj.detach()[:num_gpu_experts].clone()
+            if gpu_gate_up.is_meta and weight_path:  # a model built on meta (load_offloaded): read them
+                gpu_gate_up, gpu_down = read_torch_experts(weight_path, site.layer_idx, num_gpu_experts,
+                                                           site.hidden_size, site.intermediate_size, gpu_gate_up.dtype)
         del module.gate_up_proj, module.down_proj
         lora = None
         if sft:

@@ -50,7 +50,7 @@ BF16_WEIGHT = StoredPart("weight", SUPPORTED_DTYPES, lambda n, k: [(n, k)],
                          lambda t: t.to(torch.bfloat16).contiguous())
 
 
-def _read_weight_map(directory: Path) -> Tuple[Dict[str, Path], Optional[Path]]:
+def read_weight_map(directory: Path) -> Tuple[Dict[str, Path], Optional[Path]]:
     """Tensor name -> file for every tensor of the checkpoint, and the index path (None without one)."""
     index = directory / INDEX_FILE
     if index.is_file():
@@ -99,7 +99,7 @@ class HFExpertReader:
         self.parts = tuple(parts) if parts is not None else None
         if not self.directory.is_dir():
             raise FileNotFoundError(f"checkpoint directory not found: {self.directory}")
-        weight_map, index = _read_weight_map(self.directory)
+        weight_map, index = read_weight_map(self.directory)
         self.scheme = _detect_scheme(weight_map, layer_idx, self.directory)
         self._files: Dict[str, Path] = {}  # every needed tensor name -> its file, once validated
         self._check_tensors(weight_map, index)
@@ -238,7 +238,7 @@ def list_moe_layers(weight_path: Union[str, os.PathLike]) -> List[MoELayerInfo]:
     directory = Path(weight_path)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-    weight_map, index = _read_weight_map(directory)
+    weight_map, index = read_weight_map(directory)
     experts: Dict[int, Dict[str, List[int]]] = {}  # layer -> scheme -> expert ids
     for scheme in SCHEMES:
         pattern = _gate_pattern(scheme)
