@@ -9,7 +9,9 @@ train: one forward + backward of the causal-LM loss on [batch, seq] tokens, only
 trainable (rank --rank, alpha 2 x rank): torch = grouped_mm experts with PEFT's LoRA on the experts
 (target_parameters gate_up_proj, down_proj); kt-moe = AMXBF16_SFT with its LoRA of the same shape.
 decode: generate() of --new-tokens greedy tokens after an 8-token prompt, batch 1: torch =
-grouped_mm; kt-moe = the BF16, AMXINT8 and AMXINT4 inference methods. The model is bf16 with random
+grouped_mm; kt-moe = the BF16, AMXINT8 and AMXINT4 inference methods; and the same model with experts
+that return zeros ("no experts"): the time of everything else (attention, LM head, generate()'s
+own work), which no experts implementation can go below. The model is bf16 with random
 weights (routers scaled as in tests/transformers_models.py, so routing is not uniform noise). The
 cases of one thread count are timed round-robin (one step of each per round, so their ratios hold
 while the machine's speed drifts); rows give the median and min-max ms per step, tokens/s and the
@@ -88,12 +90,20 @@ def train_cases(base, args, threads) -> Dict[str, Callable[[], None]]:
     return {"torch grouped_mm + PEFT LoRA": step(torch_model), "kt-moe AMXBF16_SFT": step(kt_model)}
 
 
+def no_experts(module, hidden_states, top_k_index, top_k_weights):
+    return torch.zeros_like(hidden_states)
+
+
 def decode_cases(base, args, threads) -> Dict[str, Callable[[], None]]:
+    from transformers.integrations.moe import ExpertsInterface
     from kt_moe.integrations.transformers import offload_experts
     prompt = torch.randint(0, args.vocab, (1, 8), generator=torch.Generator().manual_seed(2))
     models = {"torch grouped_mm": base}
     for method in DECODE_METHODS:
         models[f"kt-moe {method}"] = offload_experts(copy.deepcopy(base), method=method, cpuinfer_threads=threads)
+    ExpertsInterface.register("bench_no_experts", no_experts)
+    models["no experts (the rest)"] = copy.deepcopy(base)
+    models["no experts (the rest)"].set_experts_implementation("bench_no_experts")
 
     def step(model):
         def run():
