@@ -103,3 +103,37 @@ def test_sft_method_refuses_gpu_experts():
 def test_wrapper_parameters_are_validated():
     with pytest.raises(ValueError, match="threadpool_count"):
         offload_experts(tiny_model("qwen3_moe", torch.float32), method="BF16", cpuinfer_threads=1, threadpool_count=2)
+
+
+@pytest.mark.parametrize("architecture", ["qwen3_moe", "mixtral"])  # two MoE layers (DeepSeek's first is dense)
+def test_a_failure_part_way_leaves_a_working_model(architecture, monkeypatch):
+    """Layers before the failing one run on kt-moe, the others as before; the error names the layer."""
+    import kt_moe.integrations.transformers as integration
+    patched = tiny_model(architecture, torch.float32)
+    expected = logits(patched, tokens())
+    load, calls = integration._load, []
+
+    def failing_second_load(wrapper, module, weight_path, num_experts):
+        calls.append(wrapper.config.layer_idx)
+        if len(calls) == 2:
+            raise ValueError("damaged")
+        load(wrapper, module, weight_path, num_experts)
+    monkeypatch.setattr(integration, "_load", failing_second_load)
+    first, second = [site.layer_idx for site in integration.find_experts(patched)][:2]
+    with pytest.raises(ValueError, match=rf"layer {second}: damaged \(layers {first} run on kt-moe, the others as "):
+        offload_experts(patched, method="BF16", cpuinfer_threads=2)
+    offloaded = [hasattr(site.module, "kt_moe") for site in integration.find_experts(patched)]
+    assert offloaded[0] and not any(offloaded[1:])
+    assert relative_l2(logits(patched, tokens()), expected) <= BOUNDS["BF16"]
+
+
+def test_a_failure_on_the_first_layer_changes_nothing(monkeypatch):
+    import kt_moe.integrations.transformers as integration
+    model = tiny_model("mixtral", torch.float32)
+
+    def failing_load(*args):
+        raise RuntimeError("no memory")
+    monkeypatch.setattr(integration, "_load", failing_load)
+    with pytest.raises(RuntimeError, match=r"layer 0: no memory \(nothing changed\)"):
+        offload_experts(model, method="BF16", cpuinfer_threads=1)
+    assert model.config._experts_implementation == "grouped_mm"

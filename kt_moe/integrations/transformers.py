@@ -31,14 +31,22 @@ from kt_moe.wrapper import KTMoEWrapper
 IMPLEMENTATION = "kt_moe"  # the name registered in transformers' ExpertsInterface
 
 
+FALLBACK = "_kt_moe_fallback"  # module attribute: the implementation it ran before, while not offloaded
+
+
 def kt_moe_experts_forward(module: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                            top_k_weights: torch.Tensor) -> torch.Tensor:
-    """The "kt_moe" experts implementation: the module's OffloadedExperts."""
+    """The "kt_moe" experts implementation: the module's OffloadedExperts; a module offload_experts
+    did not get to (it failed on an earlier layer) runs the implementation it had before."""
     offloaded = getattr(module, "kt_moe", None)
-    if offloaded is None:
+    if offloaded is not None:
+        return offloaded(module, hidden_states, top_k_index, top_k_weights)
+    fallback = getattr(module, FALLBACK, None)
+    if fallback is None:
         raise RuntimeError(f"{type(module).__name__}: experts_implementation is 'kt_moe' but this module's experts "
                            "were not offloaded; call kt_moe.integrations.transformers.offload_experts(model)")
-    return offloaded(module, hidden_states, top_k_index, top_k_weights)
+    eager = type(module).forward.__wrapped__  # the class's own forward, under use_experts_implementation
+    return ALL_EXPERTS_FUNCTIONS.get_interface(fallback, eager)(module, hidden_states, top_k_index, top_k_weights)
 
 
 ExpertsInterface.register(IMPLEMENTATION, kt_moe_experts_forward)
@@ -107,28 +115,48 @@ def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_exp
     config = text_config(model)
     threads = _available_cpus() if cpuinfer_threads is None else cpuinfer_threads
     sft_kwargs = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth) if sft else {}
+    # Every layer's wrapper first (parameter errors before anything changes), then layer by layer:
+    # load, free the torch copies, attach. A failure part-way leaves a working model: the layers
+    # done run on kt-moe, the others as before (FALLBACK).
+    wrappers = [_layer_wrapper(site, config, method, num_gpu_experts, threads, threadpool_count, weight_path,
+                               chunked_prefill_size, **sft_kwargs, **kwargs) for site in sites]
+    previous = config._experts_implementation
     for site in sites:
-        module = site.module
-        wrapper = _layer_wrapper(site, config, method, num_gpu_experts, threads, threadpool_count, weight_path,
-                                 chunked_prefill_size, **sft_kwargs, **kwargs)
-        _load(wrapper, module, weight_path, site.num_experts)
-        gpu_gate_up = gpu_down = None
-        if num_gpu_experts:
-            gpu_gate_up = module.gate_up_proj.detach()[:num_gpu_experts].clone()
-            gpu_down = module.down_proj.detach()[:num_gpu_experts].clone()
-            if gpu_gate_up.is_meta and weight_path:  # a model built on meta (load_offloaded): read them
-                gpu_gate_up, gpu_down = read_torch_experts(weight_path, site.layer_idx, num_gpu_experts,
-                                                           site.hidden_size, site.intermediate_size, gpu_gate_up.dtype)
-        del module.gate_up_proj, module.down_proj
-        lora = None
-        if sft:
-            params = new_parameters(site.num_experts, site.hidden_size, site.intermediate_size, lora_rank, lora_dtype)
-            for name, param in params.items():
-                module.register_parameter(name, param)
-            lora = EngineLora(wrapper, params, site.intermediate_size)
-        module.kt_moe = OffloadedExperts(wrapper, lora, gpu_gate_up, gpu_down)
+        setattr(site.module, FALLBACK, previous)
     model.set_experts_implementation(IMPLEMENTATION)
+    for done, (site, wrapper) in enumerate(zip(sites, wrappers)):
+        try:
+            _offload_layer(site, wrapper, weight_path, num_gpu_experts, lora_rank, lora_dtype, sft)
+        except (ValueError, RuntimeError) as exc:
+            if not done:
+                model.set_experts_implementation(previous)
+            done_layers = ", ".join(str(s.layer_idx) for s in sites[:done])
+            note = (f" (layers {done_layers} run on kt-moe, the others as before)" if done else " (nothing changed)")
+            raise type(exc)(f"layer {site.layer_idx}: {exc}{note}") from exc
     return model
+
+
+def _offload_layer(site: ExpertsSite, wrapper, weight_path: Optional[str], num_gpu_experts: int, lora_rank: int,
+                   lora_dtype: torch.dtype, sft: bool) -> None:
+    """Load one layer's wrapper, free the module's experts (keeping the first num_gpu_experts in
+    torch), add its LoRA parameters (SFT methods) and attach the OffloadedExperts."""
+    module = site.module
+    _load(wrapper, module, weight_path, site.num_experts)
+    gpu_gate_up = gpu_down = None
+    if num_gpu_experts:
+        gpu_gate_up = module.gate_up_proj.detach()[:num_gpu_experts].clone()
+        gpu_down = module.down_proj.detach()[:num_gpu_experts].clone()
+        if gpu_gate_up.is_meta and weight_path:  # a model built on meta (load_offloaded): read them
+            gpu_gate_up, gpu_down = read_torch_experts(weight_path, site.layer_idx, num_gpu_experts,
+                                                       site.hidden_size, site.intermediate_size, gpu_gate_up.dtype)
+    del module.gate_up_proj, module.down_proj
+    lora = None
+    if sft:
+        params = new_parameters(site.num_experts, site.hidden_size, site.intermediate_size, lora_rank, lora_dtype)
+        for name, param in params.items():
+            module.register_parameter(name, param)
+        lora = EngineLora(wrapper, params, site.intermediate_size)
+    module.kt_moe = OffloadedExperts(wrapper, lora, gpu_gate_up, gpu_down)
 
 
 def expert_lora_parameters(model: torch.nn.Module):
