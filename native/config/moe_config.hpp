@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace kt_moe {
 
@@ -29,6 +30,9 @@ struct MOEConfig : MoECommonConfig {
   // The option of the method's weight format (formats/registry.cpp): FP8's scale block side
   // (0: one scale per output row), RAWINT4's inputs per scale; the other methods ignore it.
   int group_size = 0;
+  // LLAMAFILE: the registered format of gate, up and down, in that order (a GGUF file's types, e.g.
+  // gguf_q4_k, gguf_q4_k, gguf_q6_k); empty for the other methods.
+  std::vector<std::string> matrix_formats;
 };
 
 // SFT engine configuration (spec 2.1 plus the common fields above).

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "formats/fp8/format.hpp"
+#include "formats/gguf/format.hpp"
 #include "formats/int4_group16/format.hpp"
 #include "formats/int4_kgroup/format.hpp"
 #include "formats/int4_packed/format.hpp"
@@ -19,6 +20,12 @@ const std::vector<FormatEntry>& weight_format_entries() {
       {"int4_kgroup", {}, {"AMXINT4_KGroup_SFT"}, {}, &make_int4_kgroup, {128, true}},
       {"fp8", {"FP8"}, {"AMXFP8_SFT"}, {}, &make_fp8, {128, false}},
       {"int4_packed", {"RAWINT4"}, {}, {"AMXINT4_KGroup_SFT"}, &make_int4_packed, {32, false}},
+      // GGUF block types: LLAMAFILE takes one per matrix from MOEConfig.matrix_formats
+      {"gguf_q8_0", {}, {}, {}, &make_gguf_q8_0, {}},
+      {"gguf_q4_0", {}, {}, {}, &make_gguf_q4_0, {}},
+      {"gguf_q4_1", {}, {}, {}, &make_gguf_q4_1, {}},
+      {"gguf_q5_0", {}, {}, {}, &make_gguf_q5_0, {}},
+      {"gguf_q5_1", {}, {}, {}, &make_gguf_q5_1, {}},
   };
   return entries;
 }

@@ -17,9 +17,10 @@ size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
 
-CanonicalExperts::CanonicalExperts(const WeightFormat& format, int experts, int hidden, int intermediate,
-                                   WorkerPool& pool)
-    : format_(format), dequant_(format.dequant_kernels()), store_(experts, hidden, intermediate, pool) {
+CanonicalExperts::CanonicalExperts(const std::array<WeightFormat, 3>& formats, int experts, int hidden,
+                                   int intermediate, WorkerPool& pool)
+    : formats_(formats), store_(experts, hidden, intermediate, pool) {
+  for (const WeightFormat& f : formats_) f.dequant_kernels();  // std::invalid_argument without a dequantizer
   layouts_.resize(store_.slice_count());
   std::vector<size_t> bytes(store_.slice_count());
   for (int s = 0; s < store_.slice_count(); ++s) {
@@ -35,34 +36,39 @@ CanonicalExperts::CanonicalExperts(const WeightFormat& format, int experts, int 
 CanonicalExperts::Layout CanonicalExperts::layout(int begin, BaseMatrix which, size_t& at) const {
   const bool down = which == BaseMatrix::down;
   const int Is = store_.slice_size(), H = store_.hidden();
+  const WeightFormat& f = format(which);
   Layout l;
   l.rows = down ? H : Is;
   l.cols = down ? Is : H;
-  l.slice = down ? slice_of(format_, 0, H, begin, Is) : slice_of(format_, begin, Is, 0, H);
-  for (int i = 0; i < format_.part_count; ++i) {
+  l.slice = down ? slice_of(f, 0, H, begin, Is) : slice_of(f, begin, Is, 0, H);
+  for (int i = 0; i < f.part_count; ++i) {
     const PartSlice& p = l.slice.parts[i];
     l.at[i] = at;
     l.ld[i] = p.cols;
-    at += aligned(size_t(p.rows * p.cols) * part_type_bytes(format_.parts[i].type));
+    at += aligned(size_t(p.rows * p.cols) * part_type_bytes(f.parts[i].type));
   }
   return l;
 }
 
 QuantMatrixView CanonicalExperts::view(int s, int slot, BaseMatrix which) const {
   const Layout& l = layouts_[s][int(which)];
+  const WeightFormat& f = format(which);
   const uint8_t* expert = store_.expert(s, slot);
+  const int scale_part = f.part_count > 1 ? 1 : 0;  // one part: the scales are inside the value blocks
   QuantMatrixView v;
-  v.format = &dequant_;
+  v.format = &f.dequant_kernels();
   v.rows = l.rows;
   v.cols = l.cols;
-  v.group = format_.group;
-  v.row0 = l.slice.parts[1].row_offset;  // where the slice starts inside its first scale unit
-  v.col0 = l.slice.parts[1].col_offset;
+  v.group = f.group;
+  v.row0 = l.slice.parts[scale_part].row_offset;  // where the slice starts inside its first scale unit
+  v.col0 = l.slice.parts[scale_part].col_offset;
   v.values = expert + l.at[0];
-  v.ld_values = l.ld[0] * part_type_bytes(format_.parts[0].type);
-  v.scale = expert + l.at[1];
-  v.ld_scale = l.ld[1];
-  if (format_.part_count > 2) {
+  v.ld_values = l.ld[0] * part_type_bytes(f.parts[0].type);
+  if (f.part_count > 1) {
+    v.scale = expert + l.at[1];
+    v.ld_scale = l.ld[1];
+  }
+  if (f.part_count > 2) {
     v.zero = expert + l.at[2];
     v.ld_zero = l.ld[2];
   }
@@ -72,21 +78,23 @@ QuantMatrixView CanonicalExperts::view(int s, int slot, BaseMatrix which) const 
 std::vector<std::vector<uint8_t>> CanonicalExperts::stored_parts(int s, int slot, BaseMatrix which) const {
   check_slot(slot);
   const Layout& l = layouts_[s][int(which)];
+  const WeightFormat& f = format(which);
   const uint8_t* expert = store_.expert(s, slot);
   std::vector<std::vector<uint8_t>> parts;
-  for (int i = 0; i < format_.part_count; ++i) {
+  for (int i = 0; i < f.part_count; ++i) {
     const PartSlice& p = l.slice.parts[i];
     const uint8_t* at = expert + l.at[i];
-    parts.emplace_back(at, at + size_t(p.rows * p.cols) * part_type_bytes(format_.parts[i].type));
+    parts.emplace_back(at, at + size_t(p.rows * p.cols) * part_type_bytes(f.parts[i].type));
   }
   return parts;
 }
 
-void CanonicalExperts::copy(const MatrixParts& src, const Layout& l, uint8_t* expert) const {
-  const MatrixParts from = slice_pointers(format_, src, l.slice);
-  for (int i = 0; i < format_.part_count; ++i) {
+void CanonicalExperts::copy(const MatrixParts& src, BaseMatrix which, const Layout& l, uint8_t* expert) const {
+  const WeightFormat& f = format(which);
+  const MatrixParts from = slice_pointers(f, src, l.slice);
+  for (int i = 0; i < f.part_count; ++i) {
     const PartSlice& p = l.slice.parts[i];
-    const size_t elem = part_type_bytes(format_.parts[i].type), row_bytes = size_t(p.cols) * elem;
+    const size_t elem = part_type_bytes(f.parts[i].type), row_bytes = size_t(p.cols) * elem;
     const auto* in = static_cast<const uint8_t*>(from.data[i]);
     uint8_t* out = expert + l.at[i];
     for (int64_t r = 0; r < p.rows; ++r) std::memcpy(out + r * row_bytes, in + r * src.ld[i] * elem, row_bytes);
@@ -94,15 +102,15 @@ void CanonicalExperts::copy(const MatrixParts& src, const Layout& l, uint8_t* ex
 }
 
 void CanonicalExperts::load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) {
-  for (const MatrixParts* m : {&gate, &up, &down})
-    for (int i = 0; i < format_.part_count; ++i)
-      if (!m->data[i])
-        throw std::invalid_argument(std::string(format_.name) + " needs every part " + format_.part_list() +
-                                    " of every matrix");
+  const MatrixParts* matrices[3] = {&gate, &up, &down};
+  for (int m = 0; m < 3; ++m) {
+    const WeightFormat& f = formats_[m];
+    for (int i = 0; i < f.part_count; ++i)
+      if (!matrices[m]->data[i])
+        throw std::invalid_argument(std::string(f.name) + " needs every part " + f.part_list() + " of every matrix");
+  }
   store_.load(slot, [&](int s, uint8_t* expert) {
-    copy(gate, layouts_[s][0], expert);
-    copy(up, layouts_[s][1], expert);
-    copy(down, layouts_[s][2], expert);
+    for (int m = 0; m < 3; ++m) copy(*matrices[m], BaseMatrix(m), layouts_[s][m], expert);
   });
 }
 

@@ -26,10 +26,14 @@ enum class BaseMatrix : int { gate = 0, up = 1, down = 2 };
 
 class CanonicalExperts {
  public:
-  // std::invalid_argument when the format has no bf16 dequantizer, or like ExpertStore.
-  CanonicalExperts(const WeightFormat& format, int experts, int hidden, int intermediate, WorkerPool& pool);
+  // One format per matrix (gate, up, down: a GGUF file's Q4_K gate and up with a Q6_K down), or one
+  // for all three. std::invalid_argument when a format has no bf16 dequantizer, or like ExpertStore.
+  CanonicalExperts(const std::array<WeightFormat, 3>& formats, int experts, int hidden, int intermediate,
+                   WorkerPool& pool);
+  CanonicalExperts(const WeightFormat& format, int experts, int hidden, int intermediate, WorkerPool& pool)
+      : CanonicalExperts({format, format, format}, experts, hidden, intermediate, pool) {}
 
-  const WeightFormat& format() const { return format_; }
+  const WeightFormat& format(BaseMatrix which) const { return formats_[int(which)]; }
   int slice_size() const { return store_.slice_size(); }
   int slice_count() const { return store_.slice_count(); }
   int loaded_count() const { return store_.loaded_count(); }
@@ -37,7 +41,8 @@ class CanonicalExperts {
   size_t bytes_per_expert() const { return store_.bytes_per_expert(); }
 
   // Expert `slot`'s matrix in slice s (gate, up [Is, H]; down [H, Is]) as its dequantizer reads it:
-  // parts 0, 1 and 2 are the values, the scale and the zero point (kernels/dequant_bf16.hpp).
+  // parts 0, 1 and 2 are the values, the scale and the zero point (kernels/dequant_bf16.hpp); a
+  // format of one part (GGUF blocks) has its scales inside the values.
   QuantMatrixView view(int s, int slot, BaseMatrix which) const;
 
   // Expert `slot`'s matrix in slice s as stored: each part's covered units, row-major, in part order
@@ -59,10 +64,9 @@ class CanonicalExperts {
     int64_t ld[kMaxMatrixParts] = {};
   };
   Layout layout(int begin, BaseMatrix which, size_t& at) const;
-  void copy(const MatrixParts& src, const Layout& l, uint8_t* expert) const;
+  void copy(const MatrixParts& src, BaseMatrix which, const Layout& l, uint8_t* expert) const;
 
-  WeightFormat format_;
-  const DequantFormat& dequant_;
+  std::array<WeightFormat, 3> formats_;  // gate, up, down
   ExpertStore store_;
   std::vector<std::array<Layout, 3>> layouts_;  // per slice: gate, up, down
 };

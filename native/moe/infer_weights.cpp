@@ -114,9 +114,14 @@ void QuantInferWeights::down(IsaLevel level, int s, int slot, const bf16_t*, int
 
 // ---- formats read through their dequantizer ---------------------------------------------------
 
-DequantInferWeights::DequantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format)
-    : experts_(format, config.expert_num, config.hidden_size, config.intermediate_size, pool),
-      hidden_(config.hidden_size) {}
+DequantInferWeights::DequantInferWeights(const MOEConfig& config, WorkerPool& pool,
+                                         const std::array<WeightFormat, 3>& formats)
+    : experts_(formats, config.expert_num, config.hidden_size, config.intermediate_size, pool),
+      name_(formats[0].name),
+      hidden_(config.hidden_size) {
+  if (std::string(formats[1].name) != name_ || std::string(formats[2].name) != name_)
+    name_ += std::string(",") + formats[1].name + "," + formats[2].name;
+}
 
 void DequantInferWeights::gate_up(IsaLevel level, int s, int slot, const bf16_t* x, int b, int n, int c0, int nc,
                                   float* g, float* u, int64_t ldc) const {
@@ -140,10 +145,18 @@ void DequantInferWeights::down(IsaLevel level, int s, int slot, const bf16_t* z,
 
 std::unique_ptr<InferWeights> make_infer_weights(const MOEConfig& config, WorkerPool& pool) {
   if (config.method == "BF16") return std::make_unique<Bf16InferWeights>(config, pool);
+  if (config.method == "LLAMAFILE") {  // one format per matrix, as the GGUF file stores them
+    if (config.matrix_formats.size() != 3)
+      throw std::invalid_argument("LLAMAFILE needs the formats of gate, up and down (MOEConfig.matrix_formats), got " +
+                                  std::to_string(config.matrix_formats.size()));
+    std::array<WeightFormat, 3> formats;
+    for (int m = 0; m < 3; ++m) formats[m] = weight_format(config.matrix_formats[m]);
+    return std::make_unique<DequantInferWeights>(config, pool, formats);
+  }
   if (const FormatEntry* entry = weight_format_entry_for_method(config.method, false)) {
     const WeightFormat format = entry->make({config.group_size, false});
     if (format.packed) return std::make_unique<QuantInferWeights>(config, pool, format);
-    return std::make_unique<DequantInferWeights>(config, pool, format);
+    return std::make_unique<DequantInferWeights>(config, pool, std::array<WeightFormat, 3>{format, format, format});
   }
   throw std::invalid_argument("the inference engine has no weight format for method '" + config.method +
                               "' (it runs " + weight_format_methods(false, "BF16") + ")");

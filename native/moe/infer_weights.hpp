@@ -13,10 +13,12 @@
 // subpool's NUMA node.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "config/moe_config.hpp"
@@ -96,8 +98,8 @@ class Bf16InferWeights final : public InferWeights {
 // through their bf16 dequantizer).
 class PartsInferWeights : public InferWeights {
  public:
-  virtual const WeightFormat& weight_format() const = 0;
-  const char* format() const override { return weight_format().name; }
+  // The format of matrix `which` (the same for all three except where a method takes one per matrix).
+  virtual const WeightFormat& weight_format(BaseMatrix which) const = 0;
   // One expert, each matrix whole in the format's canonical parts (gate and up W [I, H], down
   // W [H, I]; row strides in MatrixParts::ld), into `slot`, each subpool its own slice
   // (ExpertStore::load).
@@ -114,7 +116,8 @@ class QuantInferWeights final : public PartsInferWeights {
   // hold for H and Is.
   QuantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format);
 
-  const WeightFormat& weight_format() const override { return format_; }
+  const char* format() const override { return format_.name; }
+  const WeightFormat& weight_format(BaseMatrix) const override { return format_; }
   int slice_size() const override { return store_.slice_size(); }
   int loaded_count() const override { return store_.loaded_count(); }
   void check_slot(int slot) const override { store_.check_slot(slot); }
@@ -158,10 +161,13 @@ class QuantInferWeights final : public PartsInferWeights {
 // read as bf16.
 class DequantInferWeights final : public PartsInferWeights {
  public:
-  // std::invalid_argument when the format has no bf16 dequantizer.
-  DequantInferWeights(const MOEConfig& config, WorkerPool& pool, const WeightFormat& format);
+  // One format per matrix (gate, up, down), or the same three times. std::invalid_argument when a
+  // format has no bf16 dequantizer.
+  DequantInferWeights(const MOEConfig& config, WorkerPool& pool, const std::array<WeightFormat, 3>& formats);
 
-  const WeightFormat& weight_format() const override { return experts_.format(); }
+  // The format's name, or "gate,up,down" names when they differ.
+  const char* format() const override { return name_.c_str(); }
+  const WeightFormat& weight_format(BaseMatrix which) const override { return experts_.format(which); }
   int slice_size() const override { return experts_.slice_size(); }
   int loaded_count() const override { return experts_.loaded_count(); }
   void check_slot(int slot) const override { experts_.check_slot(slot); }
@@ -180,6 +186,7 @@ class DequantInferWeights final : public PartsInferWeights {
 
  private:
   CanonicalExperts experts_;
+  std::string name_;
   int hidden_;
 };
 

@@ -61,9 +61,9 @@ class QuantSftBase final : public SftBaseWeights {
   // std::invalid_argument when the format has no bf16 dequantizer.
   QuantSftBase(const MOESFTConfig& config, WorkerPool& pool, const WeightFormat& format);
 
-  const WeightFormat& weight_format() const { return experts_.format(); }
+  const WeightFormat& weight_format() const { return experts_.format(BaseMatrix::gate); }  // one for all three
   const CanonicalExperts& experts() const { return experts_; }
-  const char* format() const override { return experts_.format().name; }
+  const char* format() const override { return weight_format().name; }
   int loaded_count() const override { return experts_.loaded_count(); }
   void check_slot(int slot) const override { experts_.check_slot(slot); }
   size_t resident_bytes_per_expert() const override { return experts_.bytes_per_expert(); }

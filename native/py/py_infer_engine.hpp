@@ -54,9 +54,9 @@ class PyInferEngine {
       throw std::invalid_argument("method " + c.method + " stores its experts as " + weights->format() +
                                   ": load them with load_expert_task");
     const int64_t I = c.intermediate_size, H = c.hidden_size;
-    const WeightFormat& f = format->weight_format();
-    const MatrixParts g = checked_parts(f, gate, "gate", I, H), u = checked_parts(f, up, "up", I, H),
-                      d = checked_parts(f, down, "down", H, I);
+    const MatrixParts g = checked_parts(format->weight_format(BaseMatrix::gate), gate, "gate", I, H),
+                      u = checked_parts(format->weight_format(BaseMatrix::up), up, "up", I, H),
+                      d = checked_parts(format->weight_format(BaseMatrix::down), down, "down", H, I);
     nanobind::gil_scoped_release unlocked;
     engine_.load_quant_expert(slot, g, u, d);
   }
