@@ -5,8 +5,8 @@ Public entry: `KTMoEWrapper(...)` returns an inference or SFT backend for one Mo
 
 from kt_moe._native import MOEConfig, MOESFTConfig, cpu_info, set_isa
 from kt_moe.config import ConfigError, KTMoEConfig, validate_config
-from kt_moe.inference import (AMXMoEWrapper, BaseMoEWrapper, GeneralMoEWrapper, LlamafileMoEWrapper,
-                              NativeMoEWrapper)
+from kt_moe.inference import AMXMoEWrapper, BaseMoEWrapper, GeneralMoEWrapper, NativeMoEWrapper
+from kt_moe.llamafile import LlamafileMoEWrapper
 from kt_moe.sft import AMXSFTMoEWrapper, BaseSFTMoEWrapper
 from kt_moe.wrapper import KTMoEWrapper
 

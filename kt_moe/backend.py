@@ -50,9 +50,15 @@ class MoEWrapperBase:
             self.format_option = format_option(config.weight_path, config.method)
         check_layer_shape(self.base_format.format if self.base_format else CHECKPOINT_METHODS.get(config.method),
                           self.format_option, config.hidden_size, config.moe_intermediate_size)
-        self.native_config = config.to_native(self.format_option, self.base_format and self.base_format.format)
+        self.native_config = config.to_native(self.format_option, self.base_format and self.base_format.format,
+                                              self.matrix_formats())
         _native.active_isa()  # raises ValueError here when KT_MOE_ISA asks for too much
         self.pool = shared_pool(config.cpuinfer_threads, config.threadpool_count)
+
+    def matrix_formats(self) -> tuple:
+        """The registered format of gate, up and down when the method takes one per matrix
+        (LLAMAFILE), else ()."""
+        return ()
 
     @property
     def isa(self) -> str:

@@ -13,7 +13,7 @@ import numbers
 import os
 import reprlib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError,
                       ValidationInfo, model_validator)
@@ -37,6 +37,7 @@ MODE_ONLY_PARAMETERS = {
 # Parameters that only one method reads; with the others the same rule holds.
 METHOD_ONLY_PARAMETERS = {
     "AMXINT4_KGroup_SFT": ("group_size", "zero_point"),
+    "LLAMAFILE": ("gguf_type",),
 }
 KGROUP_SIZES = (32, 64, 128)  # group_size values (inputs per INT4 scale)
 DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT = 128, True
@@ -47,6 +48,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # and a 32-bit float lora_alpha
 Mode = Literal[MODES]
 Method = Literal[INFERENCE_METHODS + SFT_METHODS]
 GroupSize = Literal[KGROUP_SIZES]
+# The GGUF types LLAMAFILE quantizes weights given as tensors to (gguf_type); files are read in every
+# type kt_moe.weights.gguf_source lists.
+GGUF_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
 class ConfigError(ValueError):
@@ -93,6 +97,15 @@ def _bool(value: Any, info: ValidationInfo) -> bool:
     if not isinstance(value, bool):
         raise _type_error(value, info, "a bool")
     return value
+
+
+def _gguf_type(value: Any, info: ValidationInfo) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.upper() not in GGUF_QUANTIZE_TYPES:
+        raise _error("gguf_type", f"gguf_type must be None or one of {', '.join(GGUF_QUANTIZE_TYPES)}, "
+                                  f"got {value!r}")
+    return value.upper()
 
 
 def _group_size(value: Any, info: ValidationInfo) -> int:
@@ -189,6 +202,10 @@ class KTMoEConfig(BaseModel):
     zero_point: Annotated[bool, BeforeValidator(_bool)] = DEFAULT_ZERO_POINT
     """AMXINT4_KGroup_SFT only: a zero point per group (asymmetric INT4), or symmetric groups. With
     other methods it must keep its default."""
+    gguf_type: Annotated[Optional[str], BeforeValidator(_gguf_type)] = None
+    """LLAMAFILE only: the GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) load_weights_from_tensors quantizes
+    to; None: the types of the GGUF file in weight_path, or Q8_0 without one. With other methods it
+    must keep its default."""
 
     @property
     def is_sft(self) -> bool:
@@ -237,12 +254,13 @@ class KTMoEConfig(BaseModel):
         names = METHOD_ONLY_PARAMETERS.get(self.method, ())
         return {name: getattr(self, name) for name in names}
 
-    def to_native(self, format_option: Optional[int] = None,
-                  base_format: Optional[str] = None) -> Union[MOEConfig, MOESFTConfig]:
+    def to_native(self, format_option: Optional[int] = None, base_format: Optional[str] = None,
+                  matrix_formats: Sequence[str] = ()) -> Union[MOEConfig, MOESFTConfig]:
         """The read-only native config: MOEConfig for inference, MOESFTConfig for sft. format_option:
         the option of the method's weight format that the checkpoint decides (FP8's scale block side,
         RAWINT4's group size; kt_moe.weights.checkpoint_formats), passed as group_size; base_format:
-        the format an SFT base keeps because the checkpoint ships it (None: the method's own)."""
+        the format an SFT base keeps because the checkpoint ships it (None: the method's own);
+        matrix_formats: LLAMAFILE's registered format of gate, up and down."""
         common = dict(expert_num=self.num_experts, hidden_size=self.hidden_size,
                       intermediate_size=self.moe_intermediate_size, experts_per_token=self.num_experts_per_tok,
                       num_gpu_experts=self.num_gpu_experts, weight_path=self.weight_path,
@@ -255,7 +273,7 @@ class KTMoEConfig(BaseModel):
                                 zero_point=self.zero_point and not base_format, base_format=base_format or "")
         return MOEConfig(**common, cpu_save=self.cpu_save,
                          max_deferred_experts_per_token=self.max_deferred_experts_per_token,
-                         group_size=format_option or 0)
+                         group_size=format_option or 0, matrix_formats=list(matrix_formats))
 
 
 def _describe(error: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -291,9 +291,5 @@ class NativeMoEWrapper(AMXMoEWrapper):
         super().load_weights_from_tensors(gate, up, down, physical_to_logical_map)
 
 
-class LlamafileMoEWrapper(BaseMoEWrapper):
-    """LLAMAFILE: GGUF weights."""
-
-
 class GeneralMoEWrapper(BaseMoEWrapper):
     """MOE_INT4 / MOE_INT8: portable INT4 / INT8 kernels."""

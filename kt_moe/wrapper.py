@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from kt_moe.config import validate_config
-from kt_moe.inference import (AMXMoEWrapper, BaseMoEWrapper, GeneralMoEWrapper, LlamafileMoEWrapper,
-                              NativeMoEWrapper)
+from kt_moe.inference import AMXMoEWrapper, BaseMoEWrapper, GeneralMoEWrapper, NativeMoEWrapper
+from kt_moe.llamafile import LlamafileMoEWrapper
 from kt_moe.sft import AMXSFTMoEWrapper, BaseSFTMoEWrapper
 
 BACKENDS = {
@@ -29,7 +29,8 @@ BACKENDS = {
 # Methods whose engine is not built yet: the factory refuses them at construction (and `kt-moe
 # validate` reports them). The work that builds an engine removes its methods from this set.
 ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT",
-                                           "AMXFP8_SFT", "BF16", "AMXINT8", "AMXINT4", "FP8", "RAWINT4"}
+                                           "AMXFP8_SFT", "BF16", "AMXINT8", "AMXINT4", "FP8", "RAWINT4",
+                                           "LLAMAFILE"}
 
 
 def engine_missing(method: str) -> Optional[str]:
@@ -69,6 +70,7 @@ class KTMoEWrapper:
         max_cache_depth: int = 1,
         group_size: int = 128,
         zero_point: bool = True,
+        gguf_type: Optional[str] = None,
     ) -> Union[BaseMoEWrapper, BaseSFTMoEWrapper]:
         config = validate_config(
             layer_idx=layer_idx, num_experts=num_experts, num_experts_per_tok=num_experts_per_tok,
@@ -78,7 +80,7 @@ class KTMoEWrapper:
             chunked_prefill_size=chunked_prefill_size, cpu_save=cpu_save,
             max_deferred_experts_per_token=max_deferred_experts_per_token, method=method, mode=mode,
             lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth, group_size=group_size,
-            zero_point=zero_point)
+            zero_point=zero_point, gguf_type=gguf_type)
         missing = engine_missing(config.method)
         if missing:
             raise NotImplementedError(missing)

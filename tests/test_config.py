@@ -19,7 +19,7 @@ SFT = dict(BASE, mode="sft", method="AMXBF16_SFT")
 KGROUP = dict(SFT, method="AMXINT4_KGroup_SFT")
 REQUIRED = list(BASE)
 OPTIONAL = dict(cpu_save=False, max_deferred_experts_per_token=None, method="AMXINT4", mode="inference",
-                lora_rank=16, lora_alpha=32.0, max_cache_depth=1, group_size=128, zero_point=True)
+                lora_rank=16, lora_alpha=32.0, max_cache_depth=1, group_size=128, zero_point=True, gguf_type=None)
 INT_FIELDS = ["layer_idx", "num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size",
               "num_gpu_experts", "cpuinfer_threads", "threadpool_count", "chunked_prefill_size",
               "lora_rank", "max_cache_depth", "max_deferred_experts_per_token"]
@@ -227,7 +227,27 @@ def test_kgroup_parameters_refused_with_other_methods(config, name, value):
 def test_kgroup_parameters_at_defaults_are_accepted_with_other_methods():
     assert validate_config(**SFT, group_size=128, zero_point=True).quant_options == {}
     assert validate_config(**BASE, group_size=128).quant_options == {}
-    assert set(METHOD_ONLY_PARAMETERS) == {"AMXINT4_KGroup_SFT"}
+    assert set(METHOD_ONLY_PARAMETERS) == {"AMXINT4_KGroup_SFT", "LLAMAFILE"}
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), ("Q4_0", "Q4_0"), ("q8_0", "Q8_0"), ("Q5_1", "Q5_1")])
+def test_gguf_type(value, expected):
+    config = validate_config(**BASE, method="LLAMAFILE", gguf_type=value)
+    assert config.gguf_type == expected and config.quant_options == dict(gguf_type=expected)
+    assert list(config.to_native(matrix_formats=["gguf_q8_0"] * 3).matrix_formats) == ["gguf_q8_0"] * 3
+
+
+@pytest.mark.parametrize("value,message", [
+    ("Q4_K", "gguf_type must be None or one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, got 'Q4_K'"),
+    (8, "gguf_type must be None or one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, got 8"),
+])
+def test_gguf_type_errors(value, message):
+    error = error_of(**BASE, method="LLAMAFILE", gguf_type=value)
+    assert str(error) == message and error.errors[0][0] == "gguf_type"
+
+
+def test_gguf_type_is_refused_with_other_methods():
+    assert str(error_of(**BASE, gguf_type="Q8_0")) == "gguf_type is only used with method='LLAMAFILE' (got method='AMXINT4')"
 
 
 def test_valid_inference_config():

@@ -14,6 +14,7 @@ import pytest
 import inference_helpers
 import sft_helpers
 import test_inference_quantized
+import test_llamafile
 import test_sft_quantized
 from kt_moe import cli
 from kt_moe.benchmark.cases import BASELINES, ERROR_BOUNDS
@@ -36,6 +37,7 @@ def test_error_bounds_are_the_tests_bounds():
     for method in ("AMXINT8_SFT", "AMXINT4_SFT", "AMXFP8_SFT"):
         assert ERROR_BOUNDS[method] == test_sft_quantized.VS_ORIGINAL[method]
     assert ERROR_BOUNDS["AMXINT4_KGroup_SFT"] == test_sft_quantized.VS_ORIGINAL_OTHER_KGROUP  # groups of 128
+    assert ERROR_BOUNDS["LLAMAFILE"] == test_llamafile.Q8_0_VS_ORIGINAL  # the bench's default gguf_type
     built = (set(INFERENCE_METHODS) | set(SFT_METHODS)) - ENGINES_NOT_BUILT
     assert set(ERROR_BOUNDS) == built | set(BASELINES.values())
 

@@ -6,8 +6,8 @@ import pytest
 import kt_moe
 from kt_moe import wrapper
 from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
-from kt_moe.inference import (AMXMoEWrapper, BaseMoEWrapper, GeneralMoEWrapper, LlamafileMoEWrapper,
-                              NativeMoEWrapper)
+from kt_moe.inference import AMXMoEWrapper, BaseMoEWrapper, GeneralMoEWrapper, NativeMoEWrapper
+from kt_moe.llamafile import LlamafileMoEWrapper
 from kt_moe.sft import AMXSFTMoEWrapper, BaseSFTMoEWrapper
 
 EXPECTED_CLASS = {

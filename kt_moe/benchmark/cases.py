@@ -18,22 +18,24 @@ from kt_moe.reference import LoraWeights, lora_moe
 from kt_moe.benchmark.problem import LORA_ALPHA, Outputs, Problem
 
 # Bytes per stored expert-weight element of each kt-moe method, for the effective GB/s
-# (quantization scales excluded; None where the storage depends on the file, as GGUF's does).
+# (quantization scales excluded; LLAMAFILE: the bench's Q8_0 blocks, 34 bytes per 32 weights, scales
+# included).
 BYTES_PER_ELEMENT = {
-    "AMXINT4": 0.5, "AMXINT8": 1.0, "RAWINT4": 0.5, "FP8": 1.0, "LLAMAFILE": None, "MOE_INT4": 0.5,
+    "AMXINT4": 0.5, "AMXINT8": 1.0, "RAWINT4": 0.5, "FP8": 1.0, "LLAMAFILE": 34 / 32, "MOE_INT4": 0.5,
     "MOE_INT8": 1.0, "BF16": 2.0, "AMXBF16_SFT": 2.0, "AMXINT8_SFT": 1.0, "AMXINT4_SFT": 0.5,
     "AMXINT4_KGroup_SFT": 0.5, "AMXFP8_SFT": 1.0,
 }
 # The relative L2 error to expect against the fp32 reference of the bf16 weights: the bound the tests
 # hold each case to (BF16: tests/inference_helpers.py TOL; AMXBF16_SFT: tests/sft_helpers.py TOL; the
 # quantized methods: VS_ORIGINAL of tests/test_inference_quantized.py and tests/test_sft_quantized.py,
-# AMXINT4_KGroup_SFT at its default groups of 128; the torch baselines: bf16 compute). 4-bit weights
+# AMXINT4_KGroup_SFT at its default groups of 128; LLAMAFILE: Q8_0_VS_ORIGINAL of tests/test_llamafile.py,
+# the bench quantizing to Q8_0; the torch baselines: bf16 compute). 4-bit weights
 # are coarse: ~0.1 is their normal error (RAWINT4's symmetric groups of 32 ~0.17); FP8's 3 mantissa
 # bits give ~0.05. A method without an engine has no bound yet.
 ERROR_BOUNDS = {
     "torch-bf16": 2e-2, "torch-bf16-autograd": 2e-2, "BF16": 5e-3, "AMXINT8": 3e-2, "AMXINT4": 0.15,
     "FP8": 7e-2, "RAWINT4": 0.3, "AMXBF16_SFT": 1e-2, "AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15,
-    "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12,
+    "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12, "LLAMAFILE": 2e-2,
 }
 KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method in methods}
 BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}
