@@ -4,9 +4,12 @@ dequantization of the same blocks, over the issue's grid at every ISA level; loa
 files and with a permuted map; weights given as tensors, quantized by gguf's quantizer to gguf_type;
 memory; and the errors.
 
-Shapes: H = 224 and I = 160 are whole blocks of 32 (the legacy types'); with two subpools each owns
-80 intermediate columns, so the second subpool's down slice starts inside a block. amx_emulated runs
-a smaller layer (its tiles are emulated)."""
+Every type kt-moe reads, in four files of three types each (a matrix per type): the legacy types at
+H = 224, I = 160 (whole blocks of 32; with two subpools each owns 80 intermediate columns, so the
+second subpool's down slice starts inside a block), the K-quants and IQ4_XS at H = 256, I = 768
+(super-blocks of 256; with two subpools down's slices start inside one), IQ4_NL and the float types at H = 224,
+I = 160. gguf cannot quantize the K-quants and IQ types: their blocks are random with finite scales
+(tests/gguf_fixtures.py). amx_emulated runs smaller layers (its tiles are emulated)."""
 
 import pytest
 import torch
@@ -16,11 +19,20 @@ from gguf_fixtures import write_gguf_layerset
 from inference_helpers import START_ISA
 from kt_moe import KTMoEWrapper
 from kt_moe.reference import moe_forward, random_routing, relative_l2
+from kt_moe.weights.gguf_checkpoint import SUPPORTED_TYPE_NAMES
+from kt_moe.weights.gguf_source import NATIVE_FORMATS
 
 E, H, I = 10, 224, 160
-SMALL = dict(E=8, H=64, I=64)  # amx_emulated
 LAYER = 3
 MIXED = ("Q4_0", "Q5_1", "Q8_0")  # gate, up, down: each matrix its own type
+# name -> (gate, up, down types, sizes, sizes at amx_emulated)
+TYPE_SETS = {
+    "legacy": (MIXED, dict(E=E, H=H, I=I), dict(E=8, H=64, I=64)),
+    "k-quants": (("Q4_K", "Q2_K", "Q6_K"), dict(E=8, H=256, I=768), dict(E=8, H=256, I=256)),
+    "k-quants-iq4": (("Q5_K", "Q3_K", "IQ4_XS"), dict(E=8, H=256, I=768), dict(E=8, H=256, I=256)),
+    "iq4nl-float": (("IQ4_NL", "F16", "BF16"), dict(E=E, H=H, I=I), dict(E=8, H=64, I=64)),
+    "float-q4_1": (("F32", "Q4_1", "Q5_0"), dict(E=E, H=H, I=I), dict(E=8, H=64, I=64)),
+}
 GRID = [(q, k, tp) for q in (1, 3, 16, 128, 600) for k in (1, 6, 8) for tp in (1, 2)]
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 VS_DEQUANTIZED = 1e-2  # the activations stay bf16: only bf16 rounding (of the dequantized weights too)
@@ -31,17 +43,18 @@ Q8_0_VS_ORIGINAL = 2e-2
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """GGUF models with layer LAYER in the MIXED types, of the main and the small shape, for each k
-    of the grid (the file's expert_used_count must be the wrapper's num_experts_per_tok): (shape, k)
-    -> (directory, what was written); ("main", None): k = 8."""
+    """GGUF models with layer LAYER in each TYPE_SETS entry's types, of its main and small sizes, for
+    each k of the grid (the file's expert_used_count must be the wrapper's num_experts_per_tok):
+    (type set, "main" or "small", k) -> (directory, what was written); "main": the legacy set, k = 8."""
     root = tmp_path_factory.mktemp("gguf")
     models = {}
-    for which, sizes in (("main", dict(E=E, H=H, I=I)), ("small", SMALL)):
-        for k in (1, 6, 8):
-            directory = root / f"{which}-{k}"
-            models[which, k] = directory, write_gguf_layerset(directory / "model.gguf", layers={LAYER: MIXED},
-                                                              k=k, **sizes)
-    models["main"] = models["main", 8]
+    for name, (types, main, small) in TYPE_SETS.items():
+        for which, sizes in (("main", main), ("small", small)):
+            for k in (1, 6, 8):
+                directory = root / f"{name}-{which}-{k}"
+                models[name, which, k] = directory, write_gguf_layerset(directory / "model.gguf",
+                                                                        layers={LAYER: types}, k=k, **sizes)
+    models["main"] = models["legacy", "main", 8]
     return models
 
 
@@ -52,8 +65,8 @@ def wrapper(path, num_experts, hidden, intermediate, k=8, tp=1, **kwargs):
     return KTMoEWrapper(**{**options, **kwargs})
 
 
-def check_grid_point(model, which, q, k, tp):
-    path, written = model[which, k]
+def check_grid_point(model, type_set, which, q, k, tp):
+    path, written = model[type_set, which, k]
     e = written.weights[LAYER]["gate"].shape[0]
     hidden, intermediate = written.weights[LAYER]["down"].shape[1:]
     w = wrapper(path, e, hidden, intermediate, k=k, tp=tp)
@@ -68,14 +81,38 @@ def check_grid_point(model, which, q, k, tp):
 
 
 @pytest.mark.parametrize("q,k,tp", GRID)
-def test_matches_the_reference_on_ggufs_dequantization(model, q, k, tp):
-    check_grid_point(model, "main", q, k, tp)
+@pytest.mark.parametrize("type_set", TYPE_SETS)
+def test_matches_the_reference_on_ggufs_dequantization(model, type_set, q, k, tp):
+    check_grid_point(model, type_set, "main", q, k, tp)
 
 
 @pytest.mark.parametrize("q,k,tp", GRID)
+@pytest.mark.parametrize("type_set", TYPE_SETS)
 @pytest.mark.parametrize("isa_level", OTHER_LEVELS, indirect=True)
-def test_matches_the_reference_at_each_isa_level(model, isa_level, q, k, tp):
-    check_grid_point(model, "small" if isa_level == "amx_emulated" else "main", q, k, tp)
+def test_matches_the_reference_at_each_isa_level(model, isa_level, type_set, q, k, tp):
+    check_grid_point(model, type_set, "small" if isa_level == "amx_emulated" else "main", q, k, tp)
+
+
+def test_a_deepseek_v2_lite_layer_as_llama_cpp_writes_it(tmp_path):
+    """I = 1408 is not a multiple of 256: llama.cpp keeps K-quant gate and up (rows of H = 2048) and
+    falls back to a legacy type for down (rows of 1408), Q8_0 here; two subpools (704 columns each,
+    22 blocks of 32)."""
+    written = write_gguf_layerset(tmp_path / "model.gguf", layers={LAYER: ("Q4_K", "Q4_K", "Q8_0")}, E=4, H=2048,
+                                  I=1408, k=2)
+    w = wrapper(tmp_path, 4, 2048, 1408, k=2, tp=2)
+    w.load_weights(torch.tensor([2, 0, 3, 1]))
+    x = torch.randn(6, 2048).to(torch.bfloat16)
+    ids, weights = random_routing(6, 4, 2)
+    W = {m: t[[2, 0, 3, 1]] for m, t in written.weights[LAYER].items()}
+    expected = moe_forward(x.float(), ids, weights.float(), W["gate"], W["up"], W["down"])
+    assert relative_l2(w.forward(x, ids, weights).float(), expected.float()) <= VS_DEQUANTIZED
+    file_bytes = sum(written.raw[LAYER][m][0].numel() for m in ("gate", "up", "down"))
+    assert file_bytes <= w.resident_bytes_per_expert() <= 1.05 * file_bytes
+
+
+def test_every_type_the_reader_takes_has_a_format():
+    assert set(SUPPORTED_TYPE_NAMES) == set(NATIVE_FORMATS)
+    assert {t for types, _, _ in TYPE_SETS.values() for t in types} == set(SUPPORTED_TYPE_NAMES)
 
 
 def test_types_and_memory(model):
@@ -129,9 +166,9 @@ def test_sizes_must_match_the_metadata(model):
         wrapper(path, E, H, 128)
 
 
-def test_types_without_a_format_are_named(tmp_path):
-    write_gguf_layerset(tmp_path / "m.gguf", layers={0: ("Q4_K", "Q4_K", "Q6_K")}, E=2, H=256, I=256, k=2)
-    with pytest.raises(ValueError, match=r"blk\.0\.ffn_gate_exps\.weight.* is Q4_K: this version of kt-moe reads"):
+def test_other_types_are_named(tmp_path):
+    write_gguf_layerset(tmp_path / "m.gguf", layers={0: ("Q4_K", "IQ2_XXS", "Q6_K")}, E=2, H=256, I=256, k=2)
+    with pytest.raises(ValueError, match=r"blk\.0\.ffn_up_exps\.weight.*IQ2_XXS"):
         wrapper(tmp_path, 2, 256, 256, k=2, layer_idx=0)
 
 

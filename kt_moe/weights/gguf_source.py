@@ -3,8 +3,9 @@ one part, `blocks` (uint8 [rows, row bytes], a GGUF tensor's rows as the file st
 
 The matrices' GGUF types come from the GGUF model in weight_path when it holds one (each matrix its
 own type: a Q4_K_M file's Q4_K gate and up and Q6_K down), else from the config's gguf_type (Q8_0 by
-default). Each type is the registry's format `gguf_<type>` (native/formats/gguf/); a type the file
-has but this version has no format for is a ValueError naming the tensor and the type.
+default). Each type is the registry's format `gguf_<type>` (native/formats/gguf/), one for every type
+kt_moe.weights.gguf_checkpoint reads (a file of another type is refused there, naming the tensor and
+the type).
 
 From a file, an expert's blocks are views of the file's memory map (kt_moe.weights.gguf_checkpoint),
 copied once into the engine; from tensors, each expert is quantized with gguf's own quantizer
@@ -30,8 +31,16 @@ FORMAT_PREFIX = "gguf_"
 NATIVE_FORMATS = {entry["name"][len(FORMAT_PREFIX):].upper(): entry["name"]
                   for entry in _native.weight_formats() if entry["name"].startswith(FORMAT_PREFIX)}
 DEFAULT_TYPE = "Q8_0"
-# Byte offsets of the fp16 fields of a block that scale its weights (d, and m where the type has one)
-SCALE_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2)}
+# The floating fields of a block that scale its weights (d; m or dmin where the type has one), as
+# (byte offset, dtype); for the float types the weight itself
+_F16 = torch.float16
+SCALE_FIELDS = {
+    "F32": ((0, torch.float32),), "F16": ((0, _F16),), "BF16": ((0, torch.bfloat16),),
+    "Q8_0": ((0, _F16),), "Q4_0": ((0, _F16),), "Q4_1": ((0, _F16), (2, _F16)), "Q5_0": ((0, _F16),),
+    "Q5_1": ((0, _F16), (2, _F16)), "Q2_K": ((80, _F16), (82, _F16)), "Q3_K": ((108, _F16),),
+    "Q4_K": ((0, _F16), (2, _F16)), "Q5_K": ((0, _F16), (2, _F16)), "Q6_K": ((208, _F16),),
+    "IQ4_NL": ((0, _F16),), "IQ4_XS": ((0, _F16),),
+}
 
 
 def gguf_layer(config: KTMoEConfig) -> Optional[GGUFExperts]:
@@ -51,14 +60,11 @@ def gguf_layer(config: KTMoEConfig) -> Optional[GGUFExperts]:
 
 def matrix_types(config: KTMoEConfig, layer: Optional[GGUFExperts]) -> Tuple[str, str, str]:
     """The GGUF type of gate, up and down: the file's, or gguf_type's (DEFAULT_TYPE when None).
-    ValueError for a type without a registered format, or a gguf_type that is not the file's."""
+    ValueError for a gguf_type that is not the file's."""
     if layer is None:
         return (config.gguf_type or DEFAULT_TYPE,) * 3
     types = tuple(layer.types[m] for m in MATRICES)
     for m, type_name in zip(MATRICES, types):
-        if type_name not in NATIVE_FORMATS:
-            raise ValueError(f"{layer.describe(m)} is {type_name}: this version of kt-moe reads "
-                             f"{', '.join(sorted(NATIVE_FORMATS))} (the other GGUF types come next)")
         if config.gguf_type is not None and type_name != config.gguf_type:
             raise ValueError(f"gguf_type is {config.gguf_type}, but {layer.describe(m)} is {type_name}: leave "
                              "gguf_type at None to keep the file's types")
@@ -73,12 +79,14 @@ def check_blocks_finite(blocks: torch.Tensor, type_name: str, name: str) -> None
     """ValueError naming `name` when a block's fp16 scale is NaN or infinite."""
     block_bytes = GGUF_TYPES[type_name][1]
     records = blocks.reshape(-1, block_bytes)
-    for offset in SCALE_FIELDS[type_name]:
-        scales = records[:, offset:offset + 2].contiguous().view(torch.float16)
+    for offset, dtype in SCALE_FIELDS[type_name]:
+        size = torch.finfo(dtype).bits // 8
+        scales = records[:, offset:offset + size].contiguous().view(dtype)
         bad = ~torch.isfinite(scales)
         if bool(bad.any()):
             block = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{name} must be finite: block {block} holds a NaN or infinite scale")
+            what = "weight" if GGUF_TYPES[type_name][0] == 1 else "scale"
+            raise ValueError(f"{name} must be finite: block {block} holds a NaN or infinite {what}")
 
 
 def file_experts(layer: GGUFExperts, config: KTMoEConfig, physical_to_logical_map: torch.Tensor

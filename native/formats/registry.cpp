@@ -21,11 +21,7 @@ const std::vector<FormatEntry>& weight_format_entries() {
       {"fp8", {"FP8"}, {"AMXFP8_SFT"}, {}, &make_fp8, {128, false}},
       {"int4_packed", {"RAWINT4"}, {}, {"AMXINT4_KGroup_SFT"}, &make_int4_packed, {32, false}},
       // GGUF block types: LLAMAFILE takes one per matrix from MOEConfig.matrix_formats
-      {"gguf_q8_0", {}, {}, {}, &make_gguf_q8_0, {}},
-      {"gguf_q4_0", {}, {}, {}, &make_gguf_q4_0, {}},
-      {"gguf_q4_1", {}, {}, {}, &make_gguf_q4_1, {}},
-      {"gguf_q5_0", {}, {}, {}, &make_gguf_q5_0, {}},
-      {"gguf_q5_1", {}, {}, {}, &make_gguf_q5_1, {}},
+      KT_GGUF_TYPES(KT_GGUF_REGISTRY_ENTRY)
   };
   return entries;
 }

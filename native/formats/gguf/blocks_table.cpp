@@ -3,15 +3,14 @@
 
 namespace kt_moe {
 
-#define KT_GGUF_TABLE(table, fn)                                                                          \
-  const DequantFormat table = {#fn, false,                                                               \
-                               {&generic::fn, &avx512::fn, &avx512_bf16::fn, &avx512_bf16::fn, &generic::fn}, \
-                               {}};
-KT_GGUF_TABLE(kGgufQ8_0Dequant, dequant_gguf_q8_0)
-KT_GGUF_TABLE(kGgufQ4_0Dequant, dequant_gguf_q4_0)
-KT_GGUF_TABLE(kGgufQ4_1Dequant, dequant_gguf_q4_1)
-KT_GGUF_TABLE(kGgufQ5_0Dequant, dequant_gguf_q5_0)
-KT_GGUF_TABLE(kGgufQ5_1Dequant, dequant_gguf_q5_1)
+#define KT_GGUF_TABLE(T, t)                                                                                 \
+  const DequantFormat kGguf##T##Dequant = {                                                                 \
+      "gguf_" #t,                                                                                            \
+      false,                                                                                                 \
+      {&generic::dequant_gguf_##t, &avx512::dequant_gguf_##t, &avx512_bf16::dequant_gguf_##t,                 \
+       &avx512_bf16::dequant_gguf_##t, &generic::dequant_gguf_##t},                                          \
+      {}};
+KT_GGUF_TYPES(KT_GGUF_TABLE)
 #undef KT_GGUF_TABLE
 
 }  // namespace kt_moe

@@ -27,21 +27,12 @@ void gguf_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
 
 }  // namespace
 
-void dequant_gguf_q8_0(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  dequant_rows<gguf_row<gguf_blocks::Q8_0>>(w, r0, r1, c0, c1, dst, ld);
-}
-void dequant_gguf_q4_0(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  dequant_rows<gguf_row<gguf_blocks::Q4_0>>(w, r0, r1, c0, c1, dst, ld);
-}
-void dequant_gguf_q4_1(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  dequant_rows<gguf_row<gguf_blocks::Q4_1>>(w, r0, r1, c0, c1, dst, ld);
-}
-void dequant_gguf_q5_0(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  dequant_rows<gguf_row<gguf_blocks::Q5_0>>(w, r0, r1, c0, c1, dst, ld);
-}
-void dequant_gguf_q5_1(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) {
-  dequant_rows<gguf_row<gguf_blocks::Q5_1>>(w, r0, r1, c0, c1, dst, ld);
-}
+#define KT_GGUF_DEQUANT(T, t)                                                                              \
+  void dequant_gguf_##t(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld) { \
+    dequant_rows<gguf_row<gguf_blocks::T>>(w, r0, r1, c0, c1, dst, ld);                                    \
+  }
+KT_GGUF_TYPES(KT_GGUF_DEQUANT)
+#undef KT_GGUF_DEQUANT
 
 }  // namespace KT_KERNEL_NS
 }  // namespace kt_moe

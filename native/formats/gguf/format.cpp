@@ -27,10 +27,11 @@ WeightFormat gguf_format(const char* name, const DequantFormat& dequant, const F
 
 }  // namespace
 
-WeightFormat make_gguf_q8_0(const FormatOptions& o) { return gguf_format<gguf_blocks::Q8_0>("gguf_q8_0", kGgufQ8_0Dequant, o); }
-WeightFormat make_gguf_q4_0(const FormatOptions& o) { return gguf_format<gguf_blocks::Q4_0>("gguf_q4_0", kGgufQ4_0Dequant, o); }
-WeightFormat make_gguf_q4_1(const FormatOptions& o) { return gguf_format<gguf_blocks::Q4_1>("gguf_q4_1", kGgufQ4_1Dequant, o); }
-WeightFormat make_gguf_q5_0(const FormatOptions& o) { return gguf_format<gguf_blocks::Q5_0>("gguf_q5_0", kGgufQ5_0Dequant, o); }
-WeightFormat make_gguf_q5_1(const FormatOptions& o) { return gguf_format<gguf_blocks::Q5_1>("gguf_q5_1", kGgufQ5_1Dequant, o); }
+#define KT_GGUF_MAKE(T, t)                                                                \
+  WeightFormat make_gguf_##t(const FormatOptions& options) {                                \
+    return gguf_format<gguf_blocks::T>("gguf_" #t, kGguf##T##Dequant, options);            \
+  }
+KT_GGUF_TYPES(KT_GGUF_MAKE)
+#undef KT_GGUF_MAKE
 
 }  // namespace kt_moe
