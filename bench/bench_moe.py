@@ -53,7 +53,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="default: the modes of --methods, else inference")
     p.add_argument("--methods", type=csv_list(str), default=None,
                    help="comma list of cases (default: every case of the mode); each mode's torch "
-                        "baseline always runs first")
+                        "baseline always runs first. LLAMAFILE:Q4_K/Q4_K/Q8_0 runs LLAMAFILE with its "
+                        "weights quantized to those GGUF types (gate/up/down, or one for all; default Q8_0)")
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
                    help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)

@@ -48,9 +48,9 @@ FLOAT32_MAX = 3.4028234663852886e38  # and a 32-bit float lora_alpha
 Mode = Literal[MODES]
 Method = Literal[INFERENCE_METHODS + SFT_METHODS]
 GroupSize = Literal[KGROUP_SIZES]
-# The GGUF types LLAMAFILE quantizes weights given as tensors to (gguf_type); files are read in every
-# type kt_moe.weights.gguf_source lists.
-GGUF_QUANTIZE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+# The GGUF types LLAMAFILE quantizes weights given as tensors to (gguf_type: one for the three
+# matrices, or "gate,up,down"); files are read in every type kt_moe.weights.gguf_source lists.
+GGUF_QUANTIZE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
 
 
 class ConfigError(ValueError):
@@ -100,12 +100,14 @@ def _bool(value: Any, info: ValidationInfo) -> bool:
 
 
 def _gguf_type(value: Any, info: ValidationInfo) -> Optional[str]:
+    """None, one type, or three comma-separated types (gate, up, down); upper case."""
     if value is None:
         return None
-    if not isinstance(value, str) or value.upper() not in GGUF_QUANTIZE_TYPES:
-        raise _error("gguf_type", f"gguf_type must be None or one of {', '.join(GGUF_QUANTIZE_TYPES)}, "
-                                  f"got {value!r}")
-    return value.upper()
+    types = value.upper().replace(" ", "").split(",") if isinstance(value, str) else []
+    if len(types) not in (1, 3) or any(t not in GGUF_QUANTIZE_TYPES for t in types):
+        raise _error("gguf_type", f"gguf_type must be None, one of {', '.join(GGUF_QUANTIZE_TYPES)} or three of them "
+                                  f"as 'gate,up,down', got {value!r}")
+    return ",".join(types)
 
 
 def _group_size(value: Any, info: ValidationInfo) -> int:
@@ -203,9 +205,9 @@ class KTMoEConfig(BaseModel):
     """AMXINT4_KGroup_SFT only: a zero point per group (asymmetric INT4), or symmetric groups. With
     other methods it must keep its default."""
     gguf_type: Annotated[Optional[str], BeforeValidator(_gguf_type)] = None
-    """LLAMAFILE only: the GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) load_weights_from_tensors quantizes
-    to; None: the types of the GGUF file in weight_path, or Q8_0 without one. With other methods it
-    must keep its default."""
+    """LLAMAFILE only: the GGUF type load_weights_from_tensors quantizes to (GGUF_QUANTIZE_TYPES), or
+    three as "gate,up,down" (e.g. "Q4_K,Q4_K,Q6_K"); None: the types of the GGUF file in weight_path,
+    or Q8_0 without one. With other methods it must keep its default."""
 
     @property
     def is_sft(self) -> bool:

@@ -230,7 +230,8 @@ def test_kgroup_parameters_at_defaults_are_accepted_with_other_methods():
     assert set(METHOD_ONLY_PARAMETERS) == {"AMXINT4_KGroup_SFT", "LLAMAFILE"}
 
 
-@pytest.mark.parametrize("value,expected", [(None, None), ("Q4_0", "Q4_0"), ("q8_0", "Q8_0"), ("Q5_1", "Q5_1")])
+@pytest.mark.parametrize("value,expected", [(None, None), ("Q4_0", "Q4_0"), ("q8_0", "Q8_0"), ("Q6_K", "Q6_K"),
+                                            ("q4_k, Q4_K,Q8_0", "Q4_K,Q4_K,Q8_0")])
 def test_gguf_type(value, expected):
     config = validate_config(**BASE, method="LLAMAFILE", gguf_type=value)
     assert config.gguf_type == expected and config.quant_options == dict(gguf_type=expected)
@@ -238,8 +239,12 @@ def test_gguf_type(value, expected):
 
 
 @pytest.mark.parametrize("value,message", [
-    ("Q4_K", "gguf_type must be None or one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, got 'Q4_K'"),
-    (8, "gguf_type must be None or one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, got 8"),
+    ("Q2_K", "gguf_type must be None, one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K or three of "
+             "them as 'gate,up,down', got 'Q2_K'"),
+    ("Q4_K,Q8_0", "gguf_type must be None, one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K or three "
+                  "of them as 'gate,up,down', got 'Q4_K,Q8_0'"),
+    (8, "gguf_type must be None, one of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K or three of them "
+        "as 'gate,up,down', got 8"),
 ])
 def test_gguf_type_errors(value, message):
     error = error_of(**BASE, method="LLAMAFILE", gguf_type=value)

@@ -141,18 +141,27 @@ def test_split_files(tmp_path):
     assert relative_l2(w.forward(x, ids, weights).float(), expected.float()) <= VS_DEQUANTIZED
 
 
-@pytest.mark.parametrize("gguf_type", ["Q8_0", "Q4_0", "Q5_0"])
-def test_weights_from_tensors_are_quantized_by_gguf(gguf_type):
+@pytest.mark.parametrize("gguf_type", ["Q8_0", "Q4_0", "Q5_0", "F16", "Q4_K,Q4_K,Q6_K", "Q4_K,Q5_1,Q8_0"])
+def test_weights_from_tensors_are_quantized_to_gguf_type(gguf_type):
+    """By gguf's quantizer, or kt_moe.quant.gguf_kquants for Q4_K and Q6_K; the oracle is gguf's
+    dequantization of the same blocks."""
     import gguf
+    from kt_moe.weights.gguf_source import OWN_QUANTIZERS
     gen = torch.Generator().manual_seed(0)
-    gate, up, down = (torch.randn(shape, generator=gen) * 0.02 for shape in ((6, 96, 64), (6, 96, 64), (6, 64, 96)))
-    w = wrapper("", 6, 64, 96, k=2, gguf_type=gguf_type)
-    assert w.gguf_types == (gguf_type,) * 3
-    w.load_weights_from_tensors(gate.to(torch.bfloat16), up, down.double(), torch.arange(6))
-    ggml = gguf.GGMLQuantizationType[gguf_type]
-    dequantized = [torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(m.float().numpy(), ggml), ggml))
-                   for m in (gate.to(torch.bfloat16), up, down.double())]
-    x = torch.randn(9, 64).to(torch.bfloat16)
+    gate, up, down = (torch.randn(shape, generator=gen) * 0.02 for shape in ((6, 256, 256), (6, 256, 256),
+                                                                             (6, 256, 256)))
+    types = gguf_type.split(",") * (3 if "," not in gguf_type else 1)
+    w = wrapper("", 6, 256, 256, k=2, gguf_type=gguf_type)
+    assert w.gguf_types == tuple(types)
+    matrices = (gate.to(torch.bfloat16), up, down.double())
+    w.load_weights_from_tensors(*matrices, torch.arange(6))
+
+    def blocks(m, t):
+        values = m.float().numpy()
+        return OWN_QUANTIZERS[t](values) if t in OWN_QUANTIZERS else gguf.quants.quantize(values, gguf.GGMLQuantizationType[t])
+    dequantized = [torch.from_numpy(gguf.quants.dequantize(blocks(m, t), gguf.GGMLQuantizationType[t]))
+                   for m, t in zip(matrices, types)]
+    x = torch.randn(9, 256).to(torch.bfloat16)
     ids, weights = random_routing(9, 6, 2)
     out = w.forward(x, ids, weights).float()
     assert relative_l2(out, moe_forward(x.float(), ids, weights.float(), *dequantized).float()) <= VS_DEQUANTIZED

@@ -11,8 +11,9 @@ from abc import ABC, abstractmethod
 from typing import List, Optional
 
 import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from kt_moe.config import METHODS
+from kt_moe.config import GGUF_QUANTIZE_TYPES, METHODS
 from kt_moe.wrapper import KTMoEWrapper
 from kt_moe.reference import LoraWeights, lora_moe
 from kt_moe.benchmark.problem import LORA_ALPHA, Outputs, Problem
@@ -38,6 +39,29 @@ ERROR_BOUNDS = {
     "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12, "LLAMAFILE": 2e-2,
 }
 KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method in methods}
+# A LLAMAFILE case with its GGUF types, "LLAMAFILE:Q4_K/Q4_K/Q8_0" (gate/up/down, or one type for all):
+# its weights quantized to them (gguf_type). Its bound is the worst of its types' own error on the
+# bench's random weights (4-bit ~0.08-0.1, Q6_K ~0.02, Q8_0 ~0.005, measured with kt_moe.quant and gguf).
+GGUF_CASE_PREFIX = "LLAMAFILE:"
+GGUF_TYPE_BOUNDS = {"F32": 5e-3, "F16": 5e-3, "BF16": 5e-3, "Q8_0": 2e-2, "Q6_K": 5e-2, "Q5_0": 0.1, "Q5_1": 0.1,
+                    "Q4_0": 0.15, "Q4_1": 0.15, "Q4_K": 0.15}
+
+
+def case_method(name: str) -> str:
+    """The kt-moe method (or baseline) a case name runs."""
+    return name.split(":", 1)[0]
+
+
+def gguf_case_types(name: str) -> List[str]:
+    """The gate, up and down GGUF types of a "LLAMAFILE:<types>" case."""
+    types = name[len(GGUF_CASE_PREFIX):].upper().split("/")
+    return types * 3 if len(types) == 1 else types
+
+
+def error_bound(name: str) -> Optional[float]:
+    if name.startswith(GGUF_CASE_PREFIX):
+        return max(GGUF_TYPE_BOUNDS.get(t, 0.3) for t in gguf_case_types(name))
+    return ERROR_BOUNDS.get(name)
 BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}
 
 
@@ -113,12 +137,19 @@ def ktmoe_wrapper(method: str, problem: Problem, threads: int, **options):
 class KTMoEInference(Case):
     mode = "inference"
 
-    def __init__(self, method: str):
-        self.name, self.bytes_per_element = method, BYTES_PER_ELEMENT[method]
+    def __init__(self, name: str):
+        self.name, self.options = name, {}
+        if name.startswith(GGUF_CASE_PREFIX):
+            types = gguf_case_types(name)
+            self.options = dict(gguf_type=",".join(types))
+            sizes = [GGML_QUANT_SIZES[GGMLQuantizationType[t]] for t in types]  # (weights, bytes) per block
+            self.bytes_per_element = sum(size / block for block, size in sizes) / 3  # the matrices are equal in size
+        else:
+            self.bytes_per_element = BYTES_PER_ELEMENT[name]
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
-        self.wrapper = ktmoe_wrapper(self.name, problem, threads)
+        self.wrapper = ktmoe_wrapper(case_method(self.name), problem, threads, **self.options)
 
     def step(self) -> Outputs:
         p = self.p
@@ -146,9 +177,14 @@ class KTMoESFT(Case):
 
 
 def mode_of(name: str) -> str:
-    """The mode a case name runs in; KeyError for an unknown name."""
+    """The mode a case name runs in; KeyError for an unknown name (or GGUF types LLAMAFILE cannot
+    quantize to)."""
+    if name.startswith(GGUF_CASE_PREFIX):
+        types = name[len(GGUF_CASE_PREFIX):].upper().split("/")
+        if len(types) not in (1, 3) or any(t not in GGUF_QUANTIZE_TYPES for t in types):
+            raise KeyError(name)
     baselines = {baseline: mode for mode, baseline in BASELINES.items()}
-    return baselines[name] if name in baselines else KT_METHOD_MODES[name]
+    return baselines[name] if name in baselines else KT_METHOD_MODES[case_method(name)]
 
 
 def names(mode: str) -> List[str]:
@@ -161,4 +197,4 @@ def make_case(name: str) -> Case:
         return TorchBF16()
     if name == TorchBF16Autograd.name:
         return TorchBF16Autograd()
-    return KTMoEInference(name) if KT_METHOD_MODES[name] == "inference" else KTMoESFT(name)
+    return KTMoEInference(name) if mode_of(name) == "inference" else KTMoESFT(name)

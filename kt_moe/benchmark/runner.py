@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from kt_moe.benchmark.cases import BASELINES, ERROR_BOUNDS, make_case
+from kt_moe.benchmark.cases import BASELINES, error_bound, make_case
 from kt_moe.benchmark.metrics import Stats, accuracy, step_flops, weight_bytes
 from kt_moe.benchmark.problem import Problem
 
@@ -86,7 +86,7 @@ def _prepare(name: str, problem: Problem, threads: int, isa: str):
     record = dict(shape=s.name, num_experts=s.num_experts, top_k=s.top_k, hidden=s.hidden,
                   intermediate=s.intermediate, q=problem.q, mode=case.mode, method=name, threads=threads,
                   isa=f"torch:{torch.backends.cpu.get_cpu_capability()}" if name in BASELINES.values() else isa,
-                  rank=problem.rank if case.mode == "sft" else None, err_bound=ERROR_BOUNDS.get(name))
+                  rank=problem.rank if case.mode == "sft" else None, err_bound=error_bound(name))
     try:
         case.setup(problem, threads)
         case.errors, case.missing = accuracy(case.step(), problem.reference(case.mode))

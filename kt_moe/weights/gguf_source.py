@@ -9,16 +9,20 @@ the type).
 
 From a file, an expert's blocks are views of the file's memory map (kt_moe.weights.gguf_checkpoint),
 copied once into the engine; from tensors, each expert is quantized with gguf's own quantizer
-(gguf.quants.quantize) when its turn comes. Either way every block's fp16 scales are checked for
+(gguf.quants.quantize; Q4_K and Q6_K, which it cannot write, by kt_moe.quant.gguf_kquants) when its
+turn comes. Either way every block's fp16 scales are checked for
 NaN and infinity first (SCALE_FIELDS)."""
 
 from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize
+
+from kt_moe.quant.gguf_kquants import quantize_q4_k, quantize_q6_k
 
 from kt_moe import _native
 from kt_moe.config import KTMoEConfig
@@ -31,6 +35,8 @@ FORMAT_PREFIX = "gguf_"
 NATIVE_FORMATS = {entry["name"][len(FORMAT_PREFIX):].upper(): entry["name"]
                   for entry in _native.weight_formats() if entry["name"].startswith(FORMAT_PREFIX)}
 DEFAULT_TYPE = "Q8_0"
+# The types gguf-py cannot quantize, quantized by kt_moe.quant.gguf_kquants
+OWN_QUANTIZERS = {"Q4_K": quantize_q4_k, "Q6_K": quantize_q6_k}
 # The floating fields of a block that scale its weights (d; m or dmin where the type has one), as
 # (byte offset, dtype); for the float types the weight itself
 _F16 = torch.float16
@@ -61,11 +67,13 @@ def gguf_layer(config: KTMoEConfig) -> Optional[GGUFExperts]:
 def matrix_types(config: KTMoEConfig, layer: Optional[GGUFExperts]) -> Tuple[str, str, str]:
     """The GGUF type of gate, up and down: the file's, or gguf_type's (DEFAULT_TYPE when None).
     ValueError for a gguf_type that is not the file's."""
+    asked = (config.gguf_type or DEFAULT_TYPE).split(",")
+    asked = tuple(asked * 3 if len(asked) == 1 else asked)
     if layer is None:
-        return (config.gguf_type or DEFAULT_TYPE,) * 3
+        return asked
     types = tuple(layer.types[m] for m in MATRICES)
-    for m, type_name in zip(MATRICES, types):
-        if config.gguf_type is not None and type_name != config.gguf_type:
+    for m, type_name, wanted in zip(MATRICES, types, asked):
+        if config.gguf_type is not None and type_name != wanted:
             raise ValueError(f"gguf_type is {config.gguf_type}, but {layer.describe(m)} is {type_name}: leave "
                              "gguf_type at None to keep the file's types")
     return types
@@ -120,7 +128,10 @@ def quantized_experts(config: KTMoEConfig, types: Sequence[str], gate: torch.Ten
     def quantized(w: torch.Tensor, type_name: str, name: str) -> torch.Tensor:
         check_finite(w, name)
         values = w.detach().to(torch.float32).numpy()
-        return torch.from_numpy(quantize(values, GGMLQuantizationType[type_name]))
+        if type_name in OWN_QUANTIZERS:
+            return torch.from_numpy(OWN_QUANTIZERS[type_name](values))
+        blocks = np.ascontiguousarray(quantize(values, GGMLQuantizationType[type_name]))  # F16 / F32 as floats
+        return torch.from_numpy(blocks.view(np.uint8))
 
     def experts() -> Iterator[PartsExpert]:
         for slot, e in enumerate(expert_map.tolist()):

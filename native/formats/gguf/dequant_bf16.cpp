@@ -1,26 +1,53 @@
 // The GGUF block types' bf16 dequantizers (gguf_blocks.hpp): each covered block decoded to fp32 as
 // its layout defines, the requested columns rounded once to bf16. Portable C++, compiled for the
-// generic, avx512 and avx512_bf16 levels alike (the compiler vectorizes the decode loops).
+// generic, avx512 and avx512_bf16 levels alike (the compiler vectorizes the decode loops); at the
+// AVX-512 levels the rounding of whole 32-column spans is vectorized (the same rounding: to nearest
+// even, NaN kept NaN).
 #include <algorithm>
 #include <cstdint>
 
-#include "formats/gguf/gguf_blocks.hpp"
+#if defined(__AVX512F__)
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() vectors, which -Wmaybe-uninitialized
+// reports (falsely) wherever they are inlined; silenced for the header's own lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
+
+#include "formats/gguf/gguf_decode.hpp"
 #include "kernels/bf16.hpp"
 #include "kernels/dequant_rows.hpp"
+#if defined(__AVX512F__)
+#include "kernels/bf16_avx512.hpp"
+#endif
 
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace {
 
 // Row r, columns [c0, c1) (stored columns col0 + c): whole blocks decoded, the covered part copied.
+// count values of `values` as bf16 into out.
+inline void round_to_bf16(const float* values, int count, bf16_t* out) {
+  int i = 0;
+#if defined(__AVX512F__)
+  for (; i + 32 <= count; i += 32)
+    _mm512_storeu_si512(out + i, float_to_bf16(_mm512_loadu_ps(values + i), _mm512_loadu_ps(values + i + 16)));
+#endif
+  for (; i < count; ++i) out[i] = float_to_bf16(values[i]);
+}
+
 template <class Block>
 void gguf_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* row = w.values + r * w.ld_values;
-  float block[Block::QK];
+  // whole blocks of one-weight types (F32, F16, BF16) 64 at a time
+  constexpr int kSpan = Block::QK == 1 ? 64 : Block::QK;
+  float block[kSpan];
   for (int j = w.col0 + c0, end = w.col0 + c1; j < end;) {
-    const int b = j / Block::QK, first = j - b * Block::QK, count = std::min(Block::QK - first, end - j);
-    Block::decode(row + size_t(b) * Block::Bytes, block);
-    for (int i = 0; i < count; ++i) dst[j - w.col0 - c0 + i] = float_to_bf16(block[first + i]);
+    const int b = j / Block::QK, first = j - b * Block::QK;
+    const int count = std::min(kSpan - first, end - j), blocks = (first + count + Block::QK - 1) / Block::QK;
+    for (int k = 0; k < blocks; ++k) gguf_decode::decode(Block{}, row + size_t(b + k) * Block::Bytes, block + k * Block::QK);
+    round_to_bf16(block + first, count, dst + (j - w.col0 - c0));
     j += count;
   }
 }

@@ -24,197 +24,40 @@
 //   IQ4_XS (136): d, scales_h u16, scales_l[4], qs[128]  sub-block b = j / 32: scale (scales_l[b / 2] >>
 //              4(b % 2) & 15 | (scales_h >> 2b & 3) << 4) - 32, q = qs[16b + k % 16] >> 4(k / 16) & 15
 //              with k = j % 32, w = d scale kIq4Values[q]
-// and F32, F16 and BF16 as one-weight blocks. kt_moe/weights/gguf_checkpoint.py reads the files;
+// and F32, F16 and BF16 as one-weight blocks. This header is portable (the geometry and the entry
+// points); the decoders are gguf_decode.hpp's, compiled per level. kt_moe/weights/gguf_checkpoint.py reads the files;
 // gguf's own dequantizer (gguf.quants.dequantize) is the tests' oracle.
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/dequant_bf16.hpp"
-#include "kernels/fp16.hpp"
 
 namespace kt_moe {
 
 namespace gguf_blocks {
 
-inline float half_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return fp16_to_float(h);
-}
-
-inline int nibble(const uint8_t* qs, int j) { return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4; }
-
-inline int high_bit(const uint8_t* qh, int j) {
-  uint32_t bits;
-  std::memcpy(&bits, qh, 4);
-  return int(bits >> j) & 1;
-}
-
-struct Q8_0 {
-  static constexpr int QK = 32, Bytes = 34;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b);
-    for (int j = 0; j < QK; ++j) w[j] = d * float(int8_t(b[2 + j]));
-  }
-};
-
-struct Q4_0 {
-  static constexpr int QK = 32, Bytes = 18;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b);
-    for (int j = 0; j < QK; ++j) w[j] = d * float(nibble(b + 2, j) - 8);
-  }
-};
-
-struct Q4_1 {
-  static constexpr int QK = 32, Bytes = 20;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b), m = half_at(b + 2);
-    for (int j = 0; j < QK; ++j) w[j] = d * float(nibble(b + 4, j)) + m;
-  }
-};
-
-struct Q5_0 {
-  static constexpr int QK = 32, Bytes = 22;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b);
-    for (int j = 0; j < QK; ++j) w[j] = d * float((nibble(b + 6, j) | high_bit(b + 2, j) << 4) - 16);
-  }
-};
-
-struct Q5_1 {
-  static constexpr int QK = 32, Bytes = 24;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b), m = half_at(b + 2);
-    for (int j = 0; j < QK; ++j) w[j] = d * float(nibble(b + 8, j) | high_bit(b + 4, j) << 4) + m;
-  }
-};
-
-// IQ4's 16 non-uniform levels.
-constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-
-struct IQ4_NL {
-  static constexpr int QK = 32, Bytes = 18;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b);
-    for (int j = 0; j < QK; ++j) w[j] = d * float(kIq4Values[nibble(b + 2, j)]);
-  }
-};
-
-// Q4_K / Q5_K: the 6-bit scale and min of sub-block i (0..7) from the 12 packed bytes.
-inline void k_scale_min(const uint8_t* s, int i, int& scale, int& min) {
-  if (i < 4) {
-    scale = s[i] & 63;
-    min = s[i + 4] & 63;
-  } else {
-    scale = (s[i + 4] & 0xF) | ((s[i - 4] >> 6) << 4);
-    min = (s[i + 4] >> 4) | ((s[i] >> 6) << 4);
-  }
-}
-
-struct Q2_K {
-  static constexpr int QK = 256, Bytes = 84;
-  static void decode(const uint8_t* b, float* w) {
-    const uint8_t *scales = b, *qs = b + 16;
-    const float d = half_at(b + 80), dmin = half_at(b + 82);
-    for (int j = 0; j < QK; ++j) {
-      const int h = j / 128, s = (j % 128) / 32, l = j % 32, sc = scales[j / 16];
-      w[j] = d * float(sc & 0xF) * float(qs[32 * h + l] >> (2 * s) & 3) - dmin * float(sc >> 4);
-    }
-  }
-};
-
-struct Q3_K {
-  static constexpr int QK = 256, Bytes = 110;
-  static void decode(const uint8_t* b, float* w) {
-    const uint8_t *hmask = b, *qs = b + 32, *scales = b + 96;
-    const float d = half_at(b + 108);
-    int sc[16];
-    for (int i = 0; i < 16; ++i) {
-      const int low = (i < 8 ? scales[i] : scales[i - 8] >> 4) & 0xF;
-      const int high = scales[8 + i % 4] >> (2 * (i / 4)) & 3;
-      sc[i] = (low | high << 4) - 32;
-    }
-    for (int j = 0; j < QK; ++j) {
-      const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-      const int q = (qs[32 * h + l] >> (2 * s) & 3) - ((hmask[l] >> (j / 32) & 1) ? 0 : 4);
-      w[j] = d * float(sc[j / 16]) * float(q);
-    }
-  }
-};
-
-template <bool HighBit>  // Q5_K: a fifth bit from qh
-struct KQuant45 {
-  static constexpr int QK = 256, Bytes = HighBit ? 176 : 144;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b), dmin = half_at(b + 2);
-    const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + (HighBit ? 48 : 16);
-    for (int i = 0; i < 8; ++i) {
-      int scale, min;
-      k_scale_min(scales, i, scale, min);
-      const float ds = d * float(scale), dm = dmin * float(min);
-      for (int j = 32 * i; j < 32 * i + 32; ++j) {
-        const int l = j % 32;
-        int q = qs[32 * (j / 64) + l] >> (4 * ((j % 64) / 32)) & 0xF;
-        if (HighBit) q |= (qh[l] >> i & 1) << 4;
-        w[j] = ds * float(q) - dm;
-      }
-    }
-  }
-};
-using Q4_K = KQuant45<false>;
-using Q5_K = KQuant45<true>;
-
-struct Q6_K {
-  static constexpr int QK = 256, Bytes = 210;
-  static void decode(const uint8_t* b, float* w) {
-    const uint8_t *ql = b, *qh = b + 128;
-    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
-    const float d = half_at(b + 208);
-    for (int j = 0; j < QK; ++j) {
-      const int h = j / 128, k = j % 128, s = k / 32, l = j % 32;
-      const int low = ql[64 * h + k % 64] >> (4 * (k / 64)) & 0xF, high = qh[32 * h + l] >> (2 * s) & 3;
-      w[j] = d * float(scales[j / 16]) * float((low | high << 4) - 32);
-    }
-  }
-};
-
-struct IQ4_XS {
-  static constexpr int QK = 256, Bytes = 136;
-  static void decode(const uint8_t* b, float* w) {
-    const float d = half_at(b);
-    uint16_t scales_h;
-    std::memcpy(&scales_h, b + 2, 2);
-    const uint8_t *scales_l = b + 4, *qs = b + 8;
-    for (int sb = 0; sb < 8; ++sb) {
-      const int scale = ((scales_l[sb / 2] >> (4 * (sb % 2)) & 0xF) | (scales_h >> (2 * sb) & 3) << 4) - 32;
-      const float ds = d * float(scale);
-      for (int k = 0; k < 32; ++k) w[32 * sb + k] = ds * float(kIq4Values[qs[16 * sb + k % 16] >> (4 * (k / 16)) & 0xF]);
-    }
-  }
-};
-
-struct F32 {
-  static constexpr int QK = 1, Bytes = 4;
-  static void decode(const uint8_t* b, float* w) { std::memcpy(w, b, 4); }
-};
-
-struct F16 {
-  static constexpr int QK = 1, Bytes = 2;
-  static void decode(const uint8_t* b, float* w) { w[0] = half_at(b); }
-};
-
-struct BF16 {
-  static constexpr int QK = 1, Bytes = 2;
-  static void decode(const uint8_t* b, float* w) {
-    uint16_t h;
-    std::memcpy(&h, b, 2);
-    const uint32_t bits = uint32_t(h) << 16;
-    std::memcpy(w, &bits, 4);
-  }
-};
+// Each type's block geometry: QK weights in Bytes bytes (the decoders: gguf_decode.hpp).
+#define KT_GGUF_LAYOUT(T, qk, bytes) \
+  struct T {                         \
+    static constexpr int QK = qk, Bytes = bytes; \
+  };
+KT_GGUF_LAYOUT(F32, 1, 4)
+KT_GGUF_LAYOUT(F16, 1, 2)
+KT_GGUF_LAYOUT(BF16, 1, 2)
+KT_GGUF_LAYOUT(Q8_0, 32, 34)
+KT_GGUF_LAYOUT(Q4_0, 32, 18)
+KT_GGUF_LAYOUT(Q4_1, 32, 20)
+KT_GGUF_LAYOUT(Q5_0, 32, 22)
+KT_GGUF_LAYOUT(Q5_1, 32, 24)
+KT_GGUF_LAYOUT(Q2_K, 256, 84)
+KT_GGUF_LAYOUT(Q3_K, 256, 110)
+KT_GGUF_LAYOUT(Q4_K, 256, 144)
+KT_GGUF_LAYOUT(Q5_K, 256, 176)
+KT_GGUF_LAYOUT(Q6_K, 256, 210)
+KT_GGUF_LAYOUT(IQ4_NL, 32, 18)
+KT_GGUF_LAYOUT(IQ4_XS, 256, 136)
+#undef KT_GGUF_LAYOUT
 
 }  // namespace gguf_blocks
 
@@ -231,6 +74,15 @@ namespace generic { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 namespace avx512 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 namespace avx512_bf16 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 #undef KT_GGUF_DEQUANT_DECLARATION
+
+// The few-rows products of the types a decode reads most, at the AVX-512 levels (dequant_dot.cpp).
+#define KT_GGUF_DOT_DECLARATIONS                                                                       \
+  bool dot_gguf_q8_0(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
+  bool dot_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
+  bool dot_gguf_q6_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t);
+namespace avx512 { KT_GGUF_DOT_DECLARATIONS }
+namespace avx512_bf16 { KT_GGUF_DOT_DECLARATIONS }
+#undef KT_GGUF_DOT_DECLARATIONS
 
 #define KT_GGUF_TABLE_DECLARATION(T, t) extern const DequantFormat kGguf##T##Dequant;
 KT_GGUF_TYPES(KT_GGUF_TABLE_DECLARATION)

@@ -1,0 +1,157 @@
+// The GGUF block types' decoders (layouts: gguf_blocks.hpp): decode(T{}, block, w) writes the QK
+// weights of one block of type T as fp32, exactly as gguf's dequantizer computes them. For the kernel
+// sources only: compiled per level, in its namespace (level_namespace.hpp), so that no level's copy of
+// these inline functions is merged into another level's callers.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "formats/gguf/gguf_blocks.hpp"
+#include "kernels/fp16.hpp"
+#include "kernels/level_namespace.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+namespace gguf_decode {
+
+inline float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_float(h);
+}
+
+inline int nibble(const uint8_t* qs, int j) { return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4; }
+
+inline int high_bit(const uint8_t* qh, int j) {
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  return int(bits >> j) & 1;
+}
+
+inline void decode(gguf_blocks::Q8_0, const uint8_t* b, float* w) {
+  const float d = half_at(b);
+  for (int j = 0; j < gguf_blocks::Q8_0::QK; ++j) w[j] = d * float(int8_t(b[2 + j]));
+}
+
+inline void decode(gguf_blocks::Q4_0, const uint8_t* b, float* w) {
+  const float d = half_at(b);
+  for (int j = 0; j < gguf_blocks::Q4_0::QK; ++j) w[j] = d * float(nibble(b + 2, j) - 8);
+}
+
+inline void decode(gguf_blocks::Q4_1, const uint8_t* b, float* w) {
+  const float d = half_at(b), m = half_at(b + 2);
+  for (int j = 0; j < gguf_blocks::Q4_1::QK; ++j) w[j] = d * float(nibble(b + 4, j)) + m;
+}
+
+inline void decode(gguf_blocks::Q5_0, const uint8_t* b, float* w) {
+  const float d = half_at(b);
+  for (int j = 0; j < gguf_blocks::Q5_0::QK; ++j) w[j] = d * float((nibble(b + 6, j) | high_bit(b + 2, j) << 4) - 16);
+}
+
+inline void decode(gguf_blocks::Q5_1, const uint8_t* b, float* w) {
+  const float d = half_at(b), m = half_at(b + 2);
+  for (int j = 0; j < gguf_blocks::Q5_1::QK; ++j) w[j] = d * float(nibble(b + 8, j) | high_bit(b + 4, j) << 4) + m;
+}
+
+// IQ4's 16 non-uniform levels.
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+inline void decode(gguf_blocks::IQ4_NL, const uint8_t* b, float* w) {
+  const float d = half_at(b);
+  for (int j = 0; j < gguf_blocks::IQ4_NL::QK; ++j) w[j] = d * float(kIq4Values[nibble(b + 2, j)]);
+}
+
+// Q4_K / Q5_K: the 6-bit scale and min of sub-block i (0..7) from the 12 packed bytes.
+inline void k_scale_min(const uint8_t* s, int i, int& scale, int& min) {
+  if (i < 4) {
+    scale = s[i] & 63;
+    min = s[i + 4] & 63;
+  } else {
+    scale = (s[i + 4] & 0xF) | ((s[i - 4] >> 6) << 4);
+    min = (s[i + 4] >> 4) | ((s[i] >> 6) << 4);
+  }
+}
+
+inline void decode(gguf_blocks::Q2_K, const uint8_t* b, float* w) {
+  const uint8_t *scales = b, *qs = b + 16;
+  const float d = half_at(b + 80), dmin = half_at(b + 82);
+  for (int j = 0; j < gguf_blocks::Q2_K::QK; ++j) {
+    const int h = j / 128, s = (j % 128) / 32, l = j % 32, sc = scales[j / 16];
+    w[j] = d * float(sc & 0xF) * float(qs[32 * h + l] >> (2 * s) & 3) - dmin * float(sc >> 4);
+  }
+}
+
+inline void decode(gguf_blocks::Q3_K, const uint8_t* b, float* w) {
+  const uint8_t *hmask = b, *qs = b + 32, *scales = b + 96;
+  const float d = half_at(b + 108);
+  int sc[16];
+  for (int i = 0; i < 16; ++i) {
+    const int low = (i < 8 ? scales[i] : scales[i - 8] >> 4) & 0xF;
+    const int high = scales[8 + i % 4] >> (2 * (i / 4)) & 3;
+    sc[i] = (low | high << 4) - 32;
+  }
+  for (int j = 0; j < gguf_blocks::Q3_K::QK; ++j) {
+    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
+    const int q = (qs[32 * h + l] >> (2 * s) & 3) - ((hmask[l] >> (j / 32) & 1) ? 0 : 4);
+    w[j] = d * float(sc[j / 16]) * float(q);
+  }
+}
+
+template <bool HighBit>  // Q4_K, or Q5_K: a fifth bit from qh
+inline void decode_k45(const uint8_t* b, float* w) {
+  const float d = half_at(b), dmin = half_at(b + 2);
+  const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + (HighBit ? 48 : 16);
+  for (int i = 0; i < 8; ++i) {
+    int scale, min;
+    k_scale_min(scales, i, scale, min);
+    const float ds = d * float(scale), dm = dmin * float(min);
+    for (int j = 32 * i; j < 32 * i + 32; ++j) {
+      const int l = j % 32;
+      int q = qs[32 * (j / 64) + l] >> (4 * ((j % 64) / 32)) & 0xF;
+      if (HighBit) q |= (qh[l] >> i & 1) << 4;
+      w[j] = ds * float(q) - dm;
+    }
+  }
+}
+
+inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45<false>(b, w); }
+inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45<true>(b, w); }
+
+inline void decode(gguf_blocks::Q6_K, const uint8_t* b, float* w) {
+  const uint8_t *ql = b, *qh = b + 128;
+  const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+  const float d = half_at(b + 208);
+  for (int j = 0; j < gguf_blocks::Q6_K::QK; ++j) {
+    const int h = j / 128, k = j % 128, s = k / 32, l = j % 32;
+    const int low = ql[64 * h + k % 64] >> (4 * (k / 64)) & 0xF, high = qh[32 * h + l] >> (2 * s) & 3;
+    w[j] = d * float(scales[j / 16]) * float((low | high << 4) - 32);
+  }
+}
+
+inline void decode(gguf_blocks::IQ4_XS, const uint8_t* b, float* w) {
+  const float d = half_at(b);
+  uint16_t scales_h;
+  std::memcpy(&scales_h, b + 2, 2);
+  const uint8_t *scales_l = b + 4, *qs = b + 8;
+  for (int sb = 0; sb < 8; ++sb) {
+    const int scale = ((scales_l[sb / 2] >> (4 * (sb % 2)) & 0xF) | (scales_h >> (2 * sb) & 3) << 4) - 32;
+    const float ds = d * float(scale);
+    for (int k = 0; k < 32; ++k) w[32 * sb + k] = ds * float(kIq4Values[qs[16 * sb + k % 16] >> (4 * (k / 16)) & 0xF]);
+  }
+}
+
+inline void decode(gguf_blocks::F32, const uint8_t* b, float* w) { std::memcpy(w, b, 4); }
+
+inline void decode(gguf_blocks::F16, const uint8_t* b, float* w) { w[0] = half_at(b); }
+
+inline void decode(gguf_blocks::BF16, const uint8_t* b, float* w) {
+  uint16_t h;
+  std::memcpy(&h, b, 2);
+  const uint32_t bits = uint32_t(h) << 16;
+  std::memcpy(w, &bits, 4);
+}
+
+}  // namespace gguf_decode
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe
