@@ -30,9 +30,8 @@ namespace KT_KERNEL_NS {
 
 namespace {
 
-// 16 bytes of signed / unsigned integers as 16 fp32 lanes.
-inline __m512 i8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
-inline __m512 u8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+using gguf_decode::i8_lanes;
+using gguf_decode::u8_lanes;
 
 template <int R>
 void q8_0_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
@@ -56,16 +55,14 @@ void q8_0_row(const QuantMatrixView& w, int n, const DotActivations& x, float* o
 template <int R>
 void q4_k_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
   const uint8_t* row = w.values + n * w.ld_values;
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   for (int c = 0; c < w.cols; c += 256) {
     const uint8_t* block = row + (c / 256) * gguf_blocks::Q4_K::Bytes;
     const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
     for (int pair = 0; pair < 4 && c + 64 * pair < w.cols; ++pair) {  // sub-blocks 2 pair and 2 pair + 1
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * pair));
-      const __m256i codes[2] = {_mm256_and_si256(bytes, low_nibbles),
-                                _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles)};
+      __m256i codes[2];
+      gguf_decode::q4_k_codes(block, pair, codes);
       for (int half = 0; half < 2; ++half) {
         int sc, mn;
         gguf_decode::k_scale_min(block + 4, 2 * pair + half, sc, mn);
@@ -140,7 +137,6 @@ void q4_k_row_bf16(const QuantMatrixView& w, int n, const Bf16Activations& x, fl
 template <int R>
 void q6_k_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
   const uint8_t* row = w.values + n * w.ld_values;
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F), two_bits = _mm256_set1_epi8(0x03), offset = _mm256_set1_epi8(32);
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   for (int c = 0; c < w.cols; c += 256) {
@@ -148,12 +144,7 @@ void q6_k_row(const QuantMatrixView& w, int n, const DotActivations& x, float* o
     const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192);
     const float d = gguf_decode::half_at(block + 208);
     for (int chunk = 0; chunk < 8 && c + 32 * chunk < w.cols; ++chunk) {  // weights [32 chunk, 32 chunk + 32)
-      const int h = chunk / 4, s = chunk % 4;
-      const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 64 * h + 32 * (s % 2)));
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 128 + 32 * h));
-      const __m256i low = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (s / 2)), low_nibbles);
-      const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), two_bits);
-      const __m256i q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), offset);
+      const __m256i q = gguf_decode::q6_k_codes(block, chunk);
       const __m512 q0 = i8_lanes(_mm256_castsi256_si128(q)), q1 = i8_lanes(_mm256_extracti128_si256(q, 1));
       const __m512 s0 = _mm512_set1_ps(d * float(scales[2 * chunk])), s1 = _mm512_set1_ps(d * float(scales[2 * chunk + 1]));
       const int col = c + 32 * chunk;
@@ -167,35 +158,50 @@ void q6_k_row(const QuantMatrixView& w, int n, const DotActivations& x, float* o
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+// The entry point of a row kernel over activations widened to fp32 rows of whole steps.
+template <int Step, template <int> class Row>
+bool fp32_dot(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c, int64_t ldc) {
+  if (w.col0 != 0) return false;
+  const DotActivations x = dot_activations(a, lda, m, w.cols, Step);
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { Row<r()>::run(w, n, x, out); });
+  return true;
+}
+
+template <int R>
+struct Q8_0Row {
+  static void run(const QuantMatrixView& w, int n, const DotActivations& x, float* out) { q8_0_row<R>(w, n, x, out); }
+};
+template <int R>
+struct Q4_KRow {
+  static void run(const QuantMatrixView& w, int n, const DotActivations& x, float* out) { q4_k_row<R>(w, n, x, out); }
+};
+template <int R>
+struct Q6_KRow {
+  static void run(const QuantMatrixView& w, int n, const DotActivations& x, float* out) { q6_k_row<R>(w, n, x, out); }
+};
+
 }  // namespace
 
 bool dot_gguf_q8_0(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                    int64_t ldc) {
-  if (w.col0 != 0) return false;
-  const DotActivations x = dot_activations(a, lda, m, w.cols, 32);
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q8_0_row<r()>(w, n, x, out); });
-  return true;
+  return fp32_dot<32, Q8_0Row>(w, m, n0, n1, a, lda, c, ldc);
 }
 
 bool dot_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                    int64_t ldc) {
-  if (w.col0 != 0) return false;
 #if defined(__AVX512BF16__)
-  const Bf16Activations xb = bf16_activations(a, lda, m, w.cols);
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q4_k_row_bf16<r()>(w, n, xb, out); });
+  if (w.col0 != 0) return false;
+  const Bf16Activations x = bf16_activations(a, lda, m, w.cols);
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q4_k_row_bf16<r()>(w, n, x, out); });
   return true;
+#else
+  return fp32_dot<256, Q4_KRow>(w, m, n0, n1, a, lda, c, ldc);
 #endif
-  const DotActivations x = dot_activations(a, lda, m, w.cols, 256);
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q4_k_row<r()>(w, n, x, out); });
-  return true;
 }
 
 bool dot_gguf_q6_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                    int64_t ldc) {
-  if (w.col0 != 0) return false;
-  const DotActivations x = dot_activations(a, lda, m, w.cols, 256);
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q6_k_row<r()>(w, n, x, out); });
-  return true;
+  return fp32_dot<256, Q6_KRow>(w, m, n0, n1, a, lda, c, ldc);
 }
 
 #endif

@@ -120,22 +120,43 @@ inline void decode_k45(const uint8_t* b, float* w) {
 }
 
 #if defined(__AVX512F__)
+// Q4_K: the codes of sub-blocks 2 pair (codes[0], from the low nibbles) and 2 pair + 1 (codes[1])
+// of a block, 32 bytes each, in weight order.
+inline void q4_k_codes(const uint8_t* b, int pair, __m256i codes[2]) {
+  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * pair));
+  codes[0] = _mm256_and_si256(bytes, low_nibbles);
+  codes[1] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
+}
+
+// Q6_K: the signed codes (u - 32) of weights [32 chunk, 32 chunk + 32) of a block, in weight order.
+inline __m256i q6_k_codes(const uint8_t* b, int chunk) {
+  const int h = chunk / 4, s = chunk % 4;
+  const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h + 32 * (s % 2)));
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * h));
+  const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (s / 2)), _mm256_set1_epi8(0x0F));
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), _mm256_set1_epi8(0x03));
+  return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+}
+
+// 16 bytes of unsigned / signed integers as 16 fp32 lanes.
+inline __m512 u8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+inline __m512 i8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+
 // Q4_K with AVX-512: the same values (d sc q is exact in fp32, so w is rounded once whether the
 // subtraction is fused or not, as in decode_k45).
 inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) {
   const float d = half_at(b), dmin = half_at(b + 2);
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
-  for (int pair = 0; pair < 4; ++pair) {  // sub-blocks 2 pair (low nibbles) and 2 pair + 1 (high)
-    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * pair));
-    const __m256i codes[2] = {_mm256_and_si256(bytes, low_nibbles),
-                              _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles)};
+  for (int pair = 0; pair < 4; ++pair) {
+    __m256i codes[2];
+    q4_k_codes(b, pair, codes);
     for (int half = 0; half < 2; ++half) {
       int scale, min;
       k_scale_min(b + 4, 2 * pair + half, scale, min);
       const __m512 ds = _mm512_set1_ps(d * float(scale)), dm = _mm512_set1_ps(dmin * float(min));
       float* out = w + 64 * pair + 32 * half;
-      const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes[half])));
-      const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes[half], 1)));
+      const __m512 q0 = u8_lanes(_mm256_castsi256_si128(codes[half]));
+      const __m512 q1 = u8_lanes(_mm256_extracti128_si256(codes[half], 1));
       _mm512_storeu_ps(out, _mm512_fmsub_ps(q0, ds, dm));
       _mm512_storeu_ps(out + 16, _mm512_fmsub_ps(q1, ds, dm));
     }
@@ -151,16 +172,9 @@ inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45<t
 inline void decode(gguf_blocks::Q6_K, const uint8_t* b, float* w) {
   const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
   const float d = half_at(b + 208);
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F), two_bits = _mm256_set1_epi8(0x03), offset = _mm256_set1_epi8(32);
-  for (int chunk = 0; chunk < 8; ++chunk) {  // weights [32 chunk, 32 chunk + 32): h = chunk / 4, s = chunk % 4
-    const int h = chunk / 4, s = chunk % 4;
-    const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h + 32 * (s % 2)));
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * h));
-    const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (s / 2)), low_nibbles);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), two_bits);
-    const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), offset);
-    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+  for (int chunk = 0; chunk < 8; ++chunk) {
+    const __m256i q = q6_k_codes(b, chunk);
+    const __m512 q0 = i8_lanes(_mm256_castsi256_si128(q)), q1 = i8_lanes(_mm256_extracti128_si256(q, 1));
     _mm512_storeu_ps(w + 32 * chunk, _mm512_mul_ps(_mm512_set1_ps(d * float(scales[2 * chunk])), q0));
     _mm512_storeu_ps(w + 32 * chunk + 16, _mm512_mul_ps(_mm512_set1_ps(d * float(scales[2 * chunk + 1])), q1));
   }
