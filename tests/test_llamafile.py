@@ -36,6 +36,11 @@ TYPE_SETS = {
 GRID = [(q, k, tp) for q in (1, 3, 16, 128, 600) for k in (1, 6, 8) for tp in (1, 2)]
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 VS_DEQUANTIZED = 1e-2  # the activations stay bf16: only bf16 rounding (of the dequantized weights too)
+# Q8_0, Q4_K and Q6_K have few-rows products (the decode) at the AVX-512 levels that quantize the
+# activations to int8 as ggml does (docs/inference.md): the issue's bound for quantized activations.
+QUANTIZED_ACTIVATION_TYPES = {"Q8_0", "Q4_K", "Q6_K"}
+QUANTIZED_ACTIVATION_LEVELS = {"avx512", "avx512_bf16", "amx"}
+VS_QUANTIZED_ACTIVATIONS = 3e-2
 # Against the bf16 weights a Q8_0 layer loses its scheme's error on top (blocks of 32 int8 values with
 # an fp16 scale): measured about 0.005; the bench's bound (kt_moe.benchmark.cases.ERROR_BOUNDS).
 Q8_0_VS_ORIGINAL = 2e-2
@@ -65,6 +70,12 @@ def wrapper(path, num_experts, hidden, intermediate, k=8, tp=1, **kwargs):
     return KTMoEWrapper(**{**options, **kwargs})
 
 
+def bound(types):
+    """The error bound of a layer of these types at the active level."""
+    quantized = QUANTIZED_ACTIVATION_TYPES & set(types) and kt_moe.cpu_info()["active"] in QUANTIZED_ACTIVATION_LEVELS
+    return VS_QUANTIZED_ACTIVATIONS if quantized else VS_DEQUANTIZED
+
+
 def check_grid_point(model, type_set, which, q, k, tp):
     path, written = model[type_set, which, k]
     e = written.weights[LAYER]["gate"].shape[0]
@@ -77,7 +88,7 @@ def check_grid_point(model, type_set, which, q, k, tp):
     out = w.forward(x, ids, weights)
     W = written.weights[LAYER]
     expected = moe_forward(x.float(), ids, weights.float(), W["gate"][experts], W["up"][experts], W["down"][experts])
-    assert relative_l2(out.float(), expected.float()) <= VS_DEQUANTIZED
+    assert relative_l2(out.float(), expected.float()) <= bound(TYPE_SETS[type_set][0])
 
 
 @pytest.mark.parametrize("q,k,tp", GRID)
@@ -105,7 +116,7 @@ def test_a_deepseek_v2_lite_layer_as_llama_cpp_writes_it(tmp_path):
     ids, weights = random_routing(6, 4, 2)
     W = {m: t[[2, 0, 3, 1]] for m, t in written.weights[LAYER].items()}
     expected = moe_forward(x.float(), ids, weights.float(), W["gate"], W["up"], W["down"])
-    assert relative_l2(w.forward(x, ids, weights).float(), expected.float()) <= VS_DEQUANTIZED
+    assert relative_l2(w.forward(x, ids, weights).float(), expected.float()) <= bound(("Q4_K", "Q8_0"))
     file_bytes = sum(written.raw[LAYER][m][0].numel() for m in ("gate", "up", "down"))
     assert file_bytes <= w.resident_bytes_per_expert() <= 1.05 * file_bytes
 
@@ -138,7 +149,7 @@ def test_split_files(tmp_path):
     ids, weights = random_routing(5, 4, 2)
     W = written.weights[1]
     expected = moe_forward(x.float(), ids, weights.float(), W["gate"], W["up"], W["down"])
-    assert relative_l2(w.forward(x, ids, weights).float(), expected.float()) <= VS_DEQUANTIZED
+    assert relative_l2(w.forward(x, ids, weights).float(), expected.float()) <= bound(("Q4_1",))
 
 
 @pytest.mark.parametrize("gguf_type", ["Q8_0", "Q4_0", "Q5_0", "F16", "Q4_K,Q4_K,Q6_K", "Q4_K,Q5_1,Q8_0"])
@@ -164,7 +175,7 @@ def test_weights_from_tensors_are_quantized_to_gguf_type(gguf_type):
     x = torch.randn(9, 256).to(torch.bfloat16)
     ids, weights = random_routing(9, 6, 2)
     out = w.forward(x, ids, weights).float()
-    assert relative_l2(out, moe_forward(x.float(), ids, weights.float(), *dequantized).float()) <= VS_DEQUANTIZED
+    assert relative_l2(out, moe_forward(x.float(), ids, weights.float(), *dequantized).float()) <= bound(types)
     if gguf_type == "Q8_0":
         assert relative_l2(out, moe_forward(x.float(), ids, weights.float(), gate, up, down).float()) <= Q8_0_VS_ORIGINAL
 

@@ -1,10 +1,8 @@
 // What the formats' quantized GEMMs on AVX-512 vectors share (native/formats/*/gemm_vnni.cpp, the
 // decode kernel, where a few tokens stream each weight byte once, and the prefill kernel of the
-// levels without AMX): the u8 x s8 dot product, the activation broadcast, the weight prefetch and
-// the loop over column blocks and rows. Compiled twice:
-//   avx512_bf16  vpdpbusd (AVX512-VNNI): 16 int32 lanes, each += 4 u8 x s8 products
-//   avx512       the same product from AVX512-BW (vpmaddwd on the bytes widened to 16 bits; exact,
-//                where vpmaddubsw would saturate on u8 weights up to 255)
+// levels without AMX): the activation broadcast, the weight prefetch and
+// the loop over column blocks and rows. Compiled twice: avx512_bf16 with vpdpbusd, avx512 with its
+// AVX512-BW equivalent (vnni_ops.hpp).
 // One zmm holds one packed quad (16 columns x 4 k): the weight bytes are the unsigned operand, the 4
 // activation bytes of the quad are broadcast as the signed operand. Rows go 4 at a time per
 // 16-column block, so that for M > 4 the block is read again from cache, not from memory.
@@ -18,22 +16,12 @@
 
 #include "kernels/micro_tile.hpp"
 #include "kernels/quant_kernel_common.hpp"
+#include "kernels/vnni_ops.hpp"
 
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 
 constexpr int kVnniMaxRows = 4;  // rows per micro-kernel
-
-// acc[lane] += sum_i w.byte[4 lane + i] (unsigned) * a.byte[4 lane + i] (signed).
-inline __m512i dpbusd(__m512i acc, __m512i w, __m512i a) {
-#if defined(__AVX512VNNI__)
-  return _mm512_dpbusd_epi32(acc, w, a);
-#else
-  const __m512i w_even = _mm512_and_si512(w, _mm512_set1_epi16(0x00FF)), w_odd = _mm512_srli_epi16(w, 8);
-  const __m512i a_even = _mm512_srai_epi16(_mm512_slli_epi16(a, 8), 8), a_odd = _mm512_srai_epi16(a, 8);
-  return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(w_even, a_even), _mm512_madd_epi16(w_odd, a_odd)));
-#endif
-}
 
 // int32 -> fp32 and u8 -> int32 lanes. The masked forms: GCC 12 warns (-Wmaybe-uninitialized)
 // about the undefined source vector of the unmasked intrinsics.
@@ -51,15 +39,6 @@ inline __m512i broadcast_quad(const int8_t* p) {
 
 template <int R>
 using Rows = QuantRow[R];
-
-// The weight stream runs through the column range block after block; each unit asks for the
-// lines this far ahead (measured: 13-15 GB/s on one thread, 9-10 GB/s without), as long as they lie
-// inside the packed weight (`end`: no address is formed past it).
-constexpr int kVnniPrefetchBytes = 4096;
-
-inline void prefetch_ahead(const uint8_t* w, const uint8_t* end, int bytes) {
-  if (end - w >= kVnniPrefetchBytes + bytes) prefetch_bytes(w + kVnniPrefetchBytes, bytes);
-}
 
 // The product of a format whose Block::run<R>(block, end, a, units, out) writes the 16 results of
 // rows a[0..R) for the block at `block` (of a weight ending at `end`) into out[0..R).

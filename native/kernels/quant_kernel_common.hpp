@@ -1,5 +1,5 @@
 // What every format's quantized GEMM kernels (native/formats/*/gemm_*.cpp) share: reading an
-// activation record, prefetching the weight stream and writing a block of results into C.
+// activation record, prefetching the weight stream (the GGUF few-rows products too) and writing a block of results into C.
 // Compiled per level (everything lives in the level's namespace, see level_namespace.hpp).
 #pragma once
 
@@ -34,6 +34,15 @@ inline QuantRow quant_row(const QuantGemmArgs& args, const QuantActLayout& layou
 // approach the memory bandwidth (the hardware prefetchers stop at 4 KB pages).
 inline void prefetch_bytes(const void* p, int bytes) {
   for (int i = 0; i < bytes; i += 64) __builtin_prefetch(static_cast<const char*>(p) + i, 0, 3);
+}
+
+// The weight stream runs through the matrix block after block; each unit asks for the lines this
+// far ahead (measured on the VNNI GEMM: 13-15 GB/s on one thread, 9-10 GB/s without), as long as they
+// lie inside the weight (`end`: no address is formed past it).
+constexpr int kPrefetchAheadBytes = 4096;
+
+inline void prefetch_ahead(const uint8_t* w, const uint8_t* end, int bytes) {
+  if (end - w >= kPrefetchAheadBytes + bytes) prefetch_bytes(w + kPrefetchAheadBytes, bytes);
 }
 
 // c[j] = (accumulate ? c[j] : 0) + v[j] for j < cols.

@@ -1,17 +1,16 @@
 // The few-rows products (DequantDotFn, kernels/dequant_bf16.hpp) of the GGUF types a decode reads
 // most (gguf_blocks.hpp): Q8_0, Q4_K and Q6_K (a Q4_K_M file's three, and llama.cpp's fallback for
 // rows that are not whole super-blocks), at the AVX-512 levels; the other types, and slices that do
-// not start at a block boundary (col0 != 0), dequantize row blocks instead. C = A W^T straight from
-// the blocks: each block's integers are widened to fp32 in registers and multiplied with the
-// activations (bf16 widened to fp32 once per call, zero past cols) in fp32; per block (Q8_0) or
-// sub-block (Q4_K: 32 weights; Q6_K: 16), the sum over its weights is scaled by the block's fp32
-// scale d * sc, and Q4_K's min subtracts dmin * m times the sum of the sub-block's activations:
-//   sum_j (d sc q_j - dmin m) x_j = d sc (sum_j q_j x_j) - dmin m (sum_j x_j).
-// Every product of an integer and an activation is exact in fp32; the sums are fp32 in another order
-// than the dequantizing path's, so the two agree up to fp32 rounding. At AVX512-BF16, Q4_K instead
-// looks its codes up in tables of the sub-blocks' bf16 values and multiplies them with vdpbf16ps
-// (q4_k_row_bf16): the weights rounded to bf16 as the dequantizing path rounds them, fewer
-// instructions per weight.
+// not start at a block boundary (col0 != 0), dequantize row blocks instead. As ggml computes them:
+// the activations quantized to int8 (q8_activations.hpp: scale da per 256 columns for the K-quants,
+// per 32 for Q8_0), each block's integer codes multiplied with them in int32, the block's scales
+// applied to the integer sums:
+//   Q4_K  sum_j (d sc_j q - dmin m_j) da a = d da sum_j sc_j (sum q a) - dmin da sum_j m_j (sum a)
+//         codes 0..15 as the unsigned operand of vpmaddubsw, the sub-blocks' 6-bit scales by vpdpwssd;
+//   Q6_K  d sc_j (u - 32): u 0..63 the same way, minus 32 sc_j (sum a) per 16 weights;
+//   Q8_0  d q: q + 128 as the unsigned operand of vpdpbusd, minus 128 (sum a) per 4 weights.
+// The integer sums are exact; the scales multiply in fp32. Error: the activations' int8 rounding on
+// top of the weights' own.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +21,10 @@
 
 #include "formats/gguf/gguf_decode.hpp"
 #include "kernels/dequant_dot_rows.hpp"
+#if defined(__AVX512F__)
+#include "formats/gguf/q8_activations.hpp"
+#include "kernels/quant_kernel_common.hpp"
+#endif
 
 namespace kt_moe {
 namespace KT_KERNEL_NS {
@@ -30,178 +33,156 @@ namespace KT_KERNEL_NS {
 
 namespace {
 
-using gguf_decode::i8_lanes;
-using gguf_decode::u8_lanes;
-
-template <int R>
-void q8_0_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
-  const uint8_t* row = w.values + n * w.ld_values;
-  __m512 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  for (int c = 0; c < w.cols; c += 32) {
-    const uint8_t* block = row + (c / 32) * gguf_blocks::Q8_0::Bytes;
-    const __m512 d = _mm512_set1_ps(gguf_decode::half_at(block));
-    const __m512 q0 = i8_lanes(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2)));
-    const __m512 q1 = i8_lanes(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 18)));
-    for (int i = 0; i < R; ++i) {
-      const float* xi = x.x + i * x.ld + c;
-      const __m512 s = _mm512_fmadd_ps(q0, _mm512_loadu_ps(xi), _mm512_mul_ps(q1, _mm512_loadu_ps(xi + 16)));
-      acc[i] = _mm512_fmadd_ps(d, s, acc[i]);
-    }
-  }
-  for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+// An fp16 at p as fp32 (vcvtph2ps).
+inline float half_value(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _mm512_cvtss_f32(_mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(h))));
 }
 
-template <int R>
-void q4_k_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
-  const uint8_t* row = w.values + n * w.ld_values;
-  __m512 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  for (int c = 0; c < w.cols; c += 256) {
-    const uint8_t* block = row + (c / 256) * gguf_blocks::Q4_K::Bytes;
-    const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
-    for (int pair = 0; pair < 4 && c + 64 * pair < w.cols; ++pair) {  // sub-blocks 2 pair and 2 pair + 1
-      __m256i codes[2];
-      gguf_decode::q4_k_codes(block, pair, codes);
-      for (int half = 0; half < 2; ++half) {
-        int sc, mn;
-        gguf_decode::k_scale_min(block + 4, 2 * pair + half, sc, mn);
-        const __m512 ds = _mm512_set1_ps(d * float(sc)), dm = _mm512_set1_ps(dmin * float(mn));
-        const __m512 q0 = u8_lanes(_mm256_castsi256_si128(codes[half]));
-        const __m512 q1 = u8_lanes(_mm256_extracti128_si256(codes[half], 1));
-        const int col = c + 64 * pair + 32 * half;
-        for (int i = 0; i < R; ++i) {
-          const float* xi = x.x + i * x.ld + col;
-          const __m512 x0 = _mm512_loadu_ps(xi), x1 = _mm512_loadu_ps(xi + 16);
-          const __m512 s = _mm512_fmadd_ps(q0, x0, _mm512_mul_ps(q1, x1));
-          acc[i] = _mm512_fnmadd_ps(dm, _mm512_add_ps(x0, x1), _mm512_fmadd_ps(ds, s, acc[i]));
-        }
-      }
-    }
-  }
-  for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+// 64 codes from two 32-byte halves: lo in bytes 0..31, hi in 32..63.
+inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_zextsi256_si512(lo), hi, 1); }
+
+inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
+
+// Where w's stored rows end (the prefetch's limit).
+inline const uint8_t* end_of(const QuantMatrixView& w) { return w.values + w.rows * w.ld_values; }
+
+// The word index vectors that spread `scales` (words 0..15) over the 32 words of a 64-weight step:
+// Q4_K step p: words 0..15 <- 2p, 16..31 <- 2p + 1 (32 weights per scale);
+// Q6_K step p: words 8s..8s+7 <- 4p + s (16 weights per scale).
+template <int WeightsPerScale>
+inline __m512i scale_index(int step) {
+  alignas(64) int16_t index[32];
+  for (int w = 0; w < 32; ++w) index[w] = static_cast<int16_t>(step * (64 / WeightsPerScale) + 2 * w / WeightsPerScale);
+  return _mm512_load_si512(index);
 }
 
-#if defined(__AVX512BF16__)
-// The activations as bf16 rows of ld = cols rounded up to 256, zeros past cols (thread scratch).
-struct Bf16Activations {
-  const bf16_t* x;
-  int64_t ld;
+template <int WeightsPerScale>
+struct ScaleIndex {
+  __m512i step[4];
+  ScaleIndex() {
+    for (int p = 0; p < 4; ++p) step[p] = scale_index<WeightsPerScale>(p);
+  }
 };
 
-Bf16Activations bf16_activations(const bf16_t* a, int64_t lda, int m, int cols) {
-  const int64_t ld = (int64_t(cols) + 255) / 256 * 256;
-  auto* x = static_cast<bf16_t*>(thread_scratch(ScratchSlot::packed, sizeof(bf16_t) * size_t(m) * size_t(ld)));
-  for (int i = 0; i < m; ++i) {
-    std::memcpy(x + i * ld, a + i * lda, sizeof(bf16_t) * size_t(cols));
-    std::memset(x + i * ld + cols, 0, sizeof(bf16_t) * size_t(ld - cols));
-  }
-  return {x, ld};
-}
-
-// Q4_K at AVX512-BF16: per pair of sub-blocks, a 32-word table of their 16 values each, bf16(d sc k -
-// dmin m) (the values the dequantizing path rounds to as well), looked up by the codes and multiplied
-// with the bf16 activations by vdpbf16ps, each fp32 lane summing two adjacent columns.
 template <int R>
-void q4_k_row_bf16(const QuantMatrixView& w, int n, const Bf16Activations& x, float* out) {
+void q4_k_row(const QuantMatrixView& w, int n, const Q8Activations& x, const ScaleIndex<32>& index, float* out) {
   const uint8_t* row = w.values + n * w.ld_values;
-  const __m512 k = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i low_nibble = _mm512_set1_epi16(0x0F), second_table = _mm512_set1_epi16(16);
+  const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   for (int c = 0; c < w.cols; c += 256) {
     const uint8_t* block = row + (c / 256) * gguf_blocks::Q4_K::Bytes;
-    const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
-    for (int pair = 0; pair < 4 && c + 64 * pair < w.cols; ++pair) {
-      int sc_a, mn_a, sc_b, mn_b;
-      gguf_decode::k_scale_min(block + 4, 2 * pair, sc_a, mn_a);
-      gguf_decode::k_scale_min(block + 4, 2 * pair + 1, sc_b, mn_b);
-      const __m512 values_a = _mm512_fmsub_ps(k, _mm512_set1_ps(d * float(sc_a)), _mm512_set1_ps(dmin * float(mn_a)));
-      const __m512 values_b = _mm512_fmsub_ps(k, _mm512_set1_ps(d * float(sc_b)), _mm512_set1_ps(dmin * float(mn_b)));
-      const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(values_b, values_a);  // words 0..15: a, 16..31: b
-      const __m512i codes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * pair)));
-      const __m512i wa = _mm512_permutexvar_epi16(_mm512_and_si512(codes, low_nibble), table);
-      const __m512i wb = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_srli_epi16(codes, 4), second_table), table);
-      const int col = c + 64 * pair;
+    prefetch_ahead(block, end_of(w), gguf_blocks::Q4_K::Bytes);
+    const float d = half_value(block), dmin = half_value(block + 2);
+    uint64_t scale_bytes, min_bytes;
+    gguf_decode::k_scales_mins(block + 4, scale_bytes, min_bytes);
+    const __m512i scales = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(scale_bytes))));
+    const __m128i mins8 = _mm_cvtsi64_si128(int64_t(min_bytes));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins8, mins8));  // word 2j, 2j + 1: m_j
+    __m512i sums[R];
+    for (int i = 0; i < R; ++i) sums[i] = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles)
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * p));
+      const __m512i codes = _mm512_and_si512(join(bytes, _mm256_srli_epi16(bytes, 4)), low_nibbles);
+      const __m512i step_scales = _mm512_permutexvar_epi16(index.step[p], scales);
       for (int i = 0; i < R; ++i) {
-        const bf16_t* xi = x.x + i * x.ld + col;
-        acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wa, (__m512bh)_mm512_loadu_si512(xi));
-        acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wb, (__m512bh)_mm512_loadu_si512(xi + 32));
+        const __m512i a = _mm512_loadu_si512(x.q_at(i, c + 64 * p));
+        sums[i] = dpwssd(sums[i], _mm512_maddubs_epi16(codes, a), step_scales);
       }
+    }
+    for (int i = 0; i < R; ++i) {
+      const float da = x.d_at(i, c);
+      const __m256i min_sums = _mm256_madd_epi16(mins, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sums16_at(i, c))));
+      acc[i] = _mm512_fmadd_ps(to_float(sums[i]), _mm512_set1_ps(d * da), acc[i]);
+      acc[i] = _mm512_fnmadd_ps(to_float(_mm512_zextsi256_si512(min_sums)), _mm512_set1_ps(dmin * da), acc[i]);
     }
   }
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
-#endif
 
 template <int R>
-void q6_k_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
+void q6_k_row(const QuantMatrixView& w, int n, const Q8Activations& x, const ScaleIndex<16>& index, float* out) {
   const uint8_t* row = w.values + n * w.ld_values;
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   for (int c = 0; c < w.cols; c += 256) {
     const uint8_t* block = row + (c / 256) * gguf_blocks::Q6_K::Bytes;
-    const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192);
-    const float d = gguf_decode::half_at(block + 208);
-    for (int chunk = 0; chunk < 8 && c + 32 * chunk < w.cols; ++chunk) {  // weights [32 chunk, 32 chunk + 32)
-      const __m256i q = gguf_decode::q6_k_codes(block, chunk);
-      const __m512 q0 = i8_lanes(_mm256_castsi256_si128(q)), q1 = i8_lanes(_mm256_extracti128_si256(q, 1));
-      const __m512 s0 = _mm512_set1_ps(d * float(scales[2 * chunk])), s1 = _mm512_set1_ps(d * float(scales[2 * chunk + 1]));
-      const int col = c + 32 * chunk;
+    prefetch_ahead(block, end_of(w), gguf_blocks::Q6_K::Bytes);
+    const float d = half_value(block + 208);
+    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 192)));
+    const __m512i scales = _mm512_zextsi256_si512(scales16);
+    __m512i sums[R];
+    for (int i = 0; i < R; ++i) sums[i] = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {  // weights [64p, 64p + 64): chunks 2p and 2p + 1
+      const __m512i codes = join(gguf_decode::q6_k_unsigned_codes(block, 2 * p), gguf_decode::q6_k_unsigned_codes(block, 2 * p + 1));
+      const __m512i step_scales = _mm512_permutexvar_epi16(index.step[p], scales);
       for (int i = 0; i < R; ++i) {
-        const float* xi = x.x + i * x.ld + col;
-        acc[i] = _mm512_fmadd_ps(s0, _mm512_mul_ps(q0, _mm512_loadu_ps(xi)), acc[i]);
-        acc[i] = _mm512_fmadd_ps(s1, _mm512_mul_ps(q1, _mm512_loadu_ps(xi + 16)), acc[i]);
+        const __m512i a = _mm512_loadu_si512(x.q_at(i, c + 64 * p));
+        sums[i] = dpwssd(sums[i], _mm512_maddubs_epi16(codes, a), step_scales);
       }
+    }
+    for (int i = 0; i < R; ++i) {  // the codes' offset: - 32 sum_j sc_j (sum of its 16 activations)
+      const __m256i offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.sums16_at(i, c))));
+      sums[i] = _mm512_sub_epi32(sums[i], _mm512_zextsi256_si512(_mm256_slli_epi32(offset, 5)));
+      acc[i] = _mm512_fmadd_ps(to_float(sums[i]), _mm512_set1_ps(d * x.d_at(i, c)), acc[i]);
     }
   }
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-// The entry point of a row kernel over activations widened to fp32 rows of whole steps.
-template <int Step, template <int> class Row>
-bool fp32_dot(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c, int64_t ldc) {
-  if (w.col0 != 0) return false;
-  const DotActivations x = dot_activations(a, lda, m, w.cols, Step);
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { Row<r()>::run(w, n, x, out); });
-  return true;
+template <int R>
+void q8_0_row(const QuantMatrixView& w, int n, const Q8Activations& x, float* out) {
+  const uint8_t* row = w.values + n * w.ld_values;
+  const int blocks = (w.cols + 31) / 32;
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr int64_t kBytes = gguf_blocks::Q8_0::Bytes;
+  __m512 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  for (int col = 0; col < w.cols; col += 64) {  // blocks b and b + 1 (when there is one)
+    const int b = col / 32;
+    const uint8_t* first = row + b * kBytes;
+    const bool second = b + 1 < blocks;
+    prefetch_ahead(first, end_of(w), 2 * kBytes);
+    const __m256i hi = second ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + kBytes + 2)) : _mm256_setzero_si256();
+    const __m512i codes = _mm512_xor_si512(join(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + 2)), hi), offset);
+    const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_value(first)),
+                                               _mm512_set1_ps(second ? half_value(first + kBytes) : 0.0f));
+    for (int i = 0; i < R; ++i) {
+      const __m512i sums = dpbusd(_mm512_loadu_si512(x.quad_bias_at(i, col)), codes, _mm512_loadu_si512(x.q_at(i, col)));
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(scales, _mm512_loadu_ps(x.quad_d_at(i, col))), to_float(sums), acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
-
-template <int R>
-struct Q8_0Row {
-  static void run(const QuantMatrixView& w, int n, const DotActivations& x, float* out) { q8_0_row<R>(w, n, x, out); }
-};
-template <int R>
-struct Q4_KRow {
-  static void run(const QuantMatrixView& w, int n, const DotActivations& x, float* out) { q4_k_row<R>(w, n, x, out); }
-};
-template <int R>
-struct Q6_KRow {
-  static void run(const QuantMatrixView& w, int n, const DotActivations& x, float* out) { q6_k_row<R>(w, n, x, out); }
-};
 
 }  // namespace
 
 bool dot_gguf_q8_0(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                    int64_t ldc) {
-  return fp32_dot<32, Q8_0Row>(w, m, n0, n1, a, lda, c, ldc);
+  if (w.col0 != 0) return false;
+  const Q8Activations x = q8_activations(a, lda, m, w.cols, Q8Blocks::q8_0);
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q8_0_row<r()>(w, n, x, out); });
+  return true;
 }
 
 bool dot_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                    int64_t ldc) {
-#if defined(__AVX512BF16__)
   if (w.col0 != 0) return false;
-  const Bf16Activations x = bf16_activations(a, lda, m, w.cols);
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q4_k_row_bf16<r()>(w, n, x, out); });
+  const Q8Activations x = q8_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
+  const ScaleIndex<32> index;
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q4_k_row<r()>(w, n, x, index, out); });
   return true;
-#else
-  return fp32_dot<256, Q4_KRow>(w, m, n0, n1, a, lda, c, ldc);
-#endif
 }
 
 bool dot_gguf_q6_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                    int64_t ldc) {
-  return fp32_dot<256, Q6_KRow>(w, m, n0, n1, a, lda, c, ldc);
+  if (w.col0 != 0) return false;
+  const Q8Activations x = q8_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
+  const ScaleIndex<16> index;
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q6_k_row<r()>(w, n, x, index, out); });
+  return true;
 }
 
 #endif

@@ -102,6 +102,15 @@ inline void decode(gguf_blocks::Q3_K, const uint8_t* b, float* w) {
   }
 }
 
+// Q4_K / Q5_K: the eight 6-bit scales and mins (k_scale_min of sub-blocks 0..7) as bytes 0..7.
+inline void k_scales_mins(const uint8_t* s, uint64_t& scales, uint64_t& mins) {
+  uint32_t w[3];
+  std::memcpy(w, s, 12);
+  const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, low2 = 0x03030303u;
+  scales = (w[0] & low6) | uint64_t((w[2] & low4) | ((w[0] >> 6) & low2) << 4) << 32;
+  mins = (w[1] & low6) | uint64_t(((w[2] >> 4) & low4) | ((w[1] >> 6) & low2) << 4) << 32;
+}
+
 template <bool HighBit>  // Q4_K, or Q5_K: a fifth bit from qh
 inline void decode_k45(const uint8_t* b, float* w) {
   const float d = half_at(b), dmin = half_at(b + 2);
@@ -129,14 +138,19 @@ inline void q4_k_codes(const uint8_t* b, int pair, __m256i codes[2]) {
   codes[1] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
 }
 
-// Q6_K: the signed codes (u - 32) of weights [32 chunk, 32 chunk + 32) of a block, in weight order.
-inline __m256i q6_k_codes(const uint8_t* b, int chunk) {
+// Q6_K: the unsigned codes u (0..63) of weights [32 chunk, 32 chunk + 32) of a block, in weight order.
+inline __m256i q6_k_unsigned_codes(const uint8_t* b, int chunk) {
   const int h = chunk / 4, s = chunk % 4;
   const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h + 32 * (s % 2)));
   const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * h));
   const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (s / 2)), _mm256_set1_epi8(0x0F));
   const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), _mm256_set1_epi8(0x03));
-  return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+  return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+
+// Q6_K: the signed codes (u - 32) of the same weights.
+inline __m256i q6_k_codes(const uint8_t* b, int chunk) {
+  return _mm256_sub_epi8(q6_k_unsigned_codes(b, chunk), _mm256_set1_epi8(32));
 }
 
 // 16 bytes of unsigned / signed integers as 16 fp32 lanes.

@@ -1,0 +1,35 @@
+// The integer dot-product instructions of AVX512-VNNI, with their AVX512-BW equivalents for the
+// AVX-512 level without VNNI (the same int32 results, exactly): the quantized GEMMs
+// (quant_gemm_vnni_loop.hpp) and the GGUF few-rows products (formats/gguf/dequant_dot.cpp).
+// Compiled per level (level_namespace.hpp).
+#pragma once
+
+#include <immintrin.h>
+
+#include "kernels/level_namespace.hpp"
+
+namespace kt_moe {
+namespace KT_KERNEL_NS {
+
+// acc[lane] += sum_i w.byte[4 lane + i] (unsigned) * a.byte[4 lane + i] (signed).
+inline __m512i dpbusd(__m512i acc, __m512i w, __m512i a) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(acc, w, a);
+#else
+  const __m512i w_even = _mm512_and_si512(w, _mm512_set1_epi16(0x00FF)), w_odd = _mm512_srli_epi16(w, 8);
+  const __m512i a_even = _mm512_srai_epi16(_mm512_slli_epi16(a, 8), 8), a_odd = _mm512_srai_epi16(a, 8);
+  return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(w_even, a_even), _mm512_madd_epi16(w_odd, a_odd)));
+#endif
+}
+
+// acc[lane] += p.word[2 lane] * s.word[2 lane] + p.word[2 lane + 1] * s.word[2 lane + 1] (signed).
+inline __m512i dpwssd(__m512i acc, __m512i p, __m512i s) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, p, s);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(p, s));
+#endif
+}
+
+}  // namespace KT_KERNEL_NS
+}  // namespace kt_moe
