@@ -31,6 +31,9 @@ using DequantFn = void (*)(const QuantMatrixView& w, int r0, int r1, int c0, int
 using DequantDotFn = bool (*)(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                               int64_t ldc);
 constexpr int kDequantDotMaxRows = 4;
+// The same product for any m (the prefill), where a format has one that beats dequantizing row
+// blocks for the bf16 GEMM; false, having written nothing, for a matrix it does not take.
+using DequantGemmFn = DequantDotFn;
 
 constexpr int kDequantIsaLevels = 5;  // IsaLevel generic .. amx_emulated
 
@@ -40,6 +43,7 @@ struct DequantFormat {
   bool row_scales;                     // D = W / scale[r]: the products apply scale (fp32 [rows]) themselves
   DequantFn kernels[kDequantIsaLevels];  // by IsaLevel
   DequantDotFn dot[kDequantIsaLevels];   // by IsaLevel; null: the format has no few-rows product
+  DequantGemmFn gemm[kDequantIsaLevels];  // by IsaLevel; null: the format has no many-rows product
 };
 
 // A quantized W [rows, cols] (logical shape) as the format stores it. Row r's values start at
@@ -66,5 +70,7 @@ struct QuantMatrixView {
 DequantFn dequant_bf16_kernel(const DequantFormat& format, IsaLevel level);
 // The format's few-rows product at `level`, or null.
 inline DequantDotFn dequant_dot_kernel(const DequantFormat& format, IsaLevel level) { return format.dot[int(level)]; }
+// The format's many-rows product at `level`, or null.
+inline DequantGemmFn dequant_gemm_kernel(const DequantFormat& format, IsaLevel level) { return format.gemm[int(level)]; }
 
 }  // namespace kt_moe

@@ -50,6 +50,8 @@ void base_nt(const BaseKernels& kernels, const WeightView& w, int m, int n0, int
   const DequantDotFn dot = dequant_dot_kernel(*w.quant.format, kernels.level);
   if (dot && m <= kDequantDotMaxRows && dot(w.quant, m, n0, n1, a, lda, c, ldc))
     return;  // the decode: no bf16 block, the weights read once
+  const DequantGemmFn many = dequant_gemm_kernel(*w.quant.format, kernels.level);
+  if (many && m > kDequantDotMaxRows && many(w.quant, m, n0, n1, a, lda, c, ldc)) return;
   const DequantFn dequant = dequant_bf16_kernel(*w.quant.format, kernels.level);
   const float* scale = row_scales(w);
   const int step = block_rows(K, kForwardBlockBytes);

@@ -17,7 +17,8 @@ const DequantFormat kBlockDequant = {
     {&generic::dequant_fp8_block, &avx512::dequant_fp8_block, &avx512_bf16::dequant_fp8_block,
      &avx512_bf16::dequant_fp8_block, &generic::dequant_fp8_block},
     {&generic::dot_fp8_block, &avx512::dot_fp8_block, &avx512_bf16::dot_fp8_block, &avx512_bf16::dot_fp8_block,
-     &generic::dot_fp8_block}};
+     &generic::dot_fp8_block},
+    {}};
 
 // D = the fp8 value (exact); the products apply the row scale.
 const DequantFormat kChannelDequant = {
@@ -25,7 +26,8 @@ const DequantFormat kChannelDequant = {
     {&generic::dequant_fp8_channel, &avx512::dequant_fp8_channel, &avx512_bf16::dequant_fp8_channel,
      &avx512_bf16::dequant_fp8_channel, &generic::dequant_fp8_channel},
     {&generic::dot_fp8_channel, &avx512::dot_fp8_channel, &avx512_bf16::dot_fp8_channel,
-     &avx512_bf16::dot_fp8_channel, &generic::dot_fp8_channel}};
+     &avx512_bf16::dot_fp8_channel, &generic::dot_fp8_channel},
+    {}};
 
 constexpr int kMaxBlock = 1 << 16;
 

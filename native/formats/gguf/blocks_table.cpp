@@ -22,6 +22,20 @@ struct DotFns<gguf_blocks::Q6_K> {
   static constexpr DequantDotFn avx512 = &avx512::dot_gguf_q6_k, avx512_bf16 = &avx512_bf16::dot_gguf_q6_k;
 };
 
+// The AVX-512 levels' many-rows product of a type, where it has one (dequant_gemm.cpp).
+template <class Block>
+struct GemmFns {
+  static constexpr DequantGemmFn avx512 = nullptr, avx512_bf16 = nullptr;
+};
+template <>
+struct GemmFns<gguf_blocks::Q8_0> {
+  static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q8_0, avx512_bf16 = &avx512_bf16::gemm_gguf_q8_0;
+};
+template <>
+struct GemmFns<gguf_blocks::Q4_K> {
+  static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q4_k, avx512_bf16 = &avx512_bf16::gemm_gguf_q4_k;
+};
+
 }  // namespace
 
 #define KT_GGUF_TABLE(T, t)                                                                                 \
@@ -31,7 +45,9 @@ struct DotFns<gguf_blocks::Q6_K> {
       {&generic::dequant_gguf_##t, &avx512::dequant_gguf_##t, &avx512_bf16::dequant_gguf_##t,                 \
        &avx512_bf16::dequant_gguf_##t, &generic::dequant_gguf_##t},                                          \
       {nullptr, DotFns<gguf_blocks::T>::avx512, DotFns<gguf_blocks::T>::avx512_bf16,                         \
-       DotFns<gguf_blocks::T>::avx512_bf16, nullptr}};
+       DotFns<gguf_blocks::T>::avx512_bf16, nullptr},                                                      \
+      {nullptr, GemmFns<gguf_blocks::T>::avx512, GemmFns<gguf_blocks::T>::avx512_bf16,                       \
+       GemmFns<gguf_blocks::T>::avx512_bf16, nullptr}};
 KT_GGUF_TYPES(KT_GGUF_TABLE)
 #undef KT_GGUF_TABLE
 

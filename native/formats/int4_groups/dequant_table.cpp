@@ -8,12 +8,14 @@ const DequantFormat kInt4GroupsDequant = {
     "int4 groups", false,
     {&generic::dequant_int4_groups, &avx512::dequant_int4_groups, &avx512_bf16::dequant_int4_groups,
      &avx512_bf16::dequant_int4_groups, &generic::dequant_int4_groups},
+    {},
     {}};
 
 const DequantFormat kInt4GroupsBf16Dequant = {
     "int4 groups, bf16 scales", false,
     {&generic::dequant_int4_groups_bf16, &avx512::dequant_int4_groups_bf16, &avx512_bf16::dequant_int4_groups_bf16,
      &avx512_bf16::dequant_int4_groups_bf16, &generic::dequant_int4_groups_bf16},
-    {nullptr, nullptr, &avx512_bf16::dot_int4_groups_bf16, &avx512_bf16::dot_int4_groups_bf16, nullptr}};
+    {nullptr, nullptr, &avx512_bf16::dot_int4_groups_bf16, &avx512_bf16::dot_int4_groups_bf16, nullptr},
+    {}};
 
 }  // namespace kt_moe

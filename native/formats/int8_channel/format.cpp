@@ -18,6 +18,7 @@ const DequantFormat kDequant = {
     "int8_channel", true,
     {&generic::dequant_int8_channel, &avx512::dequant_int8_channel, &avx512_bf16::dequant_int8_channel,
      &avx512_bf16::dequant_int8_channel, &generic::dequant_int8_channel},
+    {},
     {}};
 
 }  // namespace
