@@ -35,6 +35,10 @@ template <>
 struct GemmFns<gguf_blocks::Q4_K> {
   static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q4_k, avx512_bf16 = &avx512_bf16::gemm_gguf_q4_k;
 };
+template <>
+struct GemmFns<gguf_blocks::Q6_K> {
+  static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q6_k, avx512_bf16 = &avx512_bf16::gemm_gguf_q6_k;
+};
 
 }  // namespace
 

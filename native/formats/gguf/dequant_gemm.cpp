@@ -1,13 +1,15 @@
-// The many-rows products (DequantGemmFn, kernels/dequant_bf16.hpp) of Q4_K and Q8_0, the types of a
-// Q4_K_M file's gate and up and of llama.cpp's fallback for down rows that are not whole
-// super-blocks, at the AVX-512 levels: the prefill, straight from the blocks as the file stores them
-// (the other types, and slices that start inside a block, dequantize row blocks to bf16). The
+// The many-rows products (DequantGemmFn, kernels/dequant_bf16.hpp) of Q8_0, Q4_K and Q6_K (a
+// Q4_K_M file's types, with llama.cpp's Q8_0 fallback for down rows that are not whole
+// super-blocks), at the AVX-512 levels: the prefill, straight from the blocks as the file stores
+// them (the other types, and slices that start inside a block, dequantize row blocks to bf16). The
 // activations are quantized to int8 as in the few-rows products (dequant_dot.cpp) and laid out with
 // 16 rows across a vector's lanes (lane_activations.hpp), so that one weight row's 4 codes,
 // broadcast, multiply 16 rows' activations in one vpdpbusd and the weights need no repacking:
 //   Q4_K  codes 0..15 (nibbles split into a row buffer) broadcast as the unsigned operand; per
 //         sub-block of 32 the int32 sums times d sc, minus dmin m times the rows' sums of q; times
 //         the rows' da per 256 columns;
+//   Q6_K  codes u = 0..63 (a row buffer) the same way; per sub-block of 16, (sums - 32 times the
+//         rows' sums of q) times d sc; times da;
 //   Q8_0  codes + 128 (a row buffer) broadcast as the unsigned operand, the sums started at -128
 //         times the rows' sums of q per block; times d da per block.
 // Tiles of 4 weight rows x 32 activation rows keep their sums in registers over all of K.
@@ -106,11 +108,63 @@ void q4_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
           for (int v = 0; v < V; ++v) sums[j][v] = dpbusd(sums[j][v], q, a[v]);
         }
       }
-      for (int v = 0; v < V; ++v) {
-        const __m512 sums_of_q = _mm512_loadu_ps(row_sums[v] + kLanes * (8 * kb + s));
+      for (int v = 0; v < V; ++v) {  // the rows' sums of q over the sub-block's two halves of 16
+        const float* halves = row_sums[v] + kLanes * (16 * kb + 2 * s);
+        const __m512 sums_of_q = _mm512_add_ps(_mm512_loadu_ps(halves), _mm512_loadu_ps(halves + kLanes));
         for (int j = 0; j < J; ++j) {
           chunk[j][v] = _mm512_fmadd_ps(to_float(sums[j][v]), _mm512_set1_ps(dsc[j][s]), chunk[j][v]);
           chunk[j][v] = _mm512_fnmadd_ps(_mm512_set1_ps(dmn[j][s]), sums_of_q, chunk[j][v]);
+        }
+      }
+    }
+    for (int v = 0; v < V; ++v) {
+      const __m512 da = _mm512_loadu_ps(d[v] + kLanes * kb);
+      for (int j = 0; j < J; ++j) acc[j][v] = _mm512_fmadd_ps(chunk[j][v], da, acc[j][v]);
+    }
+  }
+  for (int j = 0; j < J; ++j)
+    for (int v = 0; v < V; ++v) store_lanes(acc[j][v], g0 + v, m, c + j, ldc);
+}
+
+template <int J, int V>
+void q6_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0, int m, float* c, int64_t ldc) {
+  const uint8_t* quads[V];
+  const float *d[V], *row_sums[V];
+  for (int v = 0; v < V; ++v) quads[v] = x.quads_of(g0 + v), d[v] = x.d_of(g0 + v), row_sums[v] = x.sums_of(g0 + v);
+  alignas(64) uint8_t codes[J][256];
+  __m512 acc[J][V];
+  for (int j = 0; j < J; ++j)
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int kb = 0; kb * 256 < w.cols; ++kb) {  // super-block kb
+    float dsc[J][16];
+    for (int j = 0; j < J; ++j) {
+      const uint8_t* block = w.values + (n + j) * w.ld_values + kb * gguf_blocks::Q6_K::Bytes;
+      const float dj = half_value(block + 208);
+      for (int s = 0; s < 16; ++s) dsc[j][s] = dj * float(static_cast<int8_t>(block[192 + s]));
+      for (int chunk = 0; chunk < 8; ++chunk)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(codes[j] + 32 * chunk), gguf_decode::q6_k_unsigned_codes(block, chunk));
+    }
+    __m512 chunk[J][V];
+    for (int j = 0; j < J; ++j)
+      for (int v = 0; v < V; ++v) chunk[j][v] = _mm512_setzero_ps();
+    for (int s = 0; s < 16; ++s) {  // sub-block s of 16 weights: quads 4 s .. 4 s + 3
+      __m512i sums[J][V];
+      for (int j = 0; j < J; ++j)
+        for (int v = 0; v < V; ++v) sums[j][v] = _mm512_setzero_si512();
+      for (int t = 0; t < 4; ++t) {
+        __m512i a[V];
+        for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_si512(quads[v] + 64 * (64 * kb + 4 * s + t));
+        for (int j = 0; j < J; ++j) {
+          const __m512i q = broadcast_quad(codes[j] + 16 * s + 4 * t);
+          for (int v = 0; v < V; ++v) sums[j][v] = dpbusd(sums[j][v], q, a[v]);
+        }
+      }
+      for (int v = 0; v < V; ++v) {  // d sc (u - 32): the codes' offset times the rows' sums of q
+        const __m512 sums_of_q = _mm512_loadu_ps(row_sums[v] + kLanes * (16 * kb + s));
+        for (int j = 0; j < J; ++j) {
+          const __m512 scale = _mm512_set1_ps(dsc[j][s]);
+          chunk[j][v] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(32.0f), sums_of_q, to_float(sums[j][v])),
+                                        chunk[j][v]);
         }
       }
     }
@@ -184,6 +238,16 @@ bool gemm_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_
   const LaneActivations x = lane_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
   tiles(x, n0, n1, c, [&](auto rows, auto groups, int n, int g, float* cn) {
     q4_k_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
+  });
+  return true;
+}
+
+bool gemm_gguf_q6_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                    int64_t ldc) {
+  if (w.col0 != 0) return false;
+  const LaneActivations x = lane_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
+  tiles(x, n0, n1, c, [&](auto rows, auto groups, int n, int g, float* cn) {
+    q6_k_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
   return true;
 }

@@ -76,13 +76,14 @@ namespace avx512_bf16 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 #undef KT_GGUF_DEQUANT_DECLARATION
 
 // The few-rows products of the types a decode reads most, at the AVX-512 levels (dequant_dot.cpp),
-// and the many-rows ones of Q8_0 and Q4_K (dequant_gemm.cpp).
+// and their many-rows ones (dequant_gemm.cpp).
 #define KT_GGUF_DOT_DECLARATIONS                                                                       \
   bool dot_gguf_q8_0(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool dot_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool dot_gguf_q6_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool gemm_gguf_q8_0(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
-  bool gemm_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t);
+  bool gemm_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
+  bool gemm_gguf_q6_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t);
 namespace avx512 { KT_GGUF_DOT_DECLARATIONS }
 namespace avx512_bf16 { KT_GGUF_DOT_DECLARATIONS }
 #undef KT_GGUF_DOT_DECLARATIONS

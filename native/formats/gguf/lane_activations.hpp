@@ -3,8 +3,9 @@
 // rows across the lanes of a vector: rows in groups of 16 (the last padded with zero rows), and per
 // group and 4 columns ("quad") 64 bytes, lane r's 4 codes at bytes 4r..4r+3: the signed operand of
 // vpdpbusd against one weight row's 4 codes broadcast as the unsigned one. Per group and block the
-// 16 rows' scales d, and per 32 columns (k_quant) the 16 rows' sums of q (fp32, exact), or (q8_0)
-// -128 * (sum of their q) as int32 (the correction of Q8_0 codes offset to unsigned bytes). AVX-512 levels only; compiled
+// 16 rows' scales d, and per 16 columns (k_quant) the 16 rows' sums of q (fp32, exact), or (q8_0)
+// per 32 columns -128 * (sum of their q) as int32 (the correction of Q8_0 codes offset to unsigned
+// bytes). AVX-512 levels only; compiled
 // per level (level_namespace.hpp).
 #pragma once
 
@@ -30,13 +31,13 @@ struct LaneActivations {
   int block = 0;     // columns per scale: 256 (k_quant) or 32 (q8_0)
   const uint8_t* quads = nullptr;  // [groups][ld / 4][64]
   const float* d = nullptr;        // [groups][ld / block][16]
-  const float* sums = nullptr;     // k_quant: [groups][ld / 32][16], sum of q
+  const float* sums = nullptr;     // k_quant: [groups][ld / 16][16], sum of q
   const int32_t* bias = nullptr;   // q8_0: [groups][ld / 32][16], -128 * sum of q
 
   // Group g's first quad, scale and sum (col / 4 quads of 64 bytes further on: + 16 col bytes).
   const uint8_t* quads_of(int g) const { return quads + g * ld * 16; }
   const float* d_of(int g) const { return d + g * (ld / block) * kLanes; }
-  const float* sums_of(int g) const { return sums + g * (ld / 32) * kLanes; }
+  const float* sums_of(int g) const { return sums + g * (ld / 16) * kLanes; }
   const int32_t* bias_of(int g) const { return bias + g * (ld / 32) * kLanes; }
 };
 
@@ -49,7 +50,7 @@ inline LaneActivations lane_activations(const bf16_t* a, int64_t lda, int m, int
   x.ld = (int64_t(cols) + 255) / 256 * 256;
   x.block = k_quant ? 256 : 32;
   const int64_t quad_bytes = x.groups * x.ld * kLanes, blocks_per_row = x.ld / x.block, per32 = x.ld / 32;
-  const int64_t d_bytes = sizeof(float) * x.groups * blocks_per_row * kLanes, sums_bytes = 4 * x.groups * per32 * kLanes;
+  const int64_t d_bytes = sizeof(float) * x.groups * blocks_per_row * kLanes, sums_bytes = 4 * x.groups * (k_quant ? 2 * per32 : per32) * kLanes;
   auto* base = static_cast<uint8_t*>(thread_scratch(ScratchSlot::packed, size_t(quad_bytes + d_bytes + sums_bytes)));
   auto* quads = base;
   auto* d = reinterpret_cast<float*>(base + quad_bytes);
@@ -74,14 +75,11 @@ inline LaneActivations lane_activations(const bf16_t* a, int64_t lda, int m, int
             d[(g * blocks_per_row + c / 32 + b) * kLanes + r] = row_d[b];
           }
         }
-        for (int b = 0; b < 8; ++b) {  // per 32 columns
-          const int sum = sums16[c / 16 + 2 * b] + sums16[c / 16 + 2 * b + 1];
-          const int64_t at = (g * per32 + c / 32 + b) * kLanes + r;
-          if (k_quant)
-            sums[at] = float(sum);
-          else
-            bias[at] = -128 * sum;
-        }
+        if (k_quant)
+          for (int b = 0; b < 16; ++b) sums[(g * 2 * per32 + c / 16 + b) * kLanes + r] = float(sums16[c / 16 + b]);
+        else
+          for (int b = 0; b < 8; ++b)
+            bias[(g * per32 + c / 32 + b) * kLanes + r] = -128 * (sums16[c / 16 + 2 * b] + sums16[c / 16 + 2 * b + 1]);
       }
       for (int64_t t = 0; t < x.ld / 4; ++t) std::memcpy(quads + ((g * x.ld) / 4 + t) * 64 + 4 * r, q + 4 * t, 4);
     }
