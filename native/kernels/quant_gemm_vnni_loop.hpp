@@ -23,18 +23,10 @@ namespace KT_KERNEL_NS {
 
 constexpr int kVnniMaxRows = 4;  // rows per micro-kernel
 
-// int32 -> fp32 and u8 -> int32 lanes. The masked forms: GCC 12 warns (-Wmaybe-uninitialized)
-// about the undefined source vector of the unmasked intrinsics.
-inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
+// u8 -> int32 lanes. The masked form: GCC 12 warns (-Wmaybe-uninitialized) about the undefined
+// source vector of the unmasked intrinsic.
 inline __m512i widen_u8(const uint8_t* p) {
   return _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-// The 4 activation bytes at p in every lane.
-inline __m512i broadcast_quad(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return _mm512_set1_epi32(v);
 }
 
 template <int R>

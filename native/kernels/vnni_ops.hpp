@@ -1,10 +1,14 @@
 // The integer dot-product instructions of AVX512-VNNI, with their AVX512-BW equivalents for the
-// AVX-512 level without VNNI (the same int32 results, exactly): the quantized GEMMs
-// (quant_gemm_vnni_loop.hpp) and the GGUF few-rows products (formats/gguf/dequant_dot.cpp).
+// AVX-512 level without VNNI (the same int32 results, exactly), and the operand and result helpers
+// around them: the quantized GEMMs (quant_gemm_vnni_loop.hpp) and the GGUF products
+// (formats/gguf/dequant_dot.cpp, dequant_gemm.cpp).
 // Compiled per level (level_namespace.hpp).
 #pragma once
 
 #include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
 
 #include "kernels/level_namespace.hpp"
 
@@ -29,6 +33,17 @@ inline __m512i dpwssd(__m512i acc, __m512i p, __m512i s) {
 #else
   return _mm512_add_epi32(acc, _mm512_madd_epi16(p, s));
 #endif
+}
+
+// int32 -> fp32 lanes (the integer sums to their scales). The masked form: GCC 12 warns
+// (-Wmaybe-uninitialized) about the undefined source vector of the unmasked intrinsic.
+inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
+
+// The 4 bytes at p in every lane (the broadcast operand of vpdpbusd).
+inline __m512i broadcast_quad(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return _mm512_set1_epi32(v);
 }
 
 }  // namespace KT_KERNEL_NS

@@ -4,41 +4,23 @@
 namespace kt_moe {
 namespace {
 
-// The AVX-512 levels' few-rows product of a type, where it has one (dequant_dot.cpp).
+// A type's few-rows and many-rows products at the AVX-512 levels (dequant_dot.cpp,
+// dequant_gemm.cpp), where it has them: index 0 avx512, 1 avx512_bf16 (also amx).
 template <class Block>
-struct DotFns {
-  static constexpr DequantDotFn avx512 = nullptr, avx512_bf16 = nullptr;
+struct Products {
+  static constexpr DequantDotFn dot[2] = {nullptr, nullptr};
+  static constexpr DequantGemmFn gemm[2] = {nullptr, nullptr};
 };
-template <>
-struct DotFns<gguf_blocks::Q8_0> {
-  static constexpr DequantDotFn avx512 = &avx512::dot_gguf_q8_0, avx512_bf16 = &avx512_bf16::dot_gguf_q8_0;
-};
-template <>
-struct DotFns<gguf_blocks::Q4_K> {
-  static constexpr DequantDotFn avx512 = &avx512::dot_gguf_q4_k, avx512_bf16 = &avx512_bf16::dot_gguf_q4_k;
-};
-template <>
-struct DotFns<gguf_blocks::Q6_K> {
-  static constexpr DequantDotFn avx512 = &avx512::dot_gguf_q6_k, avx512_bf16 = &avx512_bf16::dot_gguf_q6_k;
-};
-
-// The AVX-512 levels' many-rows product of a type, where it has one (dequant_gemm.cpp).
-template <class Block>
-struct GemmFns {
-  static constexpr DequantGemmFn avx512 = nullptr, avx512_bf16 = nullptr;
-};
-template <>
-struct GemmFns<gguf_blocks::Q8_0> {
-  static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q8_0, avx512_bf16 = &avx512_bf16::gemm_gguf_q8_0;
-};
-template <>
-struct GemmFns<gguf_blocks::Q4_K> {
-  static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q4_k, avx512_bf16 = &avx512_bf16::gemm_gguf_q4_k;
-};
-template <>
-struct GemmFns<gguf_blocks::Q6_K> {
-  static constexpr DequantGemmFn avx512 = &avx512::gemm_gguf_q6_k, avx512_bf16 = &avx512_bf16::gemm_gguf_q6_k;
-};
+#define KT_GGUF_PRODUCTS(T, t)                                                                      \
+  template <>                                                                                       \
+  struct Products<gguf_blocks::T> {                                                                 \
+    static constexpr DequantDotFn dot[2] = {&avx512::dot_gguf_##t, &avx512_bf16::dot_gguf_##t};      \
+    static constexpr DequantGemmFn gemm[2] = {&avx512::gemm_gguf_##t, &avx512_bf16::gemm_gguf_##t};  \
+  };
+KT_GGUF_PRODUCTS(Q8_0, q8_0)
+KT_GGUF_PRODUCTS(Q4_K, q4_k)
+KT_GGUF_PRODUCTS(Q6_K, q6_k)
+#undef KT_GGUF_PRODUCTS
 
 }  // namespace
 
@@ -48,10 +30,10 @@ struct GemmFns<gguf_blocks::Q6_K> {
       false,                                                                                                 \
       {&generic::dequant_gguf_##t, &avx512::dequant_gguf_##t, &avx512_bf16::dequant_gguf_##t,                 \
        &avx512_bf16::dequant_gguf_##t, &generic::dequant_gguf_##t},                                          \
-      {nullptr, DotFns<gguf_blocks::T>::avx512, DotFns<gguf_blocks::T>::avx512_bf16,                         \
-       DotFns<gguf_blocks::T>::avx512_bf16, nullptr},                                                      \
-      {nullptr, GemmFns<gguf_blocks::T>::avx512, GemmFns<gguf_blocks::T>::avx512_bf16,                       \
-       GemmFns<gguf_blocks::T>::avx512_bf16, nullptr}};
+      {nullptr, Products<gguf_blocks::T>::dot[0], Products<gguf_blocks::T>::dot[1],                         \
+       Products<gguf_blocks::T>::dot[1], nullptr},                                                          \
+      {nullptr, Products<gguf_blocks::T>::gemm[0], Products<gguf_blocks::T>::gemm[1],                       \
+       Products<gguf_blocks::T>::gemm[1], nullptr}};
 KT_GGUF_TYPES(KT_GGUF_TABLE)
 #undef KT_GGUF_TABLE
 

@@ -11,9 +11,7 @@
 //   Q8_0  d q: q + 128 as the unsigned operand of vpdpbusd, minus 128 (sum a) per 4 weights.
 // The integer sums are exact; the scales multiply in fp32. Error: the activations' int8 rounding on
 // top of the weights' own.
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -33,17 +31,8 @@ namespace KT_KERNEL_NS {
 
 namespace {
 
-// An fp16 at p as fp32 (vcvtph2ps).
-inline float half_value(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _mm512_cvtss_f32(_mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(h))));
-}
-
 // 64 codes from two 32-byte halves: lo in bytes 0..31, hi in 32..63.
 inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_zextsi256_si512(lo), hi, 1); }
-
-inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
 
 // Where w's stored rows end (the prefetch's limit).
 inline const uint8_t* end_of(const QuantMatrixView& w) { return w.values + w.rows * w.ld_values; }
@@ -75,7 +64,7 @@ void q4_k_row(const QuantMatrixView& w, int n, const Q8Activations& x, const Sca
   for (int c = 0; c < w.cols; c += 256) {
     const uint8_t* block = row + (c / 256) * gguf_blocks::Q4_K::Bytes;
     prefetch_ahead(block, end_of(w), gguf_blocks::Q4_K::Bytes);
-    const float d = half_value(block), dmin = half_value(block + 2);
+    const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
     uint64_t scale_bytes, min_bytes;
     gguf_decode::k_scales_mins(block + 4, scale_bytes, min_bytes);
     const __m512i scales = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(scale_bytes))));
@@ -110,7 +99,7 @@ void q6_k_row(const QuantMatrixView& w, int n, const Q8Activations& x, const Sca
   for (int c = 0; c < w.cols; c += 256) {
     const uint8_t* block = row + (c / 256) * gguf_blocks::Q6_K::Bytes;
     prefetch_ahead(block, end_of(w), gguf_blocks::Q6_K::Bytes);
-    const float d = half_value(block + 208);
+    const float d = gguf_decode::half_at(block + 208);
     const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 192)));
     const __m512i scales = _mm512_zextsi256_si512(scales16);
     __m512i sums[R];
@@ -147,8 +136,8 @@ void q8_0_row(const QuantMatrixView& w, int n, const Q8Activations& x, float* ou
     prefetch_ahead(first, end_of(w), 2 * kBytes);
     const __m256i hi = second ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + kBytes + 2)) : _mm256_setzero_si256();
     const __m512i codes = _mm512_xor_si512(join(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + 2)), hi), offset);
-    const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_value(first)),
-                                               _mm512_set1_ps(second ? half_value(first + kBytes) : 0.0f));
+    const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(gguf_decode::half_at(first)),
+                                               _mm512_set1_ps(second ? gguf_decode::half_at(first + kBytes) : 0.0f));
     for (int i = 0; i < R; ++i) {
       const __m512i sums = dpbusd(_mm512_loadu_si512(x.quad_bias_at(i, col)), codes, _mm512_loadu_si512(x.q_at(i, col)));
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(scales, _mm512_loadu_ps(x.quad_d_at(i, col))), to_float(sums), acc[i]);

@@ -15,7 +15,6 @@
 // Tiles of 4 weight rows x 32 activation rows keep their sums in registers over all of K.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -42,21 +41,6 @@ namespace {
 constexpr int kTileRows = 4;    // weight rows per tile
 constexpr int kTileGroups = 2;  // groups of 16 activation rows per tile
 
-inline float half_value(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _mm512_cvtss_f32(_mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(h))));
-}
-
-inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
-
-// The 4 codes at p in every lane.
-inline __m512i broadcast_quad(const uint8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
-
 // c[(16 g + r) * ldc] = v[r] for the activation rows 16 g + r < m.
 inline void store_lanes(__m512 v, int g, int m, float* c, int64_t ldc) {
   alignas(64) float lanes[kLanes];
@@ -79,7 +63,7 @@ void q4_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
     float dsc[J][8], dmn[J][8];
     for (int j = 0; j < J; ++j) {
       const uint8_t* block = w.values + (n + j) * w.ld_values + kb * gguf_blocks::Q4_K::Bytes;
-      const float dj = half_value(block), dmin = half_value(block + 2);
+      const float dj = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
       uint64_t scales, mins;
       gguf_decode::k_scales_mins(block + 4, scales, mins);
       for (int s = 0; s < 8; ++s) {
@@ -139,7 +123,7 @@ void q6_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
     float dsc[J][16];
     for (int j = 0; j < J; ++j) {
       const uint8_t* block = w.values + (n + j) * w.ld_values + kb * gguf_blocks::Q6_K::Bytes;
-      const float dj = half_value(block + 208);
+      const float dj = gguf_decode::half_at(block + 208);
       for (int s = 0; s < 16; ++s) dsc[j][s] = dj * float(static_cast<int8_t>(block[192 + s]));
       for (int chunk = 0; chunk < 8; ++chunk)
         _mm256_store_si256(reinterpret_cast<__m256i*>(codes[j] + 32 * chunk), gguf_decode::q6_k_unsigned_codes(block, chunk));
@@ -192,7 +176,7 @@ void q8_0_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
     float dw[J];
     for (int j = 0; j < J; ++j) {
       const uint8_t* block = w.values + (n + j) * w.ld_values + b * gguf_blocks::Q8_0::Bytes;
-      dw[j] = half_value(block);
+      dw[j] = gguf_decode::half_at(block);
       _mm256_store_si256(reinterpret_cast<__m256i*>(codes[j]),
                          _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2)), offset));
     }
@@ -219,47 +203,43 @@ void q8_0_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
     for (int v = 0; v < V; ++v) store_lanes(acc[j][v], g0 + v, m, c + j, ldc);
 }
 
-// Every tile of rows [n0, n1) x the activation groups.
+// C = A W^T through tile(rows, groups, x, n, g, c_n) for every tile of weight rows [n, n + rows) and
+// activation groups [g, g + groups), c_n = c + (n - n0), with the activations quantized as `blocks`.
 template <class Tile>
-void tiles(const LaneActivations& x, int n0, int n1, float* c, Tile tile) {
+bool lane_gemm(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c, Q8Blocks blocks,
+               Tile tile) {
+  if (w.col0 != 0) return false;
+  const LaneActivations x = lane_activations(a, lda, m, w.cols, blocks);
   for (int n = n0; n < n1; n += kTileRows)
     for (int g = 0; g < x.groups; g += kTileGroups)
       with_static_count<kTileRows>(std::min(kTileRows, n1 - n), [&](auto rows) {
         with_static_count<kTileGroups>(std::min(kTileGroups, x.groups - g),
-                                       [&](auto groups) { tile(rows, groups, n, g, c + (n - n0)); });
+                                       [&](auto groups) { tile(rows, groups, x, n, g, c + (n - n0)); });
       });
+  return true;
 }
 
 }  // namespace
 
 bool gemm_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  if (w.col0 != 0) return false;
-  const LaneActivations x = lane_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
-  tiles(x, n0, n1, c, [&](auto rows, auto groups, int n, int g, float* cn) {
+  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     q4_k_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
-  return true;
 }
 
 bool gemm_gguf_q6_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  if (w.col0 != 0) return false;
-  const LaneActivations x = lane_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
-  tiles(x, n0, n1, c, [&](auto rows, auto groups, int n, int g, float* cn) {
+  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     q6_k_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
-  return true;
 }
 
 bool gemm_gguf_q8_0(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  if (w.col0 != 0) return false;
-  const LaneActivations x = lane_activations(a, lda, m, w.cols, Q8Blocks::q8_0);
-  tiles(x, n0, n1, c, [&](auto rows, auto groups, int n, int g, float* cn) {
+  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::q8_0, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     q8_0_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
-  return true;
 }
 
 #endif

@@ -19,10 +19,15 @@ namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace gguf_decode {
 
+// The fp16 at p as fp32 (vcvtph2ps at the AVX-512 levels: the same value as the portable conversion).
 inline float half_at(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
+#if defined(__AVX512F__)
+  return _mm512_cvtss_f32(_mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(h))));
+#else
   return fp16_to_float(h);
+#endif
 }
 
 inline int nibble(const uint8_t* qs, int j) { return j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4; }
