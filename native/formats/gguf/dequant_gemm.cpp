@@ -48,10 +48,47 @@ inline void store_lanes(__m512 v, int g, int m, float* c, int64_t ldc) {
   for (int r = 0; r < kLanes && kLanes * g + r < m; ++r) c[(kLanes * g + r) * ldc] = lanes[r];
 }
 
-// Weight rows [n, n + J) times activation groups [g0, g0 + V): c[i * ldc + j] for row n + j.
-template <int J, int V>
-void q4_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0, int m, float* c, int64_t ldc) {
-  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+// How a K-quant row's super-block of 256 weights enters the tiles: its codes as unsigned bytes and,
+// per sub-block s of kSub weights, w = scale[s] q - offset[s] (q the code).
+struct Q4KRows {  // w = d sc q - dmin m, codes 0..15 (nibbles)
+  static constexpr int kSub = 32, kBytes = gguf_blocks::Q4_K::Bytes;
+  static void decode(const uint8_t* block, uint8_t* codes, float* scale, float* offset) {
+    const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
+    uint64_t scales, mins;
+    gguf_decode::k_scales_mins(block + 4, scales, mins);
+    for (int s = 0; s < 8; ++s) {
+      scale[s] = d * float(scales >> (8 * s) & 0xFF);
+      offset[s] = dmin * float(mins >> (8 * s) & 0xFF);
+    }
+    const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
+    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high)
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * p));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * p), _mm256_and_si256(bytes, low_nibbles));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * p + 32),
+                         _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles));
+    }
+  }
+};
+
+struct Q6KRows {  // w = d sc (u - 32), codes u = 0..63
+  static constexpr int kSub = 16, kBytes = gguf_blocks::Q6_K::Bytes;
+  static void decode(const uint8_t* block, uint8_t* codes, float* scale, float* offset) {
+    const float d = gguf_decode::half_at(block + 208);
+    for (int s = 0; s < 16; ++s) {
+      scale[s] = d * float(static_cast<int8_t>(block[192 + s]));
+      offset[s] = 32.0f * scale[s];
+    }
+    for (int chunk = 0; chunk < 8; ++chunk)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 32 * chunk), gguf_decode::q6_k_unsigned_codes(block, chunk));
+  }
+};
+
+// Weight rows [n, n + J) times activation groups [g0, g0 + V): c[i * ldc + j] for row n + j. Per
+// sub-block the int32 sums times scale, minus offset times the rows' sums of q; per super-block
+// times the rows' da.
+template <class Rows, int J, int V>
+void k_quant_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0, int m, float* c, int64_t ldc) {
+  constexpr int kSubs = 256 / Rows::kSub, kQuads = Rows::kSub / 4;
   const uint8_t* quads[V];
   const float *d[V], *row_sums[V];
   for (int v = 0; v < V; ++v) quads[v] = x.quads_of(g0 + v), d[v] = x.d_of(g0 + v), row_sums[v] = x.sums_of(g0 + v);
@@ -60,95 +97,31 @@ void q4_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
   for (int j = 0; j < J; ++j)
     for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
   for (int kb = 0; kb * 256 < w.cols; ++kb) {  // super-block kb, columns [256 kb, 256 kb + 256)
-    float dsc[J][8], dmn[J][8];
-    for (int j = 0; j < J; ++j) {
-      const uint8_t* block = w.values + (n + j) * w.ld_values + kb * gguf_blocks::Q4_K::Bytes;
-      const float dj = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
-      uint64_t scales, mins;
-      gguf_decode::k_scales_mins(block + 4, scales, mins);
-      for (int s = 0; s < 8; ++s) {
-        dsc[j][s] = dj * float(scales >> (8 * s) & 0xFF);
-        dmn[j][s] = dmin * float(mins >> (8 * s) & 0xFF);
-      }
-      for (int p = 0; p < 4; ++p) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high)
-        const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * p));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(codes[j] + 64 * p), _mm256_and_si256(bytes, low_nibbles));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(codes[j] + 64 * p + 32),
-                           _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles));
-      }
-    }
+    float scale[J][kSubs], offset[J][kSubs];
+    for (int j = 0; j < J; ++j)
+      Rows::decode(w.values + (n + j) * w.ld_values + kb * Rows::kBytes, codes[j], scale[j], offset[j]);
     __m512 chunk[J][V];
     for (int j = 0; j < J; ++j)
       for (int v = 0; v < V; ++v) chunk[j][v] = _mm512_setzero_ps();
-    for (int s = 0; s < 8; ++s) {  // sub-block s: quads 8 s .. 8 s + 7 of the super-block
+    for (int s = 0; s < kSubs; ++s) {
       __m512i sums[J][V];
       for (int j = 0; j < J; ++j)
         for (int v = 0; v < V; ++v) sums[j][v] = _mm512_setzero_si512();
-      for (int t = 0; t < 8; ++t) {
+      for (int t = 0; t < kQuads; ++t) {
         __m512i a[V];
-        for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_si512(quads[v] + 64 * (64 * kb + 8 * s + t));
+        for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_si512(quads[v] + 64 * (64 * kb + kQuads * s + t));
         for (int j = 0; j < J; ++j) {
-          const __m512i q = broadcast_quad(codes[j] + 32 * s + 4 * t);
+          const __m512i q = broadcast_quad(codes[j] + Rows::kSub * s + 4 * t);
           for (int v = 0; v < V; ++v) sums[j][v] = dpbusd(sums[j][v], q, a[v]);
         }
       }
-      for (int v = 0; v < V; ++v) {  // the rows' sums of q over the sub-block's two halves of 16
-        const float* halves = row_sums[v] + kLanes * (16 * kb + 2 * s);
-        const __m512 sums_of_q = _mm512_add_ps(_mm512_loadu_ps(halves), _mm512_loadu_ps(halves + kLanes));
+      for (int v = 0; v < V; ++v) {  // the rows' sums of q over the sub-block (sums per 16 columns)
+        const float* halves = row_sums[v] + kLanes * (16 * kb + (Rows::kSub / 16) * s);
+        __m512 sums_of_q = _mm512_loadu_ps(halves);
+        if (Rows::kSub == 32) sums_of_q = _mm512_add_ps(sums_of_q, _mm512_loadu_ps(halves + kLanes));
         for (int j = 0; j < J; ++j) {
-          chunk[j][v] = _mm512_fmadd_ps(to_float(sums[j][v]), _mm512_set1_ps(dsc[j][s]), chunk[j][v]);
-          chunk[j][v] = _mm512_fnmadd_ps(_mm512_set1_ps(dmn[j][s]), sums_of_q, chunk[j][v]);
-        }
-      }
-    }
-    for (int v = 0; v < V; ++v) {
-      const __m512 da = _mm512_loadu_ps(d[v] + kLanes * kb);
-      for (int j = 0; j < J; ++j) acc[j][v] = _mm512_fmadd_ps(chunk[j][v], da, acc[j][v]);
-    }
-  }
-  for (int j = 0; j < J; ++j)
-    for (int v = 0; v < V; ++v) store_lanes(acc[j][v], g0 + v, m, c + j, ldc);
-}
-
-template <int J, int V>
-void q6_k_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0, int m, float* c, int64_t ldc) {
-  const uint8_t* quads[V];
-  const float *d[V], *row_sums[V];
-  for (int v = 0; v < V; ++v) quads[v] = x.quads_of(g0 + v), d[v] = x.d_of(g0 + v), row_sums[v] = x.sums_of(g0 + v);
-  alignas(64) uint8_t codes[J][256];
-  __m512 acc[J][V];
-  for (int j = 0; j < J; ++j)
-    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
-  for (int kb = 0; kb * 256 < w.cols; ++kb) {  // super-block kb
-    float dsc[J][16];
-    for (int j = 0; j < J; ++j) {
-      const uint8_t* block = w.values + (n + j) * w.ld_values + kb * gguf_blocks::Q6_K::Bytes;
-      const float dj = gguf_decode::half_at(block + 208);
-      for (int s = 0; s < 16; ++s) dsc[j][s] = dj * float(static_cast<int8_t>(block[192 + s]));
-      for (int chunk = 0; chunk < 8; ++chunk)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(codes[j] + 32 * chunk), gguf_decode::q6_k_unsigned_codes(block, chunk));
-    }
-    __m512 chunk[J][V];
-    for (int j = 0; j < J; ++j)
-      for (int v = 0; v < V; ++v) chunk[j][v] = _mm512_setzero_ps();
-    for (int s = 0; s < 16; ++s) {  // sub-block s of 16 weights: quads 4 s .. 4 s + 3
-      __m512i sums[J][V];
-      for (int j = 0; j < J; ++j)
-        for (int v = 0; v < V; ++v) sums[j][v] = _mm512_setzero_si512();
-      for (int t = 0; t < 4; ++t) {
-        __m512i a[V];
-        for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_si512(quads[v] + 64 * (64 * kb + 4 * s + t));
-        for (int j = 0; j < J; ++j) {
-          const __m512i q = broadcast_quad(codes[j] + 16 * s + 4 * t);
-          for (int v = 0; v < V; ++v) sums[j][v] = dpbusd(sums[j][v], q, a[v]);
-        }
-      }
-      for (int v = 0; v < V; ++v) {  // d sc (u - 32): the codes' offset times the rows' sums of q
-        const __m512 sums_of_q = _mm512_loadu_ps(row_sums[v] + kLanes * (16 * kb + s));
-        for (int j = 0; j < J; ++j) {
-          const __m512 scale = _mm512_set1_ps(dsc[j][s]);
-          chunk[j][v] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(_mm512_set1_ps(32.0f), sums_of_q, to_float(sums[j][v])),
-                                        chunk[j][v]);
+          chunk[j][v] = _mm512_fmadd_ps(to_float(sums[j][v]), _mm512_set1_ps(scale[j][s]), chunk[j][v]);
+          chunk[j][v] = _mm512_fnmadd_ps(_mm512_set1_ps(offset[j][s]), sums_of_q, chunk[j][v]);
         }
       }
     }
@@ -224,14 +197,14 @@ bool lane_gemm(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a,
 bool gemm_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
   return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
-    q4_k_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
+    k_quant_tile<Q4KRows, rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
 
 bool gemm_gguf_q6_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
   return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
-    q6_k_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
+    k_quant_tile<Q6KRows, rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
 
