@@ -36,9 +36,9 @@ TYPE_SETS = {
 GRID = [(q, k, tp) for q in (1, 3, 16, 128, 600) for k in (1, 6, 8) for tp in (1, 2)]
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 VS_DEQUANTIZED = 1e-2  # the activations stay bf16: only bf16 rounding (of the dequantized weights too)
-# Q8_0, Q4_K and Q6_K have few-rows products (the decode) at the AVX-512 levels that quantize the
+# Q8_0, Q4_K, Q5_K and Q6_K multiply straight from their blocks at the AVX-512 levels, quantizing the
 # activations to int8 as ggml does (docs/inference.md): the bound for quantized activations.
-QUANTIZED_ACTIVATION_TYPES = {"Q8_0", "Q4_K", "Q6_K"}
+QUANTIZED_ACTIVATION_TYPES = {"Q8_0", "Q4_K", "Q5_K", "Q6_K"}
 QUANTIZED_ACTIVATION_LEVELS = {"avx512", "avx512_bf16", "amx"}
 VS_QUANTIZED_ACTIVATIONS = 3e-2
 # Against the bf16 weights a Q8_0 layer loses its scheme's error on top (blocks of 32 int8 values with

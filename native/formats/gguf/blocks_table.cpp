@@ -19,6 +19,7 @@ struct Products {
   };
 KT_GGUF_PRODUCTS(Q8_0, q8_0)
 KT_GGUF_PRODUCTS(Q4_K, q4_k)
+KT_GGUF_PRODUCTS(Q5_K, q5_k)
 KT_GGUF_PRODUCTS(Q6_K, q6_k)
 #undef KT_GGUF_PRODUCTS
 

@@ -1,12 +1,13 @@
 // The few-rows products (DequantDotFn, kernels/dequant_bf16.hpp) of the GGUF types a decode reads
-// most (gguf_blocks.hpp): Q8_0, Q4_K and Q6_K (a Q4_K_M file's three, and llama.cpp's fallback for
-// rows that are not whole super-blocks), at the AVX-512 levels; the other types, and slices that do
+// most (gguf_blocks.hpp): Q8_0, Q4_K, Q5_K and Q6_K (the types of Q4_K_M and Q5_K_M files, and
+// llama.cpp's fallback for rows that are not whole super-blocks), at the AVX-512 levels; the other types, and slices that do
 // not start at a block boundary (col0 != 0), dequantize row blocks instead. As ggml computes them:
 // the activations quantized to int8 (q8_activations.hpp: scale da per 256 columns for the K-quants,
 // per 32 for Q8_0), each block's integer codes multiplied with them in int32, the block's scales
 // applied to the integer sums:
 //   Q4_K  sum_j (d sc_j q - dmin m_j) da a = d da sum_j sc_j (sum q a) - dmin da sum_j m_j (sum a)
 //         codes 0..15 as the unsigned operand of vpmaddubsw, the sub-blocks' 6-bit scales by vpdpwssd;
+//   Q5_K  the same with codes 0..31;
 //   Q6_K  d sc_j (u - 32): u 0..63 the same way, minus 32 sc_j (sum a) per 16 weights;
 //   Q8_0  d q: q + 128 as the unsigned operand of vpdpbusd, minus 128 (sum a) per 4 weights.
 // The integer sums are exact; the scales multiply in fp32. Error: the activations' int8 rounding on
@@ -55,15 +56,16 @@ struct ScaleIndex {
   }
 };
 
-template <int R>
-void q4_k_row(const QuantMatrixView& w, int n, const Q8Activations& x, const ScaleIndex<32>& index, float* out) {
+// Q4_K (HighBit false) and Q5_K.
+template <bool HighBit, int R>
+void k45_row(const QuantMatrixView& w, int n, const Q8Activations& x, const ScaleIndex<32>& index, float* out) {
+  constexpr int kBytes = HighBit ? gguf_blocks::Q5_K::Bytes : gguf_blocks::Q4_K::Bytes;
   const uint8_t* row = w.values + n * w.ld_values;
-  const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   for (int c = 0; c < w.cols; c += 256) {
-    const uint8_t* block = row + (c / 256) * gguf_blocks::Q4_K::Bytes;
-    prefetch_ahead(block, end_of(w), gguf_blocks::Q4_K::Bytes);
+    const uint8_t* block = row + (c / 256) * kBytes;
+    prefetch_ahead(block, end_of(w), kBytes);
     const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
     uint64_t scale_bytes, min_bytes;
     gguf_decode::k_scales_mins(block + 4, scale_bytes, min_bytes);
@@ -72,9 +74,10 @@ void q4_k_row(const QuantMatrixView& w, int n, const Q8Activations& x, const Sca
     const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins8, mins8));  // word 2j, 2j + 1: m_j
     __m512i sums[R];
     for (int i = 0; i < R; ++i) sums[i] = _mm512_setzero_si512();
-    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles)
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * p));
-      const __m512i codes = _mm512_and_si512(join(bytes, _mm256_srli_epi16(bytes, 4)), low_nibbles);
+    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p and 2p + 1
+      __m256i pair[2];
+      gguf_decode::k45_codes<HighBit>(block, p, pair);
+      const __m512i codes = join(pair[0], pair[1]);
       const __m512i step_scales = _mm512_permutexvar_epi16(index.step[p], scales);
       for (int i = 0; i < R; ++i) {
         const __m512i a = _mm512_loadu_si512(x.q_at(i, c + 64 * p));
@@ -161,7 +164,16 @@ bool dot_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t
   if (w.col0 != 0) return false;
   const Q8Activations x = q8_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
   const ScaleIndex<32> index;
-  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { q4_k_row<r()>(w, n, x, index, out); });
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { k45_row<false, r()>(w, n, x, index, out); });
+  return true;
+}
+
+bool dot_gguf_q5_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                   int64_t ldc) {
+  if (w.col0 != 0) return false;
+  const Q8Activations x = q8_activations(a, lda, m, w.cols, Q8Blocks::k_quant);
+  const ScaleIndex<32> index;
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { k45_row<true, r()>(w, n, x, index, out); });
   return true;
 }
 

@@ -1,11 +1,11 @@
-// The many-rows products (DequantGemmFn, kernels/dequant_bf16.hpp) of Q8_0, Q4_K and Q6_K (a
-// Q4_K_M file's types, with llama.cpp's Q8_0 fallback for down rows that are not whole
-// super-blocks), at the AVX-512 levels: the prefill, straight from the blocks as the file stores
+// The many-rows products (DequantGemmFn, kernels/dequant_bf16.hpp) of Q8_0, Q4_K, Q5_K and Q6_K
+// (the types of Q4_K_M and Q5_K_M files, with llama.cpp's Q8_0 fallback for down rows that are not
+// whole super-blocks), at the AVX-512 levels: the prefill, straight from the blocks as the file stores
 // them (the other types, and slices that start inside a block, dequantize row blocks to bf16). The
 // activations are quantized to int8 as in the few-rows products (dequant_dot.cpp) and laid out with
 // 16 rows across a vector's lanes (lane_activations.hpp), so that one weight row's 4 codes,
 // broadcast, multiply 16 rows' activations in one vpdpbusd and the weights need no repacking:
-//   Q4_K  codes 0..15 (nibbles split into a row buffer) broadcast as the unsigned operand; per
+//   Q4_K  codes 0..15 (Q5_K: 0..31; nibbles split into a row buffer) broadcast as the unsigned operand; per
 //         sub-block of 32 the int32 sums times d sc, minus dmin m times the rows' sums of q; times
 //         the rows' da per 256 columns;
 //   Q6_K  codes u = 0..63 (a row buffer) the same way; per sub-block of 16, (sums - 32 times the
@@ -50,8 +50,9 @@ inline void store_lanes(__m512 v, int g, int m, float* c, int64_t ldc) {
 
 // How a K-quant row's super-block of 256 weights enters the tiles: its codes as unsigned bytes and,
 // per sub-block s of kSub weights, w = scale[s] q - offset[s] (q the code).
-struct Q4KRows {  // w = d sc q - dmin m, codes 0..15 (nibbles)
-  static constexpr int kSub = 32, kBytes = gguf_blocks::Q4_K::Bytes;
+template <bool HighBit>
+struct K45Rows {  // Q4_K (codes 0..15) and Q5_K (0..31): w = d sc q - dmin m
+  static constexpr int kSub = 32, kBytes = HighBit ? gguf_blocks::Q5_K::Bytes : gguf_blocks::Q4_K::Bytes;
   static void decode(const uint8_t* block, uint8_t* codes, float* scale, float* offset) {
     const float d = gguf_decode::half_at(block), dmin = gguf_decode::half_at(block + 2);
     uint64_t scales, mins;
@@ -60,12 +61,11 @@ struct Q4KRows {  // w = d sc q - dmin m, codes 0..15 (nibbles)
       scale[s] = d * float(scales >> (8 * s) & 0xFF);
       offset[s] = dmin * float(mins >> (8 * s) & 0xFF);
     }
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
-    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high)
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 16 + 32 * p));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * p), _mm256_and_si256(bytes, low_nibbles));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * p + 32),
-                         _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles));
+    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p and 2p + 1
+      __m256i pair[2];
+      gguf_decode::k45_codes<HighBit>(block, p, pair);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * p), pair[0]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 64 * p + 32), pair[1]);
     }
   }
 };
@@ -197,7 +197,14 @@ bool lane_gemm(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a,
 bool gemm_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
   return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
-    k_quant_tile<Q4KRows, rows(), groups()>(w, n, x, g, m, cn, ldc);
+    k_quant_tile<K45Rows<false>, rows(), groups()>(w, n, x, g, m, cn, ldc);
+  });
+}
+
+bool gemm_gguf_q5_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                    int64_t ldc) {
+  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
+    k_quant_tile<K45Rows<true>, rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
 

@@ -80,9 +80,11 @@ namespace avx512_bf16 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 #define KT_GGUF_DOT_DECLARATIONS                                                                       \
   bool dot_gguf_q8_0(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool dot_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
+  bool dot_gguf_q5_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool dot_gguf_q6_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool gemm_gguf_q8_0(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool gemm_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
+  bool gemm_gguf_q5_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool gemm_gguf_q6_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t);
 namespace avx512 { KT_GGUF_DOT_DECLARATIONS }
 namespace avx512_bf16 { KT_GGUF_DOT_DECLARATIONS }

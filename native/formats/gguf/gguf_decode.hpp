@@ -134,13 +134,22 @@ inline void decode_k45(const uint8_t* b, float* w) {
 }
 
 #if defined(__AVX512F__)
-// Q4_K: the codes of sub-blocks 2 pair (codes[0], from the low nibbles) and 2 pair + 1 (codes[1])
-// of a block, 32 bytes each, in weight order.
-inline void q4_k_codes(const uint8_t* b, int pair, __m256i codes[2]) {
+// Q4_K / Q5_K: the codes of sub-blocks 2 pair (codes[0], from the low nibbles) and 2 pair + 1
+// (codes[1]) of a block, 32 bytes each, in weight order: 0..15, or 0..31 with Q5_K's fifth bit
+// (bit i of qh byte l for weight l of sub-block i).
+template <bool HighBit>
+inline void k45_codes(const uint8_t* b, int pair, __m256i codes[2]) {
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
-  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * pair));
+  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (HighBit ? 48 : 16) + 32 * pair));
   codes[0] = _mm256_and_si256(bytes, low_nibbles);
   codes[1] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low_nibbles);
+  if (HighBit) {
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)), one = _mm256_set1_epi8(1);
+    for (int half = 0; half < 2; ++half) {  // bit 2 pair + half of each byte, to bit 4
+      const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair + half), one);
+      codes[half] = _mm256_or_si256(codes[half], _mm256_slli_epi16(bit, 4));
+    }
+  }
 }
 
 // Q6_K: the unsigned codes u (0..63) of weights [32 chunk, 32 chunk + 32) of a block, in weight order.
@@ -162,13 +171,14 @@ inline __m256i q6_k_codes(const uint8_t* b, int chunk) {
 inline __m512 u8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 inline __m512 i8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
 
-// Q4_K with AVX-512: the same values (d sc q is exact in fp32, so w is rounded once whether the
-// subtraction is fused or not, as in decode_k45).
-inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) {
+// Q4_K / Q5_K with AVX-512: the same values (d sc q is exact in fp32, so w is rounded once whether
+// the subtraction is fused or not, as in decode_k45).
+template <bool HighBit>
+inline void decode_k45_avx512(const uint8_t* b, float* w) {
   const float d = half_at(b), dmin = half_at(b + 2);
   for (int pair = 0; pair < 4; ++pair) {
     __m256i codes[2];
-    q4_k_codes(b, pair, codes);
+    k45_codes<HighBit>(b, pair, codes);
     for (int half = 0; half < 2; ++half) {
       int scale, min;
       k_scale_min(b + 4, 2 * pair + half, scale, min);
@@ -181,10 +191,12 @@ inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) {
     }
   }
 }
+inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45_avx512<false>(b, w); }
+inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45_avx512<true>(b, w); }
 #else
 inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45<false>(b, w); }
-#endif
 inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45<true>(b, w); }
+#endif
 
 #if defined(__AVX512F__)
 // Q6_K with AVX-512: the same products, (d sc) q, in the same order.
