@@ -104,6 +104,45 @@ def test_matches_the_reference_at_each_isa_level(model, isa_level, type_set, q, 
     check_grid_point(model, type_set, "small" if isa_level == "amx_emulated" else "main", q, k, tp)
 
 
+# Layers whose three matrices all multiply int8 activations at the AVX-512 levels (in the other
+# sets a bf16 product would carry a NaN into the next matrix anyway).
+INT8_LAYERS = {"q8_0": ("Q8_0",) * 3, "q4_k_m": ("Q4_K", "Q4_K", "Q6_K")}
+
+
+@pytest.fixture(scope="module")
+def int8_layers(tmp_path_factory):
+    """INT8_LAYERS as GGUF models of 8 experts, H = 256, I = 256, k = 6: name -> (directory, written)."""
+    root = tmp_path_factory.mktemp("gguf-int8")
+    return {name: (root / name, write_gguf_layerset(root / name / "model.gguf", layers={LAYER: types}, k=6, E=8, H=256,
+                                                    I=256)) for name, types in INT8_LAYERS.items()}
+
+
+@pytest.mark.parametrize("q", [3, 40])
+@pytest.mark.parametrize("layer", INT8_LAYERS)
+@pytest.mark.parametrize("isa_level", kt_moe.cpu_info()["selectable"], indirect=True)
+def test_large_and_non_finite_activations(int8_layers, isa_level, layer, q):
+    """Inputs scaled by 1e-4 .. 1e4 and rows with outlier channels 1000 times the rest stay within the
+    bound (the int8 activations' scales follow them); a row holding a NaN and one holding an Inf give
+    non-finite outputs for those tokens only (their int8 blocks get a NaN scale)."""
+    path, written = int8_layers[layer]
+    w = wrapper(path, 8, 256, 256, k=6)
+    w.load_weights(torch.arange(8))
+    W = written.weights[LAYER]
+    x = torch.randn(q, 256, generator=torch.Generator().manual_seed(q))
+    ids, weights = random_routing(q, 8, 6, seed=q)
+    outliers = x.clone()
+    outliers[:, [3, 17, 40]] *= 1000.0
+    for scaled in [x * s for s in (1e-4, 1e-2, 1e2, 1e4)] + [outliers]:
+        scaled = scaled.to(torch.bfloat16)
+        expected = moe_forward(scaled.float(), ids, weights.float(), W["gate"], W["up"], W["down"])
+        assert relative_l2(w.forward(scaled, ids, weights).float(), expected.float()) <= bound(INT8_LAYERS[layer])
+    bad = x.to(torch.bfloat16)
+    bad[1, 5], bad[2, 7] = float("nan"), float("inf")
+    out = w.forward(bad, ids, weights).float()
+    assert not out[1].isfinite().all() and not out[2].isfinite().all()
+    assert out[[0] + list(range(3, q))].isfinite().all()
+
+
 def test_a_deepseek_v2_lite_layer_as_llama_cpp_writes_it(tmp_path):
     """I = 1408 is not a multiple of 256: llama.cpp keeps K-quant gate and up (rows of H = 2048) and
     falls back to a legacy type for down (rows of 1408), Q8_0 here; two subpools (704 columns each,

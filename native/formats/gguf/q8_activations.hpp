@@ -1,5 +1,6 @@
 // The activations of the GGUF few-rows products (dequant_dot.cpp) quantized to int8 as ggml does:
-// each row in blocks, q = round(x / d) with d = max|x| / 127 per block (fp32), zero past cols.
+// each row in blocks, q = round(x / d) with d = max|x| / 127 per block (fp32), zero past cols; a
+// block holding a NaN or an Inf gets d = NaN and q = 0 (its row's products are NaN).
 //   Q8Blocks::k_quant  blocks of 256 (ggml's Q8_K, for the K-quants), with the sums of q over every 16
 //                      columns (the K-quants' sub-blocks: their mins and offsets);
 //   Q8Blocks::q8_0     blocks of 32 (ggml's Q8_0, for Q8_0 weights), with, per 4 columns (one
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/bf16.hpp"
 #include "kernels/level_namespace.hpp"
@@ -47,16 +49,21 @@ inline size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
 // d; sums16[j] = the sum of q over columns [16 j, 16 j + 16).
 template <int Groups>
 inline float quantize_block(const bf16_t* a, int count, int8_t* q, int16_t* sums16) {
+  constexpr int kNonFinite = 0x01 | 0x08 | 0x10 | 0x80;  // vfpclassps: QNaN, +Inf, -Inf, SNaN
   __m512 x[Groups];
   __m512 amax = _mm512_setzero_ps();
+  __mmask16 non_finite = 0;
   for (int j = 0; j < Groups; ++j) {
     const int n = std::clamp(count - 16 * j, 0, 16);
     const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), a + 16 * j);
     x[j] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16: fp32's upper half
     amax = _mm512_max_ps(amax, _mm512_abs_ps(x[j]));
+    non_finite |= _mm512_fpclass_ps_mask(x[j], kNonFinite);
   }
-  const float max_abs = _mm512_reduce_max_ps(amax);
-  const __m512 inverse = _mm512_set1_ps(max_abs > 0.0f ? 127.0f / max_abs : 0.0f);
+  // A block holding a NaN or an Inf: d = NaN and q = 0, so that the row's products are NaN, as the
+  // unquantized ones would be non-finite (vmaxps would drop a NaN).
+  const float max_abs = non_finite ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(amax);
+  const __m512 inverse = _mm512_set1_ps(!non_finite && max_abs > 0.0f ? 127.0f / max_abs : 0.0f);
   for (int j = 0; j < Groups; ++j) {
     const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(x[j], inverse));  // nearest, |v| <= 127
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * j), _mm512_cvtsepi32_epi8(v));
