@@ -12,7 +12,7 @@
 //         rows' sums of q) times d sc; times da;
 //   Q8_0  codes + 128 (a row buffer) broadcast as the unsigned operand, the sums started at -128
 //         times the rows' sums of q per block; times d da per block.
-// Tiles of 4 weight rows x 32 activation rows keep their sums in registers over all of K.
+// Tiles of 4 weight rows x 32 or 48 activation rows keep their sums in registers over all of K.
 #include <algorithm>
 #include <cstdint>
 
@@ -36,10 +36,12 @@ namespace KT_KERNEL_NS {
 
 namespace {
 
-// Measured on Zen 4 (DeepSeek-V2-Lite, q = 512, 2 threads): 4 x 2 about 5% faster than 3 x 3 and
-// 2 x 4; the sums, the sub-block partials and the results of a tile take 24 of the 32 registers.
-constexpr int kTileRows = 4;    // weight rows per tile
-constexpr int kTileGroups = 2;  // groups of 16 activation rows per tile
+// Tile sizes (weight rows x groups of 16 activation rows), measured on Zen 4 (DeepSeek-V2-Lite,
+// q = 512, 2 threads): the K-quant tiles keep sums, sub-block partials and results (3 J V
+// registers), 4 x 2 beat 3 x 3 (about 7%) and 2 x 4; Q8_0's keep sums and results only, and 4 x 3
+// beats 4 x 2 (about 5%: DeepSeek-V2-Lite's 48 tokens per expert are one tile of groups, not two).
+constexpr int kKQuantTileRows = 4, kKQuantTileGroups = 2;
+constexpr int kQ8_0TileRows = 4, kQ8_0TileGroups = 3;
 
 // c[(16 g + r) * ldc] = v[r] for the activation rows 16 g + r < m.
 inline void store_lanes(__m512 v, int g, int m, float* c, int64_t ldc) {
@@ -177,16 +179,17 @@ void q8_0_tile(const QuantMatrixView& w, int n, const LaneActivations& x, int g0
 }
 
 // C = A W^T through tile(rows, groups, x, n, g, c_n) for every tile of weight rows [n, n + rows) and
-// activation groups [g, g + groups), c_n = c + (n - n0), with the activations quantized as `blocks`.
-template <class Tile>
+// activation groups [g, g + groups) (rows <= Rows, groups <= Groups), c_n = c + (n - n0), with the
+// activations quantized as `blocks`.
+template <int Rows, int Groups, class Tile>
 bool lane_gemm(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c, Q8Blocks blocks,
                Tile tile) {
   if (w.col0 != 0) return false;
   const LaneActivations x = lane_activations(a, lda, m, w.cols, blocks);
-  for (int n = n0; n < n1; n += kTileRows)
-    for (int g = 0; g < x.groups; g += kTileGroups)
-      with_static_count<kTileRows>(std::min(kTileRows, n1 - n), [&](auto rows) {
-        with_static_count<kTileGroups>(std::min(kTileGroups, x.groups - g),
+  for (int n = n0; n < n1; n += Rows)
+    for (int g = 0; g < x.groups; g += Groups)
+      with_static_count<Rows>(std::min(Rows, n1 - n), [&](auto rows) {
+        with_static_count<Groups>(std::min(Groups, x.groups - g),
                                        [&](auto groups) { tile(rows, groups, x, n, g, c + (n - n0)); });
       });
   return true;
@@ -196,28 +199,28 @@ bool lane_gemm(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a,
 
 bool gemm_gguf_q4_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
+  return lane_gemm<kKQuantTileRows, kKQuantTileGroups>(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     k_quant_tile<K45Rows<false>, rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
 
 bool gemm_gguf_q5_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
+  return lane_gemm<kKQuantTileRows, kKQuantTileGroups>(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     k_quant_tile<K45Rows<true>, rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
 
 bool gemm_gguf_q6_k(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
+  return lane_gemm<kKQuantTileRows, kKQuantTileGroups>(w, m, n0, n1, a, lda, c, Q8Blocks::k_quant, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     k_quant_tile<Q6KRows, rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
 
 bool gemm_gguf_q8_0(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                     int64_t ldc) {
-  return lane_gemm(w, m, n0, n1, a, lda, c, Q8Blocks::q8_0, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
+  return lane_gemm<kQ8_0TileRows, kQ8_0TileGroups>(w, m, n0, n1, a, lda, c, Q8Blocks::q8_0, [&](auto rows, auto groups, auto& x, int n, int g, float* cn) {
     q8_0_tile<rows(), groups()>(w, n, x, g, m, cn, ldc);
   });
 }
