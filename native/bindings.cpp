@@ -34,6 +34,10 @@ std::vector<std::string> level_names(const std::vector<kt_moe::IsaLevel>& levels
 nb::dict cpu_info() {
   const kt_moe::CpuFeatures& f = kt_moe::cpu_features();
   nb::dict features;
+  features["avx2"] = f.avx2;
+  features["fma"] = f.fma;
+  features["f16c"] = f.f16c;
+  features["os_ymm_state"] = f.os_ymm_state;
   features["avx512f"] = f.avx512f;
   features["avx512bw"] = f.avx512bw;
   features["avx512vl"] = f.avx512vl;
@@ -50,9 +54,7 @@ nb::dict cpu_info() {
   info["vendor"] = f.vendor;
   info["features"] = features;
   info["levels"] = level_names(f.available_levels());
-  std::vector<kt_moe::IsaLevel> selectable = f.available_levels();
-  selectable.push_back(kt_moe::IsaLevel::amx_emulated);
-  info["selectable"] = level_names(selectable);
+  info["selectable"] = level_names(f.selectable_levels());
   info["best"] = kt_moe::isa_level_name(f.best_level());
   info["active"] = kt_moe::isa_level_name(kt_moe::active_isa_level());
   return info;
@@ -94,7 +96,7 @@ NB_MODULE(_native, m) {
 
   // ---- CPU probe -------------------------------------------------------------------------
   m.def("cpu_info", &cpu_info,
-        "Features found by CPUID/XGETBV, the ISA levels available, those set_isa accepts (plus amx_emulated), "
+        "Features found by CPUID/XGETBV, the ISA levels chosen automatically where available, those set_isa accepts (amx_emulated too), "
         "the best and the active one.");
   m.def(
       "set_isa", [](const std::string& name) { kt_moe::set_active_isa_level(kt_moe::parse_isa_level(name)); },
@@ -189,9 +191,7 @@ NB_MODULE(_native, m) {
         [leading_dim](const std::string& level_name, Array a, const std::string& a_layout, Array b,
                       const std::string& b_layout, Array c, float alpha, bool accumulate, int64_t m_, int64_t n_,
                       int64_t k_) {
-          const kt_moe::IsaLevel level = kt_moe::parse_isa_level(level_name);
-          if (level != kt_moe::IsaLevel::amx_emulated && level > kt_moe::cpu_features().best_level())
-            throw std::invalid_argument("ISA level '" + level_name + "' is not available on this CPU");
+          const kt_moe::IsaLevel level = kt_moe::parse_runnable_isa_level(level_name);
           if (a_layout != "mk" && a_layout != "km") throw std::invalid_argument("a_layout must be 'mk' or 'km'");
           if (b_layout != "nk" && b_layout != "kn") throw std::invalid_argument("b_layout must be 'nk' or 'kn'");
           constexpr int64_t kMaxDim = 1 << 30;

@@ -5,7 +5,7 @@ import pytest
 
 import kt_moe
 
-LEVELS = ["generic", "avx512", "avx512_bf16", "amx"]
+LEVELS = ["generic", "avx2", "avx512", "avx512_bf16", "amx"]
 
 
 def proc_cpu_flags():
@@ -21,12 +21,14 @@ def test_levels_match_proc_cpuinfo():
     flags = proc_cpu_flags()
     assert info["levels"] == LEVELS[: len(info["levels"])]
     assert info["best"] == info["levels"][-1]
-    has_avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    has_avx2 = {"avx2", "fma", "f16c"} <= flags
+    assert ("avx2" in info["levels"]) == has_avx2
+    has_avx512 = has_avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
     assert ("avx512" in info["levels"]) == has_avx512
     assert ("avx512_bf16" in info["levels"]) == (has_avx512 and {"avx512_bf16", "avx512_vnni"} <= flags)
     amx = {"amx_tile", "amx_bf16", "amx_int8"} <= flags
     assert ("amx" in info["levels"]) == (amx and "avx512_bf16" in info["levels"])
-    for flag in ("avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"):
+    for flag in ("avx2", "fma", "f16c", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"):
         assert info["features"][flag] == (flag in flags), flag
 
 

@@ -1,9 +1,12 @@
-// CPUID / XGETBV probe, Linux AMX permission request and the process-wide active ISA level.
+// CPUID / XGETBV probe, Linux AMX permission request and the process-wide active ISA level. The
+// probe is x86-64 only; elsewhere it reports no feature (generic and amx_emulated run anywhere).
 #include "cpu/cpu_features.hpp"
 
+#if defined(__x86_64__)
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -14,8 +17,29 @@
 namespace kt_moe {
 namespace {
 
-constexpr const char* kLevelNames[] = {"generic", "avx512", "avx512_bf16", "amx", "amx_emulated"};
-constexpr int kLevelCount = 5;
+struct LevelEntry {
+  const char* name;
+  IsaLevel fallback;
+  bool automatic;
+  bool (*requirement)(const CpuFeatures& f);
+};
+
+constexpr LevelEntry kLevels[kIsaLevelCount] = {
+#define KT_ISA_LEVEL(name, fallback, automatic, flags, requirement) \
+  {#name, IsaLevel::fallback, automatic != 0, []([[maybe_unused]] const CpuFeatures& f) { return bool(requirement); }},
+#include "cpu/isa_levels.def"
+#undef KT_ISA_LEVEL
+};
+
+const LevelEntry& entry(IsaLevel level) { return kLevels[static_cast<int>(level)]; }
+
+std::string level_list(const std::vector<IsaLevel>& levels) {
+  std::string names;
+  for (IsaLevel l : levels) names += std::string(names.empty() ? "" : ", ") + isa_level_name(l);
+  return names;
+}
+
+#if defined(__x86_64__)
 
 struct CpuidRegs {
   uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -56,11 +80,15 @@ CpuFeatures probe() {
   CpuidRegs leaf1 = cpuid(1, 0);
   const bool osxsave = bit(leaf1.ecx, 27);
   const uint64_t xcr0 = osxsave ? read_xcr0() : 0;
-  // x87/SSE/AVX (bits 1,2) + opmask/ZMM_Hi256/Hi16_ZMM (bits 5,6,7).
+  // SSE/AVX (bits 1,2); + opmask/ZMM_Hi256/Hi16_ZMM (bits 5,6,7).
+  f.os_ymm_state = (xcr0 & 0x6) == 0x6;
   f.os_zmm_state = (xcr0 & 0xE6) == 0xE6;
+  f.fma = bit(leaf1.ecx, 12);
+  f.f16c = bit(leaf1.ecx, 29);
   f.os_tile_state = ((xcr0 >> 17) & 3u) == 3u;
 
   CpuidRegs leaf7 = cpuid(7, 0);
+  f.avx2 = bit(leaf7.ebx, 5);
   f.avx512f = bit(leaf7.ebx, 16);
   f.avx512dq = bit(leaf7.ebx, 17);
   f.avx512bw = bit(leaf7.ebx, 30);
@@ -75,41 +103,63 @@ CpuFeatures probe() {
   return f;
 }
 
+#else
+
+CpuFeatures probe() { return CpuFeatures{}; }
+
+#endif
+
 std::mutex g_level_mutex;
 bool g_level_resolved = false;
 IsaLevel g_level = IsaLevel::generic;
 
 void check_supported(IsaLevel level, const char* source) {
   const CpuFeatures& f = cpu_features();
-  if (level == IsaLevel::amx_emulated || level <= f.best_level()) return;
-  std::string offered;
-  for (IsaLevel l : f.available_levels()) offered += std::string(offered.empty() ? "" : ", ") + isa_level_name(l);
+  if (f.runs(level)) return;
   throw std::invalid_argument(std::string(source) + " asks for ISA level '" + isa_level_name(level) +
-                              "', but this CPU offers only: " + offered);
+                              "', but this CPU offers only: " + level_list(f.selectable_levels()));
 }
 
 }  // namespace
 
-const char* isa_level_name(IsaLevel level) { return kLevelNames[static_cast<int>(level)]; }
+const char* isa_level_name(IsaLevel level) { return entry(level).name; }
+
+IsaLevel isa_fallback(IsaLevel level) { return entry(level).fallback; }
 
 IsaLevel parse_isa_level(const std::string& name) {
-  for (int i = 0; i < kLevelCount; ++i)
-    if (name == kLevelNames[i]) return static_cast<IsaLevel>(i);
-  throw std::invalid_argument("unknown ISA level '" + name +
-                              "'; expected one of: generic, avx512, avx512_bf16, amx, amx_emulated");
+  std::vector<IsaLevel> all;
+  for (int i = 0; i < kIsaLevelCount; ++i) {
+    if (name == kLevels[i].name) return static_cast<IsaLevel>(i);
+    all.push_back(static_cast<IsaLevel>(i));
+  }
+  throw std::invalid_argument("unknown ISA level '" + name + "'; expected one of: " + level_list(all));
 }
 
-IsaLevel CpuFeatures::best_level() const {
-  const bool avx512 = avx512f && avx512bw && avx512vl && avx512dq && os_zmm_state;
-  if (!avx512) return IsaLevel::generic;
-  if (!(avx512_bf16 && avx512_vnni)) return IsaLevel::avx512;
-  if (!(amx_tile && amx_bf16 && amx_int8 && os_tile_state && amx_permitted)) return IsaLevel::avx512_bf16;
-  return IsaLevel::amx;
+IsaLevel parse_runnable_isa_level(const std::string& name) {
+  const IsaLevel level = parse_isa_level(name);
+  if (!isa_level_runnable(level)) throw std::invalid_argument("ISA level '" + name + "' is not available on this CPU");
+  return level;
 }
+
+bool CpuFeatures::runs(IsaLevel level) const {
+  const LevelEntry& e = entry(level);
+  if (!e.requirement(*this)) return false;
+  return level == IsaLevel::generic || runs(e.fallback);
+}
+
+IsaLevel CpuFeatures::best_level() const { return available_levels().back(); }
 
 std::vector<IsaLevel> CpuFeatures::available_levels() const {
   std::vector<IsaLevel> levels;
-  for (int i = 0; i <= static_cast<int>(best_level()); ++i) levels.push_back(static_cast<IsaLevel>(i));
+  for (int i = 0; i < kIsaLevelCount; ++i)
+    if (kLevels[i].automatic && runs(static_cast<IsaLevel>(i))) levels.push_back(static_cast<IsaLevel>(i));
+  return levels;
+}
+
+std::vector<IsaLevel> CpuFeatures::selectable_levels() const {
+  std::vector<IsaLevel> levels;
+  for (int i = 0; i < kIsaLevelCount; ++i)
+    if (runs(static_cast<IsaLevel>(i))) levels.push_back(static_cast<IsaLevel>(i));
   return levels;
 }
 

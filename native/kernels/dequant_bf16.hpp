@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "cpu/cpu_features.hpp"
+#include "kernels/by_level.hpp"
 #include "kernels/gemm_bf16.hpp"
 
 namespace kt_moe {
@@ -35,15 +36,13 @@ constexpr int kDequantDotMaxRows = 4;
 // blocks for the bf16 GEMM; false, having written nothing, for a matrix it does not take.
 using DequantGemmFn = DequantDotFn;
 
-constexpr int kDequantIsaLevels = 5;  // IsaLevel generic .. amx_emulated
-
-// A format's dequantizers.
+// A format's dequantizers, each table listing the levels that have their own kernel (by_level.hpp).
 struct DequantFormat {
   const char* name;
-  bool row_scales;                     // D = W / scale[r]: the products apply scale (fp32 [rows]) themselves
-  DequantFn kernels[kDequantIsaLevels];  // by IsaLevel
-  DequantDotFn dot[kDequantIsaLevels];   // by IsaLevel; null: the format has no few-rows product
-  DequantGemmFn gemm[kDequantIsaLevels];  // by IsaLevel; null: the format has no many-rows product
+  bool row_scales;                // D = W / scale[r]: the products apply scale (fp32 [rows]) themselves
+  ByLevel<DequantFn> kernels;     // a generic entry at least
+  ByLevel<DequantDotFn> dot;      // empty: the format has no few-rows product
+  ByLevel<DequantGemmFn> gemm;    // empty: the format has no many-rows product
 };
 
 // A quantized W [rows, cols] (logical shape) as the format stores it. Row r's values start at
@@ -66,11 +65,11 @@ struct QuantMatrixView {
   int64_t ld_zero = 0;
 };
 
-// The dequantizer of w's format at `level`; std::invalid_argument when the format has none there.
+// The dequantizer of w's format at `level` (or a fallback level's); std::invalid_argument when none.
 DequantFn dequant_bf16_kernel(const DequantFormat& format, IsaLevel level);
-// The format's few-rows product at `level`, or null.
-inline DequantDotFn dequant_dot_kernel(const DequantFormat& format, IsaLevel level) { return format.dot[int(level)]; }
-// The format's many-rows product at `level`, or null.
-inline DequantGemmFn dequant_gemm_kernel(const DequantFormat& format, IsaLevel level) { return format.gemm[int(level)]; }
+// The format's few-rows product at `level` (or a fallback level's), or null.
+inline DequantDotFn dequant_dot_kernel(const DequantFormat& format, IsaLevel level) { return format.dot.at(level); }
+// The format's many-rows product at `level` (or a fallback level's), or null.
+inline DequantGemmFn dequant_gemm_kernel(const DequantFormat& format, IsaLevel level) { return format.gemm.at(level); }
 
 }  // namespace kt_moe

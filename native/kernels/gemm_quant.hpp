@@ -35,6 +35,7 @@
 #include <memory>
 
 #include "cpu/cpu_features.hpp"
+#include "kernels/by_level.hpp"
 #include "kernels/gemm_bf16.hpp"
 #include "kernels/matrix_parts.hpp"
 
@@ -43,7 +44,6 @@ namespace kt_moe {
 // Columns per packed block. A call's column range [n0, n1) starts at a multiple of this and ends
 // at a multiple of it or at N.
 constexpr int kQuantColBlock = 16;
-constexpr int kQuantIsaLevels = 5;  // IsaLevel generic .. amx_emulated
 
 struct QuantGemmArgs;
 using QuantGemmFn = void (*)(const QuantGemmArgs&);
@@ -58,7 +58,7 @@ struct PackedFormat {
   // Packs W [n, k] given as its canonical parts (formats/<name>/layout.hpp; a slice of a larger
   // matrix points at its first row and column) into dst, quant_weight_bytes bytes, 64-byte aligned.
   void (*pack)(const MatrixParts& src, int n, int k, uint8_t* dst);
-  QuantGemmFn kernels[kQuantIsaLevels];  // by IsaLevel; the amx entry is the AMX tile kernel
+  ByLevel<QuantGemmFn> kernels;  // a generic entry at least; the amx entry is the AMX tile kernel
 };
 
 // ---- packed weights ------------------------------------------------------------------------

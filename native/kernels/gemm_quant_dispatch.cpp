@@ -13,9 +13,12 @@
 //                 rows 0.62 vs 0.80 ms).
 //   amx_emulated  the format's AMX kernel on the emulated tiles for every m (so that tests run the
 //                 tile code on every shape); the generic quantizer (it must run on any CPU)
+// A level a format or the quantizer has no kernel of its own at takes its fallback level's
+// (cpu/isa_levels.def, kernels/by_level.hpp).
 #include <stdexcept>
 #include <string>
 
+#include "kernels/by_level.hpp"
 #include "kernels/gemm_quant.hpp"
 #include "kernels/gemm_quant_levels.hpp"
 #include "kernels/quant_checks.hpp"
@@ -26,7 +29,7 @@ namespace {
 
 QuantGemmFn format_kernel(const QuantGemmArgs& args, IsaLevel level) {
   if (!args.w.format) quant_fail("the weight has no format");
-  const QuantGemmFn kernel = args.w.format->kernels[int(level)];
+  const QuantGemmFn kernel = args.w.format->kernels.at(level);
   if (!kernel)
     quant_fail(std::string("format ") + args.w.format->name + " has no kernel at ISA level " + isa_level_name(level));
   return kernel;
@@ -42,30 +45,25 @@ void gemm_amx_or_vnni(const QuantGemmArgs& args) {
   format_kernel(args, few_rows ? IsaLevel::avx512_bf16 : IsaLevel::amx)(args);
 }
 
+constexpr QuantGemmFn kGemmAtLevel[kIsaLevelCount] = {
+#define KT_ISA_LEVEL(name, fallback, automatic, flags, requirement) &gemm_at_level<IsaLevel::name>,
+#include "cpu/isa_levels.def"
+#undef KT_ISA_LEVEL
+};
+
+constexpr ByLevel<QuantizeFn> kQuantize = {
+    {IsaLevel::generic, &generic::quantize_activations},
+    KT_X86_ENTRY(avx512, &avx512::quantize_activations)
+};
+
 }  // namespace
 
 QuantGemmFn gemm_quant_kernel(IsaLevel level) {
-  switch (level) {
-    case IsaLevel::generic: return &gemm_at_level<IsaLevel::generic>;
-    case IsaLevel::avx512: return &gemm_at_level<IsaLevel::avx512>;
-    case IsaLevel::avx512_bf16: return &gemm_at_level<IsaLevel::avx512_bf16>;
-    case IsaLevel::amx:
-      cpu_features();  // the probe asks Linux for the AMX tile-data permission, once per process
-      return &gemm_amx_or_vnni;
-    case IsaLevel::amx_emulated: return &gemm_at_level<IsaLevel::amx_emulated>;
-  }
-  return &gemm_at_level<IsaLevel::generic>;
+  if (level != IsaLevel::amx) return kGemmAtLevel[int(level)];
+  cpu_features();  // the probe asks Linux for the AMX tile-data permission, once per process
+  return &gemm_amx_or_vnni;
 }
 
-QuantizeFn quantize_activations_kernel(IsaLevel level) {
-  switch (level) {
-    case IsaLevel::avx512:
-    case IsaLevel::avx512_bf16:
-    case IsaLevel::amx: return &avx512::quantize_activations;
-    case IsaLevel::generic:
-    case IsaLevel::amx_emulated: return &generic::quantize_activations;
-  }
-  return &generic::quantize_activations;
-}
+QuantizeFn quantize_activations_kernel(IsaLevel level) { return kQuantize.at(level); }
 
 }  // namespace kt_moe

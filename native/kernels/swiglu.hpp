@@ -16,6 +16,7 @@ struct SwigluKernels {
   void (*forward)(const float* g, const float* u, bf16_t* z, int64_t n);
   // z as above, dg = dz * u * silu'(g), du = dz * silu(g)  with silu'(g) = s (1 + g (1 - s)), s = sigmoid(g)
   void (*backward)(const float* g, const float* u, const float* dz, bf16_t* z, bf16_t* dg, bf16_t* du, int64_t n);
+  explicit operator bool() const { return forward != nullptr; }  // an entry of a ByLevel table
 };
 
 // The kernels of `level`; never null.

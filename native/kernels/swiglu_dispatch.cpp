@@ -1,12 +1,18 @@
-// The one table from ISA level to SwiGLU kernels: every AVX-512 level uses the avx512 build.
+// The one table from ISA level to SwiGLU kernels.
+#include "kernels/by_level.hpp"
 #include "kernels/swiglu.hpp"
 
 namespace kt_moe {
 
-SwigluKernels swiglu_kernels(IsaLevel level) {
-  if (level == IsaLevel::generic || level == IsaLevel::amx_emulated)
-    return {&generic::swiglu_forward, &generic::swiglu_backward};
-  return {&avx512::swiglu_forward, &avx512::swiglu_backward};
-}
+namespace {
+
+constexpr ByLevel<SwigluKernels> kSwiglu = {
+    {IsaLevel::generic, {&generic::swiglu_forward, &generic::swiglu_backward}},
+    KT_X86_ENTRY(avx512, {&avx512::swiglu_forward, &avx512::swiglu_backward})
+};
+
+}  // namespace
+
+SwigluKernels swiglu_kernels(IsaLevel level) { return kSwiglu.at(level); }
 
 }  // namespace kt_moe

@@ -65,13 +65,6 @@ T* quant_operand(const QuantArray& x, const char* name, std::initializer_list<in
   return static_cast<T*>(x.data());
 }
 
-inline IsaLevel quant_runnable_level(const std::string& name) {
-  const IsaLevel level = parse_isa_level(name);
-  if (level != IsaLevel::amx_emulated && level > cpu_features().best_level())
-    throw std::invalid_argument("ISA level '" + name + "' is not available on this CPU");
-  return level;
-}
-
 // The packed kernels of the registered format `name` (ValueError for an unknown name or a format
 // without them).
 inline const PackedFormat& packed_format(const std::string& name) { return weight_format(name).packed_kernels(); }
@@ -159,7 +152,7 @@ inline void bind_quant_kernels(nanobind::module_& m) {
   m.def(
       "quantize_activations_test",
       [](const std::string& level_name, const std::string& format, QuantArray a, QuantArray out) {
-        const IsaLevel level = quant_runnable_level(level_name);
+        const IsaLevel level = parse_runnable_isa_level(level_name);
         QuantizeArgs args;
         args.format = &packed_format(format);
         args.a = quant_operand<const bf16_t>(a, "a", {-1, -1}, &args.lda, kQuantBf16);
@@ -179,7 +172,7 @@ inline void bind_quant_kernels(nanobind::module_& m) {
       "gemm_quant_test",
       [](const std::string& level_name, const QuantWeight& w, QuantArray records, QuantArray c, int n0, int n1,
          bool accumulate, std::optional<QuantArray> row_ids) {
-        const IsaLevel level = quant_runnable_level(level_name);
+        const IsaLevel level = parse_runnable_isa_level(level_name);
         QuantGemmArgs args;
         args.w = w.view();
         args.a.format = args.w.format, args.a.k = args.w.k;

@@ -16,10 +16,7 @@
 namespace kt_moe::py {
 
 inline SwigluKernels swiglu_kernels_of(const std::string& level_name) {
-  const IsaLevel level = parse_isa_level(level_name);
-  if (level != IsaLevel::amx_emulated && level > cpu_features().best_level())
-    throw std::invalid_argument("ISA level '" + level_name + "' is not available on this CPU");
-  return swiglu_kernels(level);
+  return swiglu_kernels(parse_runnable_isa_level(level_name));
 }
 
 // z [n] bf16 = silu(g) * u; g, u [n] fp32.

@@ -8,25 +8,30 @@
 
 #include "formats/fp8/fp8.hpp"
 #include "formats/fp8/layout.hpp"
+#include "kernels/by_level.hpp"
 
 namespace kt_moe {
 namespace {
 
 const DequantFormat kBlockDequant = {
     "fp8 blocks", false,
-    {&generic::dequant_fp8_block, &avx512::dequant_fp8_block, &avx512_bf16::dequant_fp8_block,
-     &avx512_bf16::dequant_fp8_block, &generic::dequant_fp8_block},
-    {&generic::dot_fp8_block, &avx512::dot_fp8_block, &avx512_bf16::dot_fp8_block, &avx512_bf16::dot_fp8_block,
-     &generic::dot_fp8_block},
+    {{IsaLevel::generic, &generic::dequant_fp8_block},
+     KT_X86_ENTRY(avx512, &avx512::dequant_fp8_block)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_fp8_block)},
+    {{IsaLevel::generic, &generic::dot_fp8_block},
+     KT_X86_ENTRY(avx512, &avx512::dot_fp8_block)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_fp8_block)},
     {}};
 
 // D = the fp8 value (exact); the products apply the row scale.
 const DequantFormat kChannelDequant = {
     "fp8 channels", true,
-    {&generic::dequant_fp8_channel, &avx512::dequant_fp8_channel, &avx512_bf16::dequant_fp8_channel,
-     &avx512_bf16::dequant_fp8_channel, &generic::dequant_fp8_channel},
-    {&generic::dot_fp8_channel, &avx512::dot_fp8_channel, &avx512_bf16::dot_fp8_channel,
-     &avx512_bf16::dot_fp8_channel, &generic::dot_fp8_channel},
+    {{IsaLevel::generic, &generic::dequant_fp8_channel},
+     KT_X86_ENTRY(avx512, &avx512::dequant_fp8_channel)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_fp8_channel)},
+    {{IsaLevel::generic, &generic::dot_fp8_channel},
+     KT_X86_ENTRY(avx512, &avx512::dot_fp8_channel)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_fp8_channel)},
     {}};
 
 constexpr int kMaxBlock = 1 << 16;

@@ -5,6 +5,7 @@
 #include "formats/int4_group16/int4_group16.hpp"
 #include "formats/int4_group16/layout.hpp"
 #include "formats/int4_groups/int4_groups.hpp"
+#include "kernels/by_level.hpp"
 
 namespace kt_moe {
 namespace {
@@ -14,8 +15,11 @@ using namespace int4_group16_layout;
 // Slices along K start at whole groups: each slice is packed on its own, its K padded to 64.
 const PackedFormat kPacked = {
     "int4_group16", kSumGroup, kAmxMinRows, kGroup, &int4_group16_block_bytes, &int4_group16_pack,
-    {&generic::gemm_int4_group16, &avx512::gemm_int4_group16, &avx512_bf16::gemm_int4_group16,
-     &amx::gemm_int4_group16, &amx_emulated::gemm_int4_group16}};
+    {{IsaLevel::generic, &generic::gemm_int4_group16},
+     KT_X86_ENTRY(avx512, &avx512::gemm_int4_group16)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::gemm_int4_group16)
+     KT_X86_ENTRY(amx, &amx::gemm_int4_group16)
+     {IsaLevel::amx_emulated, &amx_emulated::gemm_int4_group16}}};
 
 }  // namespace
 

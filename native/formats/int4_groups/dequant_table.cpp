@@ -1,21 +1,24 @@
 // The int4 groups' dequantizers by ISA level (int4_groups.hpp): fp16 scales (int4_group16, int4_kgroup)
 // and bf16 scales (int4_packed).
 #include "formats/int4_groups/int4_groups.hpp"
+#include "kernels/by_level.hpp"
 
 namespace kt_moe {
 
 const DequantFormat kInt4GroupsDequant = {
     "int4 groups", false,
-    {&generic::dequant_int4_groups, &avx512::dequant_int4_groups, &avx512_bf16::dequant_int4_groups,
-     &avx512_bf16::dequant_int4_groups, &generic::dequant_int4_groups},
+    {{IsaLevel::generic, &generic::dequant_int4_groups},
+     KT_X86_ENTRY(avx512, &avx512::dequant_int4_groups)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int4_groups)},
     {},
     {}};
 
 const DequantFormat kInt4GroupsBf16Dequant = {
     "int4 groups, bf16 scales", false,
-    {&generic::dequant_int4_groups_bf16, &avx512::dequant_int4_groups_bf16, &avx512_bf16::dequant_int4_groups_bf16,
-     &avx512_bf16::dequant_int4_groups_bf16, &generic::dequant_int4_groups_bf16},
-    {nullptr, nullptr, &avx512_bf16::dot_int4_groups_bf16, &avx512_bf16::dot_int4_groups_bf16, nullptr},
+    {{IsaLevel::generic, &generic::dequant_int4_groups_bf16},
+     KT_X86_ENTRY(avx512, &avx512::dequant_int4_groups_bf16)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int4_groups_bf16)},
+    {KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_int4_groups_bf16)},
     {}};
 
 }  // namespace kt_moe

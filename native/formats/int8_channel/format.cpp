@@ -3,6 +3,7 @@
 
 #include "formats/int8_channel/int8_channel.hpp"
 #include "formats/int8_channel/layout.hpp"
+#include "kernels/by_level.hpp"
 
 namespace kt_moe {
 namespace {
@@ -10,14 +11,18 @@ namespace {
 const PackedFormat kPacked = {
     "int8_channel", int8_channel_layout::kSumGroup, int8_channel_layout::kAmxMinRows, 1,
     &int8_channel_block_bytes, &int8_channel_pack,
-    {&generic::gemm_int8_channel, &avx512::gemm_int8_channel, &avx512_bf16::gemm_int8_channel,
-     &amx::gemm_int8_channel, &amx_emulated::gemm_int8_channel}};
+    {{IsaLevel::generic, &generic::gemm_int8_channel},
+     KT_X86_ENTRY(avx512, &avx512::gemm_int8_channel)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::gemm_int8_channel)
+     KT_X86_ENTRY(amx, &amx::gemm_int8_channel)
+     {IsaLevel::amx_emulated, &amx_emulated::gemm_int8_channel}}};
 
 // D = q (exact); the products apply the row scale.
 const DequantFormat kDequant = {
     "int8_channel", true,
-    {&generic::dequant_int8_channel, &avx512::dequant_int8_channel, &avx512_bf16::dequant_int8_channel,
-     &avx512_bf16::dequant_int8_channel, &generic::dequant_int8_channel},
+    {{IsaLevel::generic, &generic::dequant_int8_channel},
+     KT_X86_ENTRY(avx512, &avx512::dequant_int8_channel)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int8_channel)},
     {},
     {}};
 
