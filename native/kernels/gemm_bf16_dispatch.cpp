@@ -9,6 +9,7 @@ namespace {
 
 constexpr ByLevel<GemmFn> kGemmBf16 = {
     {IsaLevel::generic, &generic::gemm_bf16},
+    KT_X86_ENTRY(avx2, &avx2::gemm_bf16)
     KT_X86_ENTRY(avx512, &avx512::gemm_bf16)
     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::gemm_bf16)
     KT_X86_ENTRY(amx, &amx::gemm_bf16)

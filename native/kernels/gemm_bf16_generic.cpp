@@ -1,5 +1,6 @@
 // bf16 GEMM in portable C++: the generic level (compiled without ISA flags: SSE2, 16 xmm) and,
-// from this same source, the avx512 level (compiled with AVX-512 F/BW/VL/DQ flags: 32 zmm). The
+// from this same source, the avx2 level (AVX2 + FMA: 16 ymm, the products fused into FMAs) and the
+// avx512 level (compiled with AVX-512 F/BW/VL/DQ flags: 32 zmm). The
 // arithmetic is written with GCC/Clang vector extensions of one native register width, which the
 // compiler lowers to whichever instructions the flags allow; the register-block sizes follow the
 // register count. bf16 -> fp32 is exact and needs no widening: a vector of 32-bit words holding
@@ -30,6 +31,10 @@ namespace {
 constexpr int kLanes = 16;     // fp32 per zmm
 constexpr int kDotCols = 3;    // 4 x 3 x 2 accumulators + 4 x 2 + 2 operands of 32 registers
 constexpr int kAxpyPairs = 2;  // 4 x 2 x 2 accumulators + 2 x 2 + 1 operands
+#elif defined(__AVX2__)
+constexpr int kLanes = 8;      // fp32 per ymm
+constexpr int kDotCols = 1;    // 4 x 1 x 2 accumulators + 4 x 2 + 2 operands of 16 registers
+constexpr int kAxpyPairs = 1;  // 4 x 1 x 2 accumulators + 1 x 2 + 1 operands
 #else
 constexpr int kLanes = 4;      // fp32 per xmm
 constexpr int kDotCols = 1;    // 4 x 1 x 2 accumulators + 4 x 2 + 2 operands of 16 registers

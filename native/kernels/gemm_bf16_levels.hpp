@@ -8,6 +8,9 @@ namespace kt_moe {
 namespace generic {
 void gemm_bf16(const GemmArgs& args);  // gemm_bf16_generic.cpp, no ISA flags
 }
+namespace avx2 {
+void gemm_bf16(const GemmArgs& args);  // gemm_bf16_generic.cpp, AVX2 + FMA flags
+}
 namespace avx512 {
 void gemm_bf16(const GemmArgs& args);  // gemm_bf16_generic.cpp, AVX-512 F/BW/VL/DQ flags
 }

@@ -9,6 +9,9 @@ namespace kt_moe {
 namespace generic {
 void quantize_activations(const QuantizeArgs& args);  // quant_activations.cpp, no ISA flags
 }  // namespace generic
+namespace avx2 {
+void quantize_activations(const QuantizeArgs& args);  // quant_activations.cpp, AVX2 + FMA flags
+}  // namespace avx2
 namespace avx512 {
 void quantize_activations(const QuantizeArgs& args);  // quant_activations.cpp, AVX-512 F/BW/VL/DQ flags
 }  // namespace avx512

@@ -1,8 +1,8 @@
 // quantize_activations (gemm_quant.hpp): bf16 rows -> int8 records with a scale per 64 k and the
 // sums of q per the format's act_sum_group k (64, 32 or 16). Portable C++ written so that the
-// compiler vectorises it; compiled for generic (no ISA flags) and avx512, both with
+// compiler vectorises it; compiled for generic (no ISA flags), avx2 and avx512, all with
 // -ffp-contract=off (CMakeLists.txt): every step is exact or one correctly rounded fp32 operation
-// (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead of twice), so both builds give
+// (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead of twice), so every build gives
 // bit-identical records.
 #include <algorithm>
 #include <cfloat>
