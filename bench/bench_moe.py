@@ -11,9 +11,8 @@ and min-max of the timed steps, tokens/s, effective GB/s of the expert weights
 read and GFLOP/s of the base GEMMs (formulas in kt_moe/benchmark/metrics.py), the ratio to the torch baseline of
 the same mode, shape, q and threads (baseline median / case median: above 1 is faster), and the
 relative L2 error of the output (and, for sft, the worst of grad_input and the gradients) next to
-the bound the tests hold the method to ('!' when above). A kt-moe method whose engine is not built
-prints a "skipped" row with the reason below it. What runs meanwhile shows on stderr. Exit status
-1 if a case errored.
+the bound the tests hold the method to ('!' when above). A case that fails prints an "error" row
+with the reason below it. What runs meanwhile shows on stderr. Exit status 1 if a case errored.
 """
 
 from __future__ import annotations

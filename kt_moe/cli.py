@@ -21,7 +21,6 @@ from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.status_line import StatusLine
 from kt_moe.weights.convert import CONVERT_METHODS, LayerRanges, convert_checkpoint, parse_layers
-from kt_moe.wrapper import engine_missing
 
 
 def _weight_path_problem(weight_path: str) -> Optional[str]:
@@ -37,7 +36,7 @@ def _weight_path_problem(weight_path: str) -> Optional[str]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Errors: the config's own (kt_moe.config) and a method this version cannot build. Warnings
+    """Errors: the config's own (kt_moe.config). Warnings
     (errors with --strict): a weight_path that is not a directory here."""
     try:
         data = load_config_file(args.file)
@@ -46,9 +45,6 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     errors = config_errors(data)
     invalid = {field for field, _ in errors}
-    method = data.get("method", KTMoEConfig.model_fields["method"].default)
-    missing = None if "method" in invalid else engine_missing(method)
-    errors += [("method", missing)] if missing else []
     path_problem = None if "weight_path" in invalid else _weight_path_problem(data["weight_path"])
     warnings = [("weight_path", path_problem)] if path_problem else []
     if args.strict:

@@ -1,7 +1,7 @@
 """`kt-moe demo`: the two usage examples (inference: forward; LoRA fine-tuning: forward_sft +
 backward) at a layer size this machine holds, for the torch bf16 baseline and every kt-moe method:
 what ran, how fast, and the relative L2 error against kt_moe.reference next to the error the tests
-allow the method. A method whose engine is not built yet shows as "skipped", with the reason.
+allow the method.
 BF16 also walks through the asynchronous calls (submit_forward / sync_forward) and deferred experts,
 which every inference method shares; each built SFT method runs a few training steps. What runs
 meanwhile (setup, timing rounds) shows on stderr."""

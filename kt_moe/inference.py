@@ -1,8 +1,8 @@
 """Inference wrappers: BaseMoEWrapper (spec 1.3) and its backends, one per method family.
 
 AMXMoEWrapper runs methods BF16, AMXINT8 and AMXINT4 on the native TP_MOE engine (user guide:
-docs/inference.md). The other methods' engines are built by later work; until a method's engine
-exists the factory refuses it at construction (see kt_moe.wrapper.ENGINES_NOT_BUILT).
+docs/inference.md); NativeMoEWrapper (FP8, RAWINT4), GeneralMoEWrapper (MOE_INT8, MOE_INT4) and
+kt_moe.llamafile's LlamafileMoEWrapper run the other methods on the same engine.
 """
 
 from __future__ import annotations
@@ -291,5 +291,10 @@ class NativeMoEWrapper(AMXMoEWrapper):
         super().load_weights_from_tensors(gate, up, down, physical_to_logical_map)
 
 
-class GeneralMoEWrapper(BaseMoEWrapper):
-    """MOE_INT4 / MOE_INT8: portable INT4 / INT8 kernels."""
+class GeneralMoEWrapper(AMXMoEWrapper):
+    """MOE_INT8 and MOE_INT4: the portable integer methods. The experts keep the parts kt-moe
+    quantizes them to (MOE_INT8: INT8 per output channel, as AMXINT8; MOE_INT4: INT4 in groups of 16
+    inputs with a scale and a zero point, as AMXINT4) row-major, as stored: no packing for the CPU, so
+    a `kt-moe convert` file loads the same everywhere. The products quantize the activations to int8
+    (a scale per 64 inputs), multiply in integers and apply the scales in one fixed order, so the
+    outputs are bit-identical at every ISA level (docs/inference.md). The API is AMXMoEWrapper's."""

@@ -26,27 +26,10 @@ BACKENDS = {
     "AMXFP8_SFT": AMXSFTMoEWrapper,
 }
 
-# Methods whose engine is not built yet: the factory refuses them at construction (and `kt-moe
-# validate` reports them). The work that builds an engine removes its methods from this set.
-ENGINES_NOT_BUILT = frozenset(BACKENDS) - {"AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT4_KGroup_SFT",
-                                           "AMXFP8_SFT", "BF16", "AMXINT8", "AMXINT4", "FP8", "RAWINT4",
-                                           "LLAMAFILE"}
-
-
-def engine_missing(method: str) -> Optional[str]:
-    """Why this version cannot build `method` (a valid method name), or None when it can."""
-    if method not in ENGINES_NOT_BUILT:
-        return None
-    built = sorted(BACKENDS.keys() - ENGINES_NOT_BUILT)
-    return (f"Method '{method}' is not implemented yet in this version of kt-moe; "
-            f"implemented: {', '.join(built) if built else 'none'}")
-
-
 class KTMoEWrapper:
     """Factory: `KTMoEWrapper(...)` returns an inference or SFT backend, not a KTMoEWrapper.
 
-    Raises ValueError (kt_moe.config.ConfigError) naming the first invalid parameter, and
-    NotImplementedError for a method whose engine this version does not have yet.
+    Raises ValueError (kt_moe.config.ConfigError) naming the first invalid parameter.
     """
 
     def __new__(
@@ -81,7 +64,4 @@ class KTMoEWrapper:
             max_deferred_experts_per_token=max_deferred_experts_per_token, method=method, mode=mode,
             lora_rank=lora_rank, lora_alpha=lora_alpha, max_cache_depth=max_cache_depth, group_size=group_size,
             zero_point=zero_point, gguf_type=gguf_type)
-        missing = engine_missing(config.method)
-        if missing:
-            raise NotImplementedError(missing)
         return BACKENDS[config.method](config)

@@ -28,20 +28,8 @@ def make(method, **overrides):
     return kt_moe.KTMoEWrapper(**kwargs)
 
 
-@pytest.fixture
-def all_engines_built(monkeypatch):
-    """Lets the factory construct every backend (their engines are the subject of later work)."""
-    monkeypatch.setattr(wrapper, "ENGINES_NOT_BUILT", frozenset())
-
-
 def test_every_spec_method_has_a_backend():
     assert set(wrapper.BACKENDS) == set(INFERENCE_METHODS) | set(SFT_METHODS) == set(EXPECTED_CLASS)
-
-
-@pytest.mark.parametrize("method", sorted(wrapper.ENGINES_NOT_BUILT))
-def test_method_without_engine_is_refused_at_construction(method):
-    with pytest.raises(NotImplementedError, match=f"Method '{method}' is not implemented yet"):
-        make(method)
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED_CLASS))
@@ -64,14 +52,8 @@ def test_backend_table():
     assert wrapper.BACKENDS == EXPECTED_CLASS
 
 
-# AMXSFTMoEWrapper and AMXMoEWrapper build their native engine at construction, which exists only
-# for built methods; the other inference backends hold no engine yet and construct for every method.
-WITH_ENGINE = {m for m, cls in EXPECTED_CLASS.items() if cls in (AMXSFTMoEWrapper, AMXMoEWrapper)}
-CONSTRUCTIBLE = sorted(set(EXPECTED_CLASS) - (WITH_ENGINE & wrapper.ENGINES_NOT_BUILT))
-
-
-@pytest.mark.parametrize("method", CONSTRUCTIBLE)
-def test_backend_class_per_method(method, all_engines_built):
+@pytest.mark.parametrize("method", sorted(EXPECTED_CLASS))
+def test_backend_class_per_method(method):
     backend = make(method)
     assert type(backend) is EXPECTED_CLASS[method]
     base = BaseSFTMoEWrapper if method in SFT_METHODS else BaseMoEWrapper
@@ -95,14 +77,14 @@ def test_isa_is_the_level_the_kernels_use_now():
 
 
 @pytest.mark.parametrize("name", ["forward_sft", "backward", "init_lora_weights", "update_lora_weights"])
-def test_sft_methods_on_inference_wrapper(name, all_engines_built):
+def test_sft_methods_on_inference_wrapper(name):
     backend = make("AMXINT4")
     with pytest.raises(RuntimeError, match=rf"^{name}\(\) not available in inference mode$"):
         getattr(backend, name)(None)
 
 
 @pytest.mark.parametrize("name", ["forward", "submit_forward", "sync_forward", "select_deferred_experts"])
-def test_inference_methods_on_sft_wrapper(name, all_engines_built):
+def test_inference_methods_on_sft_wrapper(name):
     backend = make("AMXBF16_SFT")
     with pytest.raises(RuntimeError, match=rf"^{name}\(\) not available in sft mode$"):
         getattr(backend, name)(None)
@@ -116,7 +98,7 @@ def test_spec_surface_present():
         assert callable(getattr(BaseSFTMoEWrapper, name))
 
 
-def test_wrappers_with_same_thread_settings_share_a_pool(all_engines_built):
+def test_wrappers_with_same_thread_settings_share_a_pool():
     a, b = make("AMXINT8", layer_idx=0), make("AMXBF16_SFT", layer_idx=1)
     c = make("AMXINT8", cpuinfer_threads=1)
     assert a.pool is b.pool
@@ -124,7 +106,7 @@ def test_wrappers_with_same_thread_settings_share_a_pool(all_engines_built):
     assert (a.pool.thread_count, a.pool.subpool_count) == (2, 1)
 
 
-def test_backend_rejects_config_of_other_mode(all_engines_built):
+def test_backend_rejects_config_of_other_mode():
     config = make("AMXINT4").config
     with pytest.raises(ValueError, match="runs mode='sft'"):
         AMXSFTMoEWrapper(config)
@@ -132,8 +114,6 @@ def test_backend_rejects_config_of_other_mode(all_engines_built):
 
 def test_bad_isa_environment_fails_construction_clearly(run_python):
     code = ("import kt_moe\n"
-            "from kt_moe import wrapper\n"
-            "wrapper.ENGINES_NOT_BUILT = frozenset()\n"
             "try:\n"
             "    kt_moe.KTMoEWrapper(layer_idx=0, num_experts=8, num_experts_per_tok=2, hidden_size=64,\n"
             "        moe_intermediate_size=32, num_gpu_experts=0, cpuinfer_threads=1, threadpool_count=1,\n"

@@ -154,7 +154,7 @@ def native_config(**overrides):
     (dict(chunked_prefill_size=0), (2, 1), "must be positive"),
     (dict(intermediate_size=25, tp_size=2), (2, 2), "intermediate_size must be divisible by tp_size"),
     (dict(num_gpu_experts=E + 1), (2, 1), r"num_gpu_experts must be in \[0, expert_num\]"),
-    (dict(method="MOE_INT4"), (2, 1), "no weight format for method 'MOE_INT4'"),
+    (dict(method="AMXBF16_SFT"), (2, 1), "no weight format for method 'AMXBF16_SFT'"),
     (dict(method="LLAMAFILE"), (2, 1),
      r"LLAMAFILE needs the formats of gate, up and down \(MOEConfig.matrix_formats\), got 0"),
     (dict(method="AMXINT4", intermediate_size=40, tp_size=2), (2, 2),

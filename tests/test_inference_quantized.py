@@ -22,20 +22,20 @@ from kt_moe.weights.prequantized import LayerSettings, write_layer
 
 QSHAPE = Shape(num_experts=10, hidden=224, intermediate=192)
 QSMALL = Shape(num_experts=8, hidden=96, intermediate=64)  # the slow amx_emulated level
-METHODS = ("AMXINT8", "AMXINT4", "FP8", "RAWINT4")
-PREQUANTIZED_METHODS = ("AMXINT8", "AMXINT4")  # the methods `kt-moe convert` writes files for
+METHODS = ("AMXINT8", "AMXINT4", "FP8", "RAWINT4", "MOE_INT8", "MOE_INT4")
+PREQUANTIZED_METHODS = ("AMXINT8", "AMXINT4", "MOE_INT8", "MOE_INT4")  # those `kt-moe convert` writes files for
 # Against the dequantized weights: AMXINT8 / AMXINT4 quantize the activations to int8 (groups of 64 /
 # 32) on top of bf16 rounding; FP8 and RAWINT4 multiply the bf16 activations by the weights dequantized
 # to bf16, so only bf16 rounding is left (the issue's bar, 1e-2; measured at most 4.4e-3 over the grid
 # at every level).
-VS_DEQUANTIZED = {"AMXINT8": 2e-2, "AMXINT4": 2e-2, "FP8": 1e-2, "RAWINT4": 1e-2}
+VS_DEQUANTIZED = {"AMXINT8": 2e-2, "AMXINT4": 2e-2, "FP8": 1e-2, "RAWINT4": 1e-2, "MOE_INT8": 2e-2, "MOE_INT4": 2e-2}
 # Against the original weights, the schemes' error on top. FP8 (blocks of 128) and RAWINT4 (symmetric
 # int4, groups of 32, no zero point), measured over the grids below, worst cases: FP8 0.051 (QSHAPE,
 # q=1, k=1, tp=1, at generic, avx512 and avx512_bf16) and 0.053 (QSMALL at amx_emulated, q=1, k=8,
 # tp=2); RAWINT4 0.184 (QSHAPE, q=3, k=6, tp=2) and 0.232 (QSMALL, q=1, k=6, tp=2). The mean over many
 # draws is 0.047 and 0.167; a single token's error scatters around it (60 other draws at q=1: up to
 # 0.062 and 0.289). Bounds: the grid's worst case x 1.3, rounded.
-VS_ORIGINAL = {"AMXINT8": 3e-2, "AMXINT4": 0.15, "FP8": 0.07, "RAWINT4": 0.30}
+VS_ORIGINAL = {"AMXINT8": 3e-2, "AMXINT4": 0.15, "FP8": 0.07, "RAWINT4": 0.30, "MOE_INT8": 3e-2, "MOE_INT4": 0.15}
 
 
 def scheme(method):
@@ -142,3 +142,27 @@ def test_int4_any_size_and_splits_at_whole_groups():
                                          r"inputs: moe_intermediate_size / threadpool_count \(20\) must be a "
                                          r"multiple of 16 when threadpool_count > 1"):
         make_wrapper(odd, method="AMXINT4", tp=2)
+
+
+@pytest.mark.filterwarnings("ignore:cpuinfer_threads=4 is more than")  # tp=2: two threads per subpool
+@pytest.mark.parametrize("method", ("MOE_INT8", "MOE_INT4"))
+@pytest.mark.parametrize("tp", (1, 2))
+def test_portable_methods_are_bit_identical_across_levels(method, tp):
+    """MOE_INT8 and MOE_INT4 do the same integer and fp32 steps at every level (native/formats/
+    int_rows/int_rows.hpp), decode and prefill, partial groups included (H = 224, I / tp = 96), and
+    with any number of threads."""
+    wrapper, layer = build(QSHAPE, method=method, top_k=6, tp=tp, threads=2 * tp, chunk=256, seed=11)
+    one_thread, _ = build(QSHAPE, method=method, top_k=6, tp=tp, threads=tp, chunk=256, seed=11)  # per subpool
+    levels = kt_moe.cpu_info()["selectable"]
+    for q in (1, 4, 5, 300):
+        batch = layer.batch(q, 6, seed=q)
+        outputs = {}
+        try:
+            for level in levels:
+                kt_moe.set_isa(level)
+                outputs[level] = wrapper.forward(*batch)
+        finally:
+            kt_moe.set_isa(START_ISA)
+        for level, out in outputs.items():
+            assert torch.equal(out, outputs["generic"]), (level, q)
+        assert torch.equal(one_thread.forward(*batch), outputs["generic"]), q

@@ -247,7 +247,8 @@ def test_dequantize_checks_its_parts():
 def test_method_table():
     assert METHOD_SCHEMES == {"AMXINT8": "int8_channel", "AMXINT4": "int4_group16", "AMXINT8_SFT": "int8_channel",
                               "AMXINT4_SFT": "int4_group16", "AMXINT4_KGroup_SFT": "int4_kgroup", "FP8": "fp8",
-                              "RAWINT4": "int4_packed", "AMXFP8_SFT": "fp8"}
+                              "RAWINT4": "int4_packed", "AMXFP8_SFT": "fp8", "MOE_INT8": "int8_rows",
+                              "MOE_INT4": "int4_rows"}
     int8, int4 = scheme_for_method("AMXINT8"), scheme_for_method("AMXINT4")
     assert (int8.name, int8.group_size, int8.parts) == ("int8_channel", 0, ("q", "scale"))
     assert (int4.name, int4.group_size, int4.parts) == ("int4_group16", 16, ("codes", "scale", "zero"))
@@ -265,7 +266,8 @@ def test_method_table():
     with pytest.raises(ValueError) as info:
         scheme_for_method("LLAMAFILE")
     assert str(info.value) == ("method 'LLAMAFILE' has no kt-moe quantization scheme; expected one of AMXINT8, "
-                               "AMXINT4, FP8, RAWINT4, AMXINT8_SFT, AMXINT4_SFT, AMXINT4_KGroup_SFT, AMXFP8_SFT")
+                               "AMXINT4, FP8, RAWINT4, MOE_INT8, MOE_INT4, AMXINT8_SFT, AMXINT4_SFT, "
+                               "AMXINT4_KGroup_SFT, AMXFP8_SFT")
     with pytest.raises(ValueError, match="^group_size and zero_point are options of int4_kgroup"):
         scheme_for_method("AMXINT4", group_size=32)
     with pytest.raises(ValueError, match=r"^int4_kgroup takes group_size in \(32, 64, 128\)"):

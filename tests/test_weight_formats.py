@@ -15,7 +15,8 @@ def test_registry_lists_each_format_once_with_its_methods():
     entries = _native.weight_formats()
     gguf = ["gguf_" + t for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k",
                                   "q5_k", "q6_k", "iq4_nl", "iq4_xs")]
-    assert [e["name"] for e in entries] == ["int8_channel", "int4_group16", "int4_kgroup", "fp8", "int4_packed", *gguf]
+    assert [e["name"] for e in entries] == ["int8_channel", "int4_group16", "int4_kgroup", "fp8", "int4_packed",
+                                            "int8_rows", "int4_rows", *gguf]
     methods = [m for e in entries for m in e["inference_methods"] + e["sft_methods"]]
     assert len(methods) == len(set(methods))
     assert METHOD_SCHEMES == {m: e["name"] for e in entries for m in e["inference_methods"] + e["sft_methods"]}
@@ -49,7 +50,7 @@ def test_format_description():
 
 def test_unknown_names_options_and_families_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown format 'fp4' \(expected one of 'int8_channel', 'int4_group16', "
-                                         r"'int4_kgroup', 'fp8', 'int4_packed', 'gguf_f32', .*'gguf_iq4_xs'\)"):
+                                         r"'int4_kgroup', 'fp8', 'int4_packed', 'int8_rows', 'int4_rows', 'gguf_f32', .*'gguf_iq4_xs'\)"):
         _native.weight_format("fp4")
     with pytest.raises(ValueError, match="group_size must be 32, 64 or 128 for AMXINT4_KGroup_SFT, got 16"):
         _native.weight_format("int4_kgroup", 16, True)

@@ -1,8 +1,7 @@
 """The cases the bench can run, by name: the torch baselines and every kt-moe method (spec 1.2).
 
 A case is built for one problem by setup(problem, threads) and run once by step(). A kt-moe case
-goes through kt_moe.KTMoEWrapper, so a method becomes measurable the day its engine exists: until
-then its setup or first step raises NotImplementedError and the bench prints a "skipped" row.
+goes through kt_moe.KTMoEWrapper.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ BYTES_PER_ELEMENT = {
 ERROR_BOUNDS = {
     "torch-bf16": 2e-2, "torch-bf16-autograd": 2e-2, "BF16": 5e-3, "AMXINT8": 3e-2, "AMXINT4": 0.15,
     "FP8": 7e-2, "RAWINT4": 0.3, "AMXBF16_SFT": 1e-2, "AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15,
-    "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12, "LLAMAFILE": 2e-2,
+    "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12, "LLAMAFILE": 2e-2, "MOE_INT8": 3e-2, "MOE_INT4": 0.15,
 }
 KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method in methods}
 # A LLAMAFILE case with its GGUF types, "LLAMAFILE:Q4_K/Q4_K/Q8_0" (gate/up/down, or one type for all):

@@ -1,4 +1,4 @@
-"""How the bench reports: a table row per case on stdout as it finishes (a skipped or failed case's
+"""How the bench reports: a table row per case on stdout as it finishes (a failed case's
 whole reason on the lines below it), what runs meanwhile on stderr, and one JSON object per case
 (and per GEMM-rate probe) as a line in --json-out, or after the table prefixed "JSON "."""
 

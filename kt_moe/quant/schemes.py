@@ -3,7 +3,8 @@ the table the converter, the pre-quantized file format and the engines look sche
 
 A scheme turns one weight matrix W [N, K] (or a stack [E, N, K]) into named tensors (`parts`)
 and back; `part_specs(N, K)` gives each part's shape and dtype, so a file can be checked against
-the shapes a layer needs without reading any data. int8_channel and int4_group16 are fixed;
+the shapes a layer needs without reading any data. int8_channel and int4_group16 are fixed (as are
+int8_rows and int4_rows, their parts under the names of the portable methods MOE_INT8 and MOE_INT4);
 int4_kgroup (AMXINT4_KGroup_SFT) takes a group size and whether it has zero points.
 
 The native weight-format registry (native/formats/registry.cpp, `_native.weight_formats()`) is
@@ -72,6 +73,11 @@ SCHEMES: Dict[str, QuantScheme] = {scheme.name: scheme for scheme in (
                 functools.partial(registry_part_specs, "int8_channel")),
     QuantScheme("int4_group16", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16,
                 functools.partial(registry_part_specs, "int4_group16")),
+    # MOE_INT8 and MOE_INT4: the same parts, read in place by the portable integer products
+    QuantScheme("int8_rows", 0, quantize_int8_channel, dequantize_int8_channel,
+                functools.partial(registry_part_specs, "int8_rows")),
+    QuantScheme("int4_rows", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16,
+                functools.partial(registry_part_specs, "int4_rows")),
 )}
 KGROUP_SCHEME = "int4_kgroup"
 FP8_SCHEME = "fp8"

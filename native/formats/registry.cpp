@@ -9,6 +9,7 @@
 #include "formats/int4_kgroup/format.hpp"
 #include "formats/int4_packed/format.hpp"
 #include "formats/int8_channel/format.hpp"
+#include "formats/int_rows/format.hpp"
 #include "formats/weight_format.hpp"
 
 namespace kt_moe {
@@ -20,6 +21,8 @@ const std::vector<FormatEntry>& weight_format_entries() {
       {"int4_kgroup", {}, {"AMXINT4_KGroup_SFT"}, {}, &make_int4_kgroup, {128, true}},
       {"fp8", {"FP8"}, {"AMXFP8_SFT"}, {}, &make_fp8, {128, false}},
       {"int4_packed", {"RAWINT4"}, {}, {"AMXINT4_KGroup_SFT"}, &make_int4_packed, {32, false}},
+      {"int8_rows", {"MOE_INT8"}, {}, {}, &make_int8_rows, {}},
+      {"int4_rows", {"MOE_INT4"}, {}, {}, &make_int4_rows, {}},
       // GGUF block types: LLAMAFILE takes one per matrix from MOEConfig.matrix_formats
       KT_GGUF_TYPES(KT_GGUF_REGISTRY_ENTRY)
   };

@@ -98,7 +98,11 @@ struct QuantActLayout {
   int k = 0, group = 0, groups = 0, k_padded = 0, sum_group = 0, sums = 0;
   int64_t scale_offset = 0, sum_offset = 0, row_bytes = 0;
 };
-QuantActLayout quant_act_layout(const PackedFormat& format, int k);  // throws like quant_weight_bytes
+// Throws like quant_weight_bytes, and for a sum_group other than 64, 32 or 16.
+QuantActLayout quant_act_layout(int sum_group, int k);
+inline QuantActLayout quant_act_layout(const PackedFormat& format, int k) {
+  return quant_act_layout(format.act_sum_group, k);
+}
 
 // Records of quantized rows: row r at data + r * stride (stride >= row_bytes, a multiple of 4).
 // 64-byte aligned records (data and stride) let the AMX kernel load whole cache lines per tile row.
@@ -109,9 +113,10 @@ struct QuantActView {
   int64_t stride = 0;
 };
 
-// out record r = quantized row r of a bf16 [m, k] (row stride lda elements).
+// out record r = quantized row r of a bf16 [m, k] (row stride lda elements), with sums per sum_group
+// k (a format's act_sum_group: 64, 32 or 16).
 struct QuantizeArgs {
-  const PackedFormat* format = nullptr;
+  int sum_group = 0;
   int m = 0, k = 0;
   const bf16_t* a = nullptr;
   int64_t lda = 0;

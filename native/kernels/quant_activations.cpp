@@ -56,8 +56,7 @@ __attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int l
 
 void quantize_activations(const QuantizeArgs& args) {
   if (args.m < 0) throw std::invalid_argument("kt-moe quantize_activations: m must not be negative");
-  if (!args.format) throw std::invalid_argument("kt-moe quantize_activations: no format");
-  const QuantActLayout layout = quant_act_layout(*args.format, args.k);
+  const QuantActLayout layout = quant_act_layout(args.sum_group, args.k);
   if (args.m == 0) return;
   if (!args.a || !args.out) throw std::invalid_argument("kt-moe quantize_activations: null pointer");
   if (args.m > 1 && args.lda < args.k)
@@ -80,14 +79,10 @@ void quantize_activations(const QuantizeArgs& args) {
       if (whole < layout.groups)  // the partial last group
         quantize_group<G, SG>(a + whole * G, args.k - whole * G, q + whole * G, scale + whole, sum + whole * (G / SG));
     };
-    switch (layout.sum_group) {  // the sum groups formats may ask for, as compile-time constants
+    switch (layout.sum_group) {  // the sum groups quant_act_layout accepts, as compile-time constants
       case 64: groups(std::integral_constant<int, 64>{}); break;
       case 32: groups(std::integral_constant<int, 32>{}); break;
       case 16: groups(std::integral_constant<int, 16>{}); break;
-      default:
-        throw std::invalid_argument("kt-moe quantize_activations: format " + std::string(args.format->name) +
-                                    " asks for activation sums per " + std::to_string(layout.sum_group) +
-                                    " k (64, 32 or 16 are supported)");
     }
   }
 }

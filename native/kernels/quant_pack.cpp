@@ -57,14 +57,16 @@ QuantWeight QuantWeight::pack(const PackedFormat& format, const MatrixParts& src
   return w;
 }
 
-QuantActLayout quant_act_layout(const PackedFormat& format, int k) {
+QuantActLayout quant_act_layout(int sum_group, int k) {
   quant_check_k(k);
+  if (sum_group != 64 && sum_group != 32 && sum_group != 16)
+    quant_fail("activation sums per " + std::to_string(sum_group) + " k (64, 32 or 16 are supported)");
   QuantActLayout l;
   l.k = k;
   l.group = kUnitK;
   l.groups = quant_ceil_div(k, l.group);
   l.k_padded = l.groups * l.group;
-  l.sum_group = format.act_sum_group;
+  l.sum_group = sum_group;
   l.sums = l.k_padded / l.sum_group;
   l.scale_offset = l.k_padded;
   l.sum_offset = l.scale_offset + 4 * int64_t(l.groups);

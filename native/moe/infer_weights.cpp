@@ -86,13 +86,13 @@ void QuantInferWeights::prepare_inputs(int rows) {
 
 void QuantInferWeights::convert_gate_up_input(IsaLevel level, int s, const bf16_t* x, int r0, int r1) {
   const int H = store_.hidden();
-  quantize_activations_kernel(level)({&packed_, r1 - r0, H, x + size_t(r0) * H, H,
+  quantize_activations_kernel(level)({packed_.act_sum_group, r1 - r0, H, x + size_t(r0) * H, H,
                                       records_[s].x.data() + r0 * x_layout_.row_bytes, x_layout_.row_bytes});
 }
 
 void QuantInferWeights::convert_down_input(IsaLevel level, int s, const bf16_t* z, int r0, int r1) {
   const int Is = store_.slice_size();
-  quantize_activations_kernel(level)({&packed_, r1 - r0, Is, z + size_t(r0) * Is, Is,
+  quantize_activations_kernel(level)({packed_.act_sum_group, r1 - r0, Is, z + size_t(r0) * Is, Is,
                                       records_[s].z.data() + r0 * z_layout_.row_bytes, z_layout_.row_bytes});
 }
 

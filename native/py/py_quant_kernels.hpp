@@ -154,11 +154,11 @@ inline void bind_quant_kernels(nanobind::module_& m) {
       [](const std::string& level_name, const std::string& format, QuantArray a, QuantArray out) {
         const IsaLevel level = parse_runnable_isa_level(level_name);
         QuantizeArgs args;
-        args.format = &packed_format(format);
+        args.sum_group = packed_format(format).act_sum_group;
         args.a = quant_operand<const bf16_t>(a, "a", {-1, -1}, &args.lda, kQuantBf16);
         args.m = quant_dim(a.shape(0), "m"), args.k = quant_dim(a.shape(1), "k");
         args.out = quant_operand<uint8_t>(out, "out", {args.m, -1}, &args.out_stride);
-        if (int64_t(out.shape(1)) < quant_act_layout(*args.format, args.k).row_bytes)
+        if (int64_t(out.shape(1)) < quant_act_layout(args.sum_group, args.k).row_bytes)
           throw std::invalid_argument("out: rows shorter than the record (quant_act_layout()['row_bytes'])");
         const QuantizeFn kernel = quantize_activations_kernel(level);
         nb::gil_scoped_release unlocked;

@@ -17,16 +17,16 @@ const PackedFormat kPacked = {
      KT_X86_ENTRY(amx, &amx::gemm_int8_channel)
      {IsaLevel::amx_emulated, &amx_emulated::gemm_int8_channel}}};
 
+}  // namespace
+
 // D = q (exact); the products apply the row scale.
-const DequantFormat kDequant = {
+const DequantFormat kInt8ChannelDequant = {
     "int8_channel", true,
     {{IsaLevel::generic, &generic::dequant_int8_channel},
      KT_X86_ENTRY(avx512, &avx512::dequant_int8_channel)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int8_channel)},
     {},
     {}};
-
-}  // namespace
 
 WeightFormat make_int8_channel(const FormatOptions&) {
   WeightFormat f;
@@ -35,7 +35,7 @@ WeightFormat make_int8_channel(const FormatOptions&) {
   f.parts[int8_channel_layout::kQ] = {"q", PartType::i8, 1, 1, 1};
   f.parts[int8_channel_layout::kScale] = {"scale", PartType::f32, 1, 0, 1};
   f.packed = &kPacked;
-  f.dequant = &kDequant;
+  f.dequant = &kInt8ChannelDequant;
   return f;
 }
 

@@ -32,4 +32,7 @@ namespace amx_emulated {
 void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_amx.cpp, tile instructions emulated
 }
 
+// The bf16 dequantizers by level (format.cpp).
+extern const DequantFormat kInt8ChannelDequant;
+
 }  // namespace kt_moe
