@@ -26,6 +26,9 @@ enum Part : int { kCodes = 0, kScale = 1, kZero = 2 };
 namespace generic {
 KT_INT4_GROUPS_DEQUANTIZERS
 }
+namespace avx2 {
+KT_INT4_GROUPS_DEQUANTIZERS
+}
 namespace avx512 {
 KT_INT4_GROUPS_DEQUANTIZERS
 }
