@@ -20,7 +20,8 @@ const DequantFormat kInt4GroupsBf16Dequant = {
      KT_X86_ENTRY(avx2, &avx2::dequant_int4_groups_bf16)
      KT_X86_ENTRY(avx512, &avx512::dequant_int4_groups_bf16)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int4_groups_bf16)},
-    {KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_int4_groups_bf16)},
+    {KT_X86_ENTRY(avx2, &avx2::dot_int4_groups_bf16)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_int4_groups_bf16)},
     {}};
 
 }  // namespace kt_moe

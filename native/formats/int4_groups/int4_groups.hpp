@@ -28,7 +28,10 @@ KT_INT4_GROUPS_DEQUANTIZERS
 }
 namespace avx2 {
 KT_INT4_GROUPS_DEQUANTIZERS
-}
+// The few-rows product of symmetric groups with bf16 scales (dequant_dot.cpp).
+bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                          int64_t ldc);
+}  // namespace avx2
 namespace avx512 {
 KT_INT4_GROUPS_DEQUANTIZERS
 }
