@@ -11,11 +11,18 @@
 
 namespace kt_moe {
 
+// Lane i's upper 16 bits = float_to_bf16(v[i]) where v[i] is not a NaN; the lower 16 bits are not
+// meaningful.
+static inline __m256i bf16_rounded_non_nan_lanes(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+}
+
 // Lane i's upper 16 bits = float_to_bf16(v[i]); its lower 16 bits are not meaningful.
 static inline __m256i bf16_rounded_lanes(__m256 v) {
   const __m256i bits = _mm256_castps_si256(v);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+  const __m256i rounded = bf16_rounded_non_nan_lanes(v);
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   return _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x00400000)), nan);  // NaN: quiet bit
 }
@@ -30,6 +37,11 @@ static inline __m256i upper_words(__m256i lo, __m256i hi) {
 // float_to_bf16 of 16 floats: lo (elements 0..7), hi (8..15).
 static inline __m256i float_to_bf16(__m256 lo, __m256 hi) {
   return upper_words(bf16_rounded_lanes(lo), bf16_rounded_lanes(hi));
+}
+
+// The same for 16 floats none of which is a NaN (three operations fewer per 8 lanes).
+static inline __m256i non_nan_float_to_bf16(__m256 lo, __m256 hi) {
+  return upper_words(bf16_rounded_non_nan_lanes(lo), bf16_rounded_non_nan_lanes(hi));
 }
 
 }  // namespace kt_moe
