@@ -18,6 +18,7 @@
 //     columns (16 bytes of codes) per step: the nibbles in column order, two lookups, the bytes
 //     interleaved into words; a 16-column step where 16 remain, and the columns of the group before
 //     its first and after its last multiple of 16 one by one, as the generic level computes them.
+//     Groups of 16: a 32-column step covers two, its halves looking up the tables of one each.
 //   AVX-512: a row is cut into segments of at most kSegment stored columns; a segment's group
 //     scales s (vcvtph2ps) and zero points z (zero / 16, or 8) are first converted to fp32 arrays,
 //     with -z s. Its codes are read in steps of 32 stored columns (16 bytes of codes), each of which
@@ -67,8 +68,6 @@ constexpr float kSymmetricZero = 8.0f;  // the zero point of int4 groups stored 
 constexpr float kZeroUnit = 0.0625f;    // a stored zero point counts sixteenths of a code
 
 // The scalar pieces of the generic row, which the AVX2 one also runs at the ends of its runs.
-template <bool Bf16Scale>
-inline float group_scale(uint16_t bits) { return Bf16Scale ? bf16_to_float(bits) : fp16_to_float(bits); }
 inline float group_zero(const uint8_t* zero, int g) { return zero ? float(zero[g]) * kZeroUnit : kSymmetricZero; }
 // D of stored column j in a group of scale s and zero point z.
 inline bf16_t int4_value(const uint8_t* codes, int j, float s, float z) {
@@ -276,20 +275,33 @@ constexpr int kPrefetchBytes = 4096;  // rows follow each other: ask for the str
 
 // The lookup tables of one group: bytes k (k < 16) of lo and hi (the same in both 128-bit halves)
 // are the low and the high byte of bf16((k - z) s), each value the product of two operations as in
-// int4_value (the same bits).
+// int4_value (the same bits; no value is a NaN when s is finite, and the rounding then skips them).
 struct Int4Table {
   __m256i lo, hi;
 };
 
-inline Int4Table int4_table(float s, float z) {
+// The bytes of one group's table: [its 16 low bytes | its 16 high bytes].
+inline __m256i int4_table_bytes(float s, float z) {
   const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
   const __m256 k0 = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), k1 = _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15);
-  const __m256i words = float_to_bf16(_mm256_mul_ps(_mm256_sub_ps(k0, vz), vs), _mm256_mul_ps(_mm256_sub_ps(k1, vz), vs));
+  const __m256 v0 = _mm256_mul_ps(_mm256_sub_ps(k0, vz), vs), v1 = _mm256_mul_ps(_mm256_sub_ps(k1, vz), vs);
+  const __m256i words = std::isfinite(s) ? non_nan_float_to_bf16(v0, v1) : float_to_bf16(v0, v1);
   // per half: its 8 low bytes then its 8 high bytes; then the quarters to [low 0..15 | high 0..15]
   const __m256i split = _mm256_shuffle_epi8(words, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                                                     0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
-  const __m256i bytes = _mm256_permute4x64_epi64(split, 0xD8);
+  return _mm256_permute4x64_epi64(split, 0xD8);
+}
+
+inline Int4Table int4_table(float s, float z) {
+  const __m256i bytes = int4_table_bytes(s, z);
   return {_mm256_permute2x128_si256(bytes, bytes, 0x00), _mm256_permute2x128_si256(bytes, bytes, 0x11)};
+}
+
+// The tables of two groups of 16, a in the lower halves (a 32-column step's first 16 columns), b in
+// the upper ones.
+inline Int4Table int4_table_pair(float sa, float za, float sb, float zb) {
+  const __m256i a = int4_table_bytes(sa, za), b = int4_table_bytes(sb, zb);
+  return {_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31)};
 }
 
 // The codes of 8 bytes (16 columns) as 16 byte indices in column order: low nibble first.
@@ -339,9 +351,16 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const uint8_t* codes = w.values + r * w.ld_values;
   const uint16_t* scale = static_cast<const uint16_t*>(w.scale) + r * w.ld_scale;
   const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
+  auto s = [&](int g) { return Bf16Scale ? bf16_to_float(scale[g]) : _cvtsh_ss(scale[g]); };  // F16C: the same bits
   for (int j = w.col0 + c0, j1 = w.col0 + c1; j < j1;) {  // group by group
     const int g = j / w.group, end = std::min(j1, (g + 1) * w.group);
-    int4_group_run(codes, j, end, group_scale<Bf16Scale>(scale[g]), group_zero(zero, g), dst + (j - w.col0 - c0));
+    bf16_t* out = dst + (j - w.col0 - c0);
+    if (w.group == 16 && j % 32 == 0 && j + 32 <= j1) {  // two whole groups of 16: one step, one pair of tables
+      int4_step32(codes + j / 2, int4_table_pair(s(g), group_zero(zero, g), s(g + 1), group_zero(zero, g + 1)), out);
+      j += 32;
+      continue;
+    }
+    int4_group_run(codes, j, end, s(g), group_zero(zero, g), out);
     j = end;
   }
 }
@@ -359,7 +378,7 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
     const int j = w.col0 + c, g = j / w.group;
     if (g != group) {
       group = g;
-      s = group_scale<Bf16Scale>(scale[g]);
+      s = Bf16Scale ? bf16_to_float(scale[g]) : fp16_to_float(scale[g]);
       z = group_zero(zero, g);
     }
     dst[c - c0] = int4_value(codes, j, s, z);
