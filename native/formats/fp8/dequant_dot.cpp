@@ -182,12 +182,6 @@ inline bool pair_path(const QuantMatrixView& w, bool channel) {
 constexpr int kStep = 16;
 constexpr int kPrefetchBytes = 4096;  // rows follow each other: ask for the stream this far ahead
 
-inline float sum_lanes(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 // acc[i] += scale * sum_{c in [c0, c1)} x[i, c] value(v[c]), for R activation rows.
 template <int R>
 inline void run_sum(const uint8_t* v, const DotActivations& x, int c0, int c1, float scale, __m256 (&acc)[R]) {

@@ -128,12 +128,6 @@ namespace {
 constexpr int kStep = 16;  // columns per step: 8 bytes of codes
 constexpr int kPrefetchBytes = 4096;
 
-inline float sum_lanes(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 template <int R>
 void int4_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
   const uint8_t* codes = w.values + n * w.ld_values;
