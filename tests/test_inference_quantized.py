@@ -166,3 +166,16 @@ def test_portable_methods_are_bit_identical_across_levels(method, tp):
         for level, out in outputs.items():
             assert torch.equal(out, outputs["generic"]), (level, q)
         assert torch.equal(one_thread.forward(*batch), outputs["generic"]), q
+
+
+@pytest.mark.parametrize("q", [1, 3, 9])
+@pytest.mark.parametrize("isa_level", kt_moe.cpu_info()["selectable"], indirect=True)
+def test_fp8_runs_that_end_inside_a_vector_step(isa_level, q):
+    """H = 40, I = 144 in two subpools: gate and up rows are one run of 40 columns, and the second
+    subpool's slice of down's inputs starts at column 72 of a block of 128, so that its rows are a run
+    of 56 then one of 16: runs end inside the vector steps (16 and 32 columns) of the few-rows
+    products (q = 1, 3) and the dequantizers (q = 9) at every level."""
+    odd = Shape(num_experts=6, hidden=40, intermediate=144)
+    wrapper, layer = build(odd, method="FP8", top_k=2, tp=2, seed=q)
+    batch = layer.batch(q, 2, seed=q)
+    check("FP8", wrapper.forward(*batch), layer, batch)

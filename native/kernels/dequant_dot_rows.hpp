@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -43,6 +43,15 @@ inline DotActivations dot_activations(const bf16_t* a, int64_t lda, int m, int c
   }
   return {x, ld};
 }
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The sum of v's 8 lanes (the AVX2 products' last step per output row and activation row).
+inline float sum_lanes(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
 
 // c[i * ldc + (n - n0)] = out[i] for i < m, n0 <= n < n1, where row(r, n, out) writes the m results
 // of output row n, r = std::integral_constant<int, m> (the activation rows as a constant, so that

@@ -1,9 +1,10 @@
 // SwiGLU forward/backward loops, compiled once per level into kt_moe::KT_KERNEL_NS: portable C++
-// for generic (no ISA flags), AVX-512 intrinsics for avx512. No -ffast-math and no FMA contraction
-// (-ffp-contract=off, CMakeLists.txt): both builds do the same fp32 operations in the same order,
-// sigmoid(g) = 1 / (1 + exp(-g)) with an IEEE division, and differ only in exp (std::exp here, the
-// vector exp below, within about 1 ulp of each other), so that NaN, +-Inf and large |g| give the
-// same results at every level (g < -88: exp(-g) = Inf, sigmoid 0; g = -Inf: silu = -Inf * 0 = NaN).
+// for generic (no ISA flags), AVX2 intrinsics for avx2, AVX-512 intrinsics for avx512. No
+// -ffast-math and no FMA contraction (-ffp-contract=off, CMakeLists.txt): every build does the same
+// fp32 operations in the same order, sigmoid(g) = 1 / (1 + exp(-g)) with an IEEE division, and
+// differs only in exp (std::exp here, the vector exp below, within about 1 ulp of each other; the
+// AVX2 and AVX-512 ones give the same bits), so that NaN, +-Inf and large |g| give the same results
+// at every level (g < -88: exp(-g) = Inf, sigmoid 0; g = -Inf: silu = -Inf * 0 = NaN).
 #include "kernels/swiglu.hpp"
 
 #include <cmath>
@@ -13,6 +14,10 @@
 
 #if defined(__AVX512F__)
 #include "kernels/bf16_avx512.hpp"
+#elif defined(__AVX2__)
+#include <cstring>
+
+#include "kernels/bf16_avx2.hpp"
 #endif
 
 namespace kt_moe {
@@ -96,6 +101,101 @@ void swiglu_backward(const float* __restrict g, const float* __restrict u, const
     _mm512_mask_storeu_epi16(z + i, m, float_to_bf16(lo.z, hi.z));
     _mm512_mask_storeu_epi16(dg + i, m, float_to_bf16(lo.dg, hi.dg));
     _mm512_mask_storeu_epi16(du + i, m, float_to_bf16(lo.du, hi.du));
+  }
+}
+
+#elif defined(__AVX2__)
+
+namespace {
+
+// exp(-g) as the AVX-512 build computes it, the same bits: the same clamp, reduction and
+// polynomial; 2^n (|n| <= 217) without vscalefps as two powers of two 2^n1 2^n2, n1 = n >> 1,
+// n2 = n - n1, both normal fp32 built from their exponent bits: p 2^n1 is exact (p in [0.7, 1.5]),
+// and its product by 2^n2 rounds p 2^n once, as vscalefps does (overflow to Inf, underflow to a
+// denormal or 0). A NaN g keeps r and p NaN whatever the integer conversion makes of n.
+inline __m256 exp_negated_ps(__m256 g) {
+  g = _mm256_min_ps(_mm256_set1_ps(150.0f), _mm256_max_ps(_mm256_set1_ps(-150.0f), g));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(g, _mm256_set1_ps(-1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606820309417232e-6f;
+  __m256 r = _mm256_fnmsub_ps(n, _mm256_set1_ps(kLn2Hi), g);  // -g - n kLn2Hi
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i n_int = _mm256_cvtps_epi32(n);
+  const __m256i n1 = _mm256_srai_epi32(n_int, 1), n2 = _mm256_sub_epi32(n_int, n1);
+  auto pow2 = [](__m256i k) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23)); };
+  return _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2));
+}
+
+inline __m256 sigmoid_ps(__m256 g) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp_negated_ps(g)));
+}
+
+// Elements [i, i + 16) per step, as two vectors of 8; the tail goes through zero-padded buffers and
+// runs the same vector code as the body.
+constexpr int kStep = 16;
+
+struct Lanes {
+  __m256 lo, hi;
+};
+
+inline Lanes load_lanes(const float* x, int64_t i, int64_t n) {
+  if (n - i >= kStep) return {_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i + 8)};
+  alignas(32) float part[kStep] = {};
+  std::memcpy(part, x + i, sizeof(float) * size_t(n - i));
+  return {_mm256_load_ps(part), _mm256_load_ps(part + 8)};
+}
+
+inline void store_lanes(bf16_t* z, int64_t i, int64_t n, __m256i words) {
+  if (n - i >= kStep) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(z + i), words);
+    return;
+  }
+  alignas(32) bf16_t part[kStep];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(part), words);
+  std::memcpy(z + i, part, sizeof(bf16_t) * size_t(n - i));
+}
+
+struct Gradients {
+  __m256 z, dg, du;
+};
+
+// g * sigmoid(g) * u, as (g s) u.
+inline __m256 forward_lanes(__m256 g, __m256 u) { return _mm256_mul_ps(_mm256_mul_ps(g, sigmoid_ps(g)), u); }
+
+// z = silu u, dg = dz u s (1 + g (1 - s)) (left to right), du = dz silu with silu = g s.
+inline Gradients backward_lanes(__m256 g, __m256 u, __m256 dz) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 s = sigmoid_ps(g), silu = _mm256_mul_ps(g, s);
+  const __m256 slope = _mm256_add_ps(one, _mm256_mul_ps(g, _mm256_sub_ps(one, s)));
+  return {_mm256_mul_ps(silu, u), _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dz, u), s), slope), _mm256_mul_ps(dz, silu)};
+}
+
+}  // namespace
+
+void swiglu_forward(const float* __restrict g, const float* __restrict u, bf16_t* __restrict z, int64_t n) {
+  for (int64_t i = 0; i < n; i += kStep) {
+    const Lanes gi = load_lanes(g, i, n), ui = load_lanes(u, i, n);
+    store_lanes(z, i, n, float_to_bf16(forward_lanes(gi.lo, ui.lo), forward_lanes(gi.hi, ui.hi)));
+  }
+}
+
+void swiglu_backward(const float* __restrict g, const float* __restrict u, const float* __restrict dz,
+                     bf16_t* __restrict z, bf16_t* __restrict dg, bf16_t* __restrict du, int64_t n) {
+  for (int64_t i = 0; i < n; i += kStep) {
+    const Lanes gi = load_lanes(g, i, n), ui = load_lanes(u, i, n), dzi = load_lanes(dz, i, n);
+    const Gradients lo = backward_lanes(gi.lo, ui.lo, dzi.lo), hi = backward_lanes(gi.hi, ui.hi, dzi.hi);
+    store_lanes(z, i, n, float_to_bf16(lo.z, hi.z));
+    store_lanes(dg, i, n, float_to_bf16(lo.dg, hi.dg));
+    store_lanes(du, i, n, float_to_bf16(lo.du, hi.du));
   }
 }
 

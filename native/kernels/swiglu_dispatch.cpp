@@ -8,6 +8,7 @@ namespace {
 
 constexpr ByLevel<SwigluKernels> kSwiglu = {
     {IsaLevel::generic, {&generic::swiglu_forward, &generic::swiglu_backward}},
+    KT_X86_ENTRY(avx2, {&avx2::swiglu_forward, &avx2::swiglu_backward})
     KT_X86_ENTRY(avx512, {&avx512::swiglu_forward, &avx512::swiglu_backward})
 };
 

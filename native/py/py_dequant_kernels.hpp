@@ -25,10 +25,14 @@ namespace kt_moe::py {
 //   the products' to apply);
 //   int4 (group > 0: a power of two in [16, 1024]; the formats use 16, 32, 64, 128): values uint8
 //   codes [rows, ld], scale fp16 [rows, 2 ld / group], zero uint8 [rows, 2 ld / group] in sixteenths
-//   of a code or None (symmetric), logical column c at stored column col0 + c.
+//   of a code or None (symmetric), logical column c at stored column col0 + c;
+//   format "int4_packed": the same int4 groups with bf16 scales;
+//   format "fp8": values uint8 (e4m3 bits) [rows, ld]; group 0: scale fp32 [rows] (D = the fp8
+//   value); group b > 0: scale fp32 [ceil(rows / b), S] per b x b block (D = bf16(value * scale)),
+//   the scale of logical column c that of block column (col0 + c) / b (col0 < b), S b >= col0 + cols.
 inline void dequant_bf16_test(const std::string& level_name, const Array& values, const Array& scale,
                               const std::optional<Array>& zero, int group, int col0, int cols, int r0, int r1, int c0,
-                              int c1, const Array& out) {
+                              int c1, const Array& out, const std::string& format) {
   const IsaLevel level = parse_runnable_isa_level(level_name);
   if (values.ndim() != 2) throw std::invalid_argument("values must be a 2-d array");
   const int64_t rows = values.shape(0), ld = values.shape(1);
@@ -37,9 +41,28 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
   w.cols = cols;
   w.values = static_cast<const uint8_t*>(values.data());
   w.ld_values = ld;
+  if (!format.empty() && format != "fp8" && format != "int4_packed")
+    throw std::invalid_argument("format must be '', 'fp8' or 'int4_packed'");
   // the dequantizers of int8_channel, or of the int4 groups (int4_group16's are int4_kgroup's)
   w.format = weight_format(group == 0 ? "int8_channel" : "int4_group16").dequant;
-  if (group == 0) {
+  if (format == "int4_packed") w.format = weight_format("int4_packed").dequant;
+  if (format == "fp8") {
+    const FormatOptions options{group, false};
+    w.format = weight_format("fp8", &options).dequant;
+    checked<const uint8_t>(values, "values", DType::u8, {rows, ld});
+    if (cols > ld || group < 0 || col0 < 0 || (group == 0 ? col0 != 0 : col0 >= group))
+      throw std::invalid_argument("bad cols, group or col0");
+    if (group == 0) {
+      w.scale = checked<const float>(scale, "scale", DType::f32, {rows});
+    } else {
+      if (scale.ndim() != 2) throw std::invalid_argument("scale must be a 2-d array");
+      w.group = group;
+      w.col0 = col0;
+      w.ld_scale = scale.shape(1);
+      w.scale = checked<const float>(scale, "scale", DType::f32, {(rows + group - 1) / group, w.ld_scale});
+      if (col0 + cols > w.ld_scale * group) throw std::invalid_argument("scale must cover the columns");
+    }
+  } else if (group == 0) {
     checked<const int8_t>(values, "values", DType::i8, {rows, ld});
     w.scale = checked<const float>(scale, "scale", DType::f32, {rows});
     w.ld_scale = 1;
@@ -52,7 +75,8 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
     checked<const uint8_t>(values, "values", DType::u8, {rows, ld});
     const int64_t groups = 2 * ld / group;
     if (2 * ld % group != 0 || col0 + cols > 2 * ld) throw std::invalid_argument("values must hold whole groups");
-    w.scale = checked<const fp16_t>(scale, "scale", DType::f16, {rows, groups});
+    w.scale = format.empty() ? static_cast<const void*>(checked<const fp16_t>(scale, "scale", DType::f16, {rows, groups}))
+                             : checked<const bf16_t>(scale, "scale", DType::bf16, {rows, groups});
     w.ld_scale = groups;
     if (zero) {
       w.zero = checked<const uint8_t>(*zero, "zero", DType::u8, {rows, groups});
@@ -72,12 +96,13 @@ inline void bind_dequant_kernels(nanobind::module_& m) {
   using namespace nb::literals;
   m.def("dequant_bf16_test", &dequant_bf16_test, "level"_a, "values"_a.noconvert(), "scale"_a.noconvert(),
         "zero"_a.noconvert().none(), "group"_a, "col0"_a, "cols"_a, "r0"_a, "r1"_a, "c0"_a, "c1"_a,
-        "out"_a.noconvert(),
+        "out"_a.noconvert(), "format"_a = "",
         "Test hook: out (bf16 [r1 - r0, c1 - c0]) = rows [r0, r1), columns [c0, c1) of a stored quantized matrix "
         "dequantized by the kernel of `level` (group 0: int8_channel values int8 and scale [rows], giving q itself; "
         "else int4 codes, fp16 scale and uint8 zero in sixteenths (or None: 8) per group of a power of two in "
-        "[16, 1024], giving (code - zero / 16) * scale, logical column c at stored column col0 + c). ValueError on "
-        "bad input.");
+        "[16, 1024], giving (code - zero / 16) * scale, logical column c at stored column col0 + c; format "
+        "'int4_packed': the same with bf16 scales; format 'fp8': e4m3 bytes with fp32 scales per row (group 0) or "
+        "per group x group block). ValueError on bad input.");
 }
 
 }  // namespace kt_moe::py

@@ -1,13 +1,15 @@
 // Decoding e4m3 bytes (layout.hpp): the byte's sign, then its 7 other bits placed 7 bits up in an
 // IEEE half, whose value times 256 is the e4m3 value, exactly, for every normal and subnormal code
 // (the two NaN codes decode as +-480). Shared by fp8's dequantizer and its few-rows product.
-// Compiled per level (level_namespace.hpp).
+// Compiled per level (level_namespace.hpp): vcvtph2ps at avx2 and avx512, a table elsewhere.
 #pragma once
 
 #include <cstdint>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
+
+#include <cstring>
 #endif
 
 #include "kernels/dequant_bf16.hpp"
@@ -41,6 +43,26 @@ inline void fp8_over_256(const uint8_t* v, __mmask32 mask, __m512& lo, __m512& h
   const __m512i half = fp8_halves(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, v)));
   lo = _mm512_cvtph_ps(_mm512_castsi512_si256(half));
   hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(half, 1));
+}
+
+#elif defined(__AVX2__)
+
+// The e4m3 values of 16 bytes divided by 256, exactly: elements 0..7 in lo, 8..15 in hi. The half
+// patterns as in the AVX-512 form: the sign from bit 7 to 15, the other 7 bits up 7.
+inline void fp8_over_256(__m128i bytes, __m256& lo, __m256& hi) {
+  const __m256i words = _mm256_cvtepu8_epi16(bytes);
+  const __m256i half = _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(words, 8), _mm256_set1_epi16(int16_t(0x8000))),
+                                       _mm256_and_si256(_mm256_slli_epi16(words, 7), _mm256_set1_epi16(0x3F80)));
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(half));
+  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(half, 1));
+}
+
+// The n bytes at v (n >= 16: 16 of them; fewer: zeros after them, nothing past v + n read).
+inline __m128i fp8_bytes(const uint8_t* v, int n) {
+  if (n >= 16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(v));
+  alignas(16) uint8_t part[16] = {};
+  std::memcpy(part, v, size_t(n));
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(part));
 }
 
 #else

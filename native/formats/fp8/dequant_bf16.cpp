@@ -1,8 +1,12 @@
 // fp8's bf16 dequantizers (layout.hpp): scale blocks (D = bf16(value * block scale)) and a scale per
 // row (D = value, exact). Compiled for generic (no ISA flags), avx512 and avx512_bf16 from this one
-// source; every level gives the same bits (the values decode exactly, the block product is one fp32
-// multiplication, the bf16 rounding kernels/bf16.hpp's at every level; the AVX512-BF16 conversion
-// instruction, which flushes denormals to zero, only where no product can be denormal).
+// source, and avx2; every level gives the same bits (the values decode exactly, the block product is
+// one fp32 multiplication, the bf16 rounding kernels/bf16.hpp's at every level; the AVX512-BF16
+// conversion instruction, which flushes denormals to zero, only where no product can be denormal).
+//   AVX2: per run, 16 columns per step: 16 bytes decoded (decode.hpp), times 256 (exact), times the
+//   scale, kernels/bf16_avx2.hpp's rounding; the run's last step through zero-padded buffers. With a
+//   finite scale of magnitude up to 2^100 (Normal): value / 256 times scale * 256 (exact), the same
+//   product in one multiplication, never a NaN (the rounding skips the NaN lanes' handling).
 //   AVX-512: per row, the columns that share a scale in runs, 32 columns per step: 32 bytes decoded
 //   (decode.hpp), times 256 (exact), times the scale; rounded to bf16 and stored under a mask at the
 //   run's end.
@@ -12,6 +16,10 @@
 
 #if defined(__AVX512F__)
 #include "kernels/bf16_avx512.hpp"
+#elif defined(__AVX2__)
+#include <cstring>
+
+#include "kernels/bf16_avx2.hpp"
 #endif
 
 #include "formats/fp8/decode.hpp"
@@ -66,6 +74,40 @@ inline void fp8_steps(const uint8_t* v, int c0, int c1, float scale, bf16_t* out
 inline void fp8_run(const uint8_t* v, int c0, int c1, float scale, bf16_t* out) {
   constexpr float kSmallest = 6.018531076210112e-36f, kLargest = 1.2676506002282294e30f;  // 2^-117, 2^100
   if (std::fabs(scale) >= kSmallest && std::fabs(scale) <= kLargest)
+    fp8_steps<true>(v, c0, c1, scale, out);
+  else
+    fp8_steps<false>(v, c0, c1, scale, out);
+}
+
+#elif defined(__AVX2__)
+
+constexpr int kStep = 16;
+constexpr int kPrefetchBytes = 4096;  // rows follow each other; one row is too short a stream to prefetch
+
+// Columns [c0, c1) of one stored row with one scale: bf16(value * scale).
+template <bool Normal>
+inline void fp8_steps(const uint8_t* v, int c0, int c1, float scale, bf16_t* out) {
+  const __m256 unit = _mm256_set1_ps(kFp8HalfUnit), s = _mm256_set1_ps(scale), s256 = _mm256_set1_ps(scale * kFp8HalfUnit);
+  for (int c = c0; c < c1; c += kStep) {
+    _mm_prefetch(reinterpret_cast<const char*>(v + c) + kPrefetchBytes, _MM_HINT_T0);
+    __m256 lo, hi;
+    fp8_over_256(fp8_bytes(v + c, c1 - c), lo, hi);
+    const __m256i words = Normal ? non_nan_float_to_bf16(_mm256_mul_ps(lo, s256), _mm256_mul_ps(hi, s256))
+                                 : float_to_bf16(_mm256_mul_ps(_mm256_mul_ps(lo, unit), s),
+                                                 _mm256_mul_ps(_mm256_mul_ps(hi, unit), s));
+    if (c1 - c >= kStep) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (c - c0)), words);
+    } else {
+      alignas(32) bf16_t part[kStep];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(part), words);
+      std::memcpy(out + (c - c0), part, sizeof(bf16_t) * size_t(c1 - c));
+    }
+  }
+}
+
+inline void fp8_run(const uint8_t* v, int c0, int c1, float scale, bf16_t* out) {
+  constexpr float kLargest = 1.2676506002282294e30f;  // 2^100
+  if (std::fabs(scale) <= kLargest)  // false for Inf and NaN
     fp8_steps<true>(v, c0, c1, scale, out);
   else
     fp8_steps<false>(v, c0, c1, scale, out);

@@ -16,9 +16,11 @@ namespace {
 const DequantFormat kBlockDequant = {
     "fp8 blocks", false,
     {{IsaLevel::generic, &generic::dequant_fp8_block},
+     KT_X86_ENTRY(avx2, &avx2::dequant_fp8_block)
      KT_X86_ENTRY(avx512, &avx512::dequant_fp8_block)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_fp8_block)},
     {{IsaLevel::generic, &generic::dot_fp8_block},
+     KT_X86_ENTRY(avx2, &avx2::dot_fp8_block)
      KT_X86_ENTRY(avx512, &avx512::dot_fp8_block)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_fp8_block)},
     {}};
@@ -27,9 +29,11 @@ const DequantFormat kBlockDequant = {
 const DequantFormat kChannelDequant = {
     "fp8 channels", true,
     {{IsaLevel::generic, &generic::dequant_fp8_channel},
+     KT_X86_ENTRY(avx2, &avx2::dequant_fp8_channel)
      KT_X86_ENTRY(avx512, &avx512::dequant_fp8_channel)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_fp8_channel)},
     {{IsaLevel::generic, &generic::dot_fp8_channel},
+     KT_X86_ENTRY(avx2, &avx2::dot_fp8_channel)
      KT_X86_ENTRY(avx512, &avx512::dot_fp8_channel)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_fp8_channel)},
     {}};

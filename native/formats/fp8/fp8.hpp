@@ -19,6 +19,9 @@ namespace kt_moe {
 namespace generic {
 KT_FP8_DEQUANTIZERS
 }
+namespace avx2 {
+KT_FP8_DEQUANTIZERS
+}
 namespace avx512 {
 KT_FP8_DEQUANTIZERS
 }

@@ -8,11 +8,17 @@
 // nearest even. With finite fp16 scales it is 0 or at least 2^-28 in magnitude (never a denormal)
 // and below 2^20 (never infinite), so every level rounds it the same way; bf16 scales round with the
 // same bit arithmetic at every level (denormals included).
-// Compiled three times: portable C++ for the generic level (no ISA flags) and, from this same
-// source, AVX-512 (F/BW/VL/DQ flags) and AVX-512 + AVX512-BF16 (its vcvtne2ps2bf16 rounds the
-// tables in one instruction). The AVX-512 sources convert fp16 with vcvtph2ps only:
-// kernels/fp16.hpp's scalar fp16_to_float (static: every translation unit its own copy) is the
-// generic one's.
+// Compiled four times: portable C++ for the generic level (no ISA flags) and, from this same
+// source, AVX2 (+ FMA, F16C), AVX-512 (F/BW/VL/DQ flags) and AVX-512 + AVX512-BF16 (its
+// vcvtne2ps2bf16 rounds the tables in one instruction). The AVX-512 sources convert fp16 with
+// vcvtph2ps only: kernels/fp16.hpp's scalar fp16_to_float (static: every translation unit its own
+// copy) is the generic and the AVX2 one's.
+//   AVX2: group by group; a group's table of the 16 values bf16((k - z) s) as two 16-byte pshufb
+//     tables (their low and their high bytes, kernels/bf16_avx2.hpp's rounding), then 32 stored
+//     columns (16 bytes of codes) per step: the nibbles in column order, two lookups, the bytes
+//     interleaved into words; a 16-column step where 16 remain, and the columns of the group before
+//     its first and after its last multiple of 16 one by one, as the generic level computes them.
+//     Groups of 16: a 32-column step covers two, its halves looking up the tables of one each.
 //   AVX-512: a row is cut into segments of at most kSegment stored columns; a segment's group
 //     scales s (vcvtph2ps) and zero points z (zero / 16, or 8) are first converted to fp32 arrays,
 //     with -z s. Its codes are read in steps of 32 stored columns (16 bytes of codes), each of which
@@ -48,6 +54,10 @@
 #include "kernels/fp16.hpp"
 #if defined(__AVX512F__)
 #include "kernels/bf16_avx512.hpp"
+#elif defined(__AVX2__)
+#include <immintrin.h>
+
+#include "kernels/bf16_avx2.hpp"
 #endif
 
 namespace kt_moe {
@@ -56,6 +66,14 @@ namespace {
 
 constexpr float kSymmetricZero = 8.0f;  // the zero point of int4 groups stored without one
 constexpr float kZeroUnit = 0.0625f;    // a stored zero point counts sixteenths of a code
+
+// The scalar pieces of the generic row, which the AVX2 one also runs at the ends of its runs.
+inline float group_zero(const uint8_t* zero, int g) { return zero ? float(zero[g]) * kZeroUnit : kSymmetricZero; }
+// D of stored column j in a group of scale s and zero point z.
+inline bf16_t int4_value(const uint8_t* codes, int j, float s, float z) {
+  const int code = (j & 1) ? codes[j >> 1] >> 4 : codes[j >> 1] & 0xF;
+  return float_to_bf16((float(code) - z) * s);
+}
 
 #if defined(__AVX512F__)
 
@@ -251,6 +269,102 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   }
 }
 
+#elif defined(__AVX2__)
+
+constexpr int kPrefetchBytes = 4096;  // rows follow each other: ask for the stream this far ahead
+
+// The lookup tables of one group: bytes k (k < 16) of lo and hi (the same in both 128-bit halves)
+// are the low and the high byte of bf16((k - z) s), each value the product of two operations as in
+// int4_value (the same bits; no value is a NaN when s is finite, and the rounding then skips them).
+struct Int4Table {
+  __m256i lo, hi;
+};
+
+// The bytes of one group's table: [its 16 low bytes | its 16 high bytes].
+inline __m256i int4_table_bytes(float s, float z) {
+  const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
+  const __m256 k0 = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), k1 = _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256 v0 = _mm256_mul_ps(_mm256_sub_ps(k0, vz), vs), v1 = _mm256_mul_ps(_mm256_sub_ps(k1, vz), vs);
+  const __m256i words = std::isfinite(s) ? non_nan_float_to_bf16(v0, v1) : float_to_bf16(v0, v1);
+  // per half: its 8 low bytes then its 8 high bytes; then the quarters to [low 0..15 | high 0..15]
+  const __m256i split = _mm256_shuffle_epi8(words, _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                                                    0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+  return _mm256_permute4x64_epi64(split, 0xD8);
+}
+
+inline Int4Table int4_table(float s, float z) {
+  const __m256i bytes = int4_table_bytes(s, z);
+  return {_mm256_permute2x128_si256(bytes, bytes, 0x00), _mm256_permute2x128_si256(bytes, bytes, 0x11)};
+}
+
+// The tables of two groups of 16, a in the lower halves (a 32-column step's first 16 columns), b in
+// the upper ones.
+inline Int4Table int4_table_pair(float sa, float za, float sb, float zb) {
+  const __m256i a = int4_table_bytes(sa, za), b = int4_table_bytes(sb, zb);
+  return {_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31)};
+}
+
+// The codes of 8 bytes (16 columns) as 16 byte indices in column order: low nibble first.
+inline __m128i int4_indices(__m128i bytes) {
+  const __m128i nibble = _mm_set1_epi8(0x0F);
+  return _mm_unpacklo_epi8(_mm_and_si128(bytes, nibble), _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble));
+}
+
+// 32 stored columns (16 bytes of codes) of one group -> out[32].
+inline void int4_step32(const uint8_t* codes, const Int4Table& t, bf16_t* out) {
+  _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
+  const __m256i idx = _mm256_setr_m128i(int4_indices(b), int4_indices(_mm_srli_si128(b, 8)));  // columns 0..15 | 16..31
+  const __m256i lo = _mm256_shuffle_epi8(t.lo, idx), hi = _mm256_shuffle_epi8(t.hi, idx);
+  const __m256i w0 = _mm256_unpacklo_epi8(lo, hi), w1 = _mm256_unpackhi_epi8(lo, hi);  // [0..7 | 16..23], [8..15 | 24..31]
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(w0, w1, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), _mm256_permute2x128_si256(w0, w1, 0x31));
+}
+
+// 16 stored columns (8 bytes of codes) of one group -> out[16].
+inline void int4_step16(const uint8_t* codes, const Int4Table& t, bf16_t* out) {
+  const __m128i idx = int4_indices(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
+  const __m128i lo = _mm_shuffle_epi8(_mm256_castsi256_si128(t.lo), idx);
+  const __m128i hi = _mm_shuffle_epi8(_mm256_castsi256_si128(t.hi), idx);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_setr_m128i(_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)));
+}
+
+// Stored columns [j, end) of one group (scale s, zero point z) to out[0, end - j): the columns before
+// the first multiple of 16 and after the last one one by one, the others through the group's table.
+inline void int4_group_run(const uint8_t* codes, int j, int end, float s, float z, bf16_t* out) {
+  const int body = std::min(end, (j + 15) / 16 * 16), body_end = std::max(body, end / 16 * 16);
+  for (; j < body; ++j) *out++ = int4_value(codes, j, s, z);
+  if (j < body_end) {
+    const Int4Table t = int4_table(s, z);
+    for (; j + 32 <= body_end; j += 32, out += 32) int4_step32(codes + j / 2, t, out);
+    if (j < body_end) {
+      int4_step16(codes + j / 2, t, out);
+      j += 16;
+      out += 16;
+    }
+  }
+  for (; j < end; ++j) *out++ = int4_value(codes, j, s, z);
+}
+
+template <bool Bf16Scale>
+void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
+  const uint8_t* codes = w.values + r * w.ld_values;
+  const uint16_t* scale = static_cast<const uint16_t*>(w.scale) + r * w.ld_scale;
+  const uint8_t* zero = w.zero ? w.zero + r * w.ld_zero : nullptr;
+  auto s = [&](int g) { return Bf16Scale ? bf16_to_float(scale[g]) : _cvtsh_ss(scale[g]); };  // F16C: the same bits
+  for (int j = w.col0 + c0, j1 = w.col0 + c1; j < j1;) {  // group by group
+    const int g = j / w.group, end = std::min(j1, (g + 1) * w.group);
+    bf16_t* out = dst + (j - w.col0 - c0);
+    if (w.group == 16 && j % 32 == 0 && j + 32 <= j1) {  // two whole groups of 16: one step, one pair of tables
+      int4_step32(codes + j / 2, int4_table_pair(s(g), group_zero(zero, g), s(g + 1), group_zero(zero, g + 1)), out);
+      j += 32;
+      continue;
+    }
+    int4_group_run(codes, j, end, s(g), group_zero(zero, g), out);
+    j = end;
+  }
+}
+
 #else
 
 template <bool Bf16Scale>
@@ -265,10 +379,9 @@ void int4_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
     if (g != group) {
       group = g;
       s = Bf16Scale ? bf16_to_float(scale[g]) : fp16_to_float(scale[g]);
-      z = zero ? float(zero[g]) * kZeroUnit : kSymmetricZero;
+      z = group_zero(zero, g);
     }
-    const int code = (j & 1) ? codes[j >> 1] >> 4 : codes[j >> 1] & 0xF;
-    dst[c - c0] = float_to_bf16((float(code) - z) * s);
+    dst[c - c0] = int4_value(codes, j, s, z);
   }
 }
 

@@ -1,6 +1,13 @@
 // The int4 groups' few-rows product (DequantDotFn, kernels/dequant_bf16.hpp) for symmetric groups
-// with bf16 scales (format int4_packed, RAWINT4's decode), at the levels with AVX512-BF16 only (the
-// others dequantize row blocks). C = A W^T straight from the codes: per 128 columns (64 bytes, the
+// with bf16 scales (format int4_packed, RAWINT4's decode), at avx2 and the levels with AVX512-BF16
+// (generic dequantizes row blocks; avx512 runs the avx2 one).
+//   AVX2: 16 columns (8 bytes of codes) per step, inside one group (G >= 16): the codes in column
+//   order minus 8 as fp32 (exact), times the group's scale (exact: 5 by 8 significant bits), one FMA
+//   per 8 columns and activation row into lane-wise sums, on the fp32 activations of
+//   kernels/dequant_dot_rows.hpp (zero past cols); one horizontal sum per output row and activation
+//   row at the end. Takes symmetric groups of a power of two G >= 16 whose slice starts at a group
+//   boundary (col0 = 0).
+//   AVX512-BF16: C = A W^T straight from the codes: per 128 columns (64 bytes, the
 // codes of column c in the low nibble of byte c / 2 for even c, the high one for odd c), the four
 // nibbles of each 16-bit word (columns 4j .. 4j + 3 of the step) are looked up in a table of the 16
 // bf16 values code - 8 (exact), one vector per column phase p = c mod 4; vdpbf16ps multiplies them
@@ -14,7 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -110,6 +117,47 @@ bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const
                           int64_t ldc) {
   if (w.zero || w.col0 != 0 || w.group < 8 || (w.group & (w.group - 1)) != 0) return false;
   const PhaseActivations x = phase_activations(a, lda, m, w.cols);
+  dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { int4_row<r()>(w, n, x, out); });
+  return true;
+}
+
+#elif defined(__AVX2__) && !defined(__AVX512F__)  // the avx512 level runs the avx2 kernel
+
+namespace {
+
+constexpr int kStep = 16;  // columns per step: 8 bytes of codes
+constexpr int kPrefetchBytes = 4096;
+
+template <int R>
+void int4_row(const QuantMatrixView& w, int n, const DotActivations& x, float* out) {
+  const uint8_t* codes = w.values + n * w.ld_values;
+  const uint16_t* scales = static_cast<const uint16_t*>(w.scale) + n * w.ld_scale;
+  const __m128i nibble = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+  __m256 lo[R], hi[R];
+  for (int i = 0; i < R; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+  for (int c = 0; c < w.cols; c += kStep) {  // a step lies in one group; the stored groups cover it
+    if (c % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(codes + c / 2) + kPrefetchBytes, _MM_HINT_T0);
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + c / 2));
+    const __m128i code = _mm_unpacklo_epi8(_mm_and_si128(b, nibble), _mm_and_si128(_mm_srli_epi16(b, 4), nibble));
+    const __m128i v = _mm_sub_epi8(code, eight);  // code - 8 in [-8, 7], columns in order
+    const __m256 s = _mm256_set1_ps(bf16_to_float(scales[c / w.group]));
+    const __m256 w_lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s);
+    const __m256 w_hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), s);
+    for (int i = 0; i < R; ++i) {
+      const float* xi = x.x + i * x.ld + c;
+      lo[i] = _mm256_fmadd_ps(w_lo, _mm256_loadu_ps(xi), lo[i]);
+      hi[i] = _mm256_fmadd_ps(w_hi, _mm256_loadu_ps(xi + 8), hi[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) out[i] = sum_lanes(_mm256_add_ps(lo[i], hi[i]));
+}
+
+}  // namespace
+
+bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                          int64_t ldc) {
+  if (w.zero || w.col0 != 0 || w.group < kStep || (w.group & (w.group - 1)) != 0) return false;
+  const DotActivations x = dot_activations(a, lda, m, w.cols, kStep);
   dot_rows(m, n0, n1, c, ldc, [&](auto r, int n, float* out) { int4_row<r()>(w, n, x, out); });
   return true;
 }

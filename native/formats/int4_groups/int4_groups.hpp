@@ -26,12 +26,18 @@ enum Part : int { kCodes = 0, kScale = 1, kZero = 2 };
 namespace generic {
 KT_INT4_GROUPS_DEQUANTIZERS
 }
+namespace avx2 {
+KT_INT4_GROUPS_DEQUANTIZERS
+// The few-rows product of symmetric groups with bf16 scales (dequant_dot.cpp).
+bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
+                          int64_t ldc);
+}  // namespace avx2
 namespace avx512 {
 KT_INT4_GROUPS_DEQUANTIZERS
 }
 namespace avx512_bf16 {
 KT_INT4_GROUPS_DEQUANTIZERS
-// The few-rows product of symmetric groups with bf16 scales (dequant_dot.cpp; AVX512-BF16 only).
+// The few-rows product of symmetric groups with bf16 scales (dequant_dot.cpp; also at avx2).
 bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                           int64_t ldc);
 }  // namespace avx512_bf16

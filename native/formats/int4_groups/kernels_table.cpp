@@ -8,6 +8,7 @@ namespace kt_moe {
 const DequantFormat kInt4GroupsDequant = {
     "int4 groups", false,
     {{IsaLevel::generic, &generic::dequant_int4_groups},
+     KT_X86_ENTRY(avx2, &avx2::dequant_int4_groups)
      KT_X86_ENTRY(avx512, &avx512::dequant_int4_groups)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int4_groups)},
     {},
@@ -16,9 +17,11 @@ const DequantFormat kInt4GroupsDequant = {
 const DequantFormat kInt4GroupsBf16Dequant = {
     "int4 groups, bf16 scales", false,
     {{IsaLevel::generic, &generic::dequant_int4_groups_bf16},
+     KT_X86_ENTRY(avx2, &avx2::dequant_int4_groups_bf16)
      KT_X86_ENTRY(avx512, &avx512::dequant_int4_groups_bf16)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int4_groups_bf16)},
-    {KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_int4_groups_bf16)},
+    {KT_X86_ENTRY(avx2, &avx2::dot_int4_groups_bf16)
+     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_int4_groups_bf16)},
     {}};
 
 }  // namespace kt_moe

@@ -1,6 +1,8 @@
 // int8_channel's bf16 dequantizer (kernels/dequant_bf16.hpp, a row_scales format): D[r, c] = q[r, c]
 // as bf16 (exact, |q| < 2^8); the products apply the fp32 row scale. Compiled for generic (no ISA
-// flags), avx512 and avx512_bf16; every level gives the same bits.
+// flags), avx2, avx512 and avx512_bf16; every level gives the same bits.
+//   AVX2: 16 columns per step: q to fp32 (exact), whose upper halves are q as bf16, packed; the
+//   columns after the last whole step as the generic level writes them.
 //   AVX-512: 32 columns per step: q to fp32 (exact), whose upper halves are q as bf16 (exact),
 //   packed by one permutation; the tail through masked loads and stores.
 #include <algorithm>
@@ -8,6 +10,8 @@
 
 #if defined(__AVX512F__)
 #include "kernels/bf16_avx512.hpp"
+#elif defined(__AVX2__)
+#include "kernels/bf16_avx2.hpp"
 #endif
 
 #include "formats/int8_channel/int8_channel.hpp"
@@ -17,6 +21,11 @@
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace {
+
+// q[c0, c1) as bf16 into out[0, c1 - c0): the generic level's loop, and the AVX2 one's last columns.
+inline void int8_columns(const int8_t* q, int c0, int c1, bf16_t* out) {
+  for (int c = c0; c < c1; ++c) out[c - c0] = float_to_bf16(float(q[c]));
+}
 
 #if defined(__AVX512F__)
 
@@ -37,11 +46,28 @@ void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   }
 }
 
-#else
+#elif defined(__AVX2__)
+
+constexpr int kPrefetchBytes = 4096;  // as above
 
 void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
   const int8_t* q = reinterpret_cast<const int8_t*>(w.values + r * w.ld_values);
-  for (int c = c0; c < c1; ++c) dst[c - c0] = float_to_bf16(float(q[c]));
+  int c = c0;
+  for (; c + 16 <= c1; c += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(q + c) + kPrefetchBytes, _MM_HINT_T0);
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c));
+    const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c - c0)),
+                        upper_words(_mm256_castps_si256(lo), _mm256_castps_si256(hi)));
+  }
+  int8_columns(q, c, c1, dst + (c - c0));
+}
+
+#else
+
+void int8_row(const QuantMatrixView& w, int r, int c0, int c1, bf16_t* dst) {
+  int8_columns(reinterpret_cast<const int8_t*>(w.values + r * w.ld_values), c0, c1, dst);
 }
 
 #endif

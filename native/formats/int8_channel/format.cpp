@@ -23,6 +23,7 @@ const PackedFormat kPacked = {
 const DequantFormat kInt8ChannelDequant = {
     "int8_channel", true,
     {{IsaLevel::generic, &generic::dequant_int8_channel},
+     KT_X86_ENTRY(avx2, &avx2::dequant_int8_channel)
      KT_X86_ENTRY(avx512, &avx512::dequant_int8_channel)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int8_channel)},
     {},

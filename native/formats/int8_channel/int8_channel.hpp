@@ -17,6 +17,9 @@ namespace generic {
 void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_generic.cpp
 void dequant_int8_channel(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
 }  // namespace generic
+namespace avx2 {
+void dequant_int8_channel(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
+}  // namespace avx2
 namespace avx512 {
 void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_vnni.cpp, vpdpbusd emulated with AVX512-BW
 void dequant_int8_channel(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
