@@ -85,8 +85,8 @@ def test_bench_prints_table_and_json_lines(tmp_path):
 
 def record(**fields):
     base = dict(shape="small", q=8, mode="inference", method="AMXINT4", threads=2, isa="avx512", status="ok",
-                median_ms=1.0, min_ms=1.0, max_ms=1.0, tokens_per_s=8.0, gb_per_s=None, gflop_per_s=1.0,
-                vs_torch=1.0, err_out=0.1, err_grad=None, err_bound=0.15, grads_missing=[])
+                median_ms=1.0, min_ms=1.0, max_ms=1.0, tokens_per_s=8.0, gb_per_s=None, read_share=None,
+                gflop_per_s=1.0, vs_torch=1.0, err_out=0.1, err_grad=None, err_bound=0.15, grads_missing=[])
     return dict(base, **fields)
 
 

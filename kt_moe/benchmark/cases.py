@@ -6,6 +6,7 @@ goes through kt_moe.KTMoEWrapper.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import List, Optional
 
@@ -16,15 +17,29 @@ from kt_moe.config import GGUF_QUANTIZE_TYPES, METHODS
 from kt_moe.wrapper import KTMoEWrapper
 from kt_moe.reference import LoraWeights, lora_moe
 from kt_moe.benchmark.problem import LORA_ALPHA, Outputs, Problem
+from kt_moe.benchmark.shapes import Shape
+from kt_moe.quant import scheme_for_method
 
-# Bytes per stored expert-weight element of each kt-moe method, for the effective GB/s
-# (quantization scales excluded; LLAMAFILE: the bench's Q8_0 blocks, 34 bytes per 32 weights, scales
-# included).
-BYTES_PER_ELEMENT = {
-    "AMXINT4": 0.5, "AMXINT8": 1.0, "RAWINT4": 0.5, "FP8": 1.0, "LLAMAFILE": 34 / 32, "MOE_INT4": 0.5,
-    "MOE_INT8": 1.0, "BF16": 2.0, "AMXBF16_SFT": 2.0, "AMXINT8_SFT": 1.0, "AMXINT4_SFT": 0.5,
-    "AMXINT4_KGroup_SFT": 0.5, "AMXFP8_SFT": 1.0,
-}
+# The kt-moe methods that keep their experts in bf16; the others store the parts of their
+# kt_moe.quant scheme (its default options: FP8 blocks of 128, RAWINT4 groups of 32,
+# AMXINT4_KGroup_SFT groups of 128 with zero points), LLAMAFILE its GGUF blocks.
+BF16_METHODS = ("BF16", "AMXBF16_SFT")
+
+
+def bytes_per_element(method: str, shape: Shape) -> float:
+    """Bytes per expert-weight element of the method's stored experts at `shape`, scales and zero
+    points included (the bytes a step really reads): bf16 2; a quantized method its scheme's parts of
+    gate, up [I, H] and down [H, I] over their 3 H I elements (INT4 in groups of 16: 0.6875)."""
+    if method in BF16_METHODS:
+        return 2.0
+    parts = scheme_for_method(method).part_specs
+    total = 0
+    for n, k, count in ((shape.intermediate, shape.hidden, 2), (shape.hidden, shape.intermediate, 1)):
+        total += count * sum(math.prod(part_shape) * torch.empty((), dtype=dtype).element_size()
+                             for part_shape, dtype in parts(n, k).values())
+    return total / (3 * shape.hidden * shape.intermediate)
+
+
 # The relative L2 error to expect against the fp32 reference of the bf16 weights: the bound the tests
 # hold each case to (BF16: tests/inference_helpers.py TOL; AMXBF16_SFT: tests/sft_helpers.py TOL; the
 # quantized methods: VS_ORIGINAL of tests/test_inference_quantized.py and tests/test_sft_quantized.py,
@@ -139,15 +154,16 @@ class KTMoEInference(Case):
     def __init__(self, name: str):
         self.name, self.options = name, {}
         if name.startswith(GGUF_CASE_PREFIX):
-            types = gguf_case_types(name)
-            self.options = dict(gguf_type=",".join(types))
-            sizes = [GGML_QUANT_SIZES[GGMLQuantizationType[t]] for t in types]  # (weights, bytes) per block
-            self.bytes_per_element = sum(size / block for block, size in sizes) / 3  # the matrices are equal in size
-        else:
-            self.bytes_per_element = BYTES_PER_ELEMENT[name]
+            self.options = dict(gguf_type=",".join(gguf_case_types(name)))
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
+        if case_method(self.name) == "LLAMAFILE":  # its GGUF types (Q8_0 unless the case names others)
+            types = gguf_case_types(self.name) if self.name.startswith(GGUF_CASE_PREFIX) else ["Q8_0"] * 3
+            sizes = [GGML_QUANT_SIZES[GGMLQuantizationType[t]] for t in types]  # (weights, bytes) per block
+            self.bytes_per_element = sum(size / block for block, size in sizes) / 3  # the matrices are equal in size
+        else:
+            self.bytes_per_element = bytes_per_element(self.name, problem.shape)
         self.wrapper = ktmoe_wrapper(case_method(self.name), problem, threads, **self.options)
 
     def step(self) -> Outputs:
@@ -161,10 +177,11 @@ class KTMoESFT(Case):
     mode = "sft"
 
     def __init__(self, method: str):
-        self.name, self.bytes_per_element = method, BYTES_PER_ELEMENT[method]
+        self.name = method
 
     def setup(self, problem: Problem, threads: int) -> None:
         self.p = problem
+        self.bytes_per_element = bytes_per_element(self.name, problem.shape)
         self.wrapper = ktmoe_wrapper(self.name, problem, threads)
         self.wrapper.init_lora_weights(*problem.lora)
 

@@ -12,11 +12,13 @@ from typing import List, Optional, TextIO
 from kt_moe.status_line import StatusLine
 
 COLUMNS = (("shape", "<10"), ("q", ">5"), ("mode", "<9"), ("method", "<19"), ("thr", ">3"), ("isa", "<13"),
-           ("median ms", ">10"), ("min-max ms", ">17"), ("tok/s", ">9"), ("GB/s", ">6"), ("GFLOP/s", ">8"),
-           ("x torch", ">7"), ("err out", ">8"), ("err grad", ">8"), ("bound", ">8"))
+           ("median ms", ">10"), ("min-max ms", ">17"), ("tok/s", ">9"), ("GB/s", ">6"), ("read%", ">5"),
+           ("GFLOP/s", ">8"), ("x torch", ">7"), ("err out", ">8"), ("err grad", ">8"), ("bound", ">8"))
 TABLE_WIDTH = sum(int(fmt[1:]) for _, fmt in COLUMNS) + len(COLUMNS) - 1
 ERRORS_NOTE = "\n".join((
     "'err out' / 'err grad': relative L2 error of the output / of the worst gradient against the fp32 reference;",
+    "'GB/s': expert-weight bytes read per step (scales included) / median; 'read%': that as a share of a streaming",
+    "read of a buffer larger than the last-level cache with the same threads, timed in the same rounds;",
     "'bound': the error the tests allow the method (bf16: 5e-3 to 2e-2, INT8 weights: 3e-2, FP8 weights: 7e-2 to",
     "0.12, INT4 weights: 0.15 to 0.3, as 4-bit weights are coarse: ~0.1 to 0.17 is normal for them); '!' marks an",
     "error above the bound (with a few tokens, q < 8, the quantized methods' gradients are noisier)"))
@@ -38,7 +40,8 @@ def _cells(r: dict) -> List[str]:
         return cells
     return cells + [
         f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}-{r['max_ms']:.2f}", f"{r['tokens_per_s']:.0f}",
-        _number(r["gb_per_s"], ".1f"), f"{r['gflop_per_s']:.1f}", _number(r["vs_torch"], ".2f"),
+        _number(r["gb_per_s"], ".1f"), _number(None if r["read_share"] is None else 100 * r["read_share"], ".0f"),
+        f"{r['gflop_per_s']:.1f}", _number(r["vs_torch"], ".2f"),
         _error(r["err_out"], r["err_bound"]), _error(r["err_grad"], r["err_bound"]), _number(r["err_bound"], ".1e")]
 
 

@@ -43,7 +43,10 @@ def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, rep
     all cases share the machine's slow and fast spells (this machine is shared and noisy) and their
     ratios compare like with like. With evict_bytes > 0, that many bytes of other memory are read
     before each timed step (not timed), so that the step finds its experts in memory, not in the
-    last-level cache, as in a model whose other layers ran in between. One JSON record per case, in
+    last-level cache, as in a model whose other layers ran in between; that read is timed too (a
+    streaming read of a buffer larger than the last-level cache, by torch with the same threads), and
+    each record gets its median rate (read_gb_per_s) and the case's effective GB/s as a share of it
+    (read_share: how close a decode is to the memory's read bandwidth). One JSON record per case, in
     order; vs_torch is relative to the first case when it ran. progress(text, transient) hears
     what runs, as it starts."""
     progress = progress or (lambda text, transient: None)
@@ -63,17 +66,21 @@ def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, rep
         for _, case in ready:
             case.step()
     evict = torch.ones(evict_bytes // 8, dtype=torch.int64) if evict_bytes > 0 else None
+    read_times = []
     for r in range(repeats):
         progress(f"timing {len(ready)} cases: round {r + 1}/{repeats}", True)
         for i, case in ready:
             if evict is not None:
+                start = time.perf_counter()
                 evict.sum()
+                read_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             case.step()
             times[i].append(time.perf_counter() - start)
+    read_gb_per_s = evict_bytes / Stats.of(read_times).median / 1e9 if read_times else None
     baseline_ms = None
     for i, case in ready:
-        records[i] = _timed_record(records[i], case, problem, times[i], baseline_ms)
+        records[i] = _timed_record(records[i], case, problem, times[i], baseline_ms, read_gb_per_s)
         if i == 0:
             baseline_ms, records[0]["vs_torch"] = records[0]["median_ms"], 1.0
     return records
@@ -96,15 +103,19 @@ def _prepare(name: str, problem: Problem, threads: int, isa: str):
     return record, case
 
 
-def _timed_record(record: Dict, case, problem: Problem, times: List[float], baseline_ms: Optional[float]) -> Dict:
+def _timed_record(record: Dict, case, problem: Problem, times: List[float], baseline_ms: Optional[float],
+                  read_gb_per_s: Optional[float]) -> Dict:
     st = Stats.of(times)
     s = problem.shape
     nbytes = weight_bytes(s, problem.distinct_experts, case.bytes_per_element, case.mode)
+    gb_per_s = None if nbytes is None else nbytes / st.median / 1e9
     grad_errors = [v for k, v in case.errors.items() if k != "out"]
     return dict(
         record, status="ok", times_ms=[t * 1e3 for t in times], median_ms=st.median * 1e3, min_ms=st.min * 1e3,
         max_ms=st.max * 1e3, p25_ms=st.p25 * 1e3, p75_ms=st.p75 * 1e3, tokens_per_s=problem.q / st.median,
-        distinct_experts=problem.distinct_experts, gb_per_s=None if nbytes is None else nbytes / st.median / 1e9,
+        distinct_experts=problem.distinct_experts, weight_bytes=nbytes, gb_per_s=gb_per_s,
+        read_gb_per_s=read_gb_per_s,
+        read_share=None if gb_per_s is None or read_gb_per_s is None else gb_per_s / read_gb_per_s,
         gflop_per_s=step_flops(s, problem.q, case.mode) / st.median / 1e9,
         vs_torch=None if baseline_ms is None else baseline_ms / (st.median * 1e3),
         err_out=case.errors["out"], err_grad=max(grad_errors) if grad_errors else None, errors=case.errors,
