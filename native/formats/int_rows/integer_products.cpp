@@ -25,6 +25,7 @@
 #include "kernels/gemm_quant_levels.hpp"
 #include "kernels/level_namespace.hpp"
 #include "kernels/micro_tile.hpp"
+#include "kernels/quant_kernel_common.hpp"
 #include "kernels/quant_layout.hpp"
 #include "kernels/scratch.hpp"
 
@@ -68,9 +69,10 @@ void int8_lanes(const int8_t* qa, const float* sa, const int8_t* w, int k, int g
   }
 }
 
-// Rows [i0, i0 + R) against column n: out[i] before the row scale.
+// Rows [i0, i0 + R) against column n: out[i] before the row scale. The weight rows follow each
+// other up to `end`; the stream is prefetched ahead of the row being read.
 template <int R>
-void int8_column(const Records& x, int i0, const int8_t* w, int k, float out[R]) {
+void int8_column(const Records& x, int i0, const int8_t* w, int k, const uint8_t* end, float out[R]) {
   const int groups = (k + kUnitK - 1) / kUnitK;
   float p[R][kLanes] = {};
   int g = 0;
@@ -79,6 +81,7 @@ void int8_column(const Records& x, int i0, const int8_t* w, int k, float out[R])
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i ones = _mm256_set1_epi16(1);
   for (; g < k / kUnitK; ++g) {
+    prefetch_ahead(reinterpret_cast<const uint8_t*>(w + g * kUnitK), end, kUnitK);
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * kUnitK));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * kUnitK + 32));
     const __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);
@@ -160,7 +163,7 @@ void int4_lanes(const int8_t* qa, const int32_t* sums, const float* factors, con
 }
 
 template <int R>
-void int4_column(const Records& x, const Int4Inputs& in, int i0, const Int4Row& w, float out[R]) {
+void int4_column(const Records& x, const Int4Inputs& in, int i0, const Int4Row& w, const uint8_t* end, float out[R]) {
   float p[R][kLanes] = {};
   int g = 0;
 #if defined(__AVX2__)
@@ -171,6 +174,7 @@ void int4_column(const Records& x, const Int4Inputs& in, int i0, const Int4Row& 
   constexpr int kGroupsPerBlock = kInt4Block / kInt4Group;
   for (; g + kGroupsPerBlock <= in.groups; g += kGroupsPerBlock) {
     const uint8_t* codes = w.codes + g * kInt4Group / 2;
+    prefetch_ahead(codes, end, 2 * 32);
     const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
     const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32));
     const __m256i lo0 = _mm256_and_si256(v0, nibble), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nibble);
@@ -225,7 +229,8 @@ bool product_int8_rows(const QuantMatrixView& w, int m, int n0, int n1, const bf
   const Records x = quantize_rows(a, lda, m, w.cols);
   const auto* scale = static_cast<const float*>(w.scale);
   each_output(m, n0, n1, c, ldc, [&](auto rows, int i0, int n, float* out) {
-    int8_column<decltype(rows)::value>(x, i0, reinterpret_cast<const int8_t*>(w.values + n * w.ld_values), w.cols, out);
+    int8_column<decltype(rows)::value>(x, i0, reinterpret_cast<const int8_t*>(w.values + n * w.ld_values), w.cols,
+                                       w.values + w.rows * w.ld_values, out);
     for (int r = 0; r < rows(); ++r) out[r] = out[r] * scale[n];
   });
   return true;
@@ -241,7 +246,7 @@ bool product_int4_rows(const QuantMatrixView& w, int m, int n0, int n1, const bf
   const auto* scale = static_cast<const fp16_t*>(w.scale);
   each_output(m, n0, n1, c, ldc, [&](auto rows, int i0, int n, float* out) {
     const Int4Row row{w.values + n * w.ld_values, scale + n * w.ld_scale, w.zero + n * w.ld_zero};
-    int4_column<decltype(rows)::value>(x, in, i0, row, out);
+    int4_column<decltype(rows)::value>(x, in, i0, row, w.values + w.rows * w.ld_values, out);
   });
   return true;
 }
