@@ -1,18 +1,22 @@
 """Benchmark of the MoE layer: the torch bf16 baselines and the kt-moe methods, on the same
 inputs in the same run, each checked once against kt_moe.reference.
 
-    python bench/bench_moe.py --shape small,dsv2-lite --q 1,128,512 --threads 2 --repeats 10 \
-        --warmup 2 [--methods AMXINT4,...] [--mode inference|sft|both] [--rank 16] [--evict-mb 512]
-        [--json-out FILE]
+    python bench/bench_moe.py --shape small,dsv2-lite --q 1,128,512 --threads 1,2 --repeats 10 \
+        --warmup 2 [--pools 1,2] [--methods AMXINT4,...] [--mode inference|sft|both] [--rank 16]
+        [--evict-mb 512] [--json-out FILE]
 
-The cases of one shape, q and thread count are set up together and timed round-robin (one step
-of each per round), so that their ratios hold while the machine's speed drifts. Per case: median
-and min-max of the timed steps, tokens/s, effective GB/s of the expert weights
-read and GFLOP/s of the base GEMMs (formulas in kt_moe/benchmark/metrics.py), the ratio to the torch baseline of
-the same mode, shape, q and threads (baseline median / case median: above 1 is faster), and the
-relative L2 error of the output (and, for sft, the worst of grad_input and the gradients) next to
-the bound the tests hold the method to ('!' when above). A case that fails prints an "error" row
-with the reason below it. What runs meanwhile shows on stderr. Exit status 1 if a case errored.
+Each mode has two torch baselines: the plain loop over experts (torch-bf16, torch-bf16-autograd)
+and transformers' grouped_mm experts (torch-grouped_mm; for sft torch-grouped_mm-sft, its LoRA
+products done with grouped_mm too: kt_moe/benchmark/grouped_mm.py). The cases of one shape, q,
+thread count and pool count are set up together and timed round-robin (one step of each per
+round), so that their ratios hold while the machine's speed drifts. Per case: median and min-max
+of the timed steps, tokens/s, effective GB/s of the expert weights read (scales included) and its
+share of a streaming read timed in the same rounds, GFLOP/s of the base GEMMs (formulas in
+kt_moe/benchmark/metrics.py), the ratios to both baselines (baseline median / case median: above 1
+is faster), and the relative L2 error of the output (and, for sft, the worst of grad_input and the
+gradients) next to the bound the tests hold the method to ('!' when above). Every JSON line names
+the machine (CPU model, ISA levels, torch version). A case that fails prints an "error" row with the
+reason below it. What runs meanwhile shows on stderr. Exit status 1 if a case errored.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from kt_moe.benchmark.cases import BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
 from kt_moe.benchmark.report import ERRORS_NOTE, Reporter
-from kt_moe.benchmark.runner import cpu_model, isa_level, run_cases
+from kt_moe.benchmark.runner import cpu_model, isa_level, machine, run_cases
 from kt_moe.benchmark.shapes import SHAPES
 from kt_moe.closed_pipe import quiet_on_closed_pipe
 
@@ -42,6 +46,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--shape", type=csv_list(str), default=["small"], help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--q", type=csv_list(int), default=[1, 128], help="comma list of token counts")
     p.add_argument("--threads", type=csv_list(int), default=[2], help="comma list of thread counts")
+    p.add_argument("--pools", type=csv_list(int), default=[1],
+                   help="comma list of threadpool_count values for the kt-moe methods (each thread count "
+                        "split into that many subpools; a count below the pools is skipped)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case before timing")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (lora_alpha is 32)")
@@ -52,7 +59,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="default: the modes of --methods, else inference")
     p.add_argument("--methods", type=csv_list(str), default=None,
                    help="comma list of cases (default: every case of the mode); each mode's torch "
-                        "baseline always runs first. LLAMAFILE:Q4_K/Q4_K/Q8_0 runs LLAMAFILE with its "
+                        "baselines always run first. LLAMAFILE:Q4_K/Q4_K/Q8_0 runs LLAMAFILE with its "
                         "weights quantized to those GGUF types (gate/up/down, or one for all; default Q8_0)")
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
                    help="write the JSON lines here instead of after the table")
@@ -60,8 +67,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     for shape in args.shape:
         if shape not in SHAPES:
             p.error(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
-    if args.repeats < 1 or args.warmup < 0 or min(args.q) < 1 or min(args.threads) < 1 or args.rank < 1:
-        p.error("--repeats, --q, --threads and --rank must be positive, --warmup not negative")
+    if (args.repeats < 1 or args.warmup < 0 or min(args.q) < 1 or min(args.threads) < 1 or min(args.pools) < 1
+            or args.rank < 1):
+        p.error("--repeats, --q, --threads, --pools and --rank must be positive, --warmup not negative")
     if args.evict_mb < 0:
         p.error("--evict-mb must not be negative")
     try:
@@ -73,10 +81,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     for method, mode in method_modes.items():
         if mode not in modes:
             p.error(f"method {method} runs in mode {mode}; add --mode {mode} or --mode both")
-    args.cases = {}  # mode -> case names, the mode's baseline first
+    args.cases = {}  # mode -> case names, the mode's baselines first
     for mode in modes:
         chosen = [m for m in args.methods if method_modes[m] == mode] if args.methods else names(mode)
-        args.cases[mode] = [BASELINES[mode]] + [m for m in chosen if m != BASELINES[mode]]
+        args.cases[mode] = list(BASELINES[mode]) + [m for m in chosen if m not in BASELINES[mode]]
     return args
 
 
@@ -91,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rate = torch_gemm_gflops(threads)
         reporter.note(f"torch bf16 GEMM [512 x 2048] @ [2048 x 1408], {threads} threads: {rate:.1f} GFLOP/s",
                       dict(kind="torch_gemm", m=512, k=2048, n=1408, dtype="bfloat16", threads=threads,
-                           gflop_per_s=rate, cpu=cpu_model(), torch=torch.__version__))
+                           gflop_per_s=rate, **machine()))
     reporter.note(ERRORS_NOTE)
     reporter.header()
     failed = False
@@ -100,9 +108,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             reporter.progress(f"generating the random weights and inputs of {shape_name}, q={q}")
             problem = Problem(SHAPES[shape_name], q, args.rank)
             for mode, case_names in args.cases.items():
-                for threads in args.threads:
+                for threads, pools in ((t, n) for t in args.threads for n in args.pools if n <= t):
                     for record in run_cases(case_names, problem, threads, args.warmup, args.repeats, isa,
-                                            evict_bytes=int(args.evict_mb * 2**20), progress=reporter.progress):
+                                            evict_bytes=int(args.evict_mb * 2**20), progress=reporter.progress,
+                                            pools=pools):
                         failed |= record["status"] == "error"
                         reporter.case(dict(record, kind="case"))
     reporter.close()

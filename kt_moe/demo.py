@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> int:
                                                        repeats=args.repeats, isa=isa, progress=reporter.progress)):
             failed |= record["status"] == "error"
             reporter.case(record)
-            if mode == "sft" and name != BASELINES["sft"] and record["status"] == "ok":
+            if mode == "sft" and name not in BASELINES["sft"] and record["status"] == "ok":
                 train(name, problem, args.threads, args.steps)
             if name == ASYNC_EXAMPLE_METHOD and record["status"] == "ok":
                 serve(name, problem, args.threads)

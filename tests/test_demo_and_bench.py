@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import inference_helpers
 import sft_helpers
@@ -17,7 +18,7 @@ import test_inference_quantized
 import test_llamafile
 import test_sft_quantized
 from kt_moe import cli
-from kt_moe.benchmark.cases import BASELINES, ERROR_BOUNDS
+from kt_moe.benchmark.cases import BASELINE_NAMES, ERROR_BOUNDS
 from kt_moe.benchmark.report import TABLE_WIDTH, Reporter
 from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
 
@@ -37,7 +38,7 @@ def test_error_bounds_are_the_tests_bounds():
         assert ERROR_BOUNDS[method] == test_sft_quantized.VS_ORIGINAL[method]
     assert ERROR_BOUNDS["AMXINT4_KGroup_SFT"] == test_sft_quantized.VS_ORIGINAL_OTHER_KGROUP  # groups of 128
     assert ERROR_BOUNDS["LLAMAFILE"] == test_llamafile.Q8_0_VS_ORIGINAL  # the bench's default gguf_type
-    assert set(ERROR_BOUNDS) == set(INFERENCE_METHODS) | set(SFT_METHODS) | set(BASELINES.values())
+    assert set(ERROR_BOUNDS) == set(INFERENCE_METHODS) | set(SFT_METHODS) | set(BASELINE_NAMES)
 
 
 def test_demo_runs_both_examples(capsys):
@@ -45,7 +46,7 @@ def test_demo_runs_both_examples(capsys):
     out, err = capsys.readouterr()
     assert "\nInference: forward(" in out and "\nLoRA fine-tuning: forward_sft(" in out and "spec" not in out
     assert "'bound': the error the tests allow the method" in out
-    for method in ("torch-bf16", "torch-bf16-autograd") + INFERENCE_METHODS + SFT_METHODS:
+    for method in BASELINE_NAMES + INFERENCE_METHODS + SFT_METHODS:
         assert f" {method} " in out, method
         assert f"{method}: setting up" in err, method  # progress, as each case starts
     assert err.count("timing ") == 2  # one line per example (the rounds are redrawn on a terminal only)
@@ -68,7 +69,7 @@ def test_bench_prints_table_and_json_lines(tmp_path):
     gemm = [r for r in records if r["kind"] == "torch_gemm"]
     cases = [r for r in records if r["kind"] == "case"]
     assert len(gemm) == 1 and gemm[0]["gflop_per_s"] > 0
-    assert {r["method"] for r in cases} == {"torch-bf16", "torch-bf16-autograd"} | set(INFERENCE_METHODS) | set(SFT_METHODS)
+    assert {r["method"] for r in cases} == set(BASELINE_NAMES) | set(INFERENCE_METHODS) | set(SFT_METHODS)
     assert {r["q"] for r in cases} == {1, 3}
     for r in cases:
         assert r["status"] == "ok", r
@@ -76,7 +77,8 @@ def test_bench_prints_table_and_json_lines(tmp_path):
             assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
             bound = ERROR_BOUNDS[r["method"]]
             assert r["err_bound"] == bound and r["err_out"] < bound, r
-            assert r["vs_torch"] is not None and r["threads"] == 2
+            assert r["vs_torch"] is not None and r["vs_grouped_mm"] is not None and r["threads"] == 2
+            assert r["cpu"] and r["isa_levels"] and r["torch"] == torch.__version__
             if r["mode"] == "sft":
                 assert r["err_grad"] < bound * GRAD_BOUND_FACTOR.get(r["method"], 1) and not r["grads_missing"]
         else:
@@ -84,9 +86,9 @@ def test_bench_prints_table_and_json_lines(tmp_path):
 
 
 def record(**fields):
-    base = dict(shape="small", q=8, mode="inference", method="AMXINT4", threads=2, isa="avx512", status="ok",
+    base = dict(shape="small", q=8, mode="inference", method="AMXINT4", threads=2, pools=1, isa="avx512", status="ok",
                 median_ms=1.0, min_ms=1.0, max_ms=1.0, tokens_per_s=8.0, gb_per_s=None, read_share=None,
-                gflop_per_s=1.0, vs_torch=1.0, err_out=0.1, err_grad=None, err_bound=0.15, grads_missing=[])
+                gflop_per_s=1.0, vs_torch=1.0, vs_grouped_mm=1.0, err_out=0.1, err_grad=None, err_bound=0.15, grads_missing=[])
     return dict(base, **fields)
 
 

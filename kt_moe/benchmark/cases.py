@@ -1,6 +1,6 @@
 """The cases the bench can run, by name: the torch baselines and every kt-moe method (spec 1.2).
 
-A case is built for one problem by setup(problem, threads) and run once by step(). A kt-moe case
+A case is built for one problem by setup(problem, threads, pools) and run once by step(). A kt-moe case
 goes through kt_moe.KTMoEWrapper.
 """
 
@@ -16,6 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from kt_moe.config import GGUF_QUANTIZE_TYPES, METHODS
 from kt_moe.wrapper import KTMoEWrapper
 from kt_moe.reference import LoraWeights, lora_moe
+from kt_moe.benchmark.grouped_mm import GroupedExperts, grouped_mm_moe
 from kt_moe.benchmark.problem import LORA_ALPHA, Outputs, Problem
 from kt_moe.benchmark.shapes import Shape
 from kt_moe.quant import scheme_for_method
@@ -48,7 +49,7 @@ def bytes_per_element(method: str, shape: Shape) -> float:
 # are coarse: ~0.1 is their normal error (RAWINT4's symmetric groups of 32 ~0.17); FP8's 3 mantissa
 # bits give ~0.05. A method without an engine has no bound yet.
 ERROR_BOUNDS = {
-    "torch-bf16": 2e-2, "torch-bf16-autograd": 2e-2, "BF16": 5e-3, "AMXINT8": 3e-2, "AMXINT4": 0.15,
+    "torch-bf16": 2e-2, "torch-bf16-autograd": 2e-2, "torch-grouped_mm": 2e-2, "torch-grouped_mm-sft": 2e-2, "BF16": 5e-3, "AMXINT8": 3e-2, "AMXINT4": 0.15,
     "FP8": 7e-2, "RAWINT4": 0.3, "AMXBF16_SFT": 1e-2, "AMXINT8_SFT": 3e-2, "AMXINT4_SFT": 0.15,
     "AMXINT4_KGroup_SFT": 0.2, "AMXFP8_SFT": 0.12, "LLAMAFILE": 2e-2, "MOE_INT8": 3e-2, "MOE_INT4": 0.15,
 }
@@ -76,7 +77,10 @@ def error_bound(name: str) -> Optional[float]:
     if name.startswith(GGUF_CASE_PREFIX):
         return max(GGUF_TYPE_BOUNDS.get(t, 0.3) for t in gguf_case_types(name))
     return ERROR_BOUNDS.get(name)
-BASELINES = {"inference": "torch-bf16", "sft": "torch-bf16-autograd"}
+# Each mode's torch baselines, which run first: the plain torch loop (the ratio column "x torch" is
+# against it) and transformers' grouped_mm experts ("x gmm").
+BASELINES = {"inference": ("torch-bf16", "torch-grouped_mm"), "sft": ("torch-bf16-autograd", "torch-grouped_mm-sft")}
+BASELINE_NAMES = tuple(name for names in BASELINES.values() for name in names)
 
 
 class Case(ABC):
@@ -88,8 +92,9 @@ class Case(ABC):
     bytes_per_element: Optional[float]
 
     @abstractmethod
-    def setup(self, problem: Problem, threads: int) -> None:
-        """Build the case for `problem` (not timed)."""
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
+        """Build the case for `problem` (not timed): torch with `threads` threads, kt-moe with
+        cpuinfer_threads=threads in threadpool_count=pools subpools."""
 
     @abstractmethod
     def step(self) -> Outputs:
@@ -101,9 +106,9 @@ class TorchBF16(Case):
     and up, silu * up, F.linear down, scale by the routing weight, index_add_ (the reference's loop
     run in bf16)."""
 
-    name, mode, bytes_per_element = BASELINES["inference"], "inference", 2.0
+    name, mode, bytes_per_element = BASELINES["inference"][0], "inference", 2.0
 
-    def setup(self, problem: Problem, threads: int) -> None:
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
 
     def step(self) -> Outputs:
@@ -116,33 +121,68 @@ class TorchBF16Autograd(Case):
     """One SFT step in torch bf16: the same loop with the LoRA terms, input, routing weights and
     the six LoRA tensors requiring grad, then .backward() of the problem's grad_output."""
 
-    name, mode, bytes_per_element = BASELINES["sft"], "sft", 2.0
+    name, mode, bytes_per_element = BASELINES["sft"][0], "sft", 2.0
 
-    def setup(self, problem: Problem, threads: int) -> None:
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
         self.x = problem.x.clone().requires_grad_()
         self.weights = problem.weights.clone().requires_grad_()
         self.lora = LoraWeights(*(t.clone().requires_grad_() for t in problem.lora))
 
+    def forward(self) -> torch.Tensor:
+        p = self.p
+        return lora_moe(self.x, p.expert_ids, self.weights, *p.experts, self.lora, p.scale, dtype=torch.bfloat16)
+
     def step(self) -> Outputs:
-        p, leaves = self.p, (self.x, self.weights, *self.lora)
-        for t in leaves:
+        for t in (self.x, self.weights, *self.lora):
             t.grad = None
-        out = lora_moe(self.x, p.expert_ids, self.weights, *p.experts, self.lora, p.scale, dtype=torch.bfloat16)
-        out.backward(p.grad_output)
+        out = self.forward()
+        out.backward(self.p.grad_output)
         grads = {name: t.grad for name, t in self.lora._asdict().items()}
         grads["routing_weights"] = self.weights.grad
         return Outputs(out.detach(), self.x.grad, grads)
 
 
-def ktmoe_wrapper(method: str, problem: Problem, threads: int, **options):
+class TorchGroupedMM(Case):
+    """transformers' grouped_mm experts implementation (grouped_mm.py): gate and up in one
+    grouped_mm over the slots sorted by expert, then down."""
+
+    name, mode, bytes_per_element = BASELINES["inference"][1], "inference", 2.0
+
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
+        self.p = problem
+        self.experts = GroupedExperts.of(*problem.experts)
+
+    def step(self) -> Outputs:
+        p = self.p
+        with torch.inference_mode():
+            return Outputs(grouped_mm_moe(p.x, p.expert_ids, p.weights, self.experts))
+
+
+class TorchGroupedMMSFT(TorchBF16Autograd):
+    """The SFT step with grouped_mm for the base and for the LoRA products (split LoRA: x A^T B^T,
+    B A never materialized), differentiated by autograd: what a user of transformers' grouped_mm
+    experts with a LoRA on them can do at best."""
+
+    name = BASELINES["sft"][1]
+
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
+        super().setup(problem, threads, pools)
+        self.experts = GroupedExperts.of(*problem.experts)
+
+    def forward(self) -> torch.Tensor:
+        p = self.p
+        return grouped_mm_moe(self.x, p.expert_ids, self.weights, self.experts, self.lora, p.scale)
+
+
+def ktmoe_wrapper(method: str, problem: Problem, threads: int, pools: int = 1, **options):
     """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded; `options`
     are further KTMoEWrapper arguments (e.g. max_deferred_experts_per_token)."""
     s, mode = problem.shape, KT_METHOD_MODES[method]
     sft = dict(lora_rank=problem.rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
     wrapper = KTMoEWrapper(layer_idx=0, num_experts=s.num_experts, num_experts_per_tok=s.top_k, hidden_size=s.hidden,
                            moe_intermediate_size=s.intermediate, num_gpu_experts=0, cpuinfer_threads=threads,
-                           threadpool_count=1, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
+                           threadpool_count=pools, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
                            method=method, mode=mode, **sft, **options)
     wrapper.load_weights_from_tensors(*problem.experts, torch.arange(s.num_experts, dtype=torch.int64))
     return wrapper
@@ -156,7 +196,7 @@ class KTMoEInference(Case):
         if name.startswith(GGUF_CASE_PREFIX):
             self.options = dict(gguf_type=",".join(gguf_case_types(name)))
 
-    def setup(self, problem: Problem, threads: int) -> None:
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
         if case_method(self.name) == "LLAMAFILE":  # its GGUF types (Q8_0 unless the case names others)
             types = gguf_case_types(self.name) if self.name.startswith(GGUF_CASE_PREFIX) else ["Q8_0"] * 3
@@ -164,7 +204,7 @@ class KTMoEInference(Case):
             self.bytes_per_element = sum(size / block for block, size in sizes) / 3  # the matrices are equal in size
         else:
             self.bytes_per_element = bytes_per_element(self.name, problem.shape)
-        self.wrapper = ktmoe_wrapper(case_method(self.name), problem, threads, **self.options)
+        self.wrapper = ktmoe_wrapper(case_method(self.name), problem, threads, pools, **self.options)
 
     def step(self) -> Outputs:
         p = self.p
@@ -179,10 +219,10 @@ class KTMoESFT(Case):
     def __init__(self, method: str):
         self.name = method
 
-    def setup(self, problem: Problem, threads: int) -> None:
+    def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
         self.bytes_per_element = bytes_per_element(self.name, problem.shape)
-        self.wrapper = ktmoe_wrapper(self.name, problem, threads)
+        self.wrapper = ktmoe_wrapper(self.name, problem, threads, pools)
         self.wrapper.init_lora_weights(*problem.lora)
 
     def step(self) -> Outputs:
@@ -199,18 +239,19 @@ def mode_of(name: str) -> str:
         types = name[len(GGUF_CASE_PREFIX):].upper().split("/")
         if len(types) not in (1, 3) or any(t not in GGUF_QUANTIZE_TYPES for t in types):
             raise KeyError(name)
-    baselines = {baseline: mode for mode, baseline in BASELINES.items()}
+    baselines = {baseline: mode for mode, names in BASELINES.items() for baseline in names}
     return baselines[name] if name in baselines else KT_METHOD_MODES[case_method(name)]
 
 
 def names(mode: str) -> List[str]:
-    """Every case of `mode`: its baseline first, then the kt-moe methods in spec order."""
-    return [BASELINES[mode]] + list(METHODS[mode])
+    """Every case of `mode`: its baselines first, then the kt-moe methods in spec order."""
+    return list(BASELINES[mode]) + list(METHODS[mode])
+
+
+BASELINE_CASES = {case.name: case for case in (TorchBF16, TorchBF16Autograd, TorchGroupedMM, TorchGroupedMMSFT)}
 
 
 def make_case(name: str) -> Case:
-    if name == TorchBF16.name:
-        return TorchBF16()
-    if name == TorchBF16Autograd.name:
-        return TorchBF16Autograd()
+    if name in BASELINE_CASES:
+        return BASELINE_CASES[name]()
     return KTMoEInference(name) if mode_of(name) == "inference" else KTMoESFT(name)

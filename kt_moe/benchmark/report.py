@@ -11,11 +11,14 @@ from typing import List, Optional, TextIO
 
 from kt_moe.status_line import StatusLine
 
-COLUMNS = (("shape", "<10"), ("q", ">5"), ("mode", "<9"), ("method", "<19"), ("thr", ">3"), ("isa", "<13"),
-           ("median ms", ">10"), ("min-max ms", ">17"), ("tok/s", ">9"), ("GB/s", ">6"), ("read%", ">5"),
-           ("GFLOP/s", ">8"), ("x torch", ">7"), ("err out", ">8"), ("err grad", ">8"), ("bound", ">8"))
+COLUMNS = (("shape", "<10"), ("q", ">5"), ("mode", "<9"), ("method", "<20"), ("thr", ">3"), ("pools", ">5"),
+           ("isa", "<13"), ("median ms", ">10"), ("min-max ms", ">17"), ("tok/s", ">9"), ("GB/s", ">6"),
+           ("read%", ">5"), ("GFLOP/s", ">8"), ("x torch", ">7"), ("x gmm", ">6"), ("err out", ">8"),
+           ("err grad", ">8"), ("bound", ">8"))
 TABLE_WIDTH = sum(int(fmt[1:]) for _, fmt in COLUMNS) + len(COLUMNS) - 1
 ERRORS_NOTE = "\n".join((
+    "'pools': threadpool_count (the kt-moe methods' cpuinfer_threads split into that many subpools); 'x torch' /",
+    "'x gmm': the torch loop's / transformers' grouped_mm experts' median over the row's (above 1: faster);",
     "'err out' / 'err grad': relative L2 error of the output / of the worst gradient against the fp32 reference;",
     "'GB/s': expert-weight bytes read per step (scales included) / median; 'read%': that as a share of a streaming",
     "read of a buffer larger than the last-level cache with the same threads, timed in the same rounds;",
@@ -35,13 +38,13 @@ def _error(value: Optional[float], bound: Optional[float]) -> str:
 
 
 def _cells(r: dict) -> List[str]:
-    cells = [r["shape"], str(r["q"]), r["mode"], r["method"], str(r["threads"]), r["isa"]]
+    cells = [r["shape"], str(r["q"]), r["mode"], r["method"], str(r["threads"]), _number(r["pools"], "d"), r["isa"]]
     if r["status"] != "ok":
         return cells
     return cells + [
         f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}-{r['max_ms']:.2f}", f"{r['tokens_per_s']:.0f}",
         _number(r["gb_per_s"], ".1f"), _number(None if r["read_share"] is None else 100 * r["read_share"], ".0f"),
-        f"{r['gflop_per_s']:.1f}", _number(r["vs_torch"], ".2f"),
+        f"{r['gflop_per_s']:.1f}", _number(r["vs_torch"], ".2f"), _number(r["vs_grouped_mm"], ".2f"),
         _error(r["err_out"], r["err_bound"]), _error(r["err_grad"], r["err_bound"]), _number(r["err_bound"], ".1e")]
 
 
