@@ -54,11 +54,13 @@ inline void store_block_row(float* c, const BlockOut& v, int cols, bool accumula
   if (cols < quant_layout::kCols) {
     float all[quant_layout::kCols];
     _mm256_storeu_ps(all, v.half[0]);
-    _mm256_storeu_ps(all + 8, v.half[1]);
-    return store_columns(c, all, cols, accumulate);
+    _mm256_storeu_ps(all + kHalfCols, v.half[1]);
+    store_columns(c, all, cols, accumulate);
+    return;
   }
   for (int h = 0; h < 2; ++h)
-    _mm256_storeu_ps(c + 8 * h, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c + 8 * h), v.half[h]) : v.half[h]);
+    _mm256_storeu_ps(c + kHalfCols * h,
+                     accumulate ? _mm256_add_ps(_mm256_loadu_ps(c + kHalfCols * h), v.half[h]) : v.half[h]);
 }
 
 #endif
@@ -84,7 +86,8 @@ void gemm_quant_vnni_loop(const QuantGemmArgs& args) {
         for (int r = 0; r < nr(); ++r) a[r] = quant_row(args, layout, i0 + r);
         Block::template run<nr()>(block, end, a, layout.groups, out);
       });
-      for (int r = 0; r < rows; ++r) store_block_row(args.c + int64_t(i0 + r) * args.ldc + n, out[r], cols, args.accumulate);
+      for (int r = 0; r < rows; ++r)
+        store_block_row(args.c + int64_t(i0 + r) * args.ldc + n, out[r], cols, args.accumulate);
     }
   }
 }

@@ -28,6 +28,10 @@
 namespace kt_moe {
 namespace KT_KERNEL_NS {
 
+// A packed quad (16 columns) is two ymm halves: columns 8 h .. 8 h + 7 at byte 32 h.
+constexpr int kHalfCols = quant_layout::kCols / 2;
+constexpr int kHalfQuadBytes = quant_layout::kQuadBytes / 2;
+
 // ---- int8 x int8 through 16-bit words (operands up to 255 x 127) -------------------------------
 
 // A vector's bytes as 16-bit words: `even` holds bytes 0 and 2 of every int32 lane, `odd` bytes 1
@@ -61,8 +65,9 @@ struct QuadWords {
 
 // x [64]: one activation unit (int8).
 inline void quad_words(const int8_t* x, QuadWords& out) {
-  for (int i = 0; i < quant_layout::kUnitQuads; i += 8) {
-    const WordPairs p = signed_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + quant_layout::kQuadK * i)));
+  for (int i = 0; i < quant_layout::kUnitQuads; i += 8) {  // 8 quads per ymm
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + quant_layout::kQuadK * i));
+    const WordPairs p = signed_words(v);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.even + i), p.even);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.odd + i), p.odd);
   }

@@ -27,7 +27,7 @@ struct Int4Block {
     const uint8_t* w = block;
     for (int g = 0; g < units; ++g, w += kUnitBytes) {
       prefetch_ahead(w, end, kUnitBytes);
-      for (int h = 0; h < 2; ++h) {  // columns 8 h .. 8 h + 7
+      for (int h = 0; h < 2; ++h) {  // columns kHalfCols h .. kHalfCols (h + 1) - 1
         __m256 y[R];                 // sum over the unit's groups of D * scale
 #pragma GCC unroll 2
         for (int u = 0; u < 2; ++u) {
@@ -37,7 +37,7 @@ struct Int4Block {
 #pragma GCC unroll 1
           for (int j = 0; j < kHalfVectors; ++j) {
             const __m256i v =
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (u * kHalfVectors + j) * kQuadBytes + 32 * h));
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (u * kHalfVectors + j) * kQuadBytes + kHalfQuadBytes * h));
             const __m256i wl = _mm256_and_si256(v, nibble), wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
             for (int r = 0; r < R; ++r) {
               const int8_t* x = a[r].q + g * kUnitK + 32 * u + j * kQuadK;
@@ -45,7 +45,7 @@ struct Int4Block {
               hi[r] = dot_nibbles(hi[r], wh, broadcast_quad(x + kGroup));
             }
           }
-          const int col = 8 * h;
+          const int col = kHalfCols * h;
           const __m256 s_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
               w + kScaleOffset + (2 * u * kCols + col) * 2)));
           const __m256 s_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
@@ -54,8 +54,9 @@ struct Int4Block {
           const __m256 z_hi = _mm256_mul_ps(to_float(widen_u8(w + kZeroOffset + (2 * u + 1) * kCols + col)), sixteenth);
           for (int r = 0; r < R; ++r) {
             const float* sum = a[r].sum + g * kUnitGroups + 2 * u;
-            const __m256 d_lo = _mm256_fnmadd_ps(z_lo, _mm256_set1_ps(sum[0]), to_float(sum_word_pairs(lo[r])));  // exact
-            const __m256 d_hi = _mm256_fnmadd_ps(z_hi, _mm256_set1_ps(sum[1]), to_float(sum_word_pairs(hi[r])));  // exact
+            // D = P - (zero / 16) * sum, exact
+            const __m256 d_lo = _mm256_fnmadd_ps(z_lo, _mm256_set1_ps(sum[0]), to_float(sum_word_pairs(lo[r])));
+            const __m256 d_hi = _mm256_fnmadd_ps(z_hi, _mm256_set1_ps(sum[1]), to_float(sum_word_pairs(hi[r])));
             y[r] = u == 0 ? _mm256_mul_ps(d_lo, s_lo) : _mm256_fmadd_ps(d_lo, s_lo, y[r]);
             y[r] = _mm256_fmadd_ps(d_hi, s_hi, y[r]);
           }

@@ -30,7 +30,7 @@ struct Int8Block {
       for (int j = 0; j < kUnitQuads; ++j) {
         const uint8_t* quad = w + j * kQuadBytes;
         const WordPairs w0 = unsigned_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(quad)));
-        const WordPairs w1 = unsigned_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(quad + 32)));
+        const WordPairs w1 = unsigned_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(quad + kHalfQuadBytes)));
         for (int r = 0; r < R; ++r) {
           const WordPairs xj = broadcast_words(x[r], j);
           d[r][0] = dot_words(d[r][0], w0, xj);
@@ -42,10 +42,11 @@ struct Int8Block {
         for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_fmadd_ps(to_float(d[r][h]), s, acc[r][h]);
       }
     }
+    const float* scales = reinterpret_cast<const float*>(block);
     for (int r = 0; r < R; ++r) {
       const __m256 offset = _mm256_set1_ps(int8_row_offset(a[r].scale, a[r].sum, units));
       for (int h = 0; h < 2; ++h)
-        out[r].half[h] = _mm256_mul_ps(_mm256_sub_ps(acc[r][h], offset), _mm256_loadu_ps(reinterpret_cast<const float*>(block) + 8 * h));
+        out[r].half[h] = _mm256_mul_ps(_mm256_sub_ps(acc[r][h], offset), _mm256_loadu_ps(scales + kHalfCols * h));
     }
   }
 };
