@@ -7,7 +7,7 @@ References, pure torch (the dequantized operands are exact in fp32; the products
 float64):
   - exact: the product of the dequantized activation records and the dequantized weight. The
     integer dot products are exact, so only the fp32 accumulation order may differ (tight). The
-    generic and VNNI levels compute INT4 this way, bit-identically;
+    generic, avx2 and VNNI levels compute INT4 this way, bit-identically (avx2 INT8 too);
   - requantized: for INT4 on AMX tiles (amx from quant_amx_min_rows rows on, amx_emulated always),
     the same product with the weights requantized to int8 per (column, 64-k unit) as gemm_quant.hpp
     defines it (tight; amx and amx_emulated bit-identical);
@@ -80,9 +80,7 @@ class Weight:
         self.fmt, self.n, self.k = fmt, n, k
         self.w = torch.randn(n, k, generator=gen) / k ** 0.5
         if fmt == "int8_channel":
-            q, scale = quantize_int8_channel(self.w)
-            self.packed = _native.quant_pack_int8(q, scale)
-            self.dequant = dequantize_int8_channel(q, scale)
+            self.set_int8(*quantize_int8_channel(self.w))
             return
         if quantize:
             from kt_moe.quant import quantize_int4_group16
@@ -95,6 +93,10 @@ class Weight:
         self.set_int4(codes, scale, zero)
         if not quantize:
             self.w = self.dequant
+
+    def set_int8(self, q, scale):
+        self.packed = _native.quant_pack_int8(q, scale)
+        self.dequant = dequantize_int8_channel(q, scale)
 
     def set_int4(self, codes, scale, zero):
         self.codes, self.scale, self.zero = codes, scale, zero
@@ -220,8 +222,9 @@ def test_column_ranges_gather_and_accumulate(level, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_levels_agree(fmt):
-    """The integer sums are exact at every level; only the fp32 order may differ. INT4: generic and
-    the VNNI levels take the same order (bit-identical), and so do amx and amx_emulated."""
+    """The integer sums are exact at every level; only the fp32 order may differ. The avx2 level
+    takes the generic level's order (bit-identical), and so do, for INT4, the VNNI levels, and amx
+    and amx_emulated among themselves."""
     w = weight(fmt, 75, 200, seed=5)
     a = torch.randn(41, 200, generator=torch.Generator().manual_seed(1005)).to(torch.bfloat16)
     records = quantize("generic", fmt, a)
@@ -231,8 +234,73 @@ def test_levels_agree(fmt):
         for level, out in outs.items():
             ref = outs["amx_emulated" if w.requantizes(level, m) else "generic"]
             check_close(out, ref, product_bound(a_deq, w.reference(level, m), w), f"{level} m={m}", tol=1e-6)
-            if fmt == "int4_group16" and level != "amx_emulated":
+            if level == "avx2" or (fmt == "int4_group16" and level != "amx_emulated"):
                 assert torch.equal(out, ref), f"{level} m={m} is not bit-identical"
+
+
+def extreme_weight(fmt, n, k):
+    """A weight at its codes' extremes: int8_channel q = +127 (stored byte 255) in column 0, -127
+    in column 1, +-127 alternating along k in column 2 (the sign pattern of extreme_activations'
+    row 2), -128 (stored byte 0) in column 3, random signs of 127 elsewhere; int4_group16 codes 15
+    in column 0, 0 in column 1, 15 / 0 alternating in column 2, random 0 / 15 elsewhere, zero points
+    0 and 255 and fp16 scales 1 and 1024."""
+    gen = torch.Generator().manual_seed(31)
+    w = Weight(fmt, n, k)
+    signs = torch.randint(0, 2, (n, k), generator=gen) * 2 - 1
+    signs[0], signs[1], signs[3] = 1, -1, -1
+    signs[2] = torch.arange(k) % 2 * -2 + 1
+    if fmt == "int8_channel":
+        q = (signs * 127).to(torch.int8)
+        q[3] = -128
+        w.set_int8(q, torch.rand(n, generator=gen) + 0.5)
+        return w
+    kp = -(-k // 16) * 16
+    code = torch.zeros(n, kp, dtype=torch.uint8)
+    code[:, :k] = torch.where(signs > 0, 15, 0).to(torch.uint8)
+    codes = code[:, 0::2] | (code[:, 1::2] << 4)
+    groups = kp // 16
+    zero = torch.where(torch.arange(groups) % 2 == 0, 0, 255).to(torch.uint8).repeat(n, 1)
+    zero[1] = 255 - zero[1]
+    scale = torch.where(torch.rand(n, groups, generator=gen) < 0.5, 1.0, 1024.0).half()
+    w.set_int4(codes, scale, zero)
+    return w
+
+
+def extreme_activations(k):
+    """bf16 [7, k] whose records hold the quantizer's extremes: rows of +1 and -1 (every q = +127 or
+    -127), +-1 alternating along k, an amax row (1 at every 64th k, 1e-3 elsewhere: q = 127 and 0),
+    random signs of 1, and two rows of random values with one 1 per 64 k."""
+    gen = torch.Generator().manual_seed(37)
+    a = torch.empty(7, k)
+    a[0], a[1] = 1.0, -1.0
+    a[2] = (torch.arange(k) % 2 * -2 + 1).float()
+    a[3] = torch.where(torch.arange(k) % 64 == 0, 1.0, 1e-3)
+    a[4] = (torch.randint(0, 2, (k,), generator=gen) * 2 - 1).float()
+    a[5:] = torch.rand(2, k, generator=gen) * 2 - 1
+    a[5:, ::64] = 1.0
+    return a.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_extreme_operands(fmt):
+    """Weights at the codes' extremes against activations at +-127 over a long K, at every level:
+    the integer dot products must be exact where a 16-bit pair sum of u8 x s8 products would
+    saturate (int8_channel: 255 * 127 * 2 > 32767; the int4 codes' high nibbles in place, 16 times
+    the code, too). Against the float64 product of the dequantized operands (tight), and, where a
+    level takes the generic level's fp32 order (the avx2 kernels, and the VNNI kernels for INT4),
+    bit-identical to it. m = 7 runs the 4-row and the 3-row micro-kernels."""
+    n, k, m = 40, 8192 + 40, 7  # a partial last column block, K ending inside a 64-k unit
+    w = extreme_weight(fmt, n, k)
+    a = extreme_activations(k)
+    records = quantize("generic", fmt, a)
+    q, _, _ = fields(records, fmt, k)
+    assert bool((q[:2, :k].abs() == 127).all()) and int(q[3, :k].abs().max()) == 127
+    generic = run("generic", w, records, m)
+    for level in SELECTABLE:
+        out = generic if level == "generic" else run(level, w, records, m)
+        check_against_reference(level, w, records, out, m, f"{level} {fmt} extreme operands")
+        if level == "avx2" or (fmt == "int4_group16" and not w.requantizes(level, m)):
+            assert torch.equal(out, generic), f"{level} {fmt}: not bit-identical to generic"
 
 
 @pytest.mark.skipif("amx" not in SELECTABLE, reason="this CPU has no AMX")

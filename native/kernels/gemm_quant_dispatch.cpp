@@ -1,7 +1,7 @@
 // The quantized GEMM of an ISA level for whatever format the call's weight has (its PackedFormat's
 // kernel of that level), and the activation quantizer of each level.
 //   generic       the format's portable kernel; quantizer quant_activations.cpp (no flags)
-//   avx2          quantizer (AVX2 build)
+//   avx2          the format's AVX2 kernel (vpmaddwd / vpmaddubsw); quantizer (AVX2 build)
 //   avx512        the format's VNNI kernel with vpdpbusd emulated by AVX512-BW; quantizer (AVX-512 build)
 //   avx512_bf16   the format's VNNI kernel with vpdpbusd
 //   amx           few rows: the format's avx512_bf16 kernel, since a tile would hold a few of its 16

@@ -1,8 +1,8 @@
 // The integer dot-product instructions of AVX512-VNNI, with their AVX512-BW equivalents for the
 // AVX-512 level without VNNI (the same int32 results, exactly), and the operand and result helpers
 // around them: the quantized GEMMs (quant_gemm_vnni_loop.hpp) and the GGUF products
-// (formats/gguf/dequant_dot.cpp, dequant_gemm.cpp).
-// Compiled per level (level_namespace.hpp).
+// (formats/gguf/dequant_dot.cpp, dequant_gemm.cpp). The avx2 level's counterparts are in
+// vnni_ops_avx2.hpp. Compiled per AVX-512 level (level_namespace.hpp).
 #pragma once
 
 #include <immintrin.h>
@@ -38,6 +38,12 @@ inline __m512i dpwssd(__m512i acc, __m512i p, __m512i s) {
 // int32 -> fp32 lanes (the integer sums to their scales). The masked form: GCC 12 warns
 // (-Wmaybe-uninitialized) about the undefined source vector of the unmasked intrinsic.
 inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps(0xFFFF, v); }
+
+// The 16 bytes at p as int32 lanes (unsigned). The masked form: GCC 12 warns
+// (-Wmaybe-uninitialized) about the undefined source vector of the unmasked intrinsic.
+inline __m512i widen_u8(const uint8_t* p) {
+  return _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 
 // The 4 bytes at p in every lane (the broadcast operand of vpdpbusd).
 inline __m512i broadcast_quad(const void* p) {

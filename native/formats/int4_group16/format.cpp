@@ -16,6 +16,7 @@ using namespace int4_group16_layout;
 const PackedFormat kPacked = {
     "int4_group16", kSumGroup, kAmxMinRows, kGroup, &int4_group16_block_bytes, &int4_group16_pack,
     {{IsaLevel::generic, &generic::gemm_int4_group16},
+     KT_X86_ENTRY(avx2, &avx2::gemm_int4_group16)
      KT_X86_ENTRY(avx512, &avx512::gemm_int4_group16)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::gemm_int4_group16)
      KT_X86_ENTRY(amx, &amx::gemm_int4_group16)

@@ -1,5 +1,5 @@
 // int4_group16's quantized GEMM (layout.hpp) in portable C++, level generic: the reference its
-// VNNI levels match bit for bit (same fp32 order as gemm_vnni.cpp).
+// avx2 and VNNI levels match bit for bit (same fp32 order as gemm_avx2.cpp and gemm_vnni.cpp).
 #include <cstdint>
 #include <cstring>
 

@@ -18,7 +18,7 @@ using namespace int4_group16_layout;
 struct Int4Block {
   template <int R>
   __attribute__((noinline)) static void run(const uint8_t* block, const uint8_t* end, const Rows<R>& a, int units,
-                                            __m512 (&out)[kVnniMaxRows]) {
+                                            BlockOut (&out)[kVnniMaxRows]) {
     __m512 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(int8_t(0xF0));

@@ -16,6 +16,9 @@ void int4_group16_pack(const MatrixParts& src, int n, int k, uint8_t* dst);  // 
 namespace generic {
 void gemm_int4_group16(const QuantGemmArgs& args);  // gemm_generic.cpp
 }
+namespace avx2 {
+void gemm_int4_group16(const QuantGemmArgs& args);  // gemm_avx2.cpp, vpmaddubsw on 0..15 codes
+}
 namespace avx512 {
 void gemm_int4_group16(const QuantGemmArgs& args);  // gemm_vnni.cpp, vpdpbusd emulated with AVX512-BW
 }

@@ -23,8 +23,9 @@
 //
 // The product, with activation sums per 16 k (P_h exact int32 dot products over the 16-k group h):
 //   C = sum_{g64} a_s[g] * sum_{h in g} (P_h - z[n, h] * a_sum[h]) * scale[n, h]
-// The generic and the VNNI levels (avx512, avx512_bf16) compute it exactly so, in the same fp32
-// order (bit-identical results). The AMX level's product is an approximation of it: tdpbssd
+// The generic, the avx2 and the VNNI levels (avx512, avx512_bf16) compute it exactly so, in the
+// same fp32 order (bit-identical results); avx2 takes both nibbles down to 0..15 (gemm_avx2.cpp),
+// the VNNI levels keep the high nibbles in place (gemm_vnni.cpp). The AMX level's product is an approximation of it: tdpbssd
 // multiplies int8 by int8 at K = 64, so each 64-k unit of a 16-column block is requantized to int8
 // first, per column c: Wf = the exact fp32 dequantized weights of the unit, amax = max_k |Wf[c, k]|;
 // if amax < FLT_MIN then S[c] = 0 and w8 = 0, else S[c] = amax / 127 and w8[c, k] =

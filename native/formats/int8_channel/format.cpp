@@ -12,6 +12,7 @@ const PackedFormat kPacked = {
     "int8_channel", int8_channel_layout::kSumGroup, int8_channel_layout::kAmxMinRows, 1,
     &int8_channel_block_bytes, &int8_channel_pack,
     {{IsaLevel::generic, &generic::gemm_int8_channel},
+     KT_X86_ENTRY(avx2, &avx2::gemm_int8_channel)
      KT_X86_ENTRY(avx512, &avx512::gemm_int8_channel)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::gemm_int8_channel)
      KT_X86_ENTRY(amx, &amx::gemm_int8_channel)

@@ -15,7 +15,7 @@ using namespace int8_channel_layout;
 struct Int8Block {
   template <int R>
   __attribute__((noinline)) static void run(const uint8_t* block, const uint8_t* end, const Rows<R>& a, int units,
-                                            __m512 (&out)[kVnniMaxRows]) {
+                                            BlockOut (&out)[kVnniMaxRows]) {
     __m512 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     const uint8_t* w = block + kHeaderBytes;

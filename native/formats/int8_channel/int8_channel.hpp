@@ -18,6 +18,7 @@ void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_generic.cpp
 void dequant_int8_channel(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
 }  // namespace generic
 namespace avx2 {
+void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_avx2.cpp, vpmaddwd on 16-bit words
 void dequant_int8_channel(const QuantMatrixView& w, int r0, int r1, int c0, int c1, bf16_t* dst, int64_t ld);
 }  // namespace avx2
 namespace avx512 {

@@ -6,7 +6,9 @@
 //   D'_g = sum_{k in g} a_q[k] * (q[n, k] + 128)
 //   C = (sum_g a_s[g] * D'_g  -  128 * sum_g a_s[g] * a_sum[g]) * scale[n]
 // with activation sums per 64 k. The AMX level multiplies the stored unsigned bytes by the signed
-// activations (TDPBSUD) and applies the same correction.
+// activations (TDPBSUD) and applies the same correction. The avx2 level widens both to 16-bit
+// words first (gemm_avx2.cpp: vpmaddubsw's int16 pair sums would saturate on 255 x 127) and takes
+// the fp32 steps in gemm_generic.cpp's order (bit-identical results).
 #pragma once
 
 #include "kernels/quant_layout.hpp"
