@@ -1,7 +1,9 @@
 // The GGUF block types' decoders (layouts: gguf_blocks.hpp): decode(T{}, block, w) writes the QK
 // weights of one block of type T as fp32, exactly as gguf's dequantizer computes them. For the kernel
 // sources only: compiled per level, in its namespace (level_namespace.hpp), so that no level's copy of
-// these inline functions is merged into another level's callers.
+// these inline functions is merged into another level's callers. Portable C++, but Q4_K, Q5_K and Q6_K
+// in the level's vectors (vector_ops.hpp) at avx2 and the AVX-512 levels, where the codes' helpers
+// (k45_codes, q6_k_unsigned_codes) also serve the products.
 #pragma once
 
 #include <cstdint>

@@ -1,9 +1,9 @@
-// The vector operations the GGUF products (dequant_dot.cpp, dequant_gemm.cpp) and their activation
-// quantizers (q8_activations.hpp, lane_activations.hpp) are written in, one struct Vec per level: at
-// the AVX-512 levels 64-byte vectors (16 int32 / fp32 lanes), at avx2 32-byte ones (8 lanes). The
-// products are templates over nothing but these, so both levels compute the same integer sums and
-// apply the same fp32 scales; only the vector width differs (and, at avx2, how exact byte products
-// are formed without vpdpbusd: see dpbusd and dpbusd_small).
+// The vector operations the GGUF products (dequant_dot.cpp, dequant_gemm.cpp), their activation
+// quantizers (q8_activations.hpp) and the K-quant decoders (gguf_decode.hpp) are written in, one
+// struct Vec per level: at the AVX-512 levels 64-byte vectors (16 int32 / fp32 lanes), at avx2
+// 32-byte ones (8 lanes). The products are templates over nothing but these, so both levels compute
+// the same integer sums and apply the same fp32 scales; only the vector width differs (and, at
+// avx2, how exact byte products are formed without vpdpbusd: see dpbusd and dpbusd_small).
 // Compiled per level (level_namespace.hpp); for the AVX2 and AVX-512 levels only.
 #pragma once
 
