@@ -21,9 +21,9 @@ E, H, I, K = 4, 128, 96, 2
 LEGACY = (GGML.Q8_0, GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q5_1)
 MIXES = [(t, t, t) for t in LEGACY] + [(GGML.Q4_0, GGML.Q4_1, GGML.Q8_0), (GGML.Q5_1, GGML.Q5_0, GGML.Q4_0)]
 LEVELS = kt_moe.cpu_info()["selectable"]
-# Q8_0's, Q4_K's and Q6_K's products quantize the activations to int8 at the AVX-512 levels
+# Q8_0's, Q4_K's and Q6_K's products quantize the activations to int8 at avx2 and the AVX-512 levels
 # (docs/inference.md).
-INT8_ACTIVATION_LEVELS = {"avx512", "avx512_bf16", "amx"}
+INT8_ACTIVATION_LEVELS = {"avx2", "avx512", "avx512_bf16", "amx"}
 
 
 def quantized_layer(types, seed=0, hidden=H, intermediate=I):
@@ -81,7 +81,7 @@ def test_output_matches_the_reference_on_ggufs_dequantization(isa_level, q, type
 @pytest.mark.parametrize("isa_level", LEVELS, indirect=True)
 def test_k_quants_from_their_blocks(isa_level, q):
     """A Q4_K_M layer (Q4_K gate and up, Q6_K down) at H = I = 256: the K-quants' few-rows (3 tokens)
-    and many-rows (40) products, with activations quantized to int8 at the AVX-512 levels."""
+    and many-rows (40) products, with activations quantized to int8 at avx2 and the AVX-512 levels."""
     types = (GGML.Q4_K, GGML.Q4_K, GGML.Q6_K)
     blocks, weights = quantized_layer(types, hidden=256, intermediate=256)
     x, ids, weights_k, out = forward(engine(types, 1, hidden=256, intermediate=256), blocks, q, hidden=256)

@@ -36,10 +36,10 @@ TYPE_SETS = {
 GRID = [(q, k, tp) for q in (1, 3, 16, 128, 600) for k in (1, 6, 8) for tp in (1, 2)]
 OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != START_ISA]
 VS_DEQUANTIZED = 1e-2  # the activations stay bf16: only bf16 rounding (of the dequantized weights too)
-# Q8_0, Q4_K, Q5_K and Q6_K multiply straight from their blocks at the AVX-512 levels, quantizing the
+# Q8_0, Q4_K, Q5_K and Q6_K multiply straight from their blocks at avx2 and the AVX-512 levels, quantizing the
 # activations to int8 as ggml does (docs/inference.md): the bound for quantized activations.
 QUANTIZED_ACTIVATION_TYPES = {"Q8_0", "Q4_K", "Q5_K", "Q6_K"}
-QUANTIZED_ACTIVATION_LEVELS = {"avx512", "avx512_bf16", "amx"}
+QUANTIZED_ACTIVATION_LEVELS = {"avx2", "avx512", "avx512_bf16", "amx"}
 VS_QUANTIZED_ACTIVATIONS = 3e-2
 # Against the bf16 weights a Q8_0 layer loses its scheme's error on top (blocks of 32 int8 values with
 # an fp16 scale): measured about 0.005; the bench's bound (kt_moe.benchmark.cases.ERROR_BOUNDS).
@@ -104,7 +104,7 @@ def test_matches_the_reference_at_each_isa_level(model, isa_level, type_set, q, 
     check_grid_point(model, type_set, "small" if isa_level == "amx_emulated" else "main", q, k, tp)
 
 
-# Layers whose three matrices all multiply int8 activations at the AVX-512 levels (in the other
+# Layers whose three matrices all multiply int8 activations at avx2 and the AVX-512 levels (in the other
 # sets a bf16 product would carry a NaN into the next matrix anyway).
 INT8_LAYERS = {"q8_0": ("Q8_0",) * 3, "q4_k_m": ("Q4_K", "Q4_K", "Q6_K")}
 

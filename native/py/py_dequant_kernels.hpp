@@ -1,6 +1,7 @@
-// Python hook of the dequantizers (kernels/dequant_bf16.hpp): dequant_bf16_test runs the one of an
-// ISA level on a stored matrix given as C-contiguous arrays (tests/test_sft_dequant_kernels.py).
-// Included by bindings.cpp only.
+// Python hooks of the dequantizers (kernels/dequant_bf16.hpp): dequant_bf16_test runs the one of an
+// ISA level on a stored matrix given as C-contiguous arrays (tests/test_sft_dequant_kernels.py,
+// test_dequant_levels.py), dequant_product_test a GGUF format's few-rows or many-rows product
+// (tests/test_gguf_levels.py). Included by bindings.cpp only.
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -29,7 +30,23 @@ namespace kt_moe::py {
 //   format "int4_packed": the same int4 groups with bf16 scales;
 //   format "fp8": values uint8 (e4m3 bits) [rows, ld]; group 0: scale fp32 [rows] (D = the fp8
 //   value); group b > 0: scale fp32 [ceil(rows / b), S] per b x b block (D = bf16(value * scale)),
-//   the scale of logical column c that of block column (col0 + c) / b (col0 < b), S b >= col0 + cols.
+//   the scale of logical column c that of block column (col0 + c) / b (col0 < b), S b >= col0 + cols;
+//   format "gguf_<type>": values uint8 [rows, ld], whole blocks of the type (scale and zero unused),
+//   logical column c at stored column col0 + c (col0 < the type's block).
+// w (rows, values, ld_values set) as GGUF format `format` with logical columns [col0, col0 + cols)
+// of its stored blocks; std::invalid_argument when they do not fit.
+inline void gguf_view(QuantMatrixView& w, const std::string& format, const Array& values, int col0, int cols) {
+  const WeightFormat f = weight_format(format);
+  w.format = f.dequant;
+  w.group = f.group;
+  w.col0 = col0;
+  checked<const uint8_t>(values, "values", DType::u8, {w.rows, w.ld_values});
+  const PartSpec& blocks = f.parts[0];
+  if (col0 < 0 || col0 >= f.group || cols < 0 || w.ld_values % blocks.elems_per_unit != 0 ||
+      col0 + cols > w.ld_values / blocks.elems_per_unit * blocks.cols_per_unit)
+    throw std::invalid_argument("values must hold whole blocks covering col0 + cols, col0 < the block");
+}
+
 inline void dequant_bf16_test(const std::string& level_name, const Array& values, const Array& scale,
                               const std::optional<Array>& zero, int group, int col0, int cols, int r0, int r1, int c0,
                               int c1, const Array& out, const std::string& format) {
@@ -41,12 +58,15 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
   w.cols = cols;
   w.values = static_cast<const uint8_t*>(values.data());
   w.ld_values = ld;
-  if (!format.empty() && format != "fp8" && format != "int4_packed")
-    throw std::invalid_argument("format must be '', 'fp8' or 'int4_packed'");
+  const bool gguf = format.rfind("gguf_", 0) == 0;
+  if (!format.empty() && format != "fp8" && format != "int4_packed" && !gguf)
+    throw std::invalid_argument("format must be '', 'fp8', 'int4_packed' or 'gguf_<type>'");
   // the dequantizers of int8_channel, or of the int4 groups (int4_group16's are int4_kgroup's)
   w.format = weight_format(group == 0 ? "int8_channel" : "int4_group16").dequant;
   if (format == "int4_packed") w.format = weight_format("int4_packed").dequant;
-  if (format == "fp8") {
+  if (gguf) {
+    gguf_view(w, format, values, col0, cols);
+  } else if (format == "fp8") {
     const FormatOptions options{group, false};
     w.format = weight_format("fp8", &options).dequant;
     checked<const uint8_t>(values, "values", DType::u8, {rows, ld});
@@ -91,6 +111,32 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
   kernel(w, r0, r1, c0, c1, dst, c1 - c0);
 }
 
+// c (fp32 [m, n1 - n0]) = a (bf16 [m, cols]) times rows [n0, n1) of W^T, W the GGUF matrix of
+// format `format` in values (gguf_view), by the few-rows product (DequantDotFn: m <= 4) or the
+// many-rows one (gemm) of `level`; false, with c untouched, where the level has none or it does
+// not take the matrix.
+inline bool dequant_product_test(const std::string& level_name, const std::string& format, const Array& values,
+                                 int col0, int cols, int n0, int n1, const Array& a, const Array& c, bool gemm) {
+  const IsaLevel level = parse_runnable_isa_level(level_name);
+  if (values.ndim() != 2 || a.ndim() != 2) throw std::invalid_argument("values and a must be 2-d arrays");
+  QuantMatrixView w;
+  w.rows = int(values.shape(0));
+  w.cols = cols;
+  w.values = static_cast<const uint8_t*>(values.data());
+  w.ld_values = values.shape(1);
+  if (format.rfind("gguf_", 0) != 0) throw std::invalid_argument("format must be 'gguf_<type>'");
+  gguf_view(w, format, values, col0, cols);
+  const int m = int(a.shape(0));
+  const bf16_t* x = checked<const bf16_t>(a, "a", DType::bf16, {m, cols});
+  float* out = checked<float>(c, "c", DType::f32, {m, n1 - n0});
+  if (n0 < 0 || n0 > n1 || n1 > w.rows || m < 1 || (!gemm && m > kDequantDotMaxRows))
+    throw std::invalid_argument("need 0 <= n0 <= n1 <= rows and 1 <= m (<= 4 for the few-rows product)");
+  const DequantDotFn product = gemm ? dequant_gemm_kernel(*w.format, level) : dequant_dot_kernel(*w.format, level);
+  if (!product) return false;
+  nanobind::gil_scoped_release unlocked;
+  return product(w, m, n0, n1, x, cols, out, n1 - n0);
+}
+
 inline void bind_dequant_kernels(nanobind::module_& m) {
   namespace nb = nanobind;
   using namespace nb::literals;
@@ -102,7 +148,14 @@ inline void bind_dequant_kernels(nanobind::module_& m) {
         "else int4 codes, fp16 scale and uint8 zero in sixteenths (or None: 8) per group of a power of two in "
         "[16, 1024], giving (code - zero / 16) * scale, logical column c at stored column col0 + c; format "
         "'int4_packed': the same with bf16 scales; format 'fp8': e4m3 bytes with fp32 scales per row (group 0) or "
-        "per group x group block). ValueError on bad input.");
+        "per group x group block; format 'gguf_<type>': the type's blocks, logical column c at stored column "
+        "col0 + c). ValueError on bad input.");
+  m.def("dequant_product_test", &dequant_product_test, "level"_a, "format"_a, "values"_a.noconvert(), "col0"_a,
+        "cols"_a, "n0"_a, "n1"_a, "a"_a.noconvert(), "c"_a.noconvert(), "gemm"_a,
+        "Test hook: c (fp32 [m, n1 - n0]) = a (bf16 [m, cols]) times rows [n0, n1) of W^T, W a GGUF format's "
+        "blocks (uint8 [rows, ld], logical column c at stored column col0 + c), by the few-rows product of `level` "
+        "(m <= 4) or, gemm, its many-rows one. Returns False, c untouched, where the level has none or it does not "
+        "take the matrix (col0 != 0). ValueError on bad input.");
 }
 
 }  // namespace kt_moe::py

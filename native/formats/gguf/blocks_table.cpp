@@ -5,7 +5,7 @@
 namespace kt_moe {
 namespace {
 
-// A type's few-rows and many-rows products at the AVX-512 levels (dequant_dot.cpp,
+// A type's few-rows and many-rows products at avx2 and the AVX-512 levels (dequant_dot.cpp,
 // dequant_gemm.cpp), where it has them.
 template <class Block>
 struct Products {
@@ -15,9 +15,11 @@ struct Products {
 #define KT_GGUF_PRODUCTS(T, t)                                                                            \
   template <>                                                                                             \
   struct Products<gguf_blocks::T> {                                                                       \
-    static constexpr ByLevel<DequantDotFn> dot = {KT_X86_ENTRY(avx512, &avx512::dot_gguf_##t)             \
+    static constexpr ByLevel<DequantDotFn> dot = {KT_X86_ENTRY(avx2, &avx2::dot_gguf_##t)                 \
+                                                  KT_X86_ENTRY(avx512, &avx512::dot_gguf_##t)             \
                                                   KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_gguf_##t)};   \
-    static constexpr ByLevel<DequantGemmFn> gemm = {KT_X86_ENTRY(avx512, &avx512::gemm_gguf_##t)          \
+    static constexpr ByLevel<DequantGemmFn> gemm = {KT_X86_ENTRY(avx2, &avx2::gemm_gguf_##t)              \
+                                                    KT_X86_ENTRY(avx512, &avx512::gemm_gguf_##t)          \
                                                     KT_X86_ENTRY(avx512_bf16, &avx512_bf16::gemm_gguf_##t)}; \
   };
 KT_GGUF_PRODUCTS(Q8_0, q8_0)
@@ -32,6 +34,7 @@ KT_GGUF_PRODUCTS(Q6_K, q6_k)
   const DequantFormat kGguf##T##Dequant = {"gguf_" #t,                                               \
                                            false,                                                    \
                                            {{IsaLevel::generic, &generic::dequant_gguf_##t},         \
+                                            KT_X86_ENTRY(avx2, &avx2::dequant_gguf_##t)               \
                                             KT_X86_ENTRY(avx512, &avx512::dequant_gguf_##t)           \
                                             KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_gguf_##t)}, \
                                            Products<gguf_blocks::T>::dot,                            \

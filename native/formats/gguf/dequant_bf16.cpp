@@ -1,8 +1,10 @@
 // The GGUF block types' bf16 dequantizers (gguf_blocks.hpp): each covered block decoded to fp32 as
-// its layout defines, the requested columns rounded once to bf16. Portable C++, compiled for the
-// generic, avx512 and avx512_bf16 levels alike (the compiler vectorizes the decode loops); at the
-// AVX-512 levels the rounding of whole 32-column spans is vectorized (the same rounding: to nearest
-// even, NaN kept NaN).
+// its layout defines, the requested columns rounded once to bf16. Compiled for the generic, avx2,
+// avx512 and avx512_bf16 levels alike: the decoders (gguf_decode.hpp) are portable C++ that the
+// compiler vectorizes, Q4_K, Q5_K and Q6_K's written in the level's vectors at avx2 and above; the
+// rounding of whole spans is vectorized at avx2 (16 columns, kernels/bf16_avx2.hpp) and the AVX-512
+// levels (32, kernels/bf16_avx512.hpp), the same rounding as the scalar one (to nearest even, NaN
+// kept NaN), so every level writes the same bits.
 #include <algorithm>
 #include <cstdint>
 
@@ -20,6 +22,8 @@
 #include "kernels/dequant_rows.hpp"
 #if defined(__AVX512F__)
 #include "kernels/bf16_avx512.hpp"
+#elif defined(__AVX2__)
+#include "kernels/bf16_avx2.hpp"
 #endif
 
 namespace kt_moe {
@@ -33,6 +37,9 @@ inline void round_to_bf16(const float* values, int count, bf16_t* out) {
 #if defined(__AVX512F__)
   for (; i + 32 <= count; i += 32)
     _mm512_storeu_si512(out + i, float_to_bf16(_mm512_loadu_ps(values + i), _mm512_loadu_ps(values + i + 16)));
+#elif defined(__AVX2__)
+  for (; i + 16 <= count; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), float_to_bf16(_mm256_loadu_ps(values + i), _mm256_loadu_ps(values + i + 8)));
 #endif
   for (; i < count; ++i) out[i] = float_to_bf16(values[i]);
 }

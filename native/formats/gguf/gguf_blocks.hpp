@@ -71,12 +71,13 @@ KT_GGUF_LAYOUT(IQ4_XS, 256, 136)
 // The bf16 dequantizers, per level: D[r, c] = bf16(w) of stored column col0 + c.
 #define KT_GGUF_DEQUANT_DECLARATION(T, t) void dequant_gguf_##t(const QuantMatrixView&, int, int, int, int, bf16_t*, int64_t);
 namespace generic { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
+namespace avx2 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 namespace avx512 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 namespace avx512_bf16 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
 #undef KT_GGUF_DEQUANT_DECLARATION
 
-// The few-rows products of the types a decode reads most, at the AVX-512 levels (dequant_dot.cpp),
-// and their many-rows ones (dequant_gemm.cpp).
+// The few-rows products of the types a decode reads most, at avx2 and the AVX-512 levels
+// (dequant_dot.cpp), and their many-rows ones (dequant_gemm.cpp).
 #define KT_GGUF_DOT_DECLARATIONS                                                                       \
   bool dot_gguf_q8_0(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool dot_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
@@ -86,6 +87,7 @@ namespace avx512_bf16 { KT_GGUF_TYPES(KT_GGUF_DEQUANT_DECLARATION) }
   bool gemm_gguf_q4_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool gemm_gguf_q5_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t); \
   bool gemm_gguf_q6_k(const QuantMatrixView&, int, int, int, const bf16_t*, int64_t, float*, int64_t);
+namespace avx2 { KT_GGUF_DOT_DECLARATIONS }
 namespace avx512 { KT_GGUF_DOT_DECLARATIONS }
 namespace avx512_bf16 { KT_GGUF_DOT_DECLARATIONS }
 #undef KT_GGUF_DOT_DECLARATIONS

@@ -1,17 +1,22 @@
 // The GGUF block types' decoders (layouts: gguf_blocks.hpp): decode(T{}, block, w) writes the QK
 // weights of one block of type T as fp32, exactly as gguf's dequantizer computes them. For the kernel
 // sources only: compiled per level, in its namespace (level_namespace.hpp), so that no level's copy of
-// these inline functions is merged into another level's callers.
+// these inline functions is merged into another level's callers. Portable C++, but Q4_K, Q5_K and Q6_K
+// in the level's vectors (vector_ops.hpp) at avx2 and the AVX-512 levels, where the codes' helpers
+// (k45_codes, q6_k_unsigned_codes) also serve the products.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 #include "formats/gguf/gguf_blocks.hpp"
+#if defined(__AVX2__)
+#include "formats/gguf/vector_ops.hpp"
+#endif
 #include "kernels/fp16.hpp"
 #include "kernels/level_namespace.hpp"
 
@@ -19,12 +24,15 @@ namespace kt_moe {
 namespace KT_KERNEL_NS {
 namespace gguf_decode {
 
-// The fp16 at p as fp32 (vcvtph2ps at the AVX-512 levels: the same value as the portable conversion).
+// The fp16 at p as fp32 (vcvtph2ps at the AVX-512 levels and, F16C's, at avx2: the same value as
+// the portable conversion).
 inline float half_at(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
 #if defined(__AVX512F__)
   return _mm512_cvtss_f32(_mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(h))));
+#elif defined(__F16C__)
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 #else
   return fp16_to_float(h);
 #endif
@@ -133,7 +141,7 @@ inline void decode_k45(const uint8_t* b, float* w) {
   }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 // Q4_K / Q5_K: the codes of sub-blocks 2 pair (codes[0], from the low nibbles) and 2 pair + 1
 // (codes[1]) of a block, 32 bytes each, in weight order: 0..15, or 0..31 with Q5_K's fifth bit
 // (bit i of qh byte l for weight l of sub-block i).
@@ -167,14 +175,10 @@ inline __m256i q6_k_codes(const uint8_t* b, int chunk) {
   return _mm256_sub_epi8(q6_k_unsigned_codes(b, chunk), _mm256_set1_epi8(32));
 }
 
-// 16 bytes of unsigned / signed integers as 16 fp32 lanes.
-inline __m512 u8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
-inline __m512 i8_lanes(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
-
-// Q4_K / Q5_K with AVX-512: the same values (d sc q is exact in fp32, so w is rounded once whether
-// the subtraction is fused or not, as in decode_k45).
+// Q4_K / Q5_K in the level's vectors (vector_ops.hpp): the same values (d sc q is exact in fp32, so
+// w is rounded once whether the subtraction is fused or not, as in decode_k45).
 template <bool HighBit>
-inline void decode_k45_avx512(const uint8_t* b, float* w) {
+inline void decode_k45_vectors(const uint8_t* b, float* w) {
   const float d = half_at(b), dmin = half_at(b + 2);
   for (int pair = 0; pair < 4; ++pair) {
     __m256i codes[2];
@@ -182,35 +186,32 @@ inline void decode_k45_avx512(const uint8_t* b, float* w) {
     for (int half = 0; half < 2; ++half) {
       int scale, min;
       k_scale_min(b + 4, 2 * pair + half, scale, min);
-      const __m512 ds = _mm512_set1_ps(d * float(scale)), dm = _mm512_set1_ps(dmin * float(min));
+      const Vec::F ds = Vec::set1(d * float(scale)), dm = Vec::set1(dmin * float(min));
       float* out = w + 64 * pair + 32 * half;
-      const __m512 q0 = u8_lanes(_mm256_castsi256_si128(codes[half]));
-      const __m512 q1 = u8_lanes(_mm256_extracti128_si256(codes[half], 1));
-      _mm512_storeu_ps(out, _mm512_fmsub_ps(q0, ds, dm));
-      _mm512_storeu_ps(out + 16, _mm512_fmsub_ps(q1, ds, dm));
+      for (int k = 0; k < 32 / Vec::kLanes; ++k)
+        Vec::store_f(out + Vec::kLanes * k, Vec::fmsub(Vec::u8_lanes(codes[half], k), ds, dm));
     }
   }
 }
-inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45_avx512<false>(b, w); }
-inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45_avx512<true>(b, w); }
-#else
-inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45<false>(b, w); }
-inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45<true>(b, w); }
-#endif
+inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45_vectors<false>(b, w); }
+inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45_vectors<true>(b, w); }
 
-#if defined(__AVX512F__)
-// Q6_K with AVX-512: the same products, (d sc) q, in the same order.
+// Q6_K in the level's vectors: the same products, (d sc) q, in the same order.
 inline void decode(gguf_blocks::Q6_K, const uint8_t* b, float* w) {
   const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
   const float d = half_at(b + 208);
   for (int chunk = 0; chunk < 8; ++chunk) {
     const __m256i q = q6_k_codes(b, chunk);
-    const __m512 q0 = i8_lanes(_mm256_castsi256_si128(q)), q1 = i8_lanes(_mm256_extracti128_si256(q, 1));
-    _mm512_storeu_ps(w + 32 * chunk, _mm512_mul_ps(_mm512_set1_ps(d * float(scales[2 * chunk])), q0));
-    _mm512_storeu_ps(w + 32 * chunk + 16, _mm512_mul_ps(_mm512_set1_ps(d * float(scales[2 * chunk + 1])), q1));
+    for (int k = 0; k < 32 / Vec::kLanes; ++k) {  // scale 2 chunk for the first 16 weights, 2 chunk + 1 after
+      const Vec::F ds = Vec::set1(d * float(scales[2 * chunk + Vec::kLanes * k / 16]));
+      Vec::store_f(w + 32 * chunk + Vec::kLanes * k, Vec::mul(ds, Vec::i8_lanes(q, k)));
+    }
   }
 }
 #else
+inline void decode(gguf_blocks::Q4_K, const uint8_t* b, float* w) { decode_k45<false>(b, w); }
+inline void decode(gguf_blocks::Q5_K, const uint8_t* b, float* w) { decode_k45<true>(b, w); }
+
 inline void decode(gguf_blocks::Q6_K, const uint8_t* b, float* w) {
   const uint8_t *ql = b, *qh = b + 128;
   const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
