@@ -22,6 +22,7 @@
 #include "kernels/vnni_ops.hpp"
 #else
 #include "kernels/dequant_dot_rows.hpp"
+#include "kernels/vnni_ops_avx2.hpp"
 #endif
 
 namespace kt_moe {
@@ -123,12 +124,9 @@ struct Vec {
   static I dpwssd(I acc, I p, I s) { return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s)); }
   // acc[lane] += sum_i w.byte[4 lane + i] (unsigned) * a.byte[4 lane + i] (signed), exactly for any
   // bytes (Q8_0's codes + 128 included): vpmaddubsw would saturate its int16 pair sums (2 * 255 *
-  // 127 > 32767), so the even and odd bytes are widened to words and multiplied by vpmaddwd.
-  static I dpbusd(I acc, I w, I a) {
-    const __m256i w_even = _mm256_and_si256(w, _mm256_set1_epi16(0x00FF)), w_odd = _mm256_srli_epi16(w, 8);
-    const __m256i a_even = _mm256_srai_epi16(_mm256_slli_epi16(a, 8), 8), a_odd = _mm256_srai_epi16(a, 8);
-    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(w_even, a_even), _mm256_madd_epi16(w_odd, a_odd)));
-  }
+  // 127 > 32767), so the even and odd bytes are widened to words and multiplied by vpmaddwd
+  // (vnni_ops_avx2.hpp, as int8_channel's quantized GEMM does).
+  static I dpbusd(I acc, I w, I a) { return dot_words(acc, unsigned_words(w), signed_words(a)); }
   // The same for w <= 63 (the K-quants' codes: 0..15, 0..31, 0..63): vpmaddubsw's pair sums are at
   // most 2 * 63 * 128 = 16128 in magnitude, exact in int16; vpmaddwd by ones adds the pairs.
   static I dpbusd_small(I acc, I w, I a) { return dpwssd(acc, maddubs(w, a), _mm256_set1_epi16(1)); }
