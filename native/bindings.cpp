@@ -17,6 +17,7 @@
 #include "py/py_infer_engine.hpp"
 #include "py/py_quant_kernels.hpp"
 #include "py/py_weight_formats.hpp"
+#include "py/py_weight_quantizers.hpp"
 #include "py/py_sft_engine.hpp"
 #include "py/py_swiglu_kernels.hpp"
 
@@ -267,6 +268,7 @@ NB_MODULE(_native, m) {
 
   kt_moe::py::bind_infer_engine(m);
   kt_moe::py::bind_quant_kernels(m);
+  kt_moe::py::bind_weight_quantizers(m);
   kt_moe::py::bind_weight_formats(m);
   kt_moe::py::bind_dequant_kernels(m);
   kt_moe::py::bind_swiglu_kernels(m);

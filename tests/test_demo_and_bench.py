@@ -164,3 +164,21 @@ def test_demo_help_shows_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--tokens TOKENS tokens per call (default: 128)" in text
     assert "--steps STEPS training steps of the SFT example (default: 5)" in text
+
+
+def test_bench_load_prints_rows_and_json_lines(capsys):
+    assert bench_script("bench_load").main(["--shape", "small", "--methods", "AMXINT4,BF16", "--repeats", "1",
+                                            "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["method"] for r in records] == ["AMXINT4", "BF16"]
+    for r in records:
+        assert r["kind"] == "load" and r["median_s"] > 0 and r["resident_mib"] > 0 and r["cpu"]
+    bf16_layer_mib = 3 * 8 * 1024 * 512 * 2 / 2**20  # the small shape in bf16
+    assert records[1]["resident_mib"] >= bf16_layer_mib > 2 * records[0]["resident_mib"]
+    assert any(line.startswith("AMXINT4 ") for line in lines)
+
+
+def test_bench_load_rejects_llamafile():
+    with pytest.raises(SystemExit):
+        bench_script("bench_load").parse_args(["--methods", "LLAMAFILE"])

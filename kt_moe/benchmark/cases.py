@@ -175,15 +175,24 @@ class TorchGroupedMMSFT(TorchBF16Autograd):
         return grouped_mm_moe(self.x, p.expert_ids, self.weights, self.experts, self.lora, p.scale)
 
 
-def ktmoe_wrapper(method: str, problem: Problem, threads: int, pools: int = 1, **options):
-    """Build the kt-moe wrapper of `method` for the problem's shape, base weights loaded; `options`
+def unloaded_wrapper(method: str, shape: Shape, threads: int, pools: int = 1, chunk: int = 1, rank: int = 16,
+                     **options):
+    """The kt-moe wrapper of `method` for `shape`, no weights loaded yet: cpuinfer_threads=threads in
+    `pools` subpools, batches up to `chunk` tokens, LoRA rank `rank` for the SFT methods; `options`
     are further KTMoEWrapper arguments (e.g. max_deferred_experts_per_token)."""
-    s, mode = problem.shape, KT_METHOD_MODES[method]
-    sft = dict(lora_rank=problem.rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
-    wrapper = KTMoEWrapper(layer_idx=0, num_experts=s.num_experts, num_experts_per_tok=s.top_k, hidden_size=s.hidden,
-                           moe_intermediate_size=s.intermediate, num_gpu_experts=0, cpuinfer_threads=threads,
-                           threadpool_count=pools, weight_path="", chunked_prefill_size=problem.q,  # largest batch sent
-                           method=method, mode=mode, **sft, **options)
+    mode = KT_METHOD_MODES[method]
+    sft = dict(lora_rank=rank, lora_alpha=LORA_ALPHA) if mode == "sft" else {}
+    return KTMoEWrapper(layer_idx=0, num_experts=shape.num_experts, num_experts_per_tok=shape.top_k,
+                        hidden_size=shape.hidden, moe_intermediate_size=shape.intermediate, num_gpu_experts=0,
+                        cpuinfer_threads=threads, threadpool_count=pools, weight_path="", chunked_prefill_size=chunk,
+                        method=method, mode=mode, **sft, **options)
+
+
+def ktmoe_wrapper(method: str, problem: Problem, threads: int, pools: int = 1, **options):
+    """unloaded_wrapper for the problem's shape and rank (batches up to its q tokens, the largest
+    sent), its base weights loaded."""
+    s = problem.shape
+    wrapper = unloaded_wrapper(method, s, threads, pools, problem.q, problem.rank, **options)
     wrapper.load_weights_from_tensors(*problem.experts, torch.arange(s.num_experts, dtype=torch.int64))
     return wrapper
 

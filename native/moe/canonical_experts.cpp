@@ -109,9 +109,7 @@ void CanonicalExperts::load(int slot, const MatrixParts& gate, const MatrixParts
       if (!matrices[m]->data[i])
         throw std::invalid_argument(std::string(f.name) + " needs every part " + f.part_list() + " of every matrix");
   }
-  store_.load(slot, [&](int s, uint8_t* expert) {
-    for (int m = 0; m < 3; ++m) copy(*matrices[m], BaseMatrix(m), layouts_[s][m], expert);
-  });
+  store_.load(slot, [&](int s, int m, uint8_t* expert) { copy(*matrices[m], BaseMatrix(m), layouts_[s][m], expert); });
 }
 
 }  // namespace kt_moe

@@ -26,16 +26,18 @@ Bf16ExpertSlices::Bf16ExpertSlices(int experts, int hidden, int intermediate, Wo
 
 void Bf16ExpertSlices::load(int slot, const bf16_t* gate, const bf16_t* up, const bf16_t* down) {
   const int H = store_.hidden(), I = store_.intermediate(), Is = store_.slice_size();
-  store_.load(slot, [&](int s, uint8_t* expert) {
+  store_.load(slot, [&](int s, int m, uint8_t* expert) {
     const int begin = store_.slice_begin(s);
     bf16_t* g = reinterpret_cast<bf16_t*>(expert);
     bf16_t* u = g + gate_elems();
     bf16_t* d = u + gate_elems();
-    for (int i = 0; i < Is; ++i) {
-      copy_row(g + i * gate_ld_, gate + size_t(begin + i) * H, H, gate_ld_);
-      copy_row(u + i * gate_ld_, up + size_t(begin + i) * H, H, gate_ld_);
+    if (m < 2) {
+      bf16_t* out = m == 0 ? g : u;
+      const bf16_t* in = m == 0 ? gate : up;
+      for (int i = 0; i < Is; ++i) copy_row(out + i * gate_ld_, in + size_t(begin + i) * H, H, gate_ld_);
+    } else {
+      for (int h = 0; h < H; ++h) copy_row(d + h * down_ld_, down + size_t(h) * I + begin, Is, down_ld_);
     }
-    for (int h = 0; h < H; ++h) copy_row(d + h * down_ld_, down + size_t(h) * I + begin, Is, down_ld_);
   });
 }
 

@@ -57,9 +57,11 @@ void ExpertStore::check_slot(int slot) const {
                                 std::to_string(experts_) + ")");
 }
 
-void ExpertStore::load(int slot, const std::function<void(int s, uint8_t* expert)>& fill) {
+void ExpertStore::load(int slot, const std::function<void(int s, int m, uint8_t* expert)>& fill) {
   check_slot(slot);
-  pool_.for_each_subpool([&](int s) { fill(s, expert(s, slot)); });
+  pool_.for_each_subpool([&](int s) {
+    pool_.subpool(s).parallel_for(3, [&](int m) { fill(s, m, expert(s, slot)); });
+  });
   if (!loaded_[slot]) {
     loaded_[slot] = 1;
     ++loaded_count_;

@@ -39,9 +39,10 @@ class ExpertStore {
 
   // std::invalid_argument naming the slot unless 0 <= slot < E.
   void check_slot(int slot) const;
-  // Checks the slot, runs fill(s, expert(s, slot)) for every slice (for_each_subpool on the calling
-  // thread, so that pages are first touched on their node), then counts the slot as loaded.
-  void load(int slot, const std::function<void(int s, uint8_t* expert)>& fill);
+  // Checks the slot, runs fill(s, m, expert(s, slot)) for every slice s and matrix m (0 gate, 1 up,
+  // 2 down; the three matrices of a slice on its subpool's threads at once, so that its pages are
+  // first touched on their node), then counts the slot as loaded.
+  void load(int slot, const std::function<void(int s, int m, uint8_t* expert)>& fill);
   int loaded_count() const { return loaded_count_; }
 
  private:

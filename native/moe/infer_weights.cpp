@@ -69,11 +69,12 @@ void QuantInferWeights::pack(const MatrixParts& m, int n0, int n, int k0, int k,
 
 void QuantInferWeights::load(int slot, const MatrixParts& gate, const MatrixParts& up, const MatrixParts& down) {
   const int H = store_.hidden(), Is = store_.slice_size();
-  store_.load(slot, [&](int s, uint8_t*) {
+  store_.load(slot, [&](int s, int m, uint8_t*) {
     const int begin = store_.slice_begin(s);
-    pack(gate, begin, Is, 0, H, packed(s, slot, 0));
-    pack(up, begin, Is, 0, H, packed(s, slot, 1));
-    pack(down, 0, H, begin, Is, packed(s, slot, 2));
+    if (m < 2)
+      pack(m == 0 ? gate : up, begin, Is, 0, H, packed(s, slot, m));
+    else
+      pack(down, 0, H, begin, Is, packed(s, slot, 2));
   });
 }
 

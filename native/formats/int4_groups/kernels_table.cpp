@@ -1,5 +1,5 @@
 // The int4 groups' dequantizers by ISA level (int4_groups.hpp): fp16 scales (int4_group16, int4_kgroup)
-// and bf16 scales (int4_packed).
+// and bf16 scales (int4_packed); and their quantizer.
 #include "formats/int4_groups/int4_groups.hpp"
 #include "kernels/by_level.hpp"
 
@@ -23,5 +23,12 @@ const DequantFormat kInt4GroupsBf16Dequant = {
     {KT_X86_ENTRY(avx2, &avx2::dot_int4_groups_bf16)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dot_int4_groups_bf16)},
     {}};
+
+namespace {
+constexpr ByLevel<Int4QuantizeFn> kInt4Quantizer = {{IsaLevel::generic, &generic::quantize_int4_rows},
+                                                    KT_X86_ENTRY(avx2, &avx2::quantize_int4_rows)};
+}  // namespace
+
+Int4QuantizeFn int4_quantizer(IsaLevel level) { return kInt4Quantizer.at(level); }
 
 }  // namespace kt_moe
