@@ -15,8 +15,10 @@ share of a streaming read timed in the same rounds, GFLOP/s of the base GEMMs (f
 kt_moe/benchmark/metrics.py), the ratios to both baselines (baseline median / case median: above 1
 is faster), and the relative L2 error of the output (and, for sft, the worst of grad_input and the
 gradients) next to the bound the tests hold the method to ('!' when above). Every JSON line names
-the machine (CPU model, ISA levels, torch version). A case that fails prints an "error" row with the
-reason below it. What runs meanwhile shows on stderr. Exit status 1 if a case errored.
+the machine (CPU model, ISA levels, torch version, OpenMP wait policy). torch's OpenMP threads wait
+passively (OMP_WAIT_POLICY=PASSIVE unless the environment sets a policy), so that they do not spin
+on the cores of the case timed after the cache-evicting read. A case that fails prints an "error"
+row with the reason below it. What runs meanwhile shows on stderr. Exit status 1 if a case errored.
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ import os
 import sys
 from typing import List, Optional
 
-import torch
+# Before torch starts its OpenMP threads: without this they spin after the cache-evicting read and
+# take cores from the step timed next (docs/threads.md). A policy set in the environment is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from kt_moe.benchmark.arguments import HelpFormatter, csv_list
 from kt_moe.benchmark.cases import BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
 from kt_moe.benchmark.report import ERRORS_NOTE, Reporter
-from kt_moe.benchmark.runner import cpu_model, isa_level, machine, run_cases
+from kt_moe.benchmark.runner import cpu_model, isa_level, machine, omp_wait_policy, run_cases
 from kt_moe.benchmark.shapes import SHAPES
 from kt_moe.closed_pipe import quiet_on_closed_pipe
 
@@ -94,7 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     isa = isa_level()
     reporter.note(f"cpu: {cpu_model()}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f} "
                   f"(other processes skew the times); torch {torch.__version__} "
-                  f"({torch.backends.cpu.get_cpu_capability()}); kt-moe isa: {isa}")
+                  f"({torch.backends.cpu.get_cpu_capability()}, OMP_WAIT_POLICY {omp_wait_policy()}); "
+                  f"kt-moe isa: {isa}")
     for threads in args.threads:
         rate = torch_gemm_gflops(threads)
         reporter.note(f"torch bf16 GEMM [512 x 2048] @ [2048 x 1408], {threads} threads: {rate:.1f} GFLOP/s",

@@ -107,6 +107,8 @@ def test_bad_arguments_are_value_errors():
         native(w, 15, True, 1, "generic")
     with pytest.raises(ValueError, match="threads"):
         native(w, 16, True, 0, "generic")
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16, got float64"):
+        native(w.double(), 16, True, 1, "generic")
     codes, scale = torch.empty(4, 16, dtype=torch.uint8), torch.empty(4, 2, dtype=torch.float16)
     with pytest.raises(ValueError, match="zero"):
         _native.quantize_int4_groups(w, 16, True, codes, scale, None, 1, "generic")

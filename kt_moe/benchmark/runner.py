@@ -38,9 +38,17 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def omp_wait_policy() -> str:
+    """OMP_WAIT_POLICY as set for this process ("default" when unset): with the default, torch's
+    OpenMP threads spin for a while after each parallel op, taking cores from the kt-moe workers
+    that run next (docs/threads.md)."""
+    return os.environ.get("OMP_WAIT_POLICY", "default")
+
+
 def machine() -> Dict:
     """What every JSON record carries, so that rows of different machines are not mixed up."""
-    return dict(cpu=cpu_model(), cpus=os.cpu_count(), isa_levels=isa_level("levels"), torch=torch.__version__)
+    return dict(cpu=cpu_model(), cpus=os.cpu_count(), isa_levels=isa_level("levels"), torch=torch.__version__,
+                omp_wait_policy=omp_wait_policy())
 
 
 def run_cases(names: List[str], problem: Problem, threads: int, warmup: int, repeats: int,

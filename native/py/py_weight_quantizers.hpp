@@ -56,9 +56,12 @@ inline void bind_weight_quantizers(nanobind::module_& m) {
         } else if (w.dtype() == kQuantBf16) {
           a.dtype = Int4QuantizeArgs::kBfloat16;
           a.w = quant_operand<const uint16_t>(w, "w", {-1, -1}, &a.ldw, kQuantBf16);
-        } else {
+        } else if (w.dtype() == kQuantF16) {
           a.dtype = Int4QuantizeArgs::kFloat16;
           a.w = quant_operand<const uint16_t>(w, "w", {-1, -1}, &a.ldw, kQuantF16);
+        } else {
+          throw std::invalid_argument("w: expected dtype float32, bfloat16 or float16, got " +
+                                      quant_dtype_name(w.dtype()));
         }
         if (group < 2 || group > 128 || group % 2) throw std::invalid_argument("group: expected an even size up to 128");
         const int rows = quant_dim(w.shape(0), "rows");

@@ -5,6 +5,7 @@
 // side (arrays [G][kLanes], loops over the lanes that the compiler turns into vector instructions).
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
