@@ -6,7 +6,7 @@ layer holds.
         [--json-out FILE]
 
 Per method: median and min-max seconds of a whole layer's load (every expert; cpuinfer_threads and
-torch's threads = --threads, which the quantizers use), the bf16 input's GB/s (3 H I E weights of
+torch's threads = --threads, which the quantizers use; LLAMAFILE quantizes to Q8_0 with gguf), the bf16 input's GB/s (3 H I E weights of
 2 bytes / median) and the resident MiB of the loaded layer (resident_bytes_per_expert x E: codes,
 scales and zero points of the quantized methods). Each load is the first of a fresh wrapper, as
 when a model loads. Every JSON line names the machine (CPU model, ISA levels, torch version).
@@ -44,10 +44,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
                    help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)
-    unknown = [m for m in args.methods if m not in KT_METHOD_MODES or m == "LLAMAFILE"]
+    unknown = [m for m in args.methods if m not in KT_METHOD_MODES]
     if unknown:
-        p.error(f"unknown or unsupported method(s) {', '.join(unknown)}; known: "
-                f"{', '.join(m for m in KT_METHOD_MODES if m != 'LLAMAFILE')}")
+        p.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(KT_METHOD_MODES)}")
     if args.threads < 1 or args.repeats < 1:
         p.error("--threads and --repeats must be positive")
     return args

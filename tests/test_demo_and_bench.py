@@ -179,6 +179,7 @@ def test_bench_load_prints_rows_and_json_lines(capsys):
     assert any(line.startswith("AMXINT4 ") for line in lines)
 
 
-def test_bench_load_rejects_llamafile():
+def test_bench_load_rejects_an_unknown_method(capsys):
     with pytest.raises(SystemExit):
-        bench_script("bench_load").parse_args(["--methods", "LLAMAFILE"])
+        bench_script("bench_load").parse_args(["--methods", "AMXINT4,INT3"])
+    assert "unknown method(s) INT3" in capsys.readouterr().err

@@ -66,6 +66,8 @@ def test_input_dtypes_stacks_and_strided_rows(dtype):
     wide = torch.randn(20, 100, generator=gen).to(dtype)
     view = wide[:, :72]  # rows 100 elements apart
     assert_same(quantize_int4(view, 16, True), quantize_int4_torch(view.contiguous(), 16, True), f"{dtype} strided")
+    for odd in (wide[:, ::2], wide[:1].expand(5, 100)):  # strided columns; rows that share memory
+        assert_same(quantize_int4(odd, 16, True), quantize_int4_torch(odd.contiguous(), 16, True), f"{dtype} view")
 
 
 def test_a_real_layer_shape_on_two_threads():

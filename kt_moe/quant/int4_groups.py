@@ -173,9 +173,9 @@ def quantize_int4(w: torch.Tensor, group_size: int, zero_point: bool) -> Tuple[t
     Kp = padded_k(K, group_size)
     groups = Kp // group_size
     rows = w.reshape(-1, K)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
     R = rows.shape[0]
+    if rows.stride(-1) != 1 or (R > 1 and rows.stride(0) < K):  # the native code reads strided rows
+        rows = rows.contiguous()
     codes = torch.empty(R, Kp // 2, dtype=torch.uint8)
     scale = torch.empty(R, groups, dtype=torch.float16)
     zero = torch.empty(R, groups, dtype=torch.uint8) if zero_point else None
