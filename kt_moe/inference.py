@@ -25,7 +25,8 @@ class BaseMoEWrapper(MoEWrapperBase):
 
     mode = "inference"
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True,
+                     num_logical_experts: Optional[int] = None) -> None:
         """Load this layer's (pre-quantized or Hugging Face) weights from weight_path."""
         raise NotImplementedError(f"{type(self).__name__}.load_weights")
 
@@ -86,14 +87,18 @@ class AMXMoEWrapper(BaseMoEWrapper):
 
     # ---- weights ---------------------------------------------------------------------------
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True,
+                     num_logical_experts: Optional[int] = None) -> None:
         """Read layer layer_idx from weight_path: for AMXINT8 / AMXINT4 its pre-quantized file when
         there is one (its checksum verified unless verify_checksum=False), else the Hugging Face
-        checkpoint (quantized while loading). Slot p gets logical expert physical_to_logical_map[p].
+        checkpoint (quantized while loading). Slot p gets logical expert physical_to_logical_map[p];
+        num_logical_experts: the stored layer's expert count when it has more experts than this
+        wrapper's num_experts slots (default num_experts).
         All or nothing (docs/inference.md, "Loading"); forwards running meanwhile read the previous
         weights."""
         with self._load_lock:
-            load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map, verify_checksum)
+            load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map, verify_checksum,
+                           num_logical_experts)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
@@ -276,11 +281,12 @@ class NativeMoEWrapper(AMXMoEWrapper):
     when its config.json has a quantization_config, else 128 (FP8) or 32 (RAWINT4); see
     docs/inference.md. The forward API is AMXMoEWrapper's."""
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True,
+                     num_logical_experts: Optional[int] = None) -> None:
         """Read layer layer_idx from weight_path: a quantized checkpoint in place (mmap, one expert at
         a time; its scales and FP8 values checked), or a bf16 checkpoint quantized while loading.
         verify_checksum applies to kt-moe's own pre-quantized files only. All or nothing."""
-        super().load_weights(physical_to_logical_map, verify_checksum)
+        super().load_weights(physical_to_logical_map, verify_checksum, num_logical_experts)
 
     def load_weights_from_tensors(self, gate, up, down, physical_to_logical_map: torch.Tensor) -> None:
         """gate [E', I, H], up [E', I, H], down [E', H, I] (CPU; bf16, fp16, fp32 or fp64, finite),

@@ -20,7 +20,8 @@ class BaseSFTMoEWrapper(MoEWrapperBase):
 
     mode = "sft"
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True,
+                     num_logical_experts: Optional[int] = None) -> None:
         """Load this layer's base weights from weight_path."""
         raise NotImplementedError(f"{type(self).__name__}.load_weights")
 
@@ -71,20 +72,25 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         self._lora: Optional[Tuple[torch.Tensor, ...]] = None  # the caller's tensors
         self._lora_bf16: Optional[Tuple[torch.Tensor, ...]] = None  # what the engine reads
 
-    def _lora_shapes(self) -> Dict[str, Tuple[int, ...]]:
+    def lora_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """The six LoRA tensors' shapes, by name (LORA_NAMES order)."""
         c = self.config
         E, H, I, r = c.num_experts, c.hidden_size, c.moe_intermediate_size, c.lora_rank
         return dict(gate_lora_a=(E, r, H), gate_lora_b=(E, I, r), up_lora_a=(E, r, H), up_lora_b=(E, I, r),
                     down_lora_a=(E, r, I), down_lora_b=(E, H, r))
 
-    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+    def load_weights(self, physical_to_logical_map: torch.Tensor, verify_checksum: bool = True,
+                     num_logical_experts: Optional[int] = None) -> None:
         """Read layer layer_idx from weight_path: for the quantized methods its pre-quantized file when
         there is one (its checksum verified unless verify_checksum=False), else the Hugging Face
-        checkpoint (quantized while loading). Slot p gets logical expert physical_to_logical_map[p].
+        checkpoint (quantized while loading). Slot p gets logical expert physical_to_logical_map[p];
+        num_logical_experts: the stored layer's expert count when it has more experts than this
+        wrapper's num_experts slots (default num_experts).
         All or nothing (docs/sft.md, "Loading the base"); RuntimeError while saved forwards wait for
         backward()."""
         with self._load_lock:
-            load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map, verify_checksum)
+            load_from_path(self.engine, self.config, self.scheme, physical_to_logical_map, verify_checksum,
+                           num_logical_experts)
 
     def load_weights_from_tensors(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
                                   physical_to_logical_map: torch.Tensor) -> None:
@@ -103,13 +109,22 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
                           up_b: torch.Tensor, down_a: torch.Tensor, down_b: torch.Tensor) -> None:
         tensors = (gate_a, gate_b, up_a, up_b, down_a, down_b)
         for name, tensor in zip(LORA_NAMES, tensors):
-            check_tensor(tensor, name, self._lora_shapes()[name], LORA_DTYPES)
+            check_tensor(tensor, name, self.lora_shapes()[name], LORA_DTYPES)
             if not tensor.is_contiguous():
                 raise ValueError(f"{name} must be contiguous (the engine reads it in place)")
         self._lora = tensors
         self._lora_bf16 = tuple(t.detach() if t.dtype == torch.bfloat16 else t.detach().to(torch.bfloat16)
                                 for t in tensors)
         self.engine.update_lora_weights_task(*self._lora_bf16)
+
+    @property
+    def lora_tensors(self) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The six tensors init_lora_weights() attached (LORA_NAMES order), None before."""
+        return self._lora
+
+    def discard_saved_forward(self) -> None:
+        """Drop the latest saved forward without its backward (RuntimeError when none is saved)."""
+        self.engine.discard_saved_forward()
 
     def update_lora_weights(self) -> None:
         if self._lora is None:
@@ -147,7 +162,7 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         grad_input = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
         routing_grad = torch.empty(q, c.num_experts_per_tok, dtype=torch.float32)
         dtypes = [t.dtype for t in self._lora] if self._lora else [torch.float32] * len(LORA_NAMES)
-        grads = {name: torch.empty(shape, dtype=dtype) for (name, shape), dtype in zip(self._lora_shapes().items(), dtypes)}
+        grads = {name: torch.empty(shape, dtype=dtype) for (name, shape), dtype in zip(self.lora_shapes().items(), dtypes)}
         self.engine.backward_task(q, c.num_experts_per_tok, as_contiguous(grad_output.detach(), torch.bfloat16),
                                   grad_input, *grads.values(), routing_grad)
         for name, tensor in zip(LORA_NAMES, self._lora):  # set: the engine had a saved forward

@@ -5,6 +5,7 @@ method to, progress shown as cases run; the table's rows, flags and progress lin
 import importlib.util
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,30 @@ def test_bench_load_prints_rows_and_json_lines(capsys):
     bf16_layer_mib = 3 * 8 * 1024 * 512 * 2 / 2**20  # the small shape in bf16
     assert records[1]["resident_mib"] >= bf16_layer_mib > 2 * records[0]["resident_mib"]
     assert any(line.startswith("AMXINT4 ") for line in lines)
+
+
+def test_bench_distributed_times_the_exchange_of_two_ranks():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_distributed.py"), "--shape", "small", "--q", "8",
+                          "--repeats", "1", "--method", "AMXBF16_SFT"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [r["rank"] for r in records] == [0, 1]
+    for r in records:
+        assert r["kind"] == "expert_parallel" and r["experts"] == 4 and r["collective_calls"] == 5
+        assert r["step_ms"] >= r["exchange_ms"] > 0 and r["sent_mb"] > 0 and r["cpu"]
+
+
+def test_bench_distributed_traffic_model(capsys):
+    bench = bench_script("bench_distributed")
+    assert bench.main(["--traffic", "--q", "128"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["ranks"] for r in records] == [2, 4, 8]
+    two = records[0]  # DeepSeek-V3: a token's 8 experts miss the other rank's 128 with probability C(128,8)/C(256,8)
+    assert two["other_ranks"] == pytest.approx(1 - math.comb(128, 8) / math.comb(256, 8))
+    assert two["forward_kb_per_token"] == pytest.approx(two["other_ranks"] * (4 * 7168 + 64) / 1e3)
+    assert records[2]["step_mb_per_rank"] > records[1]["step_mb_per_rank"] > two["step_mb_per_rank"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--shape", "deepseek-v3"])  # too large to build here: --traffic only
 
 
 def test_bench_load_rejects_an_unknown_method(capsys):

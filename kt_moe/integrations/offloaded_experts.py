@@ -10,7 +10,9 @@ and on the device of hidden_states:
   is the wrapper's backward: the gradient of the hidden states and of the routing weights flows on
   to the layers below and the router, the LoRA parameters' gradients land in their .grad;
 - the first `num_gpu_experts` experts (the peer's hybrid mode) stay in torch on the model's device
-  and the wrapper skips them; their outputs are added.
+  and the wrapper skips them; their outputs are added;
+- an ExpertParallelMoE (expert parallelism) takes every call whole, an empty batch too: each call
+  is collective, so every rank makes it, and it runs what its rank receives in chunks itself.
 
 The engine's forward cache is last in, first out, one entry per saved forward. Every saved forward
 gets a ticket held by its autograd node; a backward whose ticket is not the latest is refused
@@ -24,6 +26,7 @@ from typing import List, Optional
 
 import torch
 
+from kt_moe.distributed import ExpertParallelMoE
 from kt_moe.integrations.expert_lora import EngineLora
 
 
@@ -40,6 +43,7 @@ class OffloadedExperts:
         self.gpu_gate_up = gpu_gate_up  # [G, 2I, H] experts 0..G-1, kept in torch (hybrid mode)
         self.gpu_down = gpu_down        # [G, H, I]
         self._saved: List[weakref.ref] = []  # tickets of the engine's saved forwards, latest last
+        self.distributed = isinstance(wrapper, ExpertParallelMoE)
 
     @property
     def trains(self) -> bool:
@@ -47,7 +51,7 @@ class OffloadedExperts:
 
     def __call__(self, module: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                  top_k_weights: torch.Tensor) -> torch.Tensor:
-        if hidden_states.shape[0] == 0:
+        if hidden_states.shape[0] == 0 and not self.distributed:
             return torch.zeros_like(hidden_states)
         if not self.trains:
             stream = torch.cuda.current_stream(hidden_states.device).cuda_stream if hidden_states.is_cuda else None
@@ -70,10 +74,12 @@ class OffloadedExperts:
     def _drop_abandoned(self) -> None:
         """Discard the latest saved forwards whose autograd graph is gone without a backward."""
         while self._saved and self._saved[-1]() is None:
-            self.wrapper.engine.discard_saved_forward()
+            self.wrapper.discard_saved_forward()
             self._saved.pop()
 
     def _chunks(self, q: int):
+        if self.distributed:
+            return [(0, q)]
         size = self.wrapper.config.chunked_prefill_size
         return [(start, min(q, start + size)) for start in range(0, q, size)]
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed
 from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "adapter_config.json"
@@ -55,6 +56,19 @@ class _Experts:
     @property
     def params(self) -> Dict[str, torch.nn.Parameter]:
         return self.module.kt_moe.lora.params
+
+    @property
+    def held_experts(self) -> Optional[List[int]]:
+        """The logical experts of the parameters' rows when they are one rank's share (expert
+        parallelism), else None (every expert, in order)."""
+        return getattr(self.module.kt_moe.wrapper, "local_experts", None)
+
+    def whole_params(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The parameters over every expert of the layer: gathered from the ranks (collective) under
+        expert parallelism, where only the group's rank 0 gets them (None on the others)."""
+        if self.held_experts is None:
+            return self.params
+        return self.module.kt_moe.wrapper.gather_experts(self.params)
 
     @property
     def rank(self) -> int:
@@ -122,7 +136,9 @@ def save_expert_adapter(model: torch.nn.Module, directory: str) -> None:
     LoRA adapter (adapter_config.json, adapter_model.safetensors) that
     `PeftModel.from_pretrained(model_without_kt_moe, directory)` loads. Only the routed experts'
     LoRA is written; tensors keep their dtype. ValueError when the model has no experts LoRA or its
-    experts modules differ in lora_rank / lora_alpha."""
+    experts modules differ in lora_rank / lora_alpha. Under expert parallelism every rank calls it:
+    the experts are gathered, rank 0 of the process group writes the whole adapter and every rank
+    returns once it is written."""
     sites = _offloaded_experts(model)
     settings = {(site.rank, site.alpha) for site in sites}
     if len(settings) > 1:
@@ -131,10 +147,25 @@ def save_expert_adapter(model: torch.nn.Module, directory: str) -> None:
     rank, alpha = settings.pop()
     tensors = {}
     nesting = _nesting([param for param, _, _ in TARGETS])
+    writes = True
     for site in sites:
+        params = site.whole_params()
+        if params is None:  # another rank writes
+            writes = False
+            continue
         for param, a_name, b_name in TARGETS:
             key_a, key_b = _keys(site.name, nesting[param])
-            tensors[key_a], tensors[key_b] = _to_peft(site.params[a_name], site.params[b_name])
+            tensors[key_a], tensors[key_b] = _to_peft(params[a_name], params[b_name])
+    if writes:
+        _write(model, directory, sites, tensors, rank, alpha)
+    groups = {id(group): group for group in (s.module.kt_moe.wrapper.group for s in sites if s.held_experts)}
+    for group in groups.values():  # the folder is complete on every rank when they return
+        torch.distributed.barrier(group=group)
+
+
+def _write(model: torch.nn.Module, directory: str, sites: Sequence[_Experts], tensors: Dict[str, torch.Tensor],
+           rank: int, alpha: float) -> None:
+    """adapter_config.json and adapter_model.safetensors of `tensors` in `directory`."""
     config = getattr(model, "config", None)  # a PeftModel passes the wrapped model's through
     adapter_config = {
         "peft_type": "LORA",
@@ -242,7 +273,7 @@ def _site_tensors(site: _Experts, config: dict, state: Dict[str, torch.Tensor], 
     values = {}
     for param, a_name, b_name in TARGETS:
         A_param, B_param = site.params[a_name], site.params[b_name]
-        E, in_features, out_features = A_param.shape[0], A_param.shape[2], B_param.shape[1]
+        E, in_features, out_features = site.module.num_experts, A_param.shape[2], B_param.shape[1]
         if param not in nesting:  # not in this adapter: no change of the function (B = 0)
             values[a_name], values[b_name] = A_param.detach().clone(), torch.zeros_like(B_param)
             continue
@@ -256,6 +287,8 @@ def _site_tensors(site: _Experts, config: dict, state: Dict[str, torch.Tensor], 
             if key not in state:
                 raise ValueError(f"{weights_path}: no {key} (the LoRA of {param_key}, which {config_path} targets)")
         A, B = _from_peft(state[key_a], state[key_b], E, rank, key_a, key_b, in_features, out_features, weights_path)
+        if site.held_experts is not None:  # this rank's share
+            A, B = A[site.held_experts], B[site.held_experts]
         alpha = float(_pattern_value(config.get("alpha_pattern"), param_key, config.get("lora_alpha", 8)))
         adapter_scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
         model_scaling = site.alpha / site.rank
@@ -277,7 +310,8 @@ def load_expert_adapter(model: torch.nn.Module, directory: str) -> None:
     combined adapter, modules_to_save, ...) are ignored: load those with PEFT. Nothing is written
     unless the whole adapter is read: ValueError, naming the file and key, for a missing file or
     key, another rank or size, an adapter that targets none of the experts or whose experts LoRA is
-    on target_modules (per-expert Linear layers)."""
+    on target_modules (per-expert Linear layers). Under expert parallelism each rank reads its
+    experts' share."""
     sites = _offloaded_experts(model)
     config, state, config_path, weights_path = _read(directory)
     target_parameters = config.get("target_parameters") or []

@@ -22,6 +22,7 @@ import torch
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
 
 from kt_moe.config import SFT_METHODS
+from kt_moe.distributed import ExpertParallelMoE
 from kt_moe.integrations.architectures import ExpertsSite, find_experts, text_config
 from kt_moe.integrations.expert_lora import EngineLora, new_parameters
 from kt_moe.integrations.model_loading import read_torch_experts
@@ -57,20 +58,27 @@ def _available_cpus() -> int:
 
 
 def _layer_wrapper(site: ExpertsSite, config, method: str, num_gpu_experts: int, cpuinfer_threads: int,
-                   threadpool_count: int, weight_path: Optional[str], chunked_prefill_size: int, **kwargs):
-    sft = method in SFT_METHODS
-    return KTMoEWrapper(layer_idx=site.layer_idx, num_experts=site.num_experts,
-                        num_experts_per_tok=config.num_experts_per_tok, hidden_size=site.hidden_size,
-                        moe_intermediate_size=site.intermediate_size, num_gpu_experts=num_gpu_experts,
-                        cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
-                        weight_path=weight_path or "", chunked_prefill_size=chunked_prefill_size, method=method,
-                        mode="sft" if sft else "inference", **kwargs)
+                   threadpool_count: int, weight_path: Optional[str], chunked_prefill_size: int, process_group,
+                   placement, **kwargs):
+    """A KTMoEWrapper for the layer, or an ExpertParallelMoE when a process group is given."""
+    arguments = dict(layer_idx=site.layer_idx, num_experts=site.num_experts,
+                     num_experts_per_tok=config.num_experts_per_tok, hidden_size=site.hidden_size,
+                     moe_intermediate_size=site.intermediate_size, num_gpu_experts=num_gpu_experts,
+                     cpuinfer_threads=cpuinfer_threads, threadpool_count=threadpool_count,
+                     weight_path=weight_path or "", chunked_prefill_size=chunked_prefill_size, method=method,
+                     mode="sft" if method in SFT_METHODS else "inference", **kwargs)
+    if process_group is None:
+        return KTMoEWrapper(**arguments)
+    if isinstance(placement, dict):
+        placement = placement.get(site.layer_idx)
+    return ExpertParallelMoE(process_group=process_group, placement=placement, **arguments)
 
 
 def _load(wrapper, module: torch.nn.Module, weight_path: Optional[str], num_experts: int) -> None:
-    slots = torch.arange(num_experts, dtype=torch.int64)
+    distributed = isinstance(wrapper, ExpertParallelMoE)  # it picks its own experts
+    slots = () if distributed else (torch.arange(num_experts, dtype=torch.int64),)
     if weight_path:
-        wrapper.load_weights(slots)
+        wrapper.load_weights(*slots)
         return
     gate_up, down = module.gate_up_proj.detach(), module.down_proj.detach()
     if gate_up.device.type == "meta":
@@ -78,14 +86,14 @@ def _load(wrapper, module: torch.nn.Module, weight_path: Optional[str], num_expe
                          "loaded); pass weight_path= to read them from the checkpoint")
     I = module.intermediate_dim
     gate_up, down = gate_up.cpu(), down.cpu()
-    wrapper.load_weights_from_tensors(gate_up[:, :I], gate_up[:, I:], down, slots)
+    wrapper.load_weights_from_tensors(gate_up[:, :I], gate_up[:, I:], down, *slots)
 
 
 def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_experts: int = 0,
                     cpuinfer_threads: Optional[int] = None, threadpool_count: int = 1,
                     weight_path: Optional[str] = None, *, lora_rank: int = 16, lora_alpha: float = 32.0,
                     lora_dtype: torch.dtype = torch.float32, chunked_prefill_size: int = 4096,
-                    max_cache_depth: int = 8, **kwargs) -> torch.nn.Module:
+                    max_cache_depth: int = 8, process_group=None, placement=None, **kwargs) -> torch.nn.Module:
     """Put every MoE layer's routed experts of `model` on kt-moe; returns `model`.
 
     method: any KTMoEWrapper method; an SFT method (AMXBF16_SFT, ...) adds LoRA parameters
@@ -96,7 +104,11 @@ def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_exp
     safetensors, or kt-moe's pre-quantized files) instead of the modules. chunked_prefill_size:
     most tokens one call takes (inference chunks larger batches; training refuses them).
     max_cache_depth: training forwards that may wait for their backward (micro-batches in flight).
-    Other keyword arguments go to KTMoEWrapper (group_size, zero_point, ...).
+    process_group: expert parallelism (docs/distributed.md): each rank of this torch.distributed
+    group keeps only its share of every layer's experts (an ExpertParallelMoE per layer; every rank
+    runs the model in step with the others). placement: the logical expert ids of each rank of the
+    group (a list of lists for every layer, or a dict layer_idx -> list of lists), default
+    contiguous. Other keyword arguments go to KTMoEWrapper (group_size, zero_point, ...).
 
     Wrapping the offloaded model in peft.get_peft_model (a LoRA on the attention, say) freezes the
     experts' LoRA (PEFT leaves only its own adapter layers trainable): re-enable it afterwards,
@@ -107,6 +119,8 @@ def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_exp
     if any(hasattr(site.module, "kt_moe") for site in sites):
         raise ValueError("model: its experts are already offloaded to kt-moe")
     sft = method in SFT_METHODS
+    if process_group is None and placement is not None:
+        raise ValueError("placement: only used with process_group= (expert parallelism)")
     if sft and num_gpu_experts:
         raise ValueError(f"num_gpu_experts: must be 0 with the SFT method {method} (the LoRA of experts kept in "
                          f"torch is not trained here), got {num_gpu_experts}")
@@ -119,7 +133,8 @@ def offload_experts(model: torch.nn.Module, method: str = "AMXINT4", num_gpu_exp
     # load, free the torch copies, attach. A failure part-way leaves a working model: the layers
     # done run on kt-moe, the others as before (FALLBACK).
     wrappers = [_layer_wrapper(site, config, method, num_gpu_experts, threads, threadpool_count, weight_path,
-                               chunked_prefill_size, **sft_kwargs, **kwargs) for site in sites]
+                               chunked_prefill_size, process_group, placement, **sft_kwargs, **kwargs)
+                for site in sites]
     previous = config._experts_implementation
     for site in sites:
         setattr(site.module, FALLBACK, previous)
@@ -152,7 +167,8 @@ def _offload_layer(site: ExpertsSite, wrapper, weight_path: Optional[str], num_g
     del module.gate_up_proj, module.down_proj
     lora = None
     if sft:
-        params = new_parameters(site.num_experts, site.hidden_size, site.intermediate_size, lora_rank, lora_dtype)
+        held = len(wrapper.local_experts) if isinstance(wrapper, ExpertParallelMoE) else site.num_experts
+        params = new_parameters(held, site.hidden_size, site.intermediate_size, lora_rank, lora_dtype)
         for name, param in params.items():
             module.register_parameter(name, param)
         lora = EngineLora(wrapper, params, site.intermediate_size)

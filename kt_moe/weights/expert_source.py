@@ -74,14 +74,15 @@ def tensor_experts(config: KTMoEConfig, gate: torch.Tensor, up: torch.Tensor, do
     return experts()
 
 
-def checkpoint_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tensor) -> Iterator[Expert]:
-    """Layer config.layer_idx of the Hugging Face checkpoint in config.weight_path, read one expert
-    at a time (kt_moe.weights.hf_checkpoint); its files are checked before anything is returned."""
-    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts)
+def checkpoint_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tensor, logical: int) -> Iterator[Expert]:
+    """Layer config.layer_idx of the Hugging Face checkpoint in config.weight_path (`logical` experts),
+    read one expert at a time (kt_moe.weights.hf_checkpoint); its files are checked before anything
+    is returned."""
+    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, logical)
     if not config.weight_path:
         raise ValueError("weight_path is empty: load_weights() reads the Hugging Face checkpoint in weight_path "
                          "(use load_weights_from_tensors() for weights already in memory)")
-    reader = HFExpertReader(config.weight_path, config.layer_idx, config.num_experts, config.hidden_size,
+    reader = HFExpertReader(config.weight_path, config.layer_idx, logical, config.hidden_size,
                             config.moe_intermediate_size)
 
     def experts() -> Iterator[Expert]:
@@ -96,14 +97,14 @@ def has_prequantized_layer(config: KTMoEConfig) -> bool:
     return bool(config.weight_path) and layer_file(config.weight_path, config.layer_idx).is_file()
 
 
-def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tensor, verify_checksum: bool
-                         ) -> Iterator[Tuple[int, ExpertParts]]:
+def prequantized_experts(config: KTMoEConfig, physical_to_logical_map: torch.Tensor, verify_checksum: bool,
+                         logical: int) -> Iterator[Tuple[int, ExpertParts]]:
     """(slot, {"gate" | "up" | "down": the scheme's parts}) from the pre-quantized file of layer
     layer_idx in weight_path, checked against the config's method and shapes before anything is read.
     With verify_checksum the whole file is read once, in checksum order, and the iteration ends with
     PrequantizedCorruptError when the checksum differs; without it only the mapped experts are read."""
-    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts).tolist()
-    reader = PrequantizedLayerReader(config.weight_path, config.layer_idx, config.num_experts, config.hidden_size,
+    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, logical).tolist()
+    reader = PrequantizedLayerReader(config.weight_path, config.layer_idx, logical, config.hidden_size,
                                      config.moe_intermediate_size, config.method, **config.quant_options)
 
     def experts() -> Iterator[Tuple[int, ExpertParts]]:
@@ -159,15 +160,15 @@ def check_parts_finite(parts: Sequence[torch.Tensor], names: Sequence[str]) -> N
 
 
 def checkpoint_parts_experts(config: KTMoEConfig, found: CheckpointFormat, scheme: QuantScheme,
-                             physical_to_logical_map: torch.Tensor) -> Iterator[PartsExpert]:
+                             physical_to_logical_map: torch.Tensor, logical: int) -> Iterator[PartsExpert]:
     """Layer config.layer_idx of the quantized checkpoint in weight_path, each matrix as its format's
     parts, read one expert at a time; its option must be the one the wrapper was built with."""
     if found.option != scheme.group_size:
         raise ValueError(f"{config.weight_path} holds {found.description}, but this {config.method} wrapper was "
                          f"built for the option {scheme.group_size} of format {scheme.name} (build the wrapper with "
                          "weight_path pointing at the checkpoint it will load)")
-    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, config.num_experts)
-    reader = HFExpertReader(config.weight_path, config.layer_idx, config.num_experts, config.hidden_size,
+    expert_map = check_expert_map(physical_to_logical_map, config.num_experts, logical)
+    reader = HFExpertReader(config.weight_path, config.layer_idx, logical, config.hidden_size,
                             config.moe_intermediate_size, parts=found.parts)
 
     def experts() -> Iterator[PartsExpert]:
@@ -243,20 +244,23 @@ def load_all_or_nothing(engine, items: Iterable[Item], put: Callable[[Item], Non
 
 
 def load_from_path(engine, config: KTMoEConfig, scheme: Optional[QuantScheme],
-                   physical_to_logical_map: torch.Tensor, verify_checksum: bool = True) -> None:
+                   physical_to_logical_map: torch.Tensor, verify_checksum: bool = True,
+                   num_logical_experts: Optional[int] = None) -> None:
     """Layer layer_idx from weight_path into the engine, all or nothing: for FP8 and RAWINT4 a
     quantized checkpoint in place; for a quantized method its pre-quantized file when there is one
     (its checksum verified unless verify_checksum is False); else the Hugging Face checkpoint
-    (quantized while loading)."""
+    (quantized while loading). num_logical_experts: the stored layer's expert count when the
+    wrapper holds fewer slots (default num_experts)."""
+    logical = num_logical_experts or config.num_experts
     found = checkpoint_format(config.weight_path, config.method) if config.weight_path else None
     if found is not None:
-        load_all_or_nothing(engine, checkpoint_parts_experts(config, found, scheme, physical_to_logical_map),
+        load_all_or_nothing(engine, checkpoint_parts_experts(config, found, scheme, physical_to_logical_map, logical),
                             lambda expert: load_parts_expert(engine, expert))
     elif scheme is not None and has_prequantized_layer(config):
-        load_all_or_nothing(engine, prequantized_experts(config, physical_to_logical_map, verify_checksum),
+        load_all_or_nothing(engine, prequantized_experts(config, physical_to_logical_map, verify_checksum, logical),
                             lambda item: engine.load_quant_expert_task(item[0], *(list(item[1][m]) for m in MATRICES)))
     else:
-        load_all_or_nothing(engine, checkpoint_experts(config, physical_to_logical_map),
+        load_all_or_nothing(engine, checkpoint_experts(config, physical_to_logical_map, logical),
                             lambda expert: load_expert(engine, scheme, expert))
 
 
