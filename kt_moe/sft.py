@@ -36,12 +36,15 @@ class BaseSFTMoEWrapper(MoEWrapperBase):
         raise NotImplementedError(f"{type(self).__name__}.init_lora_weights")
 
     def forward_sft(self, hidden_states: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
-                    save_for_backward: bool = True) -> torch.Tensor:
-        """LoRA MoE forward: bf16 [q, H]; with save_for_backward pushes one forward-cache entry."""
+                    save_for_backward: bool = True, *, output_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """LoRA MoE forward: [q, H] in output_dtype (bf16, or fp32: the engine's sums unrounded); with
+        save_for_backward pushes one forward-cache entry."""
         raise NotImplementedError(f"{type(self).__name__}.forward_sft")
 
-    def backward(self, grad_output: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Pop the latest forward-cache entry: (grad_input [q, H], LoRA and routing gradients)."""
+    def backward(self, grad_output: torch.Tensor, *, grad_input_dtype: torch.dtype = torch.bfloat16
+                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Pop the latest forward-cache entry: (grad_input [q, H] in grad_input_dtype (bf16 or fp32),
+        LoRA and routing gradients)."""
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def update_lora_weights(self) -> None:
@@ -51,6 +54,14 @@ class BaseSFTMoEWrapper(MoEWrapperBase):
 
 LORA_NAMES = ("gate_lora_a", "gate_lora_b", "up_lora_a", "up_lora_b", "down_lora_a", "down_lora_b")
 LORA_DTYPES = (torch.bfloat16, torch.float32)
+OUTPUT_DTYPES = (torch.bfloat16, torch.float32)  # forward_sft's output and backward's grad_input
+
+
+def checked_output_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """dtype, when it is one of OUTPUT_DTYPES; else ValueError naming the argument `name`."""
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"{name} must be torch.bfloat16 or torch.float32, got {dtype}")
+    return dtype
 
 
 class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
@@ -136,7 +147,7 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
         self.engine.update_lora_weights_task(*self._lora_bf16)
 
     def forward_sft(self, hidden_states: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
-                    save_for_backward: bool = True) -> torch.Tensor:
+                    save_for_backward: bool = True, *, output_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         c = self.config
         k = c.num_experts_per_tok
         check_tensor(hidden_states, "hidden_states", (-1, c.hidden_size), FLOAT_DTYPES)
@@ -148,18 +159,19 @@ class AMXSFTMoEWrapper(BaseSFTMoEWrapper):
                              f"({c.chunked_prefill_size}); split the batch or raise chunked_prefill_size")
         check_tensor(expert_ids, "expert_ids", (q, k), INDEX_DTYPES)
         check_tensor(weights, "weights", (q, k), FLOAT_DTYPES)
-        output = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
+        output = torch.empty(q, c.hidden_size, dtype=checked_output_dtype("output_dtype", output_dtype))
         self.engine.forward_sft_task(q, k, as_contiguous(expert_ids, torch.int64),
                                      as_contiguous(weights.detach(), torch.float32),
                                      as_contiguous(hidden_states.detach(), torch.bfloat16), output,
                                      bool(save_for_backward))
         return output
 
-    def backward(self, grad_output: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def backward(self, grad_output: torch.Tensor, *, grad_input_dtype: torch.dtype = torch.bfloat16
+                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         c = self.config
         check_tensor(grad_output, "grad_output", (-1, c.hidden_size), FLOAT_DTYPES)
         q = grad_output.shape[0]
-        grad_input = torch.empty(q, c.hidden_size, dtype=torch.bfloat16)
+        grad_input = torch.empty(q, c.hidden_size, dtype=checked_output_dtype("grad_input_dtype", grad_input_dtype))
         routing_grad = torch.empty(q, c.num_experts_per_tok, dtype=torch.float32)
         dtypes = [t.dtype for t in self._lora] if self._lora else [torch.float32] * len(LORA_NAMES)
         grads = {name: torch.empty(shape, dtype=dtype) for (name, shape), dtype in zip(self.lora_shapes().items(), dtypes)}

@@ -42,6 +42,11 @@ def check_tensor(value, name: str, shape: Tuple[int, ...], dtypes: Sequence[torc
     return value
 
 
+def non_finite_message(name: str) -> str:
+    """The error of check_finite (and of the native INT4 quantizer, for name "w")."""
+    return f"{name} contains NaN or infinite values; only finite values can be loaded or quantized"
+
+
 def check_finite(values: torch.Tensor, name: str) -> None:
     """ValueError naming `name` unless every value is finite: the one check of weights and scales for
     NaN and infinity. Reduced values (per-row or per-group maxima or minima) stand for the values they
@@ -51,7 +56,7 @@ def check_finite(values: torch.Tensor, name: str) -> None:
         return
     low, high = torch.aminmax(values)
     if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError(f"{name} contains NaN or infinite values; only finite values can be loaded or quantized")
+        raise ValueError(non_finite_message(name))
 
 
 def as_contiguous(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -348,11 +348,11 @@ NB_MODULE(_native, m) {
            "Point the engine at the six bf16 LoRA tensors; they are read in place by later calls.")
       .def("forward_sft_task", &PySftEngine::forward, "qlen"_a, "k"_a, "expert_ids"_a.noconvert(),
            "weights"_a.noconvert(), "input"_a.noconvert(), "output"_a.noconvert(), "save"_a,
-           "expert_ids int64 [q, k], weights fp32 [q, k], input bf16 [q, H] -> output bf16 [q, H].")
+           "expert_ids int64 [q, k], weights fp32 [q, k], input bf16 [q, H] -> output bf16 or fp32 [q, H].")
       .def("backward_task", &PySftEngine::backward, "qlen"_a, "k"_a, "grad_output"_a.noconvert(),
            "grad_input"_a.noconvert(), "grad_gate_a"_a.noconvert(), "grad_gate_b"_a.noconvert(),
            "grad_up_a"_a.noconvert(), "grad_up_b"_a.noconvert(), "grad_down_a"_a.noconvert(),
            "grad_down_b"_a.noconvert(), "grad_weights"_a.noconvert(),
-           "Pops the latest saved forward: grad_output bf16 [q, H] -> grad_input bf16 [q, H], the LoRA "
+           "Pops the latest saved forward: grad_output bf16 [q, H] -> grad_input bf16 or fp32 [q, H], the LoRA "
            "gradients (fp32 or bf16 buffers, overwritten) and grad_weights fp32 [q, k].");
 }

@@ -31,9 +31,9 @@ class Plan:
 
 
 def base_model() -> torch.nn.Module:
-    """fp32, so that the ranks and one process differ only by kt-moe's bf16 rounding of the partial
-    outputs (0.2% of a layer's output). In a bf16 model the torch layers round that difference again
-    at every step: the experts' LoRA gradients then differ by up to 2% (measured: 0.019)."""
+    """fp32, so that the torch layers add no rounding of their own: the ranks and one process then
+    differ only by the order of kt-moe's fp32 additions (the ranks' partial outputs are summed in
+    fp32 and rounded once, as one process's engine does)."""
     return tiny_model("qwen3_moe", dtype=torch.float32)
 
 

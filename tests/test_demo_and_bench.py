@@ -198,7 +198,7 @@ def test_bench_distributed_traffic_model(capsys):
     assert [r["ranks"] for r in records] == [2, 4, 8]
     two = records[0]  # DeepSeek-V3: a token's 8 experts miss the other rank's 128 with probability C(128,8)/C(256,8)
     assert two["other_ranks"] == pytest.approx(1 - math.comb(128, 8) / math.comb(256, 8))
-    assert two["forward_kb_per_token"] == pytest.approx(two["other_ranks"] * (4 * 7168 + 64) / 1e3)
+    assert two["forward_kb_per_token"] == pytest.approx(two["other_ranks"] * (6 * 7168 + 64) / 1e3)
     assert records[2]["step_mb_per_rank"] > records[1]["step_mb_per_rank"] > two["step_mb_per_rank"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--shape", "deepseek-v3"])  # too large to build here: --traffic only

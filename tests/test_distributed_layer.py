@@ -12,7 +12,8 @@ from kt_moe.distributed import ExpertParallelMoE, ExpertPlacement
 from kt_moe.reference import relative_l2
 from sft_helpers import LORA_NAMES
 
-TOL = 1e-2  # bf16 rounding: each rank rounds its partial sums to bf16 before they are added
+INFERENCE_TOL = 1e-2  # inference: each rank rounds its partial sums to bf16 before they are added
+SFT_TOL = 1e-3  # SFT: fp32 partials, added and rounded once as in one process (measured: <= 1e-7)
 
 TWO_RANKS = [
     Case("BF16", (7, 5)),
@@ -28,15 +29,16 @@ MICRO_BATCHES = Case("AMXBF16_SFT", (8, 6))
 
 def check_case(case, results):
     expected = single_process(case)
+    tol = SFT_TOL if case.sft else INFERENCE_TOL
     for key in ("out", "grad_input", "routing_weights"):
         if key in expected:
             got = torch.cat([r[key] for r in results])
-            assert relative_l2(got, expected[key]) <= TOL, (case, key)
+            assert relative_l2(got, expected[key]) <= tol, (case, key)
     for name in LORA_NAMES if case.sft else ():
         for result in results:
             want = expected[name][result["experts"]]
             assert want.norm() > 0
-            assert relative_l2(result[name], want) <= TOL, (case, name, result["experts"])
+            assert relative_l2(result[name], want) <= tol, (case, name, result["experts"])
     held = sorted(e for r in results for e in r["experts"])
     assert held == list(range(E)), case
     if case.placement:
@@ -55,7 +57,7 @@ def test_two_ranks_match_one_process():
     expected = single_process(MICRO_BATCHES)
     for results, experts in zip(per_rank, ([0, 1, 2, 3], [4, 5, 6, 7])):
         for name, grad in zip(LORA_NAMES, results[-1]):
-            assert relative_l2(grad, expected[name][experts]) <= TOL, name
+            assert relative_l2(grad, expected[name][experts]) <= SFT_TOL, name
 
 
 def test_four_ranks_match_one_process():

@@ -10,7 +10,8 @@ from distributed_helpers import in_turn, run_ranks
 from distributed_model_programs import Plan, attention_and_experts, base_model, run
 from kt_moe.reference import relative_l2
 
-TOL = 1e-2  # bf16 rounding of the experts' partial outputs, carried through an fp32 model
+TOL = 1e-3  # the ranks' fp32 partials are added, then rounded once as in one process: only the order
+# of fp32 additions differs (measured: <= 1e-7)
 
 
 def _compare(results, expected, input_scale=1.0):

@@ -48,8 +48,11 @@ def assert_same(got, expected, what: str):
 
 @pytest.mark.parametrize("group", [16, 32, 64, 128])
 @pytest.mark.parametrize("zero_point", [True, False])
-def test_native_matches_the_torch_twin(group, zero_point):
-    w = torch.cat([special_groups(12, 200, seed=group), torch.randn(40, 200, generator=torch.Generator().manual_seed(7))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the avx2 level's transposing load too
+@pytest.mark.parametrize("k", [200, 1030])  # 1030: 8 whole groups of 128 in a row, and a tail
+def test_native_matches_the_torch_twin(group, zero_point, dtype, k):
+    gen = torch.Generator().manual_seed(7)
+    w = torch.cat([special_groups(12, k, seed=group), torch.randn(40 if k < 1000 else 8, k, generator=gen)]).to(dtype)
     expected = quantize_int4_torch(w, group, zero_point)
     assert_same(quantize_int4(w, group, zero_point), expected, f"G={group} zp={zero_point}")
     for level in LEVELS:
@@ -82,8 +85,9 @@ def test_a_real_layer_shape_on_two_threads():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_weights_raise_as_the_twin_does(bad):
-    w = torch.randn(40, 64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_weights_raise_as_the_twin_does(bad, dtype):
+    w = torch.randn(40, 256).to(dtype)
     w[33, 5] = bad
     with pytest.raises(ValueError) as native_error:
         quantize_int4(w, 16, True)

@@ -107,3 +107,22 @@ def test_threads_do_not_change_results(threads, tp):
     baseline = step(build(shape, top_k=k, seed=11, threads=1, tp=1)[0], batch)
     other = step(build(shape, top_k=k, seed=11, threads=threads, tp=tp)[0], batch)
     assert_close(other, baseline, TOL)
+
+
+@pytest.mark.parametrize("tp", (1, 2))
+def test_fp32_outputs_round_to_the_bf16_ones(tp):
+    """output_dtype / grad_input_dtype torch.float32 give the engine's sums unrounded: rounded to
+    bf16 they are exactly the default outputs, and the gradients do not change."""
+    shape, k, seed = MAIN, 6, 12
+    wrapper, layer = build(shape, top_k=k, seed=seed, tp=tp)
+    batch = layer.batch(33, k, seed=seed)
+    rounded = step(wrapper, batch)
+    out = wrapper.forward_sft(batch.x, batch.expert_ids, batch.weights, save_for_backward=True,
+                              output_dtype=torch.float32)
+    grad_input, grads = wrapper.backward(batch.grad_output, grad_input_dtype=torch.float32)
+    assert out.dtype == grad_input.dtype == torch.float32
+    assert torch.equal(out.to(torch.bfloat16), rounded.out)
+    assert torch.equal(grad_input.to(torch.bfloat16), rounded.grad_input)
+    for name, grad in grads.items():
+        assert torch.equal(grad, rounded.grads[name]), name
+    assert_close(Result(out, grad_input, grads), layer.reference(batch))

@@ -208,6 +208,21 @@ def test_backward_grad_output_shape(ready, grad_shape):
         wrapper.backward(torch.zeros(grad_shape, dtype=torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int32])
+def test_output_dtypes_other_than_bf16_and_fp32(ready, dtype):
+    """A refused output_dtype pushes nothing; a refused grad_input_dtype pops nothing."""
+    wrapper, _ = ready
+    batch = good_batch(3)
+    with pytest.raises(ValueError, match=r"output_dtype must be torch.bfloat16 or torch.float32, got torch"):
+        wrapper.forward_sft(batch.x, batch.expert_ids, batch.weights, save_for_backward=True, output_dtype=dtype)
+    wrapper.forward_sft(batch.x, batch.expert_ids, batch.weights, save_for_backward=True)
+    with pytest.raises(ValueError, match=r"grad_input_dtype must be torch.bfloat16 or torch.float32, got torch"):
+        wrapper.backward(batch.grad_output, grad_input_dtype=dtype)
+    wrapper.backward(batch.grad_output)
+    with pytest.raises(RuntimeError):
+        wrapper.backward(batch.grad_output)
+
+
 # ---- no crash -------------------------------------------------------------------------------------
 
 CRASH_SCRIPT = textwrap.dedent("""

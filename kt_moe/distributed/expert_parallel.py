@@ -25,7 +25,7 @@ import torch.distributed as dist
 from kt_moe.config import validate_config
 from kt_moe.distributed.placement import ExpertPlacement
 from kt_moe.distributed.token_exchange import COLLECTIVES, Route, TokenExchange
-from kt_moe.sft import LORA_NAMES
+from kt_moe.sft import LORA_NAMES, checked_output_dtype
 from kt_moe.tensor_checks import FLOAT_DTYPES, INDEX_DTYPES, WEIGHT_DTYPES, check_tensor
 from kt_moe.wrapper import KTMoEWrapper
 
@@ -157,7 +157,7 @@ class ExpertParallelMoE:
         route, got_x, got_ids, got_weights = self.exchange.dispatch(x, ids, weights)
         partial = (self._timed(self.local.forward, got_x, got_ids, got_weights) if got_x.shape[0]
                    else got_x.new_empty((0, x.shape[1])))
-        return self.exchange.combine(route, partial).to(hidden_states.device)
+        return self.exchange.combine(route, partial).to(device=hidden_states.device, dtype=torch.bfloat16)
 
     # ---- SFT -----------------------------------------------------------------------------------
 
@@ -166,12 +166,14 @@ class ExpertParallelMoE:
         return [(start, min(rows, start + size)) for start in range(0, rows, size)]
 
     def forward_sft(self, hidden_states: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
-                    save_for_backward: bool = True) -> torch.Tensor:
-        """bf16 [T, H] on the CPU; with save_for_backward the call is kept for backward() (last in,
-        first out). T <= chunked_prefill_size per rank when saved."""
+                    save_for_backward: bool = True, *, output_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """[T, H] in output_dtype (bf16 or fp32) on the CPU, the ranks' fp32 partials summed; with
+        save_for_backward the call is kept for backward() (last in, first out). T <=
+        chunked_prefill_size per rank when saved."""
         if not self.config.is_sft:
             raise RuntimeError("forward_sft() not available in inference mode")
         c = self.config
+        output_dtype = checked_output_dtype("output_dtype", output_dtype)
         x, ids, w = self._inputs(hidden_states, expert_ids, weights, ("expert_ids", "weights"))
         if save_for_backward:
             if x.shape[0] > c.chunked_prefill_size:
@@ -181,21 +183,25 @@ class ExpertParallelMoE:
                 raise RuntimeError(f"Forward cache full: {len(self._routes)} saved forwards wait for backward() "
                                    f"(max_cache_depth={c.max_cache_depth})")
         route, got_x, got_ids, got_w = self.exchange.dispatch(x, ids, w)
-        partials = [self._timed(self.local.forward_sft, got_x[a:b], got_ids[a:b], got_w[a:b], save_for_backward)
+        partials = [self._timed(self.local.forward_sft, got_x[a:b], got_ids[a:b], got_w[a:b], save_for_backward,
+                                output_dtype=torch.float32)
                     for a, b in self._chunks(got_x.shape[0])]
-        partial = torch.cat(partials) if partials else got_x.new_empty((0, c.hidden_size))
+        partial = torch.cat(partials) if partials else torch.empty((0, c.hidden_size), dtype=torch.float32)
         if save_for_backward:
             route.saved_chunks = len(partials)
             self._routes.append(route)
-        return self.exchange.combine(route, partial)
+        return self.exchange.combine(route, partial).to(output_dtype)
 
-    def backward(self, grad_output: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Pop the latest saved forward: (grad_input bf16 [T, H], grads) with grads the six LoRA
-        gradients of this rank's experts (fp32 or the LoRA tensors' dtype, [local experts, ...]) and
-        "routing_weights" fp32 [T, k] of this rank's tokens."""
+    def backward(self, grad_output: torch.Tensor, *, grad_input_dtype: torch.dtype = torch.bfloat16
+                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Pop the latest saved forward: (grad_input [T, H] in grad_input_dtype, the ranks' fp32
+        partials summed, grads) with grads the six LoRA gradients of this rank's experts (fp32 or
+        the LoRA tensors' dtype, [local experts, ...]) and "routing_weights" fp32 [T, k] of this
+        rank's tokens."""
         if not self._routes:
             raise RuntimeError("No forward cache available: backward() needs a forward_sft(save_for_backward=True)")
         c = self.config
+        grad_input_dtype = checked_output_dtype("grad_input_dtype", grad_input_dtype)
         check_tensor(grad_output, "grad_output", (self._routes[-1].num_tokens, c.hidden_size), FLOAT_DTYPES)
         route = self._routes.pop()
         got_grad = self.exchange.dispatch_grad(route, grad_output.detach().to(torch.bfloat16).contiguous())
@@ -204,16 +210,17 @@ class ExpertParallelMoE:
         grad_inputs, routing = [None] * len(chunks), [None] * len(chunks)
         for i in reversed(range(route.saved_chunks)):  # the cache is last in, first out
             a, b = chunks[i]
-            grad_inputs[i], chunk_grads = self._timed(self.local.backward, got_grad[a:b])
+            grad_inputs[i], chunk_grads = self._timed(self.local.backward, got_grad[a:b],
+                                                      grad_input_dtype=torch.float32)
             routing[i] = chunk_grads.pop("routing_weights")
             for name in LORA_NAMES:
                 grads[name] += chunk_grads[name]
         k_m = self.local.config.num_experts_per_tok
-        grad_in = torch.cat(grad_inputs) if chunks else torch.empty((0, c.hidden_size), dtype=torch.bfloat16)
+        grad_in = torch.cat(grad_inputs) if chunks else torch.empty((0, c.hidden_size), dtype=torch.float32)
         routing_in = torch.cat(routing) if chunks else torch.empty((0, k_m), dtype=torch.float32)
         grad_input, grads["routing_weights"] = self.exchange.combine_grad(route, grad_in, routing_in,
                                                                           c.num_experts_per_tok)
-        return grad_input, grads
+        return grad_input.to(grad_input_dtype), grads
 
     def _zero_grads(self) -> Dict[str, torch.Tensor]:
         lora = self.local.lora_tensors

@@ -6,10 +6,12 @@ One call of an expert-parallel layer on rank m with a batch of T tokens:
               [hidden bf16 (2 H) | k local expert ids int32 (4 k) | k routing weights fp32 (4 k)],
               its slots for that rank first (the others -1 / 0); rank r keeps the first
               k_r = min(k, experts on r) columns. Rows are grouped by destination, in token order.
-    combine:  each rank sends back its partial output bf16 [rows received, H]; the caller sums the
-              partials of a token in fp32 and rounds once to bf16.
+    combine:  each rank sends back its partial output [rows received, H]; the caller sums the
+              partials of a token in fp32 and rounds once to the output's dtype. Training sends fp32 partials
+              (4 H bytes a row), so that the sum is rounded once, as one process's engine rounds
+              it; inference sends the engine's bf16 output (2 H).
     backward: the grad_output rows go out along the same route; back come grad_input partials
-              bf16 [*, H] and the routing weights' gradient fp32 [*, k] of the slots each rank held.
+              fp32 [*, H] and the routing weights' gradient fp32 [*, k] of the slots each rank held.
 
 Rows move with torch.distributed's all_to_all_single where the backend has it (gloo, MPI) and
 otherwise with batched point-to-point isend / irecv (COLLECTIVES). Every rank of the group must
@@ -132,11 +134,11 @@ class TokenExchange:
         return route, got_hidden, got_ids, got_weights
 
     def combine(self, route: Route, partial: torch.Tensor) -> torch.Tensor:
-        """partial bf16 [R, H] (this rank's experts on the rows it received) -> bf16 [T, H]."""
-        back = self._move(partial.view(torch.uint8), route.received, route.sent).view(torch.bfloat16)
+        """partial bf16 or fp32 [R, H] (this rank's experts on the rows it received) -> fp32 [T, H]."""
+        back = self._move(partial.view(torch.uint8), route.received, route.sent).view(partial.dtype)
         out = torch.zeros((route.num_tokens, partial.shape[1]), dtype=torch.float32)
         out.index_add_(0, route.tokens, back.float())
-        return out.to(torch.bfloat16)
+        return out
 
     # ---- backward ------------------------------------------------------------------------------
 
@@ -147,19 +149,19 @@ class TokenExchange:
 
     def combine_grad(self, route: Route, grad_input: torch.Tensor, routing_grad: torch.Tensor, k: int
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """grad_input bf16 [R, H] and routing_grad fp32 [R, k_m] of the received rows -> the caller's
-        grad_input bf16 [T, H] and routing weights' gradient fp32 [T, k]."""
+        """grad_input fp32 [R, H] and routing_grad fp32 [R, k_m] of the received rows -> the caller's
+        grad_input fp32 [T, H] and routing weights' gradient fp32 [T, k]."""
         R, H = grad_input.shape
         padded = torch.zeros((R, k), dtype=torch.float32)
         padded[:, :routing_grad.shape[1]] = routing_grad
         rows = torch.cat([grad_input.contiguous().view(torch.uint8), padded.view(torch.uint8)], dim=1)
         back = self._move(rows, route.received, route.sent)
         grad_hidden = torch.zeros((route.num_tokens, H), dtype=torch.float32)
-        grad_hidden.index_add_(0, route.tokens, back[:, :2 * H].contiguous().view(torch.bfloat16).float())
+        grad_hidden.index_add_(0, route.tokens, back[:, :4 * H].contiguous().view(torch.float32))
         grad_weights = torch.zeros((route.num_tokens, k), dtype=torch.float32)
-        per_rank = back[:, 2 * H:].contiguous().view(torch.float32).split(route.sent)
+        per_rank = back[:, 4 * H:].contiguous().view(torch.float32).split(route.sent)
         for rows_r, slots_r, grads_r in zip(route.tokens.split(route.sent), route.slots, per_rank):
             valid = slots_r >= 0
             token = rows_r.unsqueeze(1).expand_as(slots_r)
             grad_weights[token[valid], slots_r[valid]] = grads_r[:, :slots_r.shape[1]][valid]
-        return grad_hidden.to(torch.bfloat16), grad_weights
+        return grad_hidden, grad_weights

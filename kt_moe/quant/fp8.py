@@ -93,7 +93,6 @@ def quantize_fp8_block(w: torch.Tensor, block: int) -> Tuple[torch.Tensor, torch
     rows = w.reshape(-1, K)  # [R, K], R = E * N
     R = rows.shape[0]
     grid_row = _grid_rows(R // N, N, block)  # [R]
-    col = torch.arange(K) // block  # [K]: the block column of each input
     amax = torch.zeros(R // N * nb, kb)  # [E * nb, kb]
     for rs in row_blocks(R, K):
         x = F.pad(rows[rs].float().abs(), (0, kb * block - K))  # [r, kb * b], zero columns do not raise a max
@@ -104,7 +103,8 @@ def quantize_fp8_block(w: torch.Tensor, block: int) -> Tuple[torch.Tensor, torch
     multiplier = torch.where((amax > 0) & torch.isfinite(multiplier), multiplier, 1.0)
     weight = torch.empty(R, K, dtype=FP8)
     for rs in row_blocks(R, K):
-        scaled = rows[rs].float() * multiplier[grid_row[rs]][:, col]  # [r, K]
+        x = F.pad(rows[rs].float(), (0, kb * block - K)).view(-1, kb, block)  # [r, kb, b]
+        scaled = (x * multiplier[grid_row[rs]].unsqueeze(2)).view(-1, kb * block)[:, :K]  # [r, K]
         weight[rs] = scaled.clamp_(-FP8_MAX, FP8_MAX).to(FP8)
     return weight.reshape(*lead, N, K), multiplier.reciprocal().reshape(*lead, nb, kb)
 

@@ -53,7 +53,9 @@ class QuantScheme:
     output channel). zero_point: for a scheme that offers both, whether its groups have zero points
     (None: the scheme has no such choice). quantize() returns the parts in the order of
     part_specs(N, K), which maps each part's name to its (shape, dtype); dequantize() takes them in
-    the same order and returns fp32 [..., N, K] (K padded as the scheme says)."""
+    the same order and returns fp32 [..., N, K] (K padded as the scheme says). checks_finite: quantize()
+    itself refuses NaN and infinity, with tensor_checks.non_finite_message("w") (the native INT4
+    quantizer, which reads every value anyway): loaders skip their own pass over the weights."""
 
     name: str
     group_size: int
@@ -61,6 +63,7 @@ class QuantScheme:
     dequantize: Callable[..., torch.Tensor]
     part_specs: Callable[[int, int], Dict[str, PartSpec]]
     zero_point: Optional[bool] = None
+    checks_finite: bool = False
 
     @property
     def parts(self) -> Tuple[str, ...]:
@@ -72,12 +75,12 @@ SCHEMES: Dict[str, QuantScheme] = {scheme.name: scheme for scheme in (
     QuantScheme("int8_channel", 0, quantize_int8_channel, dequantize_int8_channel,
                 functools.partial(registry_part_specs, "int8_channel")),
     QuantScheme("int4_group16", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16,
-                functools.partial(registry_part_specs, "int4_group16")),
+                functools.partial(registry_part_specs, "int4_group16"), checks_finite=True),
     # MOE_INT8 and MOE_INT4: the same parts, read in place by the portable integer products
     QuantScheme("int8_rows", 0, quantize_int8_channel, dequantize_int8_channel,
                 functools.partial(registry_part_specs, "int8_rows")),
     QuantScheme("int4_rows", GROUP_SIZE, quantize_int4_group16, dequantize_int4_group16,
-                functools.partial(registry_part_specs, "int4_rows")),
+                functools.partial(registry_part_specs, "int4_rows"), checks_finite=True),
 )}
 KGROUP_SCHEME = "int4_kgroup"
 FP8_SCHEME = "fp8"
@@ -99,7 +102,7 @@ def int4_kgroup_scheme(group_size: int, zero_point: bool) -> QuantScheme:
                        functools.partial(quantize_int4, group_size=group_size, zero_point=zero_point),
                        functools.partial(dequantize_int4, group_size=group_size),
                        functools.partial(registry_part_specs, KGROUP_SCHEME, group_size=group_size,
-                                         zero_point=zero_point), zero_point)
+                                         zero_point=zero_point), zero_point, checks_finite=True)
 
 
 def _fp8_channel_quantize(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -9,9 +9,9 @@ the same way, as the scheme's parts of each matrix.
 load_from_path / load_from_tensors put the experts into a native engine (TP_MOE or TP_MOE_SFT,
 which share the load calls): as bf16, or quantized with the method's scheme (base_scheme) one expert
 at a time, or as a pre-quantized file's parts. Every bf16 matrix is checked for NaN and infinity
-first (kt_moe.tensor_checks.check_finite, a ValueError naming the matrix and the expert), every
-pre-quantized scale likewise, and a pre-quantized file's checksum is verified while it is read
-unless verify_checksum=False.
+(kt_moe.tensor_checks.check_finite before it is used, or the INT4 quantizer as it reads it: the same
+ValueError naming the matrix and the expert), every pre-quantized scale likewise, and a
+pre-quantized file's checksum is verified while it is read unless verify_checksum=False.
 
 The FP8 and RAWINT4 methods read a quantized checkpoint in place (kt_moe.weights.checkpoint_formats:
 each matrix as its format's parts, checked for non-finite values) and take pre-quantized parts from
@@ -36,7 +36,8 @@ import torch
 from kt_moe.config import KTMoEConfig
 from kt_moe.quant import METHOD_SCHEMES, QuantScheme, scheme_for_method
 from kt_moe.quant.schemes import OPTION_SCHEMES
-from kt_moe.tensor_checks import WEIGHT_DTYPES, as_contiguous, check_expert_map, check_finite, check_tensor
+from kt_moe.tensor_checks import (WEIGHT_DTYPES, as_contiguous, check_expert_map, check_finite, check_tensor,
+                                  non_finite_message)
 from kt_moe.weights.checkpoint_formats import CheckpointFormat, checkpoint_format
 from kt_moe.weights.hf_checkpoint import HFExpertReader
 from kt_moe.weights.prequantized import MATRICES, ExpertParts, PrequantizedLayerReader, layer_file
@@ -212,11 +213,14 @@ def load_parts_expert(engine, expert: PartsExpert) -> None:
 
 
 def load_expert(engine, scheme: Optional[QuantScheme], expert: Expert) -> None:
-    """One expert into the engine's staged slot, each matrix checked for NaN and infinity first: as it
-    is without a scheme, else quantized with it (a ValueError of the quantizer names the matrix)."""
+    """One expert into the engine's staged slot, each matrix checked for NaN and infinity: as it is
+    without a scheme, else quantized with it (a ValueError of the quantizer names the matrix). A
+    scheme that checks_finite checks as it reads; skipping torch's pass then also keeps torch's idle
+    OpenMP threads, which spin after each parallel op, from taking cores from the quantizer's."""
     matrices = (expert.gate, expert.up, expert.down)
-    for name, w in zip(expert.names, matrices):
-        check_finite(w, name)
+    if scheme is None or not scheme.checks_finite:
+        for name, w in zip(expert.names, matrices):
+            check_finite(w, name)
     if scheme is None:
         engine.load_expert_task(expert.slot, *matrices)
         return
@@ -225,6 +229,8 @@ def load_expert(engine, scheme: Optional[QuantScheme], expert: Expert) -> None:
         try:
             parts.append(list(scheme.quantize(w)))
         except ValueError as exc:
+            if str(exc) == non_finite_message("w"):
+                raise ValueError(non_finite_message(name)) from None
             raise ValueError(f"{name}: {exc}") from None
     engine.load_quant_expert_task(expert.slot, *parts)
 

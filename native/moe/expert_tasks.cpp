@@ -20,7 +20,7 @@ void gather_expert_rows(const Routing& rt, int e, const bf16_t* x, int hidden, b
 }
 
 void combine_expert_outputs(WorkerPool& pool, const Routing& rt, const float* weights, const std::vector<float*>& ys,
-                            int hidden, bf16_t* out) {
+                            int hidden, const FloatOutput& out) {
   const int H = hidden, k = rt.k, parts = static_cast<int>(ys.size());
   pool.parallel_for_all(rt.q, [&](int t) {
     float* acc = thread_floats(H);
@@ -36,7 +36,7 @@ void combine_expert_outputs(WorkerPool& pool, const Routing& rt, const float* we
       const float w = weights[size_t(t) * k + j];
       for (int h = 0; h < H; ++h) acc[h] += w * y[h];
     }
-    to_bf16(acc, out + size_t(t) * H, H);
+    out.store(size_t(t) * H, acc, H);
   });
 }
 

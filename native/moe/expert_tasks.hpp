@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/gemm_bf16.hpp"
+#include "moe/float_output.hpp"
 #include "moe/routing.hpp"
 #include "pool/worker_pool.hpp"
 
@@ -36,11 +37,11 @@ float* thread_floats(size_t n);
 // X[row, :] = x[token of row, :] for the rows of expert e.   x: [q, H], X: [R, H] bf16
 void gather_expert_rows(const Routing& rt, int e, const bf16_t* x, int hidden, bf16_t* X);
 
-// out[t, :] = bf16(sum_j weights[t, j] * y(row of slot (t, j)))  for every token t < rt.q, where
+// out[t, :] = sum_j weights[t, j] * y(row of slot (t, j))  for every token t < rt.q, where
 // y(row) = sum over parts p of ys[p][row, :] (fp32 [R, H] each, one per tensor-parallel slice); that
 // sum is left in ys[0]. Slots without a row add nothing (a token without any gets zeros).
-// weights: [q, k] fp32; out: [q, H] bf16. Runs on all threads of the pool.
+// weights: [q, k] fp32; out: [q, H]. Runs on all threads of the pool.
 void combine_expert_outputs(WorkerPool& pool, const Routing& rt, const float* weights, const std::vector<float*>& ys,
-                            int hidden, bf16_t* out);
+                            int hidden, const FloatOutput& out);
 
 }  // namespace kt_moe

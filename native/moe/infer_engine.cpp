@@ -214,7 +214,7 @@ void InferEngine::compute(InferWeights& w, const Routing& rt, const float* weigh
       });
     });
   }
-  combine_expert_outputs(pool_, rt, weights, ys, H, out);
+  combine_expert_outputs(pool_, rt, weights, ys, H, FloatOutput{out, true});
 }
 
 }  // namespace kt_moe

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 #include "moe/bf16.hpp"
 #include "moe/expert_tasks.hpp"
@@ -18,14 +17,6 @@ namespace kt_moe {
 
 // The gradients in GradientOutputs order.
 enum GradientIndex : int { kGateA = 0, kGateB = 1, kUpA = 2, kUpB = 3, kDownA = 4, kDownB = 5 };
-
-// Elements [at, at + n) of the caller's gradient `out` = src[0, n), rounded to bf16 where asked.
-inline void store_gradient(const GradientOutput& out, size_t at, const float* src, size_t n) {
-  if (out.bf16)
-    to_bf16(src, static_cast<bf16_t*>(out.data) + at, n);
-  else
-    std::memcpy(static_cast<float*>(out.data) + at, src, n * sizeof(float));
-}
 
 class GradientBlocks {
  public:
@@ -46,7 +37,7 @@ class GradientBlocks {
     }
     float* block = thread_floats(size_t(rows) * cols);
     compute_block(block, int64_t(cols));
-    for (int i = 0; i < rows; ++i) store_gradient(out_[which], at + size_t(i) * ld, block + size_t(i) * cols, cols);
+    for (int i = 0; i < rows; ++i) out_[which].store(at + size_t(i) * ld, block + size_t(i) * cols, cols);
   }
 
   // Elements [at, at + n) of gradient `which` are zero (the experts without rows).

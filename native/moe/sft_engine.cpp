@@ -213,14 +213,14 @@ size_t SftEngine::cached_bytes_per_routed_slot() const {
   return H * 2 + 2 * r * 2 + tp * (2 * Is * 4 + r * 2 + H * 4) + 4 * sizeof(int) + sizeof(float);
 }
 
-void SftEngine::forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
-                        bool save) {
+void SftEngine::forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x,
+                        const FloatOutput& out, bool save) {
   std::lock_guard<std::mutex> lock(call_mutex_);
   forward_locked(q, expert_ids, weights, x, out, save);
 }
 
 void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x,
-                               bf16_t* out, bool save) {
+                               const FloatOutput& out, bool save) {
   check_ready();
   if (q < 1) throw std::invalid_argument("forward: q must be positive");
   if (save && int(cache_.size()) >= config_.max_cache_depth)
@@ -239,7 +239,8 @@ void SftEngine::forward_locked(int q, const int64_t* expert_ids, const float* we
     release_state(std::move(state));
 }
 
-void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels) {
+void SftEngine::compute_forward(ForwardState& st, const bf16_t* x, const FloatOutput& out,
+                                const EngineKernels& kernels) {
   const SftBaseWeights& frozen = *weights_.current();
   const GemmFn gemm = kernels.base.gemm;
   const Routing& rt = st.routing;
@@ -320,7 +321,7 @@ void SftEngine::discard_saved_forward() {
   release_state(std::move(state));
 }
 
-void SftEngine::backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads,
+void SftEngine::backward(int q, const bf16_t* grad_out, const FloatOutput& grad_in, const GradientOutputs& grads,
                          float* grad_weights) {
   std::lock_guard<std::mutex> lock(call_mutex_);
   if (cache_.empty())
@@ -356,11 +357,11 @@ void SftEngine::write_gradients(const LoraGradients& grads, const GradientOutput
   pool_.parallel_for_all(6 * config_.expert_num, [&](int task) {
     const int which = task % 6;
     const size_t n = per_expert[which], at = size_t(task / 6) * n;
-    store_gradient(out[which], at, src[which] + at, n);
+    out[which].store(at, src[which] + at, n);
   });
 }
 
-void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in,
+void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, const FloatOutput& grad_in,
                                  const GradientBlocks& grads, float* grad_weights, const EngineKernels& kernels) {
   const SftBaseWeights& frozen = *weights_.current();
   const GemmFn gemm = kernels.base.gemm;
@@ -509,7 +510,7 @@ void SftEngine::compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_
         for (int h = 0; h < H; ++h) acc[h] += dx[h];
       }
     }
-    to_bf16(acc, grad_in + size_t(t) * H, H);
+    grad_in.store(size_t(t) * H, acc, H);
   });
   if (tp > 1)
     pool_.parallel_for_all(na, [&](int i) {
@@ -536,7 +537,7 @@ void SftEngine::warm_up() {
   for (int i = 0; i < cpu_experts; ++i) ids[i] = first + i;
   std::vector<float> weights(ids.size(), 1.0f);
   std::vector<bf16_t> x(size_t(q) * config_.hidden_size, 0), out(x.size());
-  forward_locked(q, ids.data(), weights.data(), x.data(), out.data(), false);
+  forward_locked(q, ids.data(), weights.data(), x.data(), FloatOutput{out.data(), true}, false);
 }
 
 }  // namespace kt_moe

@@ -21,6 +21,7 @@
 #include "kernels/swiglu.hpp"
 #include "moe/buffer.hpp"
 #include "moe/base_products.hpp"
+#include "moe/float_output.hpp"
 #include "moe/sft_base_weights.hpp"
 #include "moe/routing.hpp"
 #include "moe/staged_weights.hpp"
@@ -51,11 +52,7 @@ struct LoraGradients {
 
 // Where backward() leaves one LoRA gradient: the caller's buffer with the shape of its LoRA
 // tensor, fp32 or bf16. All six, in the order gate_a, gate_b, up_a, up_b, down_a, down_b.
-struct GradientOutput {
-  void* data = nullptr;
-  bool bf16 = false;
-};
-using GradientOutputs = std::array<GradientOutput, 6>;
+using GradientOutputs = std::array<FloatOutput, 6>;
 
 class GradientBlocks;  // moe/lora_gradient_blocks.hpp
 
@@ -106,17 +103,19 @@ class SftEngine {
   void clear_lora();
   bool lora_set() const { return lora_.gate_a != nullptr; }
 
-  // x [q, H] bf16, expert_ids [q, k], weights [q, k] fp32 -> out [q, H] bf16, q >= 1. With `save`
-  // pushes the forward's state on the cache (RuntimeError "Forward cache full" before any work
+  // x [q, H] bf16, expert_ids [q, k], weights [q, k] fp32 -> out [q, H] (bf16 or fp32), q >= 1.
+  // With `save` pushes the forward's state on the cache (RuntimeError "Forward cache full" before any work
   // when max_cache_depth entries are held). std::runtime_error "Weights not loaded" / "LoRA weights
   // not initialized"; std::invalid_argument for bad expert ids.
-  void forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out, bool save);
+  void forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, const FloatOutput& out,
+               bool save);
 
   // Pops the latest saved forward (std::runtime_error "No forward cache available" when none):
-  // grad_out [q, H] bf16 -> grad_in [q, H] bf16, the LoRA gradients (written to `grads`, zero for
-  // experts without tokens), grad_weights [q, k] fp32 (dL/dweights). std::invalid_argument when q
+  // grad_out [q, H] bf16 -> grad_in [q, H] (bf16 or fp32), the LoRA gradients (written to `grads`,
+  // zero for experts without tokens), grad_weights [q, k] fp32 (dL/dweights). std::invalid_argument when q
   // differs from the saved forward's (the entry stays).
-  void backward(int q, const bf16_t* grad_out, bf16_t* grad_in, const GradientOutputs& grads, float* grad_weights);
+  void backward(int q, const bf16_t* grad_out, const FloatOutput& grad_in, const GradientOutputs& grads,
+                float* grad_weights);
   // Drops the latest saved forward without a backward (its caller will never run one, e.g. an
   // autograd graph freed unused); std::runtime_error "No forward cache available" when none.
   void discard_saved_forward();
@@ -148,16 +147,16 @@ class SftEngine {
   // method stores its base in another format, naming how to load it (`instead`).
   template <class Format>
   Format& staged_as(const char* instead);
-  void forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out,
-                      bool save);
+  void forward_locked(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x,
+                      const FloatOutput& out, bool save);
   std::unique_ptr<ForwardState> acquire_state();
   void release_state(std::unique_ptr<ForwardState> state);
   // On the pool behind the work queued before it, waiting for it; rethrows what it threw (its own
   // ticket: errors of other pool users never surface here).
   void run(const std::function<void()>& work) { tickets_.run(work); }
-  void compute_forward(ForwardState& st, const bf16_t* x, bf16_t* out, const EngineKernels& kernels);
-  void compute_backward(ForwardState& st, const bf16_t* grad_out, bf16_t* grad_in, const GradientBlocks& grads,
-                        float* grad_weights, const EngineKernels& kernels);
+  void compute_forward(ForwardState& st, const bf16_t* x, const FloatOutput& out, const EngineKernels& kernels);
+  void compute_backward(ForwardState& st, const bf16_t* grad_out, const FloatOutput& grad_in,
+                        const GradientBlocks& grads, float* grad_weights, const EngineKernels& kernels);
   // Copies the fp32 gradients of every expert to the caller's buffers, rounding to bf16 where asked
   // (with several slices; with one, the backward's tasks store them: moe/lora_gradient_blocks.hpp).
   void write_gradients(const LoraGradients& grads, const GradientOutputs& out);

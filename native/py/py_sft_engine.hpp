@@ -118,7 +118,7 @@ class PySftEngine {
     const int64_t* ids = checked<const int64_t>(expert_ids, "expert_ids", DType::i64, {qlen, k});
     const float* w = checked<const float>(weights, "weights", DType::f32, {qlen, k});
     const bf16_t* x = checked<const bf16_t>(input, "input", DType::bf16, {qlen, H});
-    bf16_t* out = checked<bf16_t>(output, "output", DType::bf16, {qlen, H});
+    const FloatOutput out = float_output(output, "output", {qlen, H});
     nanobind::gil_scoped_release unlocked;
     engine_.forward(qlen, ids, w, x, out, save);
   }
@@ -130,21 +130,21 @@ class PySftEngine {
     check_batch(qlen, k, c.experts_per_token);
     const int64_t E = c.expert_num, r = c.lora_rank, H = c.hidden_size, I = c.intermediate_size;
     const bf16_t* dy = checked<const bf16_t>(grad_output, "grad_output", DType::bf16, {qlen, H});
-    bf16_t* dx = checked<bf16_t>(grad_input, "grad_input", DType::bf16, {qlen, H});
-    const GradientOutputs g = {gradient(grad_gate_a, "grad_gate_a", {E, r, H}),
-                               gradient(grad_gate_b, "grad_gate_b", {E, I, r}),
-                               gradient(grad_up_a, "grad_up_a", {E, r, H}),
-                               gradient(grad_up_b, "grad_up_b", {E, I, r}),
-                               gradient(grad_down_a, "grad_down_a", {E, r, I}),
-                               gradient(grad_down_b, "grad_down_b", {E, H, r})};
+    const FloatOutput dx = float_output(grad_input, "grad_input", {qlen, H});
+    const GradientOutputs g = {float_output(grad_gate_a, "grad_gate_a", {E, r, H}),
+                               float_output(grad_gate_b, "grad_gate_b", {E, I, r}),
+                               float_output(grad_up_a, "grad_up_a", {E, r, H}),
+                               float_output(grad_up_b, "grad_up_b", {E, I, r}),
+                               float_output(grad_down_a, "grad_down_a", {E, r, I}),
+                               float_output(grad_down_b, "grad_down_b", {E, H, r})};
     float* dw = checked<float>(grad_weights, "grad_weights", DType::f32, {qlen, k});
     nanobind::gil_scoped_release unlocked;
     engine_.backward(qlen, dy, dx, g, dw);
   }
 
  private:
-  // A gradient output: fp32 or bf16 with the given shape.
-  static GradientOutput gradient(const Array& a, const char* name, std::initializer_list<int64_t> shape) {
+  // An output the engine writes from fp32 values: bf16 or fp32 with the given shape.
+  static FloatOutput float_output(const Array& a, const char* name, std::initializer_list<int64_t> shape) {
     const bool bf16 = has_dtype(a, DType::bf16);
     return {bf16 ? static_cast<void*>(checked<bf16_t>(a, name, DType::bf16, shape))
                  : static_cast<void*>(checked<float>(a, name, DType::f32, shape)),

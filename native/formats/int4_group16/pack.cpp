@@ -43,15 +43,22 @@ void int4_group16_pack(const MatrixParts& src, int n, int k, uint8_t* dst) {
       const uint8_t* row = codes + col * ld_codes;
       for (int u = 0; u < units; ++u) {
         uint8_t* unit = block + int64_t(u) * kUnitBytes;
+        for (int half = 0; half < 2; ++half) {  // groups h = 2 half (low nibbles) and 2 half + 1 (high)
+          const int g = u * kUnitGroups + 2 * half;
+          if (g >= groups) break;
+          const uint8_t* low = row + g * kGroup / 2;  // 8 bytes: codes k 2m (low nibble), 2m + 1 (high)
+          const uint8_t* high = g + 1 < groups ? low + kGroup / 2 : nullptr;
+          for (int m = 0; m < kGroup / 2; ++m) {  // kk = 2m and 2m + 1 of both groups
+            const uint8_t lo = low[m], hi = high ? high[m] : 0;
+            const uint8_t pair[2] = {uint8_t((lo & 0x0F) | (hi << 4)), uint8_t((lo >> 4) | (hi & 0xF0))};
+            for (int p = 0; p < 2; ++p) {
+              const int kk = 2 * m + p;
+              unit[(half * kHalfVectors + kk / kQuadK) * kQuadBytes + kQuadK * c + kk % kQuadK] = pair[p];
+            }
+          }
+        }
         for (int h = 0; h < kUnitGroups && u * kUnitGroups + h < groups; ++h) {
           const int g = u * kUnitGroups + h;
-          // group h: low nibbles (h even) or high nibbles (h odd) of vectors 4 (h / 2) + j
-          for (int kk = 0; kk < kGroup; ++kk) {
-            const int kg = g * kGroup + kk;
-            const uint8_t code = kg % 2 ? row[kg / 2] >> 4 : row[kg / 2] & 0x0F;
-            uint8_t& byte = unit[(h / 2 * kHalfVectors + kk / kQuadK) * kQuadBytes + kQuadK * c + kk % kQuadK];
-            byte |= static_cast<uint8_t>(code << (h % 2 * 4));
-          }
           std::memcpy(unit + kScaleOffset + (h * kCols + c) * 2, &scale[col * ld_scale + g], 2);
           unit[kZeroOffset + h * kCols + c] = zero[col * ld_zero + g];
         }

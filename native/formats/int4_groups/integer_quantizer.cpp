@@ -2,7 +2,8 @@
 // (plain C++) and avx2, both with -ffp-contract=off: the steps are the fp32 operations the module
 // docstring lists, in its order, each rounded once, and a group's sums run over its G values in k
 // order, so every level and the torch twin give the same bytes. kLanes groups are quantized side by
-// side (arrays [G][kLanes], loops over the lanes that the compiler turns into vector instructions).
+// side (arrays [G][kLanes], loops over the lanes that the compiler turns into vector instructions);
+// the avx2 build also reads bf16 rows into them with an 8 x 8 transpose in intrinsics (the same floats).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,10 @@
 #include "kernels/bf16.hpp"
 #include "kernels/fp16.hpp"
 #include "kernels/level_namespace.hpp"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace kt_moe {
 namespace KT_KERNEL_NS {
@@ -37,7 +42,14 @@ inline float round_even(float v) {
   return (v + kMagic) - kMagic;
 }
 
-inline float clamp_code(float v) { return std::min(std::max(round_even(v), 0.0f), kCodeMax); }
+// round_even(v) clamped to [0, 15]. Written as the compare-selects that vmaxps / vminps are (the
+// std::max / std::min forms compile to compares and blends); the same values, since round_even
+// never returns NaN or -0 (v + kMagic is +0 at worst).
+inline float clamp_code(float v) {
+  const float r = round_even(v);
+  const float low = r > 0.0f ? r : 0.0f;
+  return low < kCodeMax ? low : kCodeMax;
+}
 
 inline uint32_t bits_of(float f) {
   uint32_t b;
@@ -176,12 +188,12 @@ inline float to_fp32(float v, std::integral_constant<int, Int4QuantizeArgs::kFlo
 inline float to_fp32(uint16_t v, std::integral_constant<int, Int4QuantizeArgs::kBfloat16>) { return bf16_to_float(v); }
 inline float to_fp32(uint16_t v, std::integral_constant<int, Int4QuantizeArgs::kFloat16>) { return fp16_to_float(v); }
 
-// Group q of the rows (row q / g, group q % g) into lane j of the chunk: fp32, zero past K; false
-// when a value is NaN or infinite. T: the element type of input dtype D.
+// Group `group` of row `r` into lane j of the chunk: fp32, zero past K; false when a value is NaN or
+// infinite. T: the element type of input dtype D.
 template <int D, class T>
-bool load_group(const Int4QuantizeArgs& a, const T* w, int64_t q, int g, Chunk& chunk, int j) {
-  const T* row = w + (q / g) * a.ldw;
-  const int k0 = int(q % g) * a.group;
+bool load_group(const Int4QuantizeArgs& a, const T* w, int64_t r, int group, Chunk& chunk, int j) {
+  const T* row = w + r * a.ldw;
+  const int k0 = group * a.group;
   bool finite = true;
   for (int i = 0; i < a.group; ++i) {
     const float v = k0 + i < a.k ? to_fp32(row[k0 + i], std::integral_constant<int, D>{}) : 0.0f;
@@ -191,15 +203,65 @@ bool load_group(const Int4QuantizeArgs& a, const T* w, int64_t q, int g, Chunk& 
   return finite;
 }
 
-void store_group(const Int4QuantizeArgs& a, int64_t q, int g, const Chunk& chunk, int j) {
-  const int64_t r = q / g;
-  const int group = int(q % g);
+void store_group(const Int4QuantizeArgs& a, int64_t r, int group, const Chunk& chunk, int j) {
   uint8_t* codes = a.codes + r * a.ldc + group * a.group / 2;
   for (int i = 0; i < a.group; i += 2)
     codes[i / 2] = uint8_t(chunk.code_bytes[i][j] | (chunk.code_bytes[i + 1][j] << 4));
   a.scale[r * a.lds + group] = chunk.scale[j];
   if (a.zero_point) a.zero[r * a.ldz + group] = chunk.zero[j];
 }
+
+#if defined(__AVX2__)
+// Rows i of r[] become columns: r[i] lane j <- r[j] lane i (an 8 x 8 block of floats).
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+
+// load_group for 8 lanes j0..j0+7 holding 8 consecutive whole groups of one bf16 row, starting at
+// src (G a multiple of 8): the same floats, transposed 8 x 8 at a time instead of one by one.
+inline bool load_8_bf16_groups(const bf16_t* src, int G, Chunk& chunk, int j0) {
+  __m256 finite = _mm256_setzero_ps();  // v - v: 0 for finite values, NaN otherwise
+  for (int i0 = 0; i0 < G; i0 += 8) {
+    __m256 r[8];
+    for (int j = 0; j < 8; ++j) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j * G + i0));
+      r[j] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      finite = _mm256_add_ps(finite, _mm256_sub_ps(r[j], r[j]));
+    }
+    transpose8(r);
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(&chunk.x[i0 + i][j0], r[i]);
+  }
+  return _mm256_movemask_ps(_mm256_cmp_ps(finite, finite, _CMP_UNORD_Q)) == 0;
+}
+#endif
+
+// The (row, group) of each lane of a chunk: groups are taken row by row, kLanes at a time.
+struct LanePositions {
+  int64_t row[kLanes];
+  int group[kLanes];
+
+  // The `lanes` groups from (r, group) on, in rows of g groups; advances (r, group) past them.
+  void fill(int64_t& r, int& group, int g, int lanes) {
+    for (int j = 0; j < lanes; ++j) {
+      row[j] = r, this->group[j] = group;
+      if (++group == g) group = 0, ++r;
+    }
+  }
+};
 
 template <int D, class T>
 void quantize_rows(const Int4QuantizeArgs& a, int r0, int r1) {
@@ -211,12 +273,26 @@ void quantize_rows(const Int4QuantizeArgs& a, int r0, int r1) {
   auto chunk = std::make_unique<Chunk>();
   chunk->G = a.group, chunk->zero_point = a.zero_point;
   const int64_t total = int64_t(r1 - r0) * g;
+  LanePositions at_lane;
+  int64_t r = 0;
+  int group = 0;
   for (int64_t q0 = 0; q0 < total; q0 += kLanes) {
     const int lanes = int(std::min<int64_t>(kLanes, total - q0));
+    at_lane.fill(r, group, g, lanes);
     bool finite = true;
     for (int j = 0; j < kLanes; ++j) {
+#if defined(__AVX2__)
+      if constexpr (D == Int4QuantizeArgs::kBfloat16) {
+        if (j % 8 == 0 && j + 8 <= lanes && a.group % 8 == 0 && at_lane.row[j + 7] == at_lane.row[j] &&
+            (at_lane.group[j + 7] + 1) * a.group <= a.k) {
+          finite &= load_8_bf16_groups(w + at_lane.row[j] * a.ldw + at_lane.group[j] * a.group, a.group, *chunk, j);
+          j += 7;
+          continue;
+        }
+      }
+#endif
       if (j < lanes) {
-        finite &= load_group<D>(at, w, q0 + j, g, *chunk, j);
+        finite &= load_group<D>(at, w, at_lane.row[j], at_lane.group[j], *chunk, j);
       } else {
         for (int i = 0; i < a.group; ++i) chunk->x[i][j] = 0.0f;
       }
@@ -224,7 +300,7 @@ void quantize_rows(const Int4QuantizeArgs& a, int r0, int r1) {
     if (!finite)
       throw std::invalid_argument("w contains NaN or infinite values; only finite values can be loaded or quantized");
     chunk->quantize();
-    for (int j = 0; j < lanes; ++j) store_group(at, q0 + j, g, *chunk, j);
+    for (int j = 0; j < lanes; ++j) store_group(at, at_lane.row[j], at_lane.group[j], *chunk, j);
   }
 }
 
