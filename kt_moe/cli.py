@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence, TextIO
+from typing import List, Optional, Sequence, TextIO
 
 from safetensors import SafetensorError
 
@@ -20,7 +20,7 @@ from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.status_line import StatusLine
-from kt_moe.weights.convert import CONVERT_METHODS, LayerRanges, convert_checkpoint, parse_layers
+from kt_moe.weights.convert import CONVERT_METHODS, LayerRanges, LayerResult, convert_checkpoint, parse_layers
 
 
 def _weight_path_problem(weight_path: str) -> Optional[str]:
@@ -149,8 +149,19 @@ def _convert(args: argparse.Namespace) -> int:
         actions = [r.action for r in results]
         counts = ", ".join(f"{actions.count(a)} {a}" for a in ("written", "rewritten", "replaced", "skipped")
                            if a in actions)
-        print(f"{len(results)} layer(s) in {args.output} ({counts})")
+        print(f"{len(results)} layer(s) in {args.output} ({counts}){_throughput(results)}")
     return 0
+
+
+def _throughput(results: List[LayerResult]) -> str:
+    """'; quantized 1,131.4 MB of bf16 weights in 2.1 s (538.8 MB/s)' over the layers quantized
+    (reading and writing included), or '' when every layer was skipped."""
+    quantized = [r for r in results if r.weight_bytes]
+    if not quantized:
+        return ""
+    megabytes, seconds = sum(r.weight_bytes for r in quantized) / 1e6, sum(r.seconds for r in quantized)
+    rate = megabytes / max(seconds, 1e-9)
+    return f"; quantized {megabytes:,.1f} MB of bf16 weights in {seconds:.1f} s ({rate:,.1f} MB/s)"
 
 
 def build_parser() -> argparse.ArgumentParser:

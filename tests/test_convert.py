@@ -7,6 +7,7 @@ point options) and the command line (summary, progress bar, one-line errors)."""
 import io
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -101,8 +102,12 @@ def test_layers_selects_a_subset(tmp_path, weights):
     ckpt = checkpoint(tmp_path, weights)
     assert actions(convert_checkpoint(ckpt, out, "AMXINT8", layers=parse_layers("1-2"))) == {1: "written", 2: "written"}
     assert sorted(p.name for p in out.iterdir()) == ["layer_0001.safetensors", "layer_0002.safetensors"]
-    assert actions(convert_checkpoint(ckpt, out, "AMXINT8", layers=[4])) == {4: "written"}
-    assert actions(convert_checkpoint(ckpt, out, "AMXINT8")) == {1: "skipped", 2: "skipped", 4: "skipped"}
+    written = convert_checkpoint(ckpt, out, "AMXINT8", layers=[4])
+    assert actions(written) == {4: "written"}
+    assert written[0].weight_bytes == 3 * E * I * H * 2 and written[0].seconds > 0  # the experts' bf16 bytes
+    skipped = convert_checkpoint(ckpt, out, "AMXINT8")
+    assert actions(skipped) == {1: "skipped", 2: "skipped", 4: "skipped"}
+    assert all(r.weight_bytes == 0 and r.seconds > 0 for r in skipped)
 
 
 def test_layers_without_experts_are_refused(tmp_path, weights):
@@ -379,8 +384,9 @@ def test_kgroup_settings_are_part_of_the_file(tmp_path, weights):
 
 def test_cli_kgroup_options(tmp_path, weights, capsys):
     ckpt, out = checkpoint(tmp_path, weights), tmp_path / "out"
-    assert run(capsys, "--method", "AMXINT4_KGroup_SFT", "--group-size", "64", "--no-zero-point", "--input",
-               str(ckpt), "--output", str(out), "--layers", "4") == (0, f"1 layer(s) in {out} (1 written)\n", "")
+    code, stdout, stderr = run(capsys, "--method", "AMXINT4_KGroup_SFT", "--group-size", "64", "--no-zero-point",
+                               "--input", str(ckpt), "--output", str(out), "--layers", "4")
+    assert (code, stderr) == (0, "") and stdout.startswith(f"1 layer(s) in {out} (1 written); quantized ")
     metadata, _ = contents(layer_file(out, 4))
     assert (metadata["group_size"], metadata["zero_point"]) == ("64", "false")
     code, stdout, stderr = run(capsys, "--method", "AMXINT8_SFT", "--zero-point", "--input", str(ckpt), "--output",
@@ -400,12 +406,25 @@ def run(capsys, *argv):
     return code, out, err
 
 
+SUMMARY_TAIL = r" MB of bf16 weights in \d+\.\d s \([\d,]+\.\d MB/s\)\n"
+
+
 def test_cli_converts_and_summarises(tmp_path, weights, capsys):
+    """The summary names what was done and the throughput over the layers quantized (the bf16 bytes
+    of their experts read, quantized and written), the skipped ones not counted."""
     ckpt, out = checkpoint(tmp_path, weights), tmp_path / "out"
-    assert run(capsys, "--method", "AMXINT4", "--input", str(ckpt), "--output", str(out), "--layers", "1-2") == \
-        (0, f"2 layer(s) in {out} (2 written)\n", "")
+    layer_mb = 3 * E * I * H * 2 / 1e6  # gate, up and down of every expert, bf16
+    code, stdout, stderr = run(capsys, "--method", "AMXINT4", "--input", str(ckpt), "--output", str(out),
+                               "--layers", "1-2")
+    assert (code, stderr) == (0, "")
+    assert re.fullmatch(re.escape(f"2 layer(s) in {out} (2 written); quantized {2 * layer_mb:,.1f}") + SUMMARY_TAIL,
+                        stdout)
+    code, stdout, stderr = run(capsys, "--method", "AMXINT4", "--input", str(ckpt), "--output", str(out))
+    assert (code, stderr) == (0, "")
+    assert re.fullmatch(re.escape(f"3 layer(s) in {out} (1 written, 2 skipped); quantized {layer_mb:,.1f}")
+                        + SUMMARY_TAIL, stdout)
     assert run(capsys, "--method", "AMXINT4", "--input", str(ckpt), "--output", str(out)) == \
-        (0, f"3 layer(s) in {out} (1 written, 2 skipped)\n", "")
+        (0, f"3 layer(s) in {out} (3 skipped)\n", "")
     assert run(capsys, "--method", "AMXINT4", "--input", str(ckpt), "--output", str(out), "--quiet") == (0, "", "")
 
 

@@ -1,8 +1,8 @@
 """The arithmetic compressed-tensors (0.20, quantization/utils/helpers.py calculate_qparams and
 quantization/lifecycle/forward.py quantize) applies to a bf16 weight with symmetric scales, shared
 by the formats that reproduce it bit for bit (fp8_channel, int4_packed): every step is a bf16
-operation, which torch evaluates in fp32 and rounds to bf16, so here each is an fp32 operation
-followed by an explicit rounding to bf16.
+operation, which torch evaluates in fp32 and rounds to bf16 once; here the scale is an fp32
+division rounded explicitly and the quotient torch's own bf16 division.
 
     scale    = bf16(amax / half_range)   (half_range: 448 for FP8, 7.5 for INT4); a scale of 0
                becomes bf16's eps 2^-7, the library's guard against dividing by zero
@@ -24,6 +24,6 @@ def symmetric_scale(amax: torch.Tensor, half_range: float) -> torch.Tensor:
 
 
 def bf16_quotients(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x fp32 holding bf16 values, scale bf16 broadcastable to x -> bf16(x / scale) as fp32; x is
-    overwritten."""
-    return x.div_(scale.float()).to(torch.bfloat16).float()
+    """x bf16, scale bf16 broadcastable to x -> bf16(x / scale), bf16 (the fp32 quotient rounded once,
+    as torch divides bf16 tensors)."""
+    return torch.div(x, scale)

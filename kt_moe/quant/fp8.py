@@ -135,8 +135,8 @@ def quantize_fp8_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     weight = torch.empty(rows.shape, dtype=FP8)
     scale = torch.empty(rows.shape[0], 1, dtype=torch.bfloat16)
     for rs in row_blocks(*rows.shape):
-        x = rows[rs].to(torch.bfloat16).float()  # [r, K]: the bf16 weight, exact in fp32
-        amax = x.abs().amax(dim=1, keepdim=True)  # [r, 1]
+        x = rows[rs].to(torch.bfloat16)  # [r, K]: the bf16 weight
+        amax = x.float().abs_().amax(dim=1, keepdim=True)  # [r, 1]
         check_finite(amax, "w")
         s = symmetric_scale(amax, FP8_MAX)
         weight[rs] = bf16_quotients(x, s).clamp_(-FP8_MAX, FP8_MAX).to(FP8)

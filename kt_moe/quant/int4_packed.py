@@ -83,10 +83,16 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     low, high = torch.aminmax(q)
     if int(low) < QMIN or int(high) > QMAX:
         raise ValueError(f"q must hold 4-bit values in [{QMIN}, {QMAX}], got values in [{int(low)}, {int(high)}]")
+    return _pack_nibbles(q)
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """pack_int4 of q int8 [..., K] that holds values in [-8, 7] only (not checked)."""
     *lead, K = q.shape
     words = packed_words(K)
-    nibbles = torch.zeros(*lead, words * PER_WORD, dtype=torch.uint8)
-    nibbles[..., :K] = q.view(torch.uint8) + OFFSET  # q + 8 in [0, 15] (int8 bits read unsigned, plus 8, mod 256)
+    nibbles = q.view(torch.uint8) + OFFSET  # q + 8 in [0, 15] (int8 bits read unsigned, plus 8, mod 256)
+    if K % PER_WORD:  # the last word's unused nibbles are 0
+        nibbles = torch.cat([nibbles, nibbles.new_zeros(*lead, words * PER_WORD - K)], dim=-1)
     octets = nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)  # [..., 4 words]: byte j of a word holds k = 2j, 2j + 1
     if sys.byteorder == "big":  # a word's bytes in memory run from its most significant one there
         octets = octets.view(*lead, words, 4).flip(-1).reshape(*lead, words * 4)
@@ -115,12 +121,12 @@ def quantize_int4_packed(w: torch.Tensor, group_size: int) -> Tuple[torch.Tensor
     packed = torch.empty(rows.shape[0], packed_words(K), dtype=torch.int32)
     scale = torch.empty(rows.shape[0], G, dtype=torch.bfloat16)
     for rs in row_blocks(*rows.shape):
-        x = rows[rs].to(torch.bfloat16).float().view(-1, G, group_size)  # [r, G, g]: the bf16 weight, exact
-        amax = x.abs().amax(dim=2)  # [r, G]
+        x = rows[rs].to(torch.bfloat16).view(-1, G, group_size)  # [r, G, g]: the bf16 weight
+        amax = x.float().abs_().amax(dim=2)  # [r, G]
         check_finite(amax, "w")
         s = symmetric_scale(amax, HALF_RANGE)
-        q = bf16_quotients(x, s[..., None]).clamp_(QMIN, QMAX).round_()
-        packed[rs] = pack_int4(q.to(torch.int8).view(-1, K))
+        q = bf16_quotients(x, s[..., None]).clamp_(QMIN, QMAX).round_()  # bf16 integers in [-8, 7], exact
+        packed[rs] = _pack_nibbles(q.to(torch.int8).view(-1, K))
         scale[rs] = s
     shape = torch.tensor([N, K]).repeat(*lead, 1)  # [..., 2]
     return packed.reshape(*lead, N, -1), scale.reshape(*lead, N, G), shape

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -43,11 +44,15 @@ CONVERT_METHODS = tuple(m for m in METHOD_SCHEMES if m not in CHECKPOINT_METHODS
 @dataclass(frozen=True)
 class LayerResult:
     """What the converter did with one layer. action: "written" (no file before), "skipped" (the
-    file verified), "rewritten" (the file was damaged), "replaced" (other settings, with force)."""
+    file verified), "rewritten" (the file was damaged), "replaced" (other settings, with force).
+    weight_bytes: the bf16 bytes of the experts read and quantized (0 when skipped); seconds: the
+    time the layer took (reading, quantizing and writing it, or verifying its file)."""
 
     layer_idx: int
     action: str
     path: Path
+    weight_bytes: int = 0
+    seconds: float = 0.0
 
 
 # what becomes of a layer, by the state of its existing file ("match" turns "rewritten" if it fails
@@ -195,15 +200,17 @@ def _mismatch_message(plans: List[_Plan]) -> str:
     return f"{plans[0].problem}{more}; use another output directory, or --force to overwrite"
 
 
-def _quantized_experts(plan: _Plan, report: Progress, done: int, total: int) -> List[ExpertParts]:
-    """The layer's experts, read one at a time and quantized; progress reported after each."""
+def _quantized_experts(plan: _Plan, report: Progress, done: int, total: int) -> Tuple[List[ExpertParts], int]:
+    """(the layer's experts, read one at a time and quantized, the bf16 bytes read); progress
+    reported after each expert."""
     L, E = plan.settings.layer_idx, plan.settings.num_experts
-    quantize, experts = plan.settings.scheme.quantize, []
+    quantize, experts, weight_bytes = plan.settings.scheme.quantize, [], 0
     report(done, total, f"layer {L}: quantizing (0/{E})")
     for _, *weights in plan.reader.experts():
         experts.append({m: quantize(w) for m, w in zip(MATRICES, weights)})
+        weight_bytes += sum(w.numel() * w.element_size() for w in weights)
         report(done + len(experts), total, f"layer {L}: quantizing ({len(experts)}/{E})")
-    return experts
+    return experts, weight_bytes
 
 
 def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], method: str,
@@ -236,16 +243,18 @@ def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str
     results, done, total = [], 0, sum(plan.settings.num_experts for plan in plans)
     for plan in plans:
         L, E, action = plan.settings.layer_idx, plan.settings.num_experts, ACTIONS[plan.existing]
+        start = time.perf_counter()
         if plan.existing == "match":
             report(done, total, f"layer {L}: verifying the existing file")
             if _verified(output, plan):
                 done += E
                 report(done, total, f"layer {L}: verified, skipped")
-                results.append(LayerResult(L, action, layer_file(output, L)))
+                results.append(LayerResult(L, action, layer_file(output, L), seconds=time.perf_counter() - start))
                 continue
             action = "rewritten"
-        experts = _quantized_experts(plan, report, done, total)
+        experts, weight_bytes = _quantized_experts(plan, report, done, total)
         done += E
         report(done, total, f"layer {L}: writing")
-        results.append(LayerResult(L, action, write_layer(output, plan.settings, experts, plan.source)))
+        path = write_layer(output, plan.settings, experts, plan.source)
+        results.append(LayerResult(L, action, path, weight_bytes, time.perf_counter() - start))
     return results

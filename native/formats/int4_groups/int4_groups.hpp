@@ -42,7 +42,7 @@ struct Int4QuantizeArgs {
   int64_t ldz;
 };
 using Int4QuantizeFn = void (*)(const Int4QuantizeArgs& args, int r0, int r1);
-Int4QuantizeFn int4_quantizer(IsaLevel level);  // generic's below avx2; avx2's at avx2 and above
+Int4QuantizeFn int4_quantizer(IsaLevel level);  // generic's below avx2, avx2's, avx512's at avx512 and above
 
 // dequant_int4_groups: fp16 scales; dequant_int4_groups_bf16: bf16 scales.
 #define KT_INT4_GROUPS_DEQUANTIZERS                                                                           \
@@ -61,6 +61,7 @@ bool dot_int4_groups_bf16(const QuantMatrixView& w, int m, int n0, int n1, const
 }  // namespace avx2
 namespace avx512 {
 KT_INT4_GROUPS_DEQUANTIZERS
+void quantize_int4_rows(const Int4QuantizeArgs& args, int r0, int r1);
 }
 namespace avx512_bf16 {
 KT_INT4_GROUPS_DEQUANTIZERS

@@ -1,9 +1,10 @@
 // The INT4 group quantizer (int4_groups.hpp, kt_moe/quant/int4_groups.py), compiled for generic
-// (plain C++) and avx2, both with -ffp-contract=off: the steps are the fp32 operations the module
+// (plain C++), avx2 and avx512, all with -ffp-contract=off: the steps are the fp32 operations the module
 // docstring lists, in its order, each rounded once, and a group's sums run over its G values in k
 // order, so every level and the torch twin give the same bytes. kLanes groups are quantized side by
 // side (arrays [G][kLanes], loops over the lanes that the compiler turns into vector instructions);
-// the avx2 build also reads bf16 rows into them with an 8 x 8 transpose in intrinsics (the same floats).
+// the avx2 and avx512 builds also read bf16 rows into them with an 8 x 8 transpose in intrinsics (the
+// same floats).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

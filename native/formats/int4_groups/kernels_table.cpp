@@ -26,7 +26,8 @@ const DequantFormat kInt4GroupsBf16Dequant = {
 
 namespace {
 constexpr ByLevel<Int4QuantizeFn> kInt4Quantizer = {{IsaLevel::generic, &generic::quantize_int4_rows},
-                                                    KT_X86_ENTRY(avx2, &avx2::quantize_int4_rows)};
+                                                    KT_X86_ENTRY(avx2, &avx2::quantize_int4_rows)
+                                                    KT_X86_ENTRY(avx512, &avx512::quantize_int4_rows)};
 }  // namespace
 
 Int4QuantizeFn int4_quantizer(IsaLevel level) { return kInt4Quantizer.at(level); }
