@@ -48,7 +48,7 @@ def assert_same(got, expected, what: str):
 
 @pytest.mark.parametrize("group", [16, 32, 64, 128])
 @pytest.mark.parametrize("zero_point", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the avx2 level's transposing load too
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the avx2 and avx512 levels' transposing load too
 @pytest.mark.parametrize("k", [200, 1030])  # 1030: 8 whole groups of 128 in a row, and a tail
 def test_native_matches_the_torch_twin(group, zero_point, dtype, k):
     gen = torch.Generator().manual_seed(7)

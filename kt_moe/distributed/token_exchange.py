@@ -7,7 +7,7 @@ One call of an expert-parallel layer on rank m with a batch of T tokens:
               its slots for that rank first (the others -1 / 0); rank r keeps the first
               k_r = min(k, experts on r) columns. Rows are grouped by destination, in token order.
     combine:  each rank sends back its partial output [rows received, H]; the caller sums the
-              partials of a token in fp32 and rounds once to the output's dtype. Training sends fp32 partials
+              partials of a token in fp32 and rounds the sum once. Training sends fp32 partials
               (4 H bytes a row), so that the sum is rounded once, as one process's engine rounds
               it; inference sends the engine's bf16 output (2 H).
     backward: the grad_output rows go out along the same route; back come grad_input partials
