@@ -30,6 +30,17 @@ inline int block_columns(int size, int experts, int threads) {
 
 inline int block_count(int size, int block) { return (size + block - 1) / block; }
 
+// Up to this many elements, a pass over rows (gather, input conversion) is done by the subpool's
+// leader alone: waking the other threads costs more than the pass (decode: a few rows).
+constexpr size_t kLeaderOnlyElements = size_t(1) << 15;
+
+// fn(i) for i < n on the subpool's threads, or on the calling leader alone when the n calls touch
+// at most kLeaderOnlyElements elements in all.
+inline void row_pass(Subpool& sp, int n, size_t elements, const std::function<void(int)>& fn) {
+  if (elements > kLeaderOnlyElements) return sp.parallel_for(n, fn);
+  for (int i = 0; i < n; ++i) fn(i);
+}
+
 // A per-thread fp32 scratch of at least n elements (small products, merge accumulators), kept for
 // the thread's lifetime; contents unspecified.
 float* thread_floats(size_t n);
@@ -40,8 +51,11 @@ void gather_expert_rows(const Routing& rt, int e, const bf16_t* x, int hidden, b
 // out[t, :] = sum_j weights[t, j] * y(row of slot (t, j))  for every token t < rt.q, where
 // y(row) = sum over parts p of ys[p][row, :] (fp32 [R, H] each, one per tensor-parallel slice); that
 // sum is left in ys[0]. Slots without a row add nothing (a token without any gets zeros).
-// weights: [q, k] fp32; out: [q, H]. Runs on all threads of the pool.
+// weights: [q, k] fp32; out: [q, H]. Runs on all threads of the pool, or on those of one subpool
+// (from its leader, when that subpool is the pool's only one: no hand-over to another thread).
 void combine_expert_outputs(WorkerPool& pool, const Routing& rt, const float* weights, const std::vector<float*>& ys,
                             int hidden, const FloatOutput& out);
+void combine_expert_outputs(Subpool& subpool, const Routing& rt, const float* weights,
+                            const std::vector<float*>& ys, int hidden, const FloatOutput& out);
 
 }  // namespace kt_moe

@@ -164,8 +164,6 @@ void InferEngine::compute(InferWeights& w, const Routing& rt, const float* weigh
                           IsaLevel level) {
   const int H = config_.hidden_size, Is = w.slice_size(), R = rt.rows();
   const int na = static_cast<int>(rt.active_experts.size());
-  const std::vector<int>& experts = rt.active_experts;
-  const SwigluKernels swiglu = swiglu_kernels(level);
   std::vector<float*> ys;
   for (Scratch::PerSlice& sc : scratch_->slices) {
     sc.x.ensure(size_t(R) * H);
@@ -173,48 +171,61 @@ void InferEngine::compute(InferWeights& w, const Routing& rt, const float* weigh
     ys.push_back(sc.y.ensure(size_t(R) * H));
   }
 
-  if (na > 0) {
-    const bool convert = w.converts_inputs();
-    if (convert) w.prepare_inputs(R);
+  // With one subpool, its leader also merges the outputs (no hand-over to the dispatcher and back).
+  const bool merge_on_leader = pool_.subpool_count() == 1;
+  const FloatOutput output{out, true};
+  if (na > 0 && w.converts_inputs()) w.prepare_inputs(R);
+  if (na > 0 || merge_on_leader) {
     pool_.for_each_subpool([&](int s) {
       Subpool& sp = pool_.subpool(s);
-      bf16_t* X = scratch_->slices[s].x.data();
-      bf16_t* z = scratch_->slices[s].z.data();
-      float* y = ys[s];
-      sp.parallel_for(na, [&](int i) {
-        const int e = experts[i], b = rt.expert_begin[e];
-        gather_expert_rows(rt, e, x, H, X);
-        if (convert) w.convert_gate_up_input(level, s, X, b, b + rt.rows_of(e));
-      });
-      // z = silu(x W_gate^T) * (x W_up^T), per (expert, intermediate block); g and u are indexed
-      // by the slice's column.
-      const int iw = block_columns(Is, na, sp.thread_count()), ib = block_count(Is, iw);
-      sp.parallel_for(na * ib, [&](int task) {
-        const int e = experts[task / ib], c0 = (task % ib) * iw;
-        const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
-        float* g = thread_floats(2 * size_t(n) * Is);
-        float* u = g + size_t(n) * Is;
-        w.gate_up(level, s, e, X, b, n, c0, nc, g, u, Is);
-        for (int m = 0; m < n; ++m) {
-          const size_t at = size_t(m) * Is + c0;
-          swiglu.forward(g + at, u + at, z + size_t(b + m) * Is + c0, nc);
-        }
-      });
-      if (convert)
-        sp.parallel_for(na, [&](int i) {
-          const int e = experts[i], b = rt.expert_begin[e];
-          w.convert_down_input(level, s, z, b, b + rt.rows_of(e));
-        });
-      // y = z W_down^T (this slice's share), per (expert, hidden block).
-      const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
-      sp.parallel_for(na * hb, [&](int task) {
-        const int e = experts[task / hb], h0 = (task % hb) * hw;
-        const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
-        w.down(level, s, e, z, b, n, h0, nh, y + size_t(b) * H, H);
-      });
+      if (na > 0) compute_experts(w, rt, x, ys[s], level, s);
+      if (merge_on_leader) combine_expert_outputs(sp, rt, weights, ys, H, output);
     });
   }
-  combine_expert_outputs(pool_, rt, weights, ys, H, FloatOutput{out, true});
+  if (!merge_on_leader) combine_expert_outputs(pool_, rt, weights, ys, H, output);
+}
+
+void InferEngine::compute_experts(InferWeights& w, const Routing& rt, const bf16_t* x, float* y, IsaLevel level,
+                                  int s) {
+  const int H = config_.hidden_size, Is = w.slice_size(), R = rt.rows();
+  const int na = static_cast<int>(rt.active_experts.size());
+  const std::vector<int>& experts = rt.active_experts;
+  const SwigluKernels swiglu = swiglu_kernels(level);
+  const bool convert = w.converts_inputs();
+  Subpool& sp = pool_.subpool(s);
+  bf16_t* X = scratch_->slices[s].x.data();
+  bf16_t* z = scratch_->slices[s].z.data();
+  row_pass(sp, na, size_t(R) * H, [&](int i) {
+    const int e = experts[i], b = rt.expert_begin[e];
+    gather_expert_rows(rt, e, x, H, X);
+    if (convert) w.convert_gate_up_input(level, s, X, b, b + rt.rows_of(e));
+  });
+  // z = silu(x W_gate^T) * (x W_up^T), per (expert, intermediate block); g and u are indexed
+  // by the slice's column.
+  const int iw = block_columns(Is, na, sp.thread_count()), ib = block_count(Is, iw);
+  sp.parallel_for(na * ib, [&](int task) {
+    const int e = experts[task / ib], c0 = (task % ib) * iw;
+    const int nc = std::min(iw, Is - c0), b = rt.expert_begin[e], n = rt.rows_of(e);
+    float* g = thread_floats(2 * size_t(n) * Is);
+    float* u = g + size_t(n) * Is;
+    w.gate_up(level, s, e, X, b, n, c0, nc, g, u, Is);
+    for (int m = 0; m < n; ++m) {
+      const size_t at = size_t(m) * Is + c0;
+      swiglu.forward(g + at, u + at, z + size_t(b + m) * Is + c0, nc);
+    }
+  });
+  if (convert)
+    row_pass(sp, na, size_t(R) * Is, [&](int i) {
+      const int e = experts[i], b = rt.expert_begin[e];
+      w.convert_down_input(level, s, z, b, b + rt.rows_of(e));
+    });
+  // y = z W_down^T (this slice's share), per (expert, hidden block).
+  const int hw = block_columns(H, na, sp.thread_count()), hb = block_count(H, hw);
+  sp.parallel_for(na * hb, [&](int task) {
+    const int e = experts[task / hb], h0 = (task % hb) * hw;
+    const int nh = std::min(hw, H - h0), b = rt.expert_begin[e], n = rt.rows_of(e);
+    w.down(level, s, e, z, b, n, h0, nh, y + size_t(b) * H, H);
+  });
 }
 
 }  // namespace kt_moe

@@ -111,6 +111,9 @@ class InferEngine {
   // One chunk: rt routes its tokens x [c, H] with weights [c, k] into out [c, H], reading w.
   void compute(InferWeights& w, const Routing& rt, const float* weights, const bf16_t* x, bf16_t* out,
                IsaLevel level);
+  // On subpool s's leader: y [R, H] fp32 = the routed rows' expert outputs, this slice's share
+  // (rt has at least one active expert).
+  void compute_experts(InferWeights& w, const Routing& rt, const bf16_t* x, float* y, IsaLevel level, int s);
 
   MOEConfig config_;
   WorkerPool& pool_;

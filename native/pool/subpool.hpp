@@ -1,8 +1,10 @@
 // Subpool: a fixed group of worker threads (one per NUMA node on a server) that runs parallel
 // loops with dynamically handed-out indices, plus a "leader" slot so that the WorkerPool can run
-// one function inside every subpool at once. Idle threads sleep on a condition variable.
+// one function inside every subpool at once. Idle threads poll for up to 50 us, then sleep on a
+// condition variable.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -60,19 +62,20 @@ class Subpool {
   int node_;
   std::vector<std::thread> threads_;
   std::mutex entry_;  // held by the outside caller that owns the subpool
-  std::mutex m_;      // guards everything below
+  std::mutex m_;      // guards everything below (the atomics are written under it, polled without it)
   std::condition_variable leader_cv_;       // the idle leader sleeps here
   std::condition_variable work_cv_;         // the other idle threads sleep here
   std::condition_variable job_done_cv_;     // parallel_for's caller waits here
   std::condition_variable leader_done_cv_;  // wait_leader() waits here
   std::condition_variable started_cv_;      // the constructor waits here for every thread to start
   int started_ = 0;                         // threads named and pinned
-  Job* job_ = nullptr;
-  unsigned long job_generation_ = 0;
+  std::atomic<Job*> job_{nullptr};
+  std::atomic<unsigned long> job_generation_{0};
   std::function<void()> leader_fn_;
+  std::atomic<bool> leader_fn_ready_{false};  // leader_fn_ is set
   bool leader_done_ = false;
   std::exception_ptr leader_error_;
-  bool stop_ = false;
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace kt_moe
