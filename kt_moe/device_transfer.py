@@ -82,6 +82,17 @@ def on_cuda(tensor: torch.Tensor) -> bool:
     return on_cuda_device(device_of(tensor))
 
 
+CPU = Transfer(torch.device("cpu"), None)  # the transfer of a batch whose tensors are all CPU tensors
+
+
+def engine_ready(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether `tensor` goes to the engine as it is: a dense, contiguous CPU tensor of `dtype` without
+    autograd, which to_host would only rewrap."""
+    return (type(tensor) is torch.Tensor and tensor.dtype is dtype and tensor.layout is torch.strided
+            and not tensor.is_nested and not tensor.requires_grad and device_of(tensor).type == "cpu"
+            and tensor.is_contiguous())
+
+
 def plan(hidden_states: torch.Tensor, others: Sequence[torch.Tensor], cuda_stream) -> Transfer:
     """The transfer of a batch: CUDA copies (on the caller's stream) only when a tensor is on CUDA;
     cuda_stream is ignored otherwise."""

@@ -90,6 +90,35 @@ def test_cpu_inputs_are_read_in_place():
     assert device_transfer.to_host(x.float(), torch.bfloat16, transfer).dtype == torch.bfloat16
 
 
+def test_engine_ready_tensors_are_only_what_to_host_would_rewrap(fake_gpu):
+    x = torch.randn(4, 8).to(torch.bfloat16)
+    assert device_transfer.engine_ready(x, torch.bfloat16)
+    assert not device_transfer.engine_ready(x, torch.float32)  # to_host would convert it
+    assert not device_transfer.engine_ready(x.t(), torch.bfloat16)  # ... or copy it
+    assert not device_transfer.engine_ready(x.clone().requires_grad_(), torch.bfloat16)
+    assert not device_transfer.engine_ready(torch.nn.Parameter(x, requires_grad=False), torch.bfloat16)
+    assert not device_transfer.engine_ready(x.to_sparse(), torch.bfloat16)
+    assert not device_transfer.engine_ready(torch.empty(4, 8, dtype=torch.bfloat16, device="meta"), torch.bfloat16)
+    (on_gpu,) = fake_gpu(x.clone())
+    assert not device_transfer.engine_ready(on_gpu, torch.bfloat16)
+
+
+def test_ready_cpu_batches_skip_the_conversions_with_the_same_results(monkeypatch):
+    """A batch of bf16 / int64 / fp32 CPU tensors goes to the engine as it is (the short way of
+    submit_forward); other batches of the same values give bit-identical outputs."""
+    wrapper, layer = build(MAIN, top_k=6, seed=4)
+    x, ids, weights = layer.batch(5, 6, seed=4)
+    ready = wrapper.forward(x, ids, weights)
+    monkeypatch.setattr(device_transfer, "to_host", lambda *args: pytest.fail("the checked path ran"))
+    assert torch.equal(wrapper.forward(x, ids, weights), ready)
+    monkeypatch.undo()
+    assert torch.equal(wrapper.forward(x.float(), ids.to(torch.int32), weights), ready)  # converted first
+    strided = torch.cat([x, x], dim=1)[:, :x.shape[1]]  # the same values, not contiguous: copied first
+    assert torch.equal(wrapper.forward(strided, ids, weights), ready)
+    with pytest.raises(ValueError, match="topk_ids shape mismatch"):
+        wrapper.forward(x, ids[:, :5], weights)
+
+
 @pytest.mark.parametrize("cpu_save", (False, True))
 def test_cuda_batch_copies_on_the_callers_stream(fake_gpu, cpu_save):
     wrapper, layer = build(MAIN, top_k=6, seed=2, cpu_save=cpu_save)
