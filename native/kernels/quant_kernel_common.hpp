@@ -30,16 +30,18 @@ inline QuantRow quant_row(const QuantGemmArgs& args, const QuantActLayout& layou
 }
 
 // Asks for the cache lines of [p, p + bytes) (prefetcht0): the kernels stream the packed weight
-// and request it a block or a few KB ahead, so that enough misses are in flight for one thread to
+// and request it 2 KB ahead, so that enough misses are in flight for one thread to
 // approach the memory bandwidth (the hardware prefetchers stop at 4 KB pages).
 inline void prefetch_bytes(const void* p, int bytes) {
   for (int i = 0; i < bytes; i += 64) __builtin_prefetch(static_cast<const char*>(p) + i, 0, 3);
 }
 
 // The weight stream runs through the matrix block after block; each unit asks for the lines this
-// far ahead (measured on the VNNI GEMM: 13-15 GB/s on one thread, 9-10 GB/s without), as long as they
-// lie inside the weight (`end`: no address is formed past it).
-constexpr int kPrefetchAheadBytes = 4096;
+// far ahead, as long as they lie inside the weight (`end`: no address is formed past it). Of the
+// distances tried (1, 2, 3, 4 and 8 KB), 2 KB gave the fastest decode of a DeepSeek-V2-Lite layer on
+// a Sapphire Rapids machine, at 1 and 2 threads, for MOE_INT8, MOE_INT4, AMXINT8 and AMXINT4 (4 KB,
+// the former distance, left MOE_INT8 at 73% of the streaming read on one thread; docs/performance.md).
+constexpr int kPrefetchAheadBytes = 2048;
 
 inline void prefetch_ahead(const uint8_t* w, const uint8_t* end, int bytes) {
   if (end - w >= kPrefetchAheadBytes + bytes) prefetch_bytes(w + kPrefetchAheadBytes, bytes);
