@@ -136,7 +136,7 @@ class AMXMoEWrapper(BaseMoEWrapper):
                 cuda_stream=None, deferred_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """submit_forward() then sync_forward(): bf16 [q, H]."""
         self.submit_forward(hidden_states, topk_ids, topk_weights, cuda_stream, deferred_ids)
-        pending, self._pending = self._pending, None  # sync_forward's check would see the batch just submitted
+        pending, self._pending = self._pending, None  # sync_forward less its check: this is the batch submitted
         return self._fetch(pending, cuda_stream)
 
     def submit_forward(self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
