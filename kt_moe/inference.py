@@ -135,6 +135,14 @@ class AMXMoEWrapper(BaseMoEWrapper):
     def forward(self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                 cuda_stream=None, deferred_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """submit_forward() then sync_forward(): bf16 [q, H]."""
+        if (deferred_ids is None and self._pending is None and self._deferred is None
+                and self._engine_ready(hidden_states, topk_ids, topk_weights)):
+            # One native call on the checked tensors' addresses; with nothing queued on the pool this
+            # thread runs the forward itself.
+            output = torch.empty_like(hidden_states)  # bf16 [q, H], contiguous like hidden_states
+            self.engine.forward_task_at(*topk_ids.shape, topk_ids.data_ptr(), topk_weights.data_ptr(),
+                                        hidden_states.data_ptr(), output.data_ptr())
+            return output
         self.submit_forward(hidden_states, topk_ids, topk_weights, cuda_stream, deferred_ids)
         pending, self._pending = self._pending, None  # sync_forward less its check: this is the batch submitted
         return self._fetch(pending, cuda_stream)

@@ -246,7 +246,19 @@ NB_MODULE(_native, m) {
           "counts"_a.noconvert(), nb::kw_only(), "pause_us"_a = 0, "fail_at"_a = -1,
           "message"_a = "selftest failure",
           "Diagnostic task: over all subpools add 1 to counts[i] for every i, sleeping pause_us per index; "
-          "index fail_at raises RuntimeError(message) at the next sync.");
+          "index fail_at raises RuntimeError(message) at the next sync.")
+      .def(
+          "run_selftest_here",
+          [](PyWorkerPool& p, CountArray counts, int pause_us, int64_t fail_at, std::string message) {
+            const std::function<void()> task = kt_moe::count_task(
+                p.pool(), counts.data(), static_cast<int64_t>(counts.shape(0)), pause_us, fail_at, std::move(message));
+            nb::gil_scoped_release unlocked;
+            return p.pool().run_here_if_idle(task);
+          },
+          "counts"_a.noconvert(), nb::kw_only(), "pause_us"_a = 0, "fail_at"_a = -1,
+          "message"_a = "selftest failure",
+          "The submit_selftest task run by the calling thread (GIL released) when the pool has nothing queued or "
+          "running: returns True, or False without running it. Its error is raised here, not at sync.");
   m.def(
       "numa_nodes",
       [](const std::string& sysfs_dir) {

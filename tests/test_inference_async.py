@@ -37,6 +37,19 @@ def test_submit_returns_at_once_and_sync_waits():
     wrapper.pool.sync()
 
 
+def test_forward_runs_behind_the_work_queued_on_the_pool():
+    """forward() runs on the calling thread only when the pool is idle; otherwise it waits its turn."""
+    wrapper, layer = build(MAIN, top_k=6, seed=1)
+    batch = layer.batch(8, 6, seed=1)
+    counts = block_pool(wrapper)
+    out = wrapper.forward(*batch)
+    assert torch.equal(counts, torch.ones(2, dtype=torch.int64))  # the task queued first has run
+    assert wrapper.engine.pending == 0
+    assert_close(out, layer.reference(*batch))
+    assert torch.equal(wrapper.forward(*batch), out)  # on an idle pool: run by this thread, same result
+    wrapper.pool.sync()
+
+
 def test_sync_releases_the_gil():
     wrapper, layer = build(TINY, top_k=2, seed=2)
     batch = layer.batch(4, 2, seed=2)

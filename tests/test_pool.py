@@ -127,6 +127,48 @@ def test_sync_releases_the_gil():
     assert torch.equal(counts, torch.ones(60, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("threads,subpools", [(1, 1), (3, 2)])
+def test_an_idle_pool_runs_a_task_on_the_calling_thread(threads, subpools):
+    pool = WorkerPool(threads, subpools)
+    counts = zeros(50)
+    assert pool.run_selftest_here(counts)
+    assert torch.equal(counts, torch.ones(50, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="^raised here$"):
+        pool.run_selftest_here(zeros(10), fail_at=3, message="raised here")
+    pool.sync()  # the error went to its caller, not to the pool
+    assert pool.run_selftest_here(counts)  # still usable
+    assert counts[0] == 2
+
+
+def test_a_busy_pool_does_not_run_a_task_on_the_calling_thread():
+    pool = WorkerPool(2, 1)
+    queued, here = zeros(2), zeros(4)
+    pool.submit_selftest(queued, pause_us=100_000)
+    assert not pool.run_selftest_here(here)
+    assert torch.equal(here, zeros(4))  # not run
+    pool.sync()
+    assert torch.equal(queued, torch.ones(2, dtype=torch.int64))
+
+
+def test_tasks_submitted_while_one_runs_here_wait_behind_it():
+    pool = WorkerPool(2, 1)
+    here, queued, started = zeros(4), zeros(1), threading.Event()
+
+    def run_here():
+        started.set()
+        assert pool.run_selftest_here(here, pause_us=100_000)  # about 0.2 s on 2 threads
+
+    runner = threading.Thread(target=run_here)
+    runner.start()
+    started.wait()
+    time.sleep(0.05)
+    pool.submit_selftest(queued)
+    pool.sync()  # waits for the task run here too
+    assert torch.equal(here, torch.ones(4, dtype=torch.int64))
+    assert queued[0] == 1
+    runner.join()
+
+
 def test_arrays_stay_alive_until_sync():
     pool = WorkerPool(2, 1)
     counts = zeros(8)

@@ -122,6 +122,15 @@ std::vector<uint8_t> InferEngine::gpu_experts() const {
 }
 
 uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out) {
+  return tickets_.submit(forward_work(q, expert_ids, weights, x, out));
+}
+
+void InferEngine::forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out) {
+  tickets_.run(forward_work(q, expert_ids, weights, x, out));
+}
+
+std::function<void()> InferEngine::forward_work(int q, const int64_t* expert_ids, const float* weights,
+                                                const bf16_t* x, bf16_t* out) {
   if (q < 1) throw std::invalid_argument("forward: q must be positive, got " + std::to_string(q));
   const int E = config_.expert_num, k = config_.experts_per_token, H = config_.hidden_size;
   const int chunk = config_.chunked_prefill_size;
@@ -144,14 +153,14 @@ uint64_t InferEngine::submit(int q, const int64_t* expert_ids, const float* weig
       routes->push_back(route_tokens(expert_ids + size_t(t0) * k, std::min(chunk, q - t0), k, E, on_gpu_.data()));
   }
   const IsaLevel level = active_isa_level();
-  return tickets_.submit([this, w = current, routes, weights, x, out, level, chunk, k, H] {
+  return [this, w = current, routes, weights, x, out, level, chunk, k, H] {
     for (size_t c = 0; c < routes->size(); ++c) {
       const size_t t0 = c * size_t(chunk);
       compute(*w, (*routes)[c], weights + t0 * k, x + t0 * H, out + t0 * H, level);
     }
     const size_t keep = scratch_keep_bytes();
     scratch_->each_buffer([keep](auto& buffer) { buffer.end_call(keep); });
-  });
+  };
 }
 
 size_t InferEngine::scratch_bytes() {

@@ -82,6 +82,10 @@ class InferEngine {
   // q < 1 or an id outside [-1, E) (nothing is queued then).
   uint64_t submit(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out);
 
+  // submit() then wait() in one call: the calling thread runs the forward itself when the pool has
+  // nothing queued or running (no hand-over to the pool's dispatcher and back).
+  void forward(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x, bf16_t* out);
+
   // Blocks until the work of `ticket` has finished and rethrows what it threw. Each ticket is
   // waited for once: an unknown or already waited ticket is std::invalid_argument.
   void wait(uint64_t ticket) { tickets_.wait(ticket); }
@@ -102,6 +106,10 @@ class InferEngine {
  private:
   struct Scratch;
 
+  // The forward's work for submit() and forward(): routes the batch now (its errors are thrown
+  // here, before anything is queued) and returns the compute.
+  std::function<void()> forward_work(int q, const int64_t* expert_ids, const float* weights, const bf16_t* x,
+                                     bf16_t* out);
   // Queues work behind the work already queued and waits for it.
   void run_queued(std::function<void()> work) { tickets_.run(std::move(work)); }
   // The staged set as a Format (made now when there is none); std::invalid_argument naming `wanted`

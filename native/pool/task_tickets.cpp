@@ -50,6 +50,27 @@ void TaskTickets::wait(uint64_t ticket) {
   if (job->error) std::rethrow_exception(job->error);
 }
 
+void TaskTickets::run(std::function<void()> work) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++running_;  // wait_all() waits for work run here too
+  }
+  struct Counted {
+    TaskTickets& tickets;
+    ~Counted() {
+      std::lock_guard<std::mutex> lock(tickets.mutex_);
+      --tickets.running_;
+      tickets.finished_cv_.notify_all();
+    }
+  };
+  bool ran;
+  {
+    Counted counted{*this};
+    ran = pool_.run_here_if_idle(work);
+  }
+  if (!ran) wait(submit(std::move(work)));
+}
+
 void TaskTickets::wait_all() {
   std::unique_lock<std::mutex> lock(mutex_);
   finished_cv_.wait(lock, [&] { return running_ == 0; });

@@ -31,8 +31,9 @@ class TaskTickets {
   // waited for once: an unknown or already waited ticket is std::invalid_argument.
   void wait(uint64_t ticket);
 
-  // submit() then wait(): runs `work` on the pool behind the work queued before it.
-  void run(std::function<void()> work) { wait(submit(std::move(work))); }
+  // submit() then wait(): runs `work` behind the work queued before it. When the pool has nothing
+  // queued or running, the calling thread runs it itself (WorkerPool::run_here_if_idle).
+  void run(std::function<void()> work);
 
   // Blocks until every piece queued so far has finished (their tickets stay to be waited for).
   void wait_all();

@@ -86,10 +86,38 @@ void WorkerPool::submit(std::function<void()> task) {
   task_cv_.notify_one();
 }
 
+bool WorkerPool::run_here_if_idle(const std::function<void()>& task) {
+  if (on_pool_thread()) throw std::logic_error("WorkerPool::run_here_if_idle called from a pool thread");
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    if (submitted_ != finished_) return false;
+    ++submitted_;
+    running_here_ = true;
+  }
+  struct Finished {  // also when the task throws
+    WorkerPool& pool;
+    ~Finished() {
+      {
+        std::lock_guard<std::mutex> lk(pool.m_);
+        pool.running_here_ = false;
+        ++pool.finished_;
+      }
+      pool.task_cv_.notify_one();  // the tasks submitted meanwhile
+      pool.idle_cv_.notify_all();
+    }
+  } finished{*this};
+  task();
+  return true;
+}
+
+bool WorkerPool::on_pool_thread() const {
+  bool own = std::this_thread::get_id() == dispatcher_.get_id();
+  for (const auto& sp : subpools_) own = own || sp->is_own_thread();
+  return own;
+}
+
 void WorkerPool::sync() {
-  bool on_pool_thread = std::this_thread::get_id() == dispatcher_.get_id();
-  for (const auto& sp : subpools_) on_pool_thread = on_pool_thread || sp->is_own_thread();
-  if (on_pool_thread) throw std::logic_error("WorkerPool::sync called from a pool thread");
+  if (on_pool_thread()) throw std::logic_error("WorkerPool::sync called from a pool thread");
   std::unique_lock<std::mutex> lk(m_);
   const unsigned long long target = submitted_;
   idle_cv_.wait(lk, [&] { return finished_ >= target; });
@@ -102,7 +130,7 @@ void WorkerPool::dispatch_loop() {
   name_current_thread("kt_moe-queue");
   std::unique_lock<std::mutex> lk(m_);
   for (;;) {
-    task_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+    task_cv_.wait(lk, [&] { return !running_here_ && (stop_ || !queue_.empty()); });
     if (queue_.empty()) return;  // stopping, and every task has run
     std::function<void()> task = std::move(queue_.front());
     queue_.pop_front();

@@ -50,6 +50,13 @@ class WorkerPool {
   // sync(). A task that throws does not stop the ones after it.
   void submit(std::function<void()> task);
 
+  // Runs `task` on the calling thread when nothing is queued or running, and returns true: the
+  // caller stands in for the dispatcher (tasks submitted meanwhile wait behind it, sync() waits for
+  // it) without the two thread hand-overs of submit-and-wait. Returns false without running it
+  // otherwise. What `task` throws reaches the caller, not sync(). Same rules as a submitted task;
+  // std::logic_error when called from a pool thread.
+  bool run_here_if_idle(const std::function<void()>& task);
+
   // Waits until every task submitted before the call has finished. If any task has thrown since
   // the last sync(), throws std::runtime_error with the first such exception's message and forgets
   // it (the pool stays usable). std::logic_error when called from a pool thread.
@@ -57,6 +64,7 @@ class WorkerPool {
 
  private:
   void dispatch_loop();
+  bool on_pool_thread() const;
 
   int threads_;
   std::vector<std::unique_ptr<Subpool>> subpools_;
@@ -70,6 +78,7 @@ class WorkerPool {
   bool has_error_ = false;
   std::string first_error_;
   bool stop_ = false;
+  bool running_here_ = false;  // a run_here_if_idle() task is running: the dispatcher waits
   std::thread dispatcher_;  // last: started once everything above exists
 };
 

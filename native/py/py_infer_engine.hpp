@@ -92,6 +92,17 @@ class PyInferEngine {
     return ticket;
   }
 
+  // submit() and sync() in one call, GIL released, on arrays given by address that the caller has
+  // checked (the wrapper's CPU fast path: importing four arrays costs more than the rest of a decode
+  // step's fixed work when the caches are cold).
+  void forward_at(int qlen, int k, uintptr_t expert_ids, uintptr_t weights, uintptr_t input, uintptr_t output) {
+    check_batch(qlen, k, engine_.config().experts_per_token);
+    if (!expert_ids || !weights || !input || !output) throw std::invalid_argument("forward_task_at: a null address");
+    nanobind::gil_scoped_release unlocked;
+    engine_.forward(qlen, reinterpret_cast<const int64_t*>(expert_ids), reinterpret_cast<const float*>(weights),
+                    reinterpret_cast<const bf16_t*>(input), reinterpret_cast<bf16_t*>(output));
+  }
+
   // Waits (GIL released) for the forward of `ticket`, then drops its arrays; rethrows its error.
   void sync(uint64_t ticket) {
     std::exception_ptr error;
@@ -192,6 +203,12 @@ inline void bind_infer_engine(nanobind::module_& m) {
            "weights"_a.noconvert(), "input"_a.noconvert(), "output"_a.noconvert(),
            "expert_ids int64 [q, k], weights fp32 [q, k], input bf16 [q, H] -> output bf16 [q, H], written by "
            "the queued work; returns its ticket. ValueError for bad ids, RuntimeError before weights are loaded.")
+      .def("forward_task_at", &PyInferEngine::forward_at, "qlen"_a, "k"_a, "expert_ids_address"_a,
+           "weights_address"_a, "input_address"_a, "output_address"_a,
+           "submit_forward_task then sync_forward_task in one call (GIL released; with nothing queued on the pool "
+           "the calling thread runs the forward itself), on arrays given by address (tensor.data_ptr()): "
+           "C-contiguous CPU int64 [q, k], fp32 [q, k], bf16 [q, H] and bf16 [q, H] that the caller has checked "
+           "and keeps alive until the call returns. Only q, k and null addresses are checked here.")
       .def("sync_forward_task", &PyInferEngine::sync, "ticket"_a,
            "Wait for the forward of `ticket` (GIL released); its error, if any, is raised here.");
 }
