@@ -105,7 +105,7 @@ inline QuantActLayout quant_act_layout(const PackedFormat& format, int k) {
 }
 
 // Records of quantized rows: row r at data + r * stride (stride >= row_bytes, a multiple of 4).
-// 64-byte aligned records (data and stride) let the AMX kernel load whole cache lines per tile row.
+// 64-byte aligned records (data and stride) let the AMX kernel copy whole cache lines into its tiles.
 struct QuantActView {
   const PackedFormat* format = nullptr;
   int rows = 0, k = 0;
