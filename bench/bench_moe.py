@@ -15,8 +15,10 @@ share of a streaming read timed in the same rounds, GFLOP/s of the base GEMMs (f
 kt_moe/benchmark/metrics.py), the ratios to both baselines (baseline median / case median: above 1
 is faster), and the relative L2 error of the output (and, for sft, the worst of grad_input and the
 gradients) next to the bound the tests hold the method to ('!' when above). Every JSON line names
-the machine (CPU model, ISA levels, torch version, OpenMP wait policy). torch's OpenMP threads wait
-passively (OMP_WAIT_POLICY=PASSIVE unless the environment sets a policy), so that they do not spin
+the machine (CPU model, ISA levels, torch version, OpenMP wait policy). --shape deepseek-v3 builds
+8 distinct experts that fill its 256 slots in turn (kt_moe/benchmark/shapes.py): a quantized method
+then holds and reads the whole layer (INT4: 7.7 GB); inference methods only, without baselines.
+torch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless the environment sets a policy), so that they do not spin
 on the cores of the case timed after the cache-evicting read. A case that fails prints an "error"
 row with the reason below it. What runs meanwhile shows on stderr. Exit status 1 if a case errored.
 """
@@ -35,12 +37,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from kt_moe.benchmark.arguments import HelpFormatter, csv_list
-from kt_moe.benchmark.cases import BASELINES, mode_of, names
+from kt_moe.benchmark.cases import BASELINE_NAMES, BASELINES, mode_of, names
 from kt_moe.benchmark.metrics import torch_gemm_gflops
 from kt_moe.benchmark.problem import Problem
 from kt_moe.benchmark.report import ERRORS_NOTE, Reporter
 from kt_moe.benchmark.runner import cpu_model, isa_level, machine, omp_wait_policy, run_cases
-from kt_moe.benchmark.shapes import SHAPES
+from kt_moe.benchmark.shapes import ARITHMETIC_SHAPES, REPLICATED_SHAPES, SHAPES
 from kt_moe.closed_pipe import quiet_on_closed_pipe
 
 MODES = ("inference", "sft")
@@ -49,7 +51,9 @@ MODES = ("inference", "sft")
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--shape", type=csv_list(str), default=["small"], help=f"comma list of {', '.join(SHAPES)}")
+    p.add_argument("--shape", type=csv_list(str), default=["small"],
+                   help=f"comma list of {', '.join(SHAPES)}; {', '.join(REPLICATED_SHAPES)} with a few distinct experts "
+                        "filling its slots (inference methods only)")
     p.add_argument("--q", type=csv_list(int), default=[1, 128], help="comma list of token counts")
     p.add_argument("--threads", type=csv_list(int), default=[2], help="comma list of thread counts")
     p.add_argument("--pools", type=csv_list(int), default=[1],
@@ -71,8 +75,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)
     for shape in args.shape:
-        if shape not in SHAPES:
-            p.error(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        if shape not in SHAPES and shape not in REPLICATED_SHAPES:
+            p.error(f"unknown shape {shape!r}; known: {', '.join([*SHAPES, *REPLICATED_SHAPES])}")
     if (args.repeats < 1 or args.warmup < 0 or min(args.q) < 1 or min(args.threads) < 1 or min(args.pools) < 1
             or args.rank < 1):
         p.error("--repeats, --q, --threads, --pools and --rank must be positive, --warmup not negative")
@@ -87,6 +91,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     for method, mode in method_modes.items():
         if mode not in modes:
             p.error(f"method {method} runs in mode {mode}; add --mode {mode} or --mode both")
+    replicated = [shape for shape in args.shape if shape in REPLICATED_SHAPES]
+    if replicated and (modes != ("inference",) or not args.methods):
+        p.error(f"--shape {replicated[0]} runs inference methods only, named in --methods "
+                f"({REPLICATED_SHAPES[replicated[0]]} distinct experts fill its slots; it has no torch baselines)")
     args.cases = {}  # mode -> case names, the mode's baselines first
     for mode in modes:
         chosen = [m for m in args.methods if method_modes[m] == mode] if args.methods else names(mode)
@@ -113,8 +121,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for shape_name in args.shape:
         for q in args.q:
             reporter.progress(f"generating the random weights and inputs of {shape_name}, q={q}")
-            problem = Problem(SHAPES[shape_name], q, args.rank)
+            built = REPLICATED_SHAPES.get(shape_name)
+            problem = Problem(ARITHMETIC_SHAPES[shape_name], q, args.rank, built)
             for mode, case_names in args.cases.items():
+                if built:
+                    case_names = [name for name in case_names if name not in BASELINE_NAMES]
                 for threads, pools in ((t, n) for t in args.threads for n in args.pools if n <= t):
                     for record in run_cases(case_names, problem, threads, args.warmup, args.repeats, isa,
                                             evict_bytes=int(args.evict_mb * 2**20), progress=reporter.progress,

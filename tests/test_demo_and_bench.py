@@ -86,6 +86,47 @@ def test_bench_prints_table_and_json_lines(tmp_path):
             assert r["reason"]
 
 
+def test_slots_filled_by_a_few_built_experts():
+    """A replicated shape's problem: slot e holds built expert e % built; the reference and a kt-moe
+    method see the same layer."""
+    from kt_moe.benchmark.cases import ktmoe_wrapper
+    from kt_moe.benchmark.problem import Problem
+    from kt_moe.benchmark.shapes import SHAPES
+    from kt_moe.reference import moe_forward
+    problem = Problem(SHAPES["small"], 5, 4, built_experts=3)
+    assert problem.experts[0].shape[0] == 3
+    assert problem.expert_map.tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    gate, up, down = problem.experts
+    slots = [torch.stack([m[e] for e in problem.expert_map.tolist()]) for m in (gate, up, down)]
+    expected = moe_forward(problem.x, problem.expert_ids, problem.weights, *slots)
+    torch.testing.assert_close(problem.reference("inference").out, expected)  # fp32, summed in another order
+    out = ktmoe_wrapper("BF16", problem, threads=2).forward(problem.x, problem.expert_ids, problem.weights)
+    err = ((out.float() - expected).norm() / expected.norm()).item()
+    assert err < ERROR_BOUNDS["BF16"]
+
+
+@pytest.mark.parametrize("argv", [["--shape", "deepseek-v3"], ["--shape", "deepseek-v3", "--methods", "AMXINT4_SFT"],
+                                  ["--shape", "deepseek-v3", "--methods", "AMXINT4", "--mode", "both"]])
+def test_bench_runs_a_replicated_shape_with_inference_methods_only(capsys, argv):
+    with pytest.raises(SystemExit):
+        bench_script("bench_moe").parse_args(argv)
+    assert "--shape deepseek-v3 runs inference methods only, named in --methods (8 distinct experts" in \
+        capsys.readouterr().err
+    bench_script("bench_moe").parse_args(["--shape", "deepseek-v3", "--methods", "AMXINT4"])
+
+
+def test_bench_runs_a_replicated_shape_without_baselines(tmp_path, monkeypatch):
+    bench = bench_script("bench_moe")
+    monkeypatch.setattr(bench, "REPLICATED_SHAPES", {"small": 3})  # small, built as 3 distinct experts
+    json_out = tmp_path / "bench.jsonl"
+    assert bench.main(["--shape", "small", "--q", "2", "--methods", "BF16,AMXINT8", "--repeats", "1",
+                       "--warmup", "0", "--json-out", str(json_out)]) == 0
+    cases = [r for r in map(json.loads, json_out.read_text().splitlines()) if r["kind"] == "case"]
+    assert [r["method"] for r in cases] == ["BF16", "AMXINT8"]
+    for r in cases:
+        assert r["status"] == "ok" and r["err_out"] < r["err_bound"] and r["vs_torch"] is None, r
+
+
 def record(**fields):
     base = dict(shape="small", q=8, mode="inference", method="AMXINT4", threads=2, pools=1, isa="avx512", status="ok",
                 median_ms=1.0, min_ms=1.0, max_ms=1.0, tokens_per_s=8.0, gb_per_s=None, read_share=None,
@@ -141,7 +182,8 @@ def bench_script(name):
 
 
 @pytest.mark.parametrize("name,defaults", [
-    ("bench_moe", ["--shape SHAPE comma list of small, dsv2-lite, qwen3-30b (default: small)",
+    ("bench_moe", ["--shape SHAPE comma list of small, dsv2-lite, qwen3-30b; deepseek-v3 with a few distinct experts "
+                   "filling its slots (inference methods only) (default: small)",
                    "--q Q comma list of token counts (default: 1,128)", "--evict-mb", "(default: 512.0)",
                    "--repeats REPEATS timed steps per case (default: 10)"]),
     ("bench_gemm", ["--tokens TOKENS comma list of token counts T (default: 1,12,48,128)",

@@ -193,7 +193,7 @@ def ktmoe_wrapper(method: str, problem: Problem, threads: int, pools: int = 1, *
     sent), its base weights loaded."""
     s = problem.shape
     wrapper = unloaded_wrapper(method, s, threads, pools, problem.q, problem.rank, **options)
-    wrapper.load_weights_from_tensors(*problem.experts, torch.arange(s.num_experts, dtype=torch.int64))
+    wrapper.load_weights_from_tensors(*problem.experts, problem.expert_map)
     return wrapper
 
 

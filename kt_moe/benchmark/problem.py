@@ -29,23 +29,29 @@ class Outputs(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1)
-def layer_weights(shape: Shape, rank: int) -> Tuple[Tuple[torch.Tensor, ...], LoraWeights]:
-    """bf16 (gate [E, I, H], up [E, I, H], down [E, H, I]) and LoRA tensors of rank `rank`."""
-    experts = random_experts(shape.num_experts, shape.hidden, shape.intermediate, torch.bfloat16, seed=0)
+def layer_weights(shape: Shape, rank: int, built: Optional[int] = None) -> Tuple[Tuple[torch.Tensor, ...], LoraWeights]:
+    """bf16 (gate [B, I, H], up [B, I, H], down [B, H, I]) of B = built (default E) experts, and LoRA
+    tensors of rank `rank`."""
+    experts = random_experts(built or shape.num_experts, shape.hidden, shape.intermediate, torch.bfloat16, seed=0)
     lora = random_lora(shape.num_experts, shape.hidden, shape.intermediate, rank, torch.bfloat16, seed=1)
     return experts, lora
 
 
 @dataclass
 class Problem:
+    """built_experts: how many distinct experts to build (default: one per slot); slot e then holds
+    built expert e % built_experts (shapes.REPLICATED_SHAPES)."""
+
     shape: Shape
     q: int
     rank: int
+    built_experts: Optional[int] = None
     x: torch.Tensor = field(init=False)  # bf16 [q, H]
     expert_ids: torch.Tensor = field(init=False)  # int64 [q, k]
     weights: torch.Tensor = field(init=False)  # fp32 [q, k]
     grad_output: torch.Tensor = field(init=False)  # bf16 [q, H]
-    experts: Tuple[torch.Tensor, ...] = field(init=False)  # bf16 gate, up, down
+    experts: Tuple[torch.Tensor, ...] = field(init=False)  # bf16 gate, up, down of the built experts
+    expert_map: torch.Tensor = field(init=False)  # int64 [E]: the built expert of each slot
     lora: LoraWeights = field(init=False)  # bf16
     _references: Dict[str, Outputs] = field(init=False, default_factory=dict)
 
@@ -55,7 +61,8 @@ class Problem:
         self.x = torch.randn(self.q, s.hidden, generator=gen).to(torch.bfloat16)
         self.grad_output = torch.randn(self.q, s.hidden, generator=gen).to(torch.bfloat16)
         self.expert_ids, self.weights = random_routing(self.q, s.num_experts, s.top_k, seed=2000 + self.q)
-        self.experts, self.lora = layer_weights(s, self.rank)
+        self.experts, self.lora = layer_weights(s, self.rank, self.built_experts)
+        self.expert_map = torch.arange(s.num_experts, dtype=torch.int64) % (self.built_experts or s.num_experts)
 
     @property
     def scale(self) -> float:
@@ -69,7 +76,7 @@ class Problem:
         """fp32 reference of the inference forward or of the SFT forward + backward (computed once)."""
         if mode not in self._references:
             if mode == "inference":
-                ref = Outputs(moe_forward(self.x, self.expert_ids, self.weights, *self.experts))
+                ref = Outputs(moe_forward(self.x, self.expert_map[self.expert_ids], self.weights, *self.experts))
             else:
                 ref = Outputs(*lora_moe_backward(self.x, self.expert_ids, self.weights, *self.experts, self.lora,
                                                  self.scale, self.grad_output))
