@@ -103,6 +103,8 @@ def test_slots_filled_by_a_few_built_experts():
     out = ktmoe_wrapper("BF16", problem, threads=2).forward(problem.x, problem.expert_ids, problem.weights)
     err = ((out.float() - expected).norm() / expected.norm()).item()
     assert err < ERROR_BOUNDS["BF16"]
+    with pytest.raises(ValueError, match="sft reference needs one built expert per slot"):
+        problem.reference("sft")
 
 
 @pytest.mark.parametrize("argv", [["--shape", "deepseek-v3"], ["--shape", "deepseek-v3", "--methods", "AMXINT4_SFT"],

@@ -73,7 +73,10 @@ class Problem:
         return int(self.expert_ids.unique().numel())
 
     def reference(self, mode: str) -> Outputs:
-        """fp32 reference of the inference forward or of the SFT forward + backward (computed once)."""
+        """fp32 reference of the inference forward or of the SFT forward + backward (computed once).
+        ValueError for sft with built_experts (the LoRA tensors are per slot, the bf16 experts are not)."""
+        if mode != "inference" and self.built_experts:
+            raise ValueError("the sft reference needs one built expert per slot (built_experts=None)")
         if mode not in self._references:
             if mode == "inference":
                 ref = Outputs(moe_forward(self.x, self.expert_map[self.expert_ids], self.weights, *self.experts))
