@@ -1,6 +1,7 @@
 // WorkerPool: cpuinfer_threads compute threads split into threadpool_count subpools (spread over
 // the NUMA nodes), and an ordered task queue (submit/sync) run by one dispatcher thread that only
-// hands work to the subpools and waits. Every idle thread sleeps.
+// hands work to the subpools and waits; a caller that finds the queue idle may stand in for it
+// (run_here_if_idle). Idle threads sleep (subpool threads after polling for up to 50 us).
 #pragma once
 
 #include <condition_variable>
