@@ -26,6 +26,14 @@
 // 1 thread: ~0.35 of ~0.45 ms at m = 16), so with two or more row tiles the next block is
 // requantized inside the current block's pipeline steps, where the vector units wait for the tile
 // unit (m = 64: 0.75 ms instead of 0.85 ms requantizing each block before its row tiles).
+// The weight bytes read next (INT8: the next block's B tiles; a requantized format: the source of
+// the block after the next, requantized during the next) are asked for into L2 (prefetcht2) a few
+// lines at the start of every step of every row tile (WeightStream). Tile products hold back the
+// instructions behind them, so requests issued after the products, a whole unit at once or into
+// L1 (prefetcht0) left the memory idle under the products. INT8 [48, 2048] x [1408, 2048] with the
+// weights read from memory, 1 thread: 0.47-0.52 -> 0.42-0.43 ms (0.29-0.32 ms cache-hot); the
+// AMXINT8 prefill in docs/performance.md. INT4 (its requantization reads the source into L1 from
+// L2) is unchanged within noise; prefetcht0 shares made it 30% slower.
 #pragma once
 
 #include <algorithm>
@@ -89,6 +97,27 @@ void requantize_block(const uint8_t* block, int units, uint8_t* tiles, float* sc
     F::requantize_unit(block + int64_t(u) * F::kSourceUnitBytes, tiles + int64_t(u) * kTileBytes, scales + u * kCols);
   }
 }
+
+// The weight bytes a block's row tiles ask for on the way: `lines` cache lines from `base` (null:
+// none), `share` lines per step, step s of row tile t taking share number s * every + t, so that
+// the `every` row tiles of the block together ask for each line once.
+struct WeightStream {
+  const uint8_t* base = nullptr;
+  int lines = 0, share = 0, every = 1;
+
+  WeightStream() = default;
+  WeightStream(const uint8_t* p, int64_t bytes, int units, int row_tiles)
+      : base(p), lines(int((bytes + 63) / 64)), every(row_tiles) {
+    const int steps = units * row_tiles;
+    share = (lines + steps - 1) / steps;
+  }
+
+  void ask(int step, int phase) const {
+    if (!base) return;
+    const int first = (step * every + phase) * share, last = std::min(first + share, lines);
+    for (int l = first; l < last; ++l) __builtin_prefetch(base + int64_t(l) * 64, 0, 1);  // prefetcht2
+  }
+};
 
 // ---- activation row tiles ----------------------------------------------------------------------
 
@@ -194,40 +223,35 @@ inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float
 // Requantized formats: the requantization of the next block, spread over the steps of the current block's row
 // tiles (the vector units requantize while the tile unit multiplies): row tile t, step s does
 // unit s of `block` when s % every == phase, so that each unit is done once over `every` row
-// tiles. `ahead` (the block after it, or null) is asked for on the way.
+// tiles.
 struct RequantWork {
   const uint8_t* block = nullptr;  // null: nothing to do
-  const uint8_t* ahead = nullptr;
   uint8_t* tiles = nullptr;
   float* scales = nullptr;
   int every = 1, phase = 0;
 };
 
 // acc = the fp32 sums of one row tile x one column block over all units, as a software
-// pipeline: step s multiplies unit s - 1, stores unit s - 3, loads the tiles of unit s and
-// folds unit s - 4, so that no tile instruction waits for the one just before it (a product for
-// its loads, a store for its product) and the vector unit folds while the tile unit multiplies.
-// b: the block's B tiles, one per unit (kTileBytes apart). When `next` is not null, unit s asks for
-// the same unit of the next block when s % every == phase (INT8 reads B in place: spread over the
-// block's row tiles, the next block's read from memory overlaps all of their products).
+// pipeline: step s asks for its share of `stream` (row tile `phase`), multiplies unit s - 1,
+// stores unit s - 3, loads the tiles of unit s and folds unit s - 4, so that no tile instruction
+// waits for the one just before it (a product for its loads, a store for its product) and the
+// vector unit folds while the tile unit multiplies. b: the block's B tiles, one per unit
+// (kTileBytes apart).
 template <class F>
 inline void row_tile_block(const RowTile& rt, int units, const uint8_t* b, const float* col_scales,
-                           const uint8_t* next, int every, int phase, const RequantWork& rq, int32_t* sums,
+                           const WeightStream& stream, int phase, const RequantWork& rq, int32_t* sums,
                            v16f (&acc)[kTileRows]) {
   for (int s0 = 0; s0 < units + 4; s0 += kTileSets) {
     auto step = [&](auto u) {
       constexpr int J = decltype(u)::value;  // s % 4
       const int s = s0 + J;
+      if (s < units) stream.ask(s, phase);
       if (s >= 1 && s - 1 < units) multiply_unit<(J + 3) % kTileSets, F::kRequantized>();
       if (s >= 3 && s - 3 < units) store_unit<(J + 1) % kTileSets>(sums);
       if (s < units) load_unit<J>(rt, s, b + int64_t(s) * kTileBytes);
-      if (s >= 4 && s - 4 < units) {
-        if (next && (s - 4) % every == phase) prefetch_bytes(next + int64_t(s - 4) * kTileBytes, kTileBytes);
-        fold_unit<F::kRequantized>(sums + J * kTileRows * kCols, rt, s - 4, col_scales, acc);
-      }
+      if (s >= 4 && s - 4 < units) fold_unit<F::kRequantized>(sums + J * kTileRows * kCols, rt, s - 4, col_scales, acc);
       if constexpr (F::kRequantized) {
         if (rq.block && s < units && s % rq.every == rq.phase) {
-          if (rq.ahead) prefetch_bytes(rq.ahead + int64_t(s) * F::kSourceUnitBytes, F::kSourceUnitBytes);
           F::requantize_unit(rq.block + int64_t(s) * F::kSourceUnitBytes, rq.tiles + int64_t(s) * kTileBytes,
                                rq.scales + s * kCols);
         }
@@ -268,8 +292,16 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
     const uint8_t* block = first + i * block_bytes;
     const uint8_t* next = i + 1 < blocks ? block + block_bytes : nullptr;
     RequantWork rq;
-    if (!InPlace && next && tiles.count() > 1)
-      rq = {next, i + 2 < blocks ? next + block_bytes : nullptr, tiles_of(i + 1), scales_of(i + 1), tiles.count(), 0};
+    if (!InPlace && next && tiles.count() > 1) rq = {next, tiles_of(i + 1), scales_of(i + 1), tiles.count(), 0};
+    // the bytes read next: INT8 multiplies the next block in place; a requantized format with two
+    // or more row tiles requantizes the next block during this one and reads the one after it then
+    // (with one row tile, requantize_block asks for its next block itself)
+    const uint8_t* wanted = nullptr;
+    if (InPlace)
+      wanted = next;
+    else if (tiles.count() > 1 && i + 2 < blocks)
+      wanted = block + 2 * block_bytes;
+    const WeightStream stream(wanted, block_bytes, units, tiles.count());
     const uint8_t* b = InPlace ? block + F::kHeaderBytes : tiles_of(i);
     const float* col_scales = InPlace ? nullptr : scales_of(i);
     v16f col_scale = {};
@@ -279,8 +311,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
       const RowTile rt = tiles[t];
       v16f acc[kTileRows] = {};
       rq.phase = t;
-      row_tile_block<F>(rt, units, b, col_scales, InPlace && next ? next + F::kHeaderBytes : nullptr, tiles.count(), t,
-                        rq, sums, acc);
+      row_tile_block<F>(rt, units, b, col_scales, stream, t, rq, sums, acc);
 #pragma GCC unroll 16
       for (int r = 0; r < kTileRows; ++r) {
         if (r >= rt.rows) break;
