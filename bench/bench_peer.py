@@ -21,9 +21,10 @@ The oracle is kt_moe.reference on the layer's exact weights (gguf's dequantizati
 layer has, as bench_moe.py does, so that the experts come from memory and no core has idled before
 the call (on this kind of virtual machine a core idle for more than a few milliseconds joins the
 next call late); 2 warm-up and 9 timed calls, medians; each thread count in its own process (the
-peer keeps the thread pool its first wrapper made); the peer runs its CPU task (forward_task) directly, as its
-forward() does after copying to pinned buffers, which need CUDA. Only torch (and safetensors) is
-imported at the top level: the peer's environment has no kt-moe."""
+peer keeps the thread pool its first wrapper made); the peer runs its CPU task (forward_task)
+directly, as its forward() does after copying to pinned buffers, which need CUDA. Only torch is
+imported at the top level (kt-moe and the writers inside the steps that need them): the peer's
+environment has no kt-moe."""
 
 from __future__ import annotations
 

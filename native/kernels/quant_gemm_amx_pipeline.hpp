@@ -105,7 +105,6 @@ struct WeightStream {
   const uint8_t* base = nullptr;
   int lines = 0, share = 0, every = 1;
 
-  WeightStream() = default;
   WeightStream(const uint8_t* p, int64_t bytes, int units, int row_tiles)
       : base(p), lines(int((bytes + 63) / 64)), every(row_tiles) {
     const int steps = units * row_tiles;
