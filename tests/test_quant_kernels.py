@@ -29,7 +29,7 @@ from kt_moe.quant import dequantize_int8_channel, quantize_int8_channel
 SELECTABLE = kt_moe.cpu_info()["selectable"]
 BEST = kt_moe.cpu_info()["best"]
 FORMATS = ["int8_channel", "int4_group16"]
-MS = [1, 2, 3, 7, 16, 17, 24, 48, 129]
+MS = [1, 2, 3, 7, 16, 17, 24, 48, 70, 129]
 # (N, K) per format: N past whole 16-column blocks, K past whole 64-k units (and, for INT4, past
 # whole groups of 16: K = 100 and 40 end inside a group).
 SHAPES = {"int8_channel": [(1, 100), (33, 64), (50, 200), (16, 32)],
@@ -442,6 +442,27 @@ def test_activation_quantizer_rounding(level, fmt):
     assert torch.equal(total, q_ref.float().view(9, -1, sum_group).sum(dim=2))
     assert q[3, 5].item() == 64  # the tie went to the even neighbour
     assert torch.equal(records, quantize("generic", fmt, a))  # every level: the same records
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_activation_records_agree_across_levels(fmt):
+    """Long rows of whole groups (the avx512 build quantizes those with explicit vectors) over 60
+    decades, with groups of zeros, bf16 denormals, Inf, -Inf and NaN and a tie among them: every
+    level writes the generic level's record bytes."""
+    k = 1000
+    gen = torch.Generator().manual_seed(12)
+    a = (torch.randn(33, k, generator=gen) * torch.logspace(-30, 30, 33)[:, None]).to(torch.bfloat16)
+    a[0, :64] = 0
+    a[1, 64:128] = 1e-39
+    a[2, 130] = float("inf")
+    a[3, 200] = float("nan")
+    a[4, 256:320] = -float("inf")
+    a[5, 320], a[5, 321] = 2.0, 1.0  # 1.0 * (127 / 2) = 63.5: a tie, to 64
+    reference = quantize("generic", fmt, a)
+    q, _, _ = fields(reference, fmt, k)
+    assert q[5, 321].item() == 64
+    for level in SELECTABLE:
+        assert torch.equal(quantize(level, fmt, a), reference), level
 
 
 # ---- packing -----------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 // compiler vectorises it; compiled for generic (no ISA flags), avx2 and avx512, all with
 // -ffp-contract=off (CMakeLists.txt): every step is exact or one correctly rounded fp32 operation
 // (an FMA would round a * (127 / amax) + 1.5 * 2^23 once instead of twice), so every build gives
-// bit-identical records.
+// bit-identical records. The avx512 build quantizes whole groups of a normal amax with explicit
+// AVX-512 (the compiler's vectorisation of the portable loops took ~0.45 ns per value for INT4's
+// records, m = 3072, k = 1408), the same operations: the product rounded once, then to the nearest
+// even integer by vcvtps2dq under the default rounding mode.
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
@@ -12,6 +15,15 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#if defined(__AVX512BW__)
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() vectors, which -Wmaybe-uninitialized
+// reports (falsely) wherever they are inlined; silenced for the header's own lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
 
 #include "kernels/bf16.hpp"
 #include "kernels/gemm_quant.hpp"
@@ -52,6 +64,47 @@ __attribute__((always_inline)) inline void quantize_group(const bf16_t* a, int l
   *scale = amax / float(quant_layout::kActQMax);
 }
 
+#if defined(__AVX512BW__)
+// quantize_group for a whole group of 64 with a normal amax, in AVX-512 registers; false, with
+// nothing written, for any other group (zeros, denormals only, Inf or NaN: quantize_group's cases).
+template <int SG>
+inline bool quantize_whole_group_avx512(const bf16_t* a, int8_t* q, float* scale, float* sum) {
+  static_assert(quant_layout::kUnitK == 64 && SG % 16 == 0, "a group is four vectors of 16 values");
+  const __m512i halves[2] = {_mm512_loadu_si512(a), _mm512_loadu_si512(a + 32)};
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
+  const __m512i bits = _mm512_max_epu16(_mm512_and_si512(halves[0], magnitude), _mm512_and_si512(halves[1], magnitude));
+  // the largest of the 32 uint16 lanes, as in quantize_group (|x| orders like its bits)
+  const __m512i wide = _mm512_max_epu32(_mm512_and_si512(bits, _mm512_set1_epi32(0xFFFF)), _mm512_srli_epi32(bits, 16));
+  const float amax = bf16_to_float(uint16_t(_mm512_reduce_max_epu32(wide)));
+  if (!(amax >= FLT_MIN && amax <= FLT_MAX)) return false;
+  const __m512 inv = _mm512_set1_ps(float(quant_layout::kActQMax) / amax);
+  __m512i total = _mm512_setzero_si512();
+  for (int v = 0; v < 4; ++v) {  // values 16 v .. 16 v + 15
+    const __m512i half = halves[v / 2];
+    const __m256i raw = v % 2 ? _mm512_extracti64x4_epi64(half, 1) : _mm512_castsi512_si256(half);
+    const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));  // exact
+    const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));  // |qi| <= 127
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * v), _mm512_cvtepi32_epi8(qi));
+    total = _mm512_add_epi32(total, qi);
+    if ((v + 1) * 16 % SG == 0) {
+      sum[(v + 1) * 16 / SG - 1] = float(_mm512_reduce_add_epi32(total));
+      total = _mm512_setzero_si512();
+    }
+  }
+  *scale = amax / float(quant_layout::kActQMax);
+  return true;
+}
+#endif
+
+// quantize_group for the whole group at a: vectors where the build has them.
+template <int G, int SG>
+inline void quantize_whole_group(const bf16_t* a, int8_t* q, float* scale, float* sum) {
+#if defined(__AVX512BW__)
+  if (quantize_whole_group_avx512<SG>(a, q, scale, sum)) return;
+#endif
+  quantize_group<G, SG>(a, G, q, scale, sum);
+}
+
 }  // namespace
 
 void quantize_activations(const QuantizeArgs& args) {
@@ -75,7 +128,7 @@ void quantize_activations(const QuantizeArgs& args) {
     auto groups = [&](auto sum_group) {
       constexpr int G = quant_layout::kUnitK, SG = decltype(sum_group)::value;
       const int whole = args.k / G;
-      for (int g = 0; g < whole; ++g) quantize_group<G, SG>(a + g * G, G, q + g * G, scale + g, sum + g * (G / SG));
+      for (int g = 0; g < whole; ++g) quantize_whole_group<G, SG>(a + g * G, q + g * G, scale + g, sum + g * (G / SG));
       if (whole < layout.groups)  // the partial last group
         quantize_group<G, SG>(a + whole * G, args.k - whole * G, q + whole * G, scale + whole, sum + whole * (G / SG));
     };

@@ -16,19 +16,24 @@
 //      requantized (F::kRequantized true): each unit of F::kSourceUnitBytes is turned into signed
 //        int8 tiles (TDPBSSD) and one scale S per (column, unit) by F::requantize_unit, once per
 //        block and call, into a thread-local buffer: out = acc
-//   C  16 x 16 exact int32 sums, stored and folded into 16 fp32 row accumulators (registers):
+//   C  16 x 16 exact int32 sums, stored and folded into the row tile's fp32 accumulators:
 //      acc = fma(C, a_s (in place) or S * a_s (requantized), acc).
 // The folds use an explicit FMA at both levels (the emulated one rounds once too), and nothing
 // else is left to FMA contraction, so amx and amx_emulated give bit-identical results.
-// Loads, products, stores and folds of consecutive units overlap as a software pipeline (four C
-// tiles and two A and B tiles in turn). A requantization costs about as much vector work as three
-// row tiles' pipelines per block (measured cache-hot for int4_group16 on [m, 2048] x [1408, 2048],
-// 1 thread: ~0.35 of ~0.45 ms at m = 16), so with two or more row tiles the next block is
-// requantized inside the current block's pipeline steps, where the vector units wait for the tile
-// unit (m = 64: 0.75 ms instead of 0.85 ms requantizing each block before its row tiles).
+// A block's row tiles go in passes of up to three (kMaxPassRows; 4 -> 2 + 2, 5 -> 2 + 3): a pass
+// loads each unit's B tile once for its row tiles, so that R products read R + 1 KB of tiles from
+// L2 instead of 2R KB. Loads, products, stores and folds of consecutive steps (unit, row tile)
+// overlap as a software pipeline (four C tiles and two A and B tiles in turn). INT8
+// [48, 2048] x [1408, 2048], 1 thread: 0.285 -> 0.23 ms cache-hot, 0.47 -> 0.40-0.43 ms with the
+// weights read from memory; int4_group16 cache-hot 0.53 -> 0.46 ms.
+// A requantization costs about as much vector work as three row tiles' pipelines per block
+// (measured cache-hot for int4_group16 on [m, 2048] x [1408, 2048], 1 thread: ~0.35 of ~0.45 ms at
+// m = 16), so with two or more row tiles the next block is requantized inside the current block's
+// passes, where the vector units wait for the tile unit (m = 64: 0.75 ms instead of 0.85 ms
+// requantizing each block before its row tiles, measured before the passes).
 // The weight bytes read next (INT8: the next block's B tiles; a requantized format: the source of
 // the block after the next, requantized during the next) are asked for into L2 (prefetcht2) a few
-// lines at the start of every step of every row tile (WeightStream). Tile products hold back the
+// lines at the start of every step of every pass (WeightStream). Tile products hold back the
 // instructions behind them, so requests issued after the products, a whole unit at once or into
 // L1 (prefetcht0) left the memory idle under the products. INT8 [48, 2048] x [1408, 2048] with the
 // weights read from memory, 1 thread: 0.47-0.52 -> 0.42-0.43 ms (0.29-0.32 ms cache-hot); the
@@ -40,6 +45,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -79,6 +85,17 @@ inline void load_vec(V& v, const void* p) {
   std::memcpy(&v, p, sizeof v);
 }
 
+// Every lane x (a broadcast; `v16f{} + x` is not one: it turns -0 into +0).
+inline v16f splat(float x) {
+#if defined(__AVX512F__)
+  return (v16f)_mm512_set1_ps(x);
+#else
+  v16f v;
+  for (int l = 0; l < 16; ++l) v[l] = x;
+  return v;
+#endif
+}
+
 // acc = fma(a, b, acc) per lane, rounded once at both levels.
 inline void fmadd(v16f& acc, const v16f& a, const v16f& b) {
 #if defined(__AVX512F__)
@@ -98,22 +115,20 @@ void requantize_block(const uint8_t* block, int units, uint8_t* tiles, float* sc
   }
 }
 
-// The weight bytes a block's row tiles ask for on the way: `lines` cache lines from `base` (null:
-// none), `share` lines per step, step s of row tile t taking share number s * every + t, so that
-// the `every` row tiles of the block together ask for each line once.
+// The weight bytes a block's passes ask for on the way: `lines` cache lines from `base` (null:
+// none) over the `steps` pipeline steps of all the block's passes, `share` lines per step, step s
+// (counted over the passes in order) taking share number s, so that each line is asked for once.
 struct WeightStream {
   const uint8_t* base = nullptr;
-  int lines = 0, share = 0, every = 1;
+  int lines = 0, share = 0;
 
-  WeightStream(const uint8_t* p, int64_t bytes, int units, int row_tiles)
-      : base(p), lines(int((bytes + 63) / 64)), every(row_tiles) {
-    const int steps = units * row_tiles;
+  WeightStream(const uint8_t* p, int64_t bytes, int steps) : base(p), lines(int((bytes + 63) / 64)) {
     share = (lines + steps - 1) / steps;
   }
 
-  void ask(int step, int phase) const {
+  void ask(int step) const {
     if (!base) return;
-    const int first = (step * every + phase) * share, last = std::min(first + share, lines);
+    const int first = step * share, last = std::min(first + share, lines);
     for (int l = first; l < last; ++l) __builtin_prefetch(base + int64_t(l) * 64, 0, 1);  // prefetcht2
   }
 };
@@ -176,17 +191,11 @@ class RowTiles {
 
 // ---- the tile pipeline -------------------------------------------------------------------------
 
-// The three tile stages of unit g, J = g % 4: its A and B tiles (A, B tile J % 2), its product
-// (C tile J), the product's store to sums + J * 256 (int32 [16][16]).
-template <int J>
-inline void load_unit(const RowTile& rt, int g, const uint8_t* b) {
-  tile::load<kA0 + J % 2>(rt.q + int64_t(g) * kTileBytes, kUnitK);
-  tile::load<kB0 + J % 2>(b, kQuadBytes);
-}
-
-template <int J, bool SignedWeights>
-inline void multiply_unit() {
-  constexpr int C = kC0 + J, A = kA0 + J % 2, B = kB0 + J % 2;
+// The tile stages of a step other than its loads: its product into C tile Cj of A tile Aj and B
+// tile Bj, and the product's store to sums + Cj * 256 (int32 [16][16]).
+template <int Cj, int Aj, int Bj, bool SignedWeights>
+inline void multiply_step() {
+  constexpr int C = kC0 + Cj, A = kA0 + Aj, B = kB0 + Bj;
   tile::zero<C>();
   if constexpr (SignedWeights)
     tile::dpbssd<C, A, B>();
@@ -194,9 +203,9 @@ inline void multiply_unit() {
     tile::dpbsud<C, A, B>();
 }
 
-template <int J>
-inline void store_unit(int32_t* sums) {
-  tile::store<kC0 + J>(sums + J * kTileRows * kCols, kCols * sizeof(int32_t));
+template <int Cj>
+inline void store_step(int32_t* sums) {
+  tile::store<kC0 + Cj>(sums + Cj * kTileRows * kCols, kCols * sizeof(int32_t));
 }
 
 // acc[r] = fma(sums[r], the row's unit scale (* the unit's column scales S for INT4), acc[r]).
@@ -205,24 +214,19 @@ inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float
   v16f col_scale = {};
   if constexpr (UnitColumnScales) load_vec(col_scale, col_scales + g * kCols);
   const float* row_scale = rt.scale + g * kTileRows;
-#pragma GCC unroll 16  // constant indices keep acc in registers
+#pragma GCC unroll 16
   for (int r = 0; r < kTileRows; ++r) {
     v16i sum;
     load_vec(sum, sums + r * kCols);
     const v16f d = __builtin_convertvector(sum, v16f);  // exact: |sum| < 2^24
-    v16f m;
-    if constexpr (UnitColumnScales)
-      m = col_scale * row_scale[r];
-    else
-      m = v16f{} + row_scale[r];
-    fmadd(acc[r], d, m);
+    fmadd(acc[r], d, UnitColumnScales ? col_scale * row_scale[r] : splat(row_scale[r]));
   }
 }
 
-// Requantized formats: the requantization of the next block, spread over the steps of the current block's row
-// tiles (the vector units requantize while the tile unit multiplies): row tile t, step s does
-// unit s of `block` when s % every == phase, so that each unit is done once over `every` row
-// tiles.
+// Requantized formats: the requantization of the next block, spread over the current block's
+// passes (the vector units requantize while the tile unit multiplies): pass p does unit g of
+// `block` at the step of g's first product when g % every == phase, so that each unit is done once
+// over the `every` passes.
 struct RequantWork {
   const uint8_t* block = nullptr;  // null: nothing to do
   uint8_t* tiles = nullptr;
@@ -230,36 +234,61 @@ struct RequantWork {
   int every = 1, phase = 0;
 };
 
-// acc = the fp32 sums of one row tile x one column block over all units, as a software
-// pipeline: step s asks for its share of `stream` (row tile `phase`), multiplies unit s - 1,
-// stores unit s - 3, loads the tiles of unit s and folds unit s - 4, so that no tile instruction
-// waits for the one just before it (a product for its loads, a store for its product) and the
-// vector unit folds while the tile unit multiplies. b: the block's B tiles, one per unit
-// (kTileBytes apart).
-template <class F>
-inline void row_tile_block(const RowTile& rt, int units, const uint8_t* b, const float* col_scales,
-                           const WeightStream& stream, int phase, const RequantWork& rq, int32_t* sums,
-                           v16f (&acc)[kTileRows]) {
-  for (int s0 = 0; s0 < units + 4; s0 += kTileSets) {
-    auto step = [&](auto u) {
-      constexpr int J = decltype(u)::value;  // s % 4
-      const int s = s0 + J;
-      if (s < units) stream.ask(s, phase);
-      if (s >= 1 && s - 1 < units) multiply_unit<(J + 3) % kTileSets, F::kRequantized>();
-      if (s >= 3 && s - 3 < units) store_unit<(J + 1) % kTileSets>(sums);
-      if (s < units) load_unit<J>(rt, s, b + int64_t(s) * kTileBytes);
-      if (s >= 4 && s - 4 < units) fold_unit<F::kRequantized>(sums + J * kTileRows * kCols, rt, s - 4, col_scales, acc);
-      if constexpr (F::kRequantized) {
-        if (rq.block && s < units && s % rq.every == rq.phase) {
-          F::requantize_unit(rq.block + int64_t(s) * F::kSourceUnitBytes, rq.tiles + int64_t(s) * kTileBytes,
-                               rq.scales + s * kCols);
+// The most row tiles one pass multiplies with each B tile it loads: R row tiles share the unit's
+// B tile (R + 1 KB of tile loads per R products instead of 2R KB); their accumulators
+// (R x 16 x 16 fp32) live on the stack.
+constexpr int kMaxPassRows = 3;
+
+// Steps per unrolled round of a pass of R row tiles: a whole number of rounds of the four C tiles
+// and of two units (the B tile alternates per unit).
+constexpr int pass_span(int rows) { return rows == 3 ? 12 : 4; }
+
+// step(std::integral_constant<int, P>) for P = 0, 1, ... in order (a pass's unrolled round).
+template <class Step, int... P>
+inline void each_position(Step& step, std::integer_sequence<int, P...>) {
+  (step(std::integral_constant<int, P>{}), ...);
+}
+
+// acc[t] = the fp32 sums of row tile rts[t] (t < R) x one column block over all units, as one
+// software pipeline of units x R steps, step s = (unit s / R, row tile s % R): step s asks for
+// its share of `stream` (as step first_step + s), multiplies step s - 1, stores step s - 3, loads
+// the tiles of step s (the unit's B tile only with its first row tile) and folds step s - 4, so
+// that no tile instruction waits for the one just before it (a product for its loads, a store for
+// its product) and the vector unit folds while the tile unit multiplies. Tiles: step s's C tile
+// s % 4, A tile s % 2, B tile (s / R) % 2. b: the block's B tiles, one per unit (kTileBytes apart).
+template <class F, int R>
+inline void pass_block(const RowTile* rts, int units, const uint8_t* b, const float* col_scales,
+                       const WeightStream& stream, int first_step, const RequantWork& rq, int32_t* sums,
+                       v16f (&acc)[R][kTileRows]) {
+  constexpr int kSpan = pass_span(R);
+  static_assert(kSpan % kTileSets == 0 && kSpan % (2 * R) == 0, "a round repeats every tile choice");
+  const int steps = units * R;
+  for (int s0 = 0; s0 < steps + 4; s0 += kSpan) {
+    auto step = [&](auto position) {
+      constexpr int P = decltype(position)::value;  // s % kSpan
+      constexpr int kPrev = (P + kSpan - 1) % kSpan, kFolded = (P + kSpan - 4) % kSpan;
+      const int s = s0 + P;
+      if (s < steps) stream.ask(first_step + s);
+      if (s >= 1 && s - 1 < steps)
+        multiply_step<kPrev % kTileSets, kPrev % 2, (kPrev / R) % 2, F::kRequantized>();
+      if (s >= 3 && s - 3 < steps) store_step<(P + 1) % kTileSets>(sums);
+      if (s < steps) {
+        const int g = s / R;
+        tile::load<kA0 + P % 2>(rts[P % R].q + int64_t(g) * kTileBytes, kUnitK);
+        if constexpr (P % R == 0) {
+          tile::load<kB0 + (P / R) % 2>(b + int64_t(g) * kTileBytes, kQuadBytes);
+          if constexpr (F::kRequantized) {
+            if (rq.block && g % rq.every == rq.phase)
+              F::requantize_unit(rq.block + int64_t(g) * F::kSourceUnitBytes, rq.tiles + int64_t(g) * kTileBytes,
+                                 rq.scales + g * kCols);
+          }
         }
       }
+      if (s >= 4 && s - 4 < steps)
+        fold_unit<F::kRequantized>(sums + (P % kTileSets) * kTileRows * kCols, rts[kFolded % R], (s - 4) / R,
+                                   col_scales, acc[kFolded % R]);
     };
-    step(std::integral_constant<int, 0>{});
-    step(std::integral_constant<int, 1>{});
-    step(std::integral_constant<int, 2>{});
-    step(std::integral_constant<int, 3>{});
+    each_position(step, std::make_integer_sequence<int, kSpan>{});
   }
 }
 
@@ -282,6 +311,9 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
       thread_scratch(ScratchSlot::tile_out, kTileSets * kTileRows * kCols * sizeof(int32_t)));
   const RowTiles<F> tiles(args, layout);
   const tile::Scope scope(tile_config());
+  // the row tiles in passes of at most kMaxPassRows, as even as can be (4 -> 2 + 2)
+  const int passes = (tiles.count() + kMaxPassRows - 1) / kMaxPassRows;
+  auto pass_first = [&](int p) { return p * tiles.count() / passes; };
   const int blocks = (args.n1 - args.n0 + kCols - 1) / kCols;
   const uint8_t* first = args.w.data + (args.n0 / kCols) * block_bytes;
   if constexpr (F::kRequantized)
@@ -291,7 +323,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
     const uint8_t* block = first + i * block_bytes;
     const uint8_t* next = i + 1 < blocks ? block + block_bytes : nullptr;
     RequantWork rq;
-    if (!InPlace && next && tiles.count() > 1) rq = {next, tiles_of(i + 1), scales_of(i + 1), tiles.count(), 0};
+    if (!InPlace && next && tiles.count() > 1) rq = {next, tiles_of(i + 1), scales_of(i + 1), passes, 0};
     // the bytes read next: INT8 multiplies the next block in place; a requantized format with two
     // or more row tiles requantizes the next block during this one and reads the one after it then
     // (with one row tile, requantize_block asks for its next block itself)
@@ -300,25 +332,39 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
       wanted = next;
     else if (tiles.count() > 1 && i + 2 < blocks)
       wanted = block + 2 * block_bytes;
-    const WeightStream stream(wanted, block_bytes, units, tiles.count());
+    const WeightStream stream(wanted, block_bytes, units * tiles.count());
     const uint8_t* b = InPlace ? block + F::kHeaderBytes : tiles_of(i);
     const float* col_scales = InPlace ? nullptr : scales_of(i);
     v16f col_scale = {};
     if constexpr (InPlace) load_vec(col_scale, block);
     const int cols = std::min(kCols, args.n1 - n);
-    for (int t = 0; t < tiles.count(); ++t) {
-      const RowTile rt = tiles[t];
-      v16f acc[kTileRows] = {};
-      rq.phase = t;
-      row_tile_block<F>(rt, units, b, col_scales, stream, t, rq, sums, acc);
+    for (int p = 0; p < passes; ++p) {
+      const int t0 = pass_first(p), rows = pass_first(p + 1) - t0;
+      RowTile rts[kMaxPassRows];
+      for (int t = 0; t < rows; ++t) rts[t] = tiles[t0 + t];
+      rq.phase = p;
+      auto run = [&](auto pass_rows) {
+        constexpr int R = decltype(pass_rows)::value;
+        v16f acc[R][kTileRows] = {};
+        pass_block<F, R>(rts, units, b, col_scales, stream, units * t0, rq, sums, acc);
+        for (int t = 0; t < R; ++t) {
+          const RowTile& rt = rts[t];
 #pragma GCC unroll 16
-      for (int r = 0; r < kTileRows; ++r) {
-        if (r >= rt.rows) break;
-        v16f out = acc[r];
-        if constexpr (InPlace) out = (out - rt.offset[r]) * col_scale;
-        store_columns(args.c + int64_t(t * kTileRows + r) * args.ldc + n, reinterpret_cast<const float*>(&out), cols,
-                      args.accumulate);
-      }
+          for (int r = 0; r < kTileRows; ++r) {
+            if (r >= rt.rows) break;
+            v16f out = acc[t][r];
+            if constexpr (InPlace) out = (out - rt.offset[r]) * col_scale;
+            store_columns(args.c + int64_t((t0 + t) * kTileRows + r) * args.ldc + n,
+                          reinterpret_cast<const float*>(&out), cols, args.accumulate);
+          }
+        }
+      };
+      if (rows == 1)
+        run(std::integral_constant<int, 1>{});
+      else if (rows == 2)
+        run(std::integral_constant<int, 2>{});
+      else
+        run(std::integral_constant<int, 3>{});
     }
     if constexpr (F::kRequantized) {
       if (next && tiles.count() == 1)  // one row tile: nothing to overlap with
