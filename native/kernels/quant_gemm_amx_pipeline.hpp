@@ -85,14 +85,13 @@ inline void load_vec(V& v, const void* p) {
   std::memcpy(&v, p, sizeof v);
 }
 
-// Every lane x (a broadcast; `v16f{} + x` is not one: it turns -0 into +0).
-inline v16f splat(float x) {
+// v = x in every lane, a broadcast (`v16f{} + x` is not one: it turns -0 into +0); an
+// out-parameter, as in load_vec.
+inline void splat(v16f& v, float x) {
 #if defined(__AVX512F__)
-  return (v16f)_mm512_set1_ps(x);
+  v = (v16f)_mm512_set1_ps(x);
 #else
-  v16f v;
   for (int l = 0; l < 16; ++l) v[l] = x;
-  return v;
 #endif
 }
 
@@ -219,7 +218,12 @@ inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float
     v16i sum;
     load_vec(sum, sums + r * kCols);
     const v16f d = __builtin_convertvector(sum, v16f);  // exact: |sum| < 2^24
-    fmadd(acc[r], d, UnitColumnScales ? col_scale * row_scale[r] : splat(row_scale[r]));
+    v16f m;
+    if constexpr (UnitColumnScales)
+      m = col_scale * row_scale[r];
+    else
+      splat(m, row_scale[r]);
+    fmadd(acc[r], d, m);
   }
 }
 
