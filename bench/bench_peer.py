@@ -139,22 +139,22 @@ def time_impl(directory: str, impl: str, threads_list) -> None:
     config = config_of(directory)
     inputs = torch.load(os.path.join(directory, "inputs.pt"))
     evict = torch.ones(128 << 20, dtype=torch.float32)  # 512 MB
-    for threads in threads_list:
-        torch.set_num_threads(threads)  # the read before each call keeps every core of the layer's threads busy
-        run = (peer_runner if impl == "peer" else ours_runner)(threads, directory, config)
-        outputs = {}
-        for q, (x, ids, weights) in inputs.items():
-            for _ in range(2):
-                run(x, ids, weights)
-            times = []
-            for _ in range(9):
-                evict.sum()
-                start = time.perf_counter()
-                outputs[q] = run(x, ids, weights)
-                times.append((time.perf_counter() - start) * 1e3)
-            print(f"{impl:5s} {config['method']:9s} threads {threads} q {q:4d}: median "
-                  f"{statistics.median(times):8.2f} ms (min {min(times):.2f}, max {max(times):.2f})", flush=True)
-        torch.save(outputs, os.path.join(directory, f"out_{impl}_{threads}.pt"))
+    threads = threads_list[0]
+    torch.set_num_threads(threads)  # the read before each call keeps every core of the layer's threads busy
+    run = (peer_runner if impl == "peer" else ours_runner)(threads, directory, config)
+    outputs = {}
+    for q, (x, ids, weights) in inputs.items():
+        for _ in range(2):
+            run(x, ids, weights)
+        times = []
+        for _ in range(9):
+            evict.sum()
+            start = time.perf_counter()
+            outputs[q] = run(x, ids, weights)
+            times.append((time.perf_counter() - start) * 1e3)
+        print(f"{impl:5s} {config['method']:9s} threads {threads} q {q:4d}: median "
+              f"{statistics.median(times):8.2f} ms (min {min(times):.2f}, max {max(times):.2f})", flush=True)
+    torch.save(outputs, os.path.join(directory, f"out_{impl}_{threads}.pt"))
 
 
 def check(directory: str) -> None:
