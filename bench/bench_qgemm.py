@@ -1,8 +1,9 @@
-"""Benchmark of the quantized GEMM kernels (native/kernels/gemm_quant.hpp: INT8 per-channel and INT4
-group-16 weights, activations quantized per (row, 64 k)) at every ISA level this CPU runs, on
+"""Benchmark of the quantized GEMM kernels (native/kernels/gemm_quant.hpp: INT8 per-channel, INT4
+group-16 and INT4 groups of 64 or 128 (int4_kgroup with zero points) weights, activations quantized
+per (row, 64 k)) at every ISA level this CPU runs, on
 a DeepSeek-V2-Lite expert product, next to torch's bf16 matmul of the same shape in the same run.
 
-    python bench/bench_qgemm.py [--tokens 1,48] [--formats int8_channel,int4_group16]
+    python bench/bench_qgemm.py [--tokens 1,48] [--formats int8_channel,int4_group16,int4_kgroup64,...]
         [--shapes gate,down] [--levels generic,avx512,...] [--threads 1] [--repeats 7] [--min-ms 20]
         [--cache-mb 512] [--json-out FILE]
 
@@ -43,9 +44,11 @@ from kt_moe.benchmark.runner import cpu_model
 from kt_moe.closed_pipe import quiet_on_closed_pipe
 from kt_moe.quant import (dequantize_int4_group16, dequantize_int8_channel, quantize_int4_group16,
                           quantize_int8_channel)
+from kt_moe.quant.int4_groups import dequantize_int4, quantize_int4
 
 SHAPES = {"gate": (1408, 2048), "down": (2048, 1408)}  # (N, K)
-FORMATS = ("int8_channel", "int4_group16")
+# int4_kgroup64 / int4_kgroup128: int4_kgroup with zero points, G = 64 / 128 (AMXINT4's group_size choice)
+FORMATS = ("int8_channel", "int4_group16", "int4_kgroup64", "int4_kgroup128")
 
 
 
@@ -109,6 +112,11 @@ class QuantCase:
             q, scale = quantize_int8_channel(self.w)
             pack = lambda: _native.quant_pack_int8(q, scale)
             self.dequant = dequantize_int8_channel(q, scale)
+        elif fmt.startswith("int4_kgroup"):
+            group = int(fmt[len("int4_kgroup"):])
+            parts = quantize_int4(self.w, group, True)
+            pack = lambda: _native.quant_pack("int4_kgroup", list(parts), k, group, True)
+            self.dequant = dequantize_int4(*parts, group_size=group)[:, :k]
         else:
             codes, scale, zero = quantize_int4_group16(self.w)
             pack = lambda: _native.quant_pack_int4(codes, scale, zero, k)
@@ -117,7 +125,7 @@ class QuantCase:
         self.nbytes = first.nbytes
         copies = max(1, min(512, int(-(-cache_bytes // self.nbytes)))) if cache_bytes > 0 else 1
         self.packed = [first] + [pack() for _ in range(copies - 1)]
-        self.layout = _native.quant_act_layout(fmt, k)
+        self.layout = _native.quant_act_layout(first.format, k)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 emit(row("torch-bf16", times, 2 * n * k, torch_ms))
 
                 records_q = torch.empty(tokens, case.layout["row_bytes"], dtype=torch.uint8)
-                quantize = lambda i: _native.quantize_activations_test(best, fmt, a, records_q)
+                quantize = lambda i: _native.quantize_activations_test(best, case.packed[0].format, a, records_q)
                 emit(row("quantize", time_per_call([quantize], args.repeats, args.min_ms), 0, torch_ms))
                 q = records_q[:, :case.layout["k_padded"]].view(torch.int8).float()
                 so, groups = case.layout["scale_offset"], case.layout["groups"]

@@ -17,7 +17,8 @@ from safetensors import SafetensorError
 import kt_moe
 from kt_moe import _native
 from kt_moe.closed_pipe import quiet_on_closed_pipe
-from kt_moe.config import DEFAULT_GROUP_SIZE, KGROUP_SIZES, KTMoEConfig, config_errors
+from kt_moe.config import (AMXINT4_DEFAULT_GROUP_SIZE, AMXINT4_GROUP_SIZES, DEFAULT_GROUP_SIZE, KGROUP_SIZES,
+                           KTMoEConfig, config_errors)
 from kt_moe.config_files import ConfigFileError, load_config_file
 from kt_moe.status_line import StatusLine
 from kt_moe.weights.convert import CONVERT_METHODS, LayerRanges, LayerResult, convert_checkpoint, parse_layers
@@ -188,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--method", required=True, choices=list(CONVERT_METHODS), help="quantization method")
     convert.add_argument("--input", required=True, metavar="HF_DIR", help="Hugging Face checkpoint directory")
     convert.add_argument("--output", required=True, metavar="DIR", help="directory for the layer files")
-    convert.add_argument("--group-size", type=int, choices=KGROUP_SIZES,
-                         help=f"AMXINT4_KGroup_SFT: inputs per INT4 scale (default {DEFAULT_GROUP_SIZE})")
+    convert.add_argument("--group-size", type=int, choices=sorted(set(KGROUP_SIZES + AMXINT4_GROUP_SIZES)),
+                         help=f"inputs per INT4 scale: AMXINT4 {', '.join(map(str, AMXINT4_GROUP_SIZES))} (default "
+                              f"{AMXINT4_DEFAULT_GROUP_SIZE}; 64 and 128 are faster and smaller, less accurate), "
+                              f"AMXINT4_KGroup_SFT {', '.join(map(str, KGROUP_SIZES))} (default {DEFAULT_GROUP_SIZE})")
     convert.add_argument("--zero-point", action=argparse.BooleanOptionalAction,
-                         help="AMXINT4_KGroup_SFT: a zero point per group, or symmetric groups (--no-zero-point); "
-                              "default: with zero points")
+                         help="AMXINT4 (group size 64 or 128) and AMXINT4_KGroup_SFT: a zero point per group, or "
+                              "symmetric groups (--no-zero-point); default: with zero points")
     convert.add_argument("--layers", type=_layers, metavar="A-B",
                          help="layers to convert: A-B, A, or a comma-separated list (default: every MoE layer)")
     convert.add_argument("--force", action="store_true", help="overwrite layer files written for other settings")

@@ -34,20 +34,28 @@ MODE_ONLY_PARAMETERS = {
     "inference": ("cpu_save", "max_deferred_experts_per_token"),
     "sft": ("lora_rank", "lora_alpha", "max_cache_depth"),
 }
-# Parameters that only one method reads; with the others the same rule holds.
-METHOD_ONLY_PARAMETERS = {
-    "AMXINT4_KGroup_SFT": ("group_size", "zero_point"),
-    "LLAMAFILE": ("gguf_type",),
-}
-KGROUP_SIZES = (32, 64, 128)  # group_size values (inputs per INT4 scale)
+# The INT4 group choices: group_size values (inputs per INT4 scale) and the default (group_size
+# None). AMXINT4 keeps its accurate groups of 16 by default; 64 and 128 store int4_kgroup, faster and
+# smaller, less accurate (docs/quantization.md).
+KGROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT = 128, True
+AMXINT4_GROUP_SIZES = (16, 64, 128)
+AMXINT4_DEFAULT_GROUP_SIZE = 16
+METHOD_GROUP_SIZES = {"AMXINT4": (AMXINT4_GROUP_SIZES, AMXINT4_DEFAULT_GROUP_SIZE),
+                      "AMXINT4_KGroup_SFT": (KGROUP_SIZES, DEFAULT_GROUP_SIZE)}
+# Parameters that only some methods read; with the others the same rule holds.
+METHOD_ONLY_PARAMETERS = {
+    "group_size": tuple(METHOD_GROUP_SIZES),
+    "zero_point": tuple(METHOD_GROUP_SIZES),
+    "gguf_type": ("LLAMAFILE",),
+}
 
 INT32_MAX = 2**31 - 1  # the native configs hold 32-bit ints
 FLOAT32_MAX = 3.4028234663852886e38  # and a 32-bit float lora_alpha
 
 Mode = Literal[MODES]
 Method = Literal[INFERENCE_METHODS + SFT_METHODS]
-GroupSize = Literal[KGROUP_SIZES]
+GroupSize = Optional[Literal[tuple(sorted(set(KGROUP_SIZES + AMXINT4_GROUP_SIZES)))]]
 # The GGUF types LLAMAFILE quantizes weights given as tensors to (gguf_type: one for the three
 # matrices, or "gate,up,down"); files are read in every type kt_moe.weights.gguf_source lists.
 GGUF_QUANTIZE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
@@ -110,10 +118,16 @@ def _gguf_type(value: Any, info: ValidationInfo) -> Optional[str]:
     return ",".join(types)
 
 
-def _group_size(value: Any, info: ValidationInfo) -> int:
+def _group_size(value: Any, info: ValidationInfo) -> Optional[int]:
+    """None (the method's default) or one of the method's group sizes (a method without the choice
+    is judged by the method-only rule)."""
+    if value is None:
+        return None
     value = _integer(value, info)
-    if value not in KGROUP_SIZES:
-        raise _error("group_size", f"group_size must be one of {', '.join(map(str, KGROUP_SIZES))}, got {value}")
+    sizes, _ = METHOD_GROUP_SIZES.get(info.data.get("method"), (None, None))
+    if sizes is not None and value not in sizes:
+        raise _error("group_size", f"group_size must be one of {', '.join(map(str, sizes))} for "
+                                   f"{info.data['method']}, got {value}")
     return value
 
 
@@ -197,12 +211,13 @@ class KTMoEConfig(BaseModel):
     keep its default."""
     max_cache_depth: Count = 1
     """SFT only: forwards saved for backward at once. With mode="inference" it must keep its default."""
-    group_size: Annotated[GroupSize, PlainValidator(_group_size, json_schema_input_type=GroupSize)] = \
-        DEFAULT_GROUP_SIZE
-    """AMXINT4_KGroup_SFT only: inputs per INT4 scale of the base weights, 32, 64 or 128. With other
-    methods it must keep its default."""
+    group_size: Annotated[GroupSize, PlainValidator(_group_size, json_schema_input_type=GroupSize)] = None
+    """AMXINT4 and AMXINT4_KGroup_SFT only: inputs per INT4 scale. AMXINT4: 16 (int4_group16, the
+    default), or 64 or 128 (int4_kgroup: faster and smaller, less accurate); AMXINT4_KGroup_SFT: 32,
+    64 or 128 (default 128). None: the method's default. With other methods it must stay None."""
     zero_point: Annotated[bool, BeforeValidator(_bool)] = DEFAULT_ZERO_POINT
-    """AMXINT4_KGroup_SFT only: a zero point per group (asymmetric INT4), or symmetric groups. With
+    """AMXINT4 and AMXINT4_KGroup_SFT only: a zero point per group (asymmetric INT4), or symmetric
+    groups (AMXINT4 at group_size 64 or 128 only: its groups of 16 always have zero points). With
     other methods it must keep its default."""
     gguf_type: Annotated[Optional[str], BeforeValidator(_gguf_type)] = None
     """LLAMAFILE only: the GGUF type load_weights_from_tensors quantizes to (GGUF_QUANTIZE_TYPES), or
@@ -241,20 +256,36 @@ class KTMoEConfig(BaseModel):
         for mode, names in MODE_ONLY_PARAMETERS.items():
             errors += [(name, f"{name} is only used with mode='{mode}' (got mode='{self.mode}')")
                        for name in names if mode != self.mode and not self._is_default(name)]
-        for method, names in METHOD_ONLY_PARAMETERS.items():
-            errors += [(name, f"{name} is only used with method='{method}' (got method='{self.method}')")
-                       for name in names if method != self.method and not self._is_default(name)]
+        for name, methods in METHOD_ONLY_PARAMETERS.items():
+            if self.method not in methods and not self._is_default(name):
+                allowed = " or ".join(f"'{m}'" for m in methods)
+                errors.append((name, f"{name} is only used with method={allowed} (got method='{self.method}')"))
+        if self.method == "AMXINT4" and not self.zero_point and self.int4_group_size == AMXINT4_DEFAULT_GROUP_SIZE:
+            errors.append(("zero_point", f"zero_point=False needs group_size 64 or 128 with method='AMXINT4' "
+                                         f"(its groups of {AMXINT4_DEFAULT_GROUP_SIZE} always have zero points)"))
         return errors
 
     def _is_default(self, name: str) -> bool:
         return getattr(self, name) == type(self).model_fields[name].default
 
     @property
+    def int4_group_size(self) -> Optional[int]:
+        """The INT4 group size of AMXINT4 and AMXINT4_KGroup_SFT (group_size, or the method's
+        default); None for the other methods."""
+        if self.method not in METHOD_GROUP_SIZES:
+            return None
+        return METHOD_GROUP_SIZES[self.method][1] if self.group_size is None else self.group_size
+
+    @property
     def quant_options(self) -> dict:
-        """The options of the method's quantization scheme: group_size and zero_point for
-        AMXINT4_KGroup_SFT, none for the other methods (kt_moe.quant.scheme_for_method's keywords)."""
-        names = METHOD_ONLY_PARAMETERS.get(self.method, ())
-        return {name: getattr(self, name) for name in names}
+        """The options of the method's quantization scheme (kt_moe.quant.scheme_for_method's
+        keywords): group_size (None: the method's default) and zero_point for AMXINT4 and
+        AMXINT4_KGroup_SFT, gguf_type for LLAMAFILE, none for the other methods."""
+        options = {name: getattr(self, name) for name, methods in METHOD_ONLY_PARAMETERS.items()
+                   if self.method in methods}
+        if "group_size" in options:
+            options["group_size"] = self.int4_group_size
+        return options
 
     def to_native(self, format_option: Optional[int] = None, base_format: Optional[str] = None,
                   matrix_formats: Sequence[str] = ()) -> Union[MOEConfig, MOESFTConfig]:
@@ -269,13 +300,17 @@ class KTMoEConfig(BaseModel):
                       layer_idx=self.layer_idx, tp_size=self.threadpool_count,
                       chunked_prefill_size=self.chunked_prefill_size, method=self.method)
         if self.is_sft:
+            group_size = self.int4_group_size or DEFAULT_GROUP_SIZE
             return MOESFTConfig(**common, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                                 max_cache_depth=self.max_cache_depth,
-                                group_size=self.group_size if format_option is None else format_option,
+                                group_size=group_size if format_option is None else format_option,
                                 zero_point=self.zero_point and not base_format, base_format=base_format or "")
+        # AMXINT4's groups of 16 are its format's own (0); 64 and 128 select int4_kgroup
+        int4_groups = 0 if self.int4_group_size in (None, AMXINT4_DEFAULT_GROUP_SIZE) else self.int4_group_size
         return MOEConfig(**common, cpu_save=self.cpu_save,
                          max_deferred_experts_per_token=self.max_deferred_experts_per_token,
-                         group_size=format_option or 0, matrix_formats=list(matrix_formats))
+                         group_size=format_option or int4_groups, zero_point=bool(int4_groups) and self.zero_point,
+                         matrix_formats=list(matrix_formats))
 
 
 def _describe(error: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -51,7 +51,7 @@ class KTMoEWrapper:
         lora_rank: int = 16,
         lora_alpha: float = 32.0,
         max_cache_depth: int = 1,
-        group_size: int = 128,
+        group_size: Optional[int] = None,
         zero_point: bool = True,
         gguf_type: Optional[str] = None,
     ) -> Union[BaseMoEWrapper, BaseSFTMoEWrapper]:

@@ -114,26 +114,29 @@ NB_MODULE(_native, m) {
       [](MOEConfig* self, int expert_num, int hidden_size, int intermediate_size, int experts_per_token,
          int num_gpu_experts, std::string weight_path, int layer_idx, int tp_size, int chunked_prefill_size,
          std::string method, bool cpu_save, std::optional<int> max_deferred_experts_per_token, int group_size,
-         std::vector<std::string> matrix_formats) {
+         bool zero_point, std::vector<std::string> matrix_formats) {
         new (self) MOEConfig();
         fill_common(*self, expert_num, hidden_size, intermediate_size, experts_per_token, num_gpu_experts,
                     std::move(weight_path), layer_idx, tp_size, chunked_prefill_size, std::move(method));
         self->cpu_save = cpu_save;
         self->max_deferred_experts_per_token = max_deferred_experts_per_token;
         self->group_size = group_size;
+        self->zero_point = zero_point;
         self->matrix_formats = std::move(matrix_formats);
       },
       nb::kw_only(), "expert_num"_a = 0, "hidden_size"_a = 0, "intermediate_size"_a = 0,
       "experts_per_token"_a = 0, "num_gpu_experts"_a = 0, "weight_path"_a = "", "layer_idx"_a = 0,
       "tp_size"_a = 1, "chunked_prefill_size"_a = 0, "method"_a = "", "cpu_save"_a = false,
-      "max_deferred_experts_per_token"_a = nb::none(), "group_size"_a = 0,
+      "max_deferred_experts_per_token"_a = nb::none(), "group_size"_a = 0, "zero_point"_a = false,
       "matrix_formats"_a = std::vector<std::string>{});
   bind_common_fields<MOEConfig>(moe_config);
   moe_config.def_ro("cpu_save", &MOEConfig::cpu_save)
       .def_ro("max_deferred_experts_per_token", &MOEConfig::max_deferred_experts_per_token)
       .def_ro("group_size", &MOEConfig::group_size,
               "The weight format's option: FP8's scale block side (0: one scale per output row), RAWINT4's "
-              "inputs per scale.")
+              "inputs per scale, AMXINT4's inputs per INT4 scale (0 or 16: int4_group16; 64 or 128: int4_kgroup).")
+      .def_ro("zero_point", &MOEConfig::zero_point,
+              "AMXINT4 with group_size 64 or 128: a zero point per group (else symmetric).")
       .def_ro("matrix_formats", &MOEConfig::matrix_formats,
               "LLAMAFILE: the registered formats of gate, up and down (GGUF block types); empty otherwise.");
 

@@ -39,14 +39,14 @@ TINY = Shape(num_experts=6, hidden=40, intermediate=24)  # error and state tests
 
 def make_wrapper(shape: Shape = TINY, *, top_k: int = 2, layer_idx: int = 0, num_gpu_experts: int = 0,
                  threads: int = 2, tp: int = 1, weight_path: str = "", chunk: int = 128, cpu_save: bool = False,
-                 max_deferred: Optional[int] = None, method: str = METHOD):
+                 max_deferred: Optional[int] = None, method: str = METHOD, **options):
     """An inference wrapper (BF16 unless `method` says otherwise) from the real factory, no weights
-    loaded yet."""
+    loaded yet; `options`: the method's own (group_size, zero_point, gguf_type)."""
     return kt_moe.KTMoEWrapper(
         layer_idx=layer_idx, num_experts=shape.num_experts, num_experts_per_tok=top_k, hidden_size=shape.hidden,
         moe_intermediate_size=shape.intermediate, num_gpu_experts=num_gpu_experts, cpuinfer_threads=threads,
         threadpool_count=tp, weight_path=weight_path, chunked_prefill_size=chunk, cpu_save=cpu_save,
-        max_deferred_experts_per_token=max_deferred, method=method, mode="inference")
+        max_deferred_experts_per_token=max_deferred, method=method, mode="inference", **options)
 
 
 class Batch(NamedTuple):

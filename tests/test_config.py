@@ -19,7 +19,7 @@ SFT = dict(BASE, mode="sft", method="AMXBF16_SFT")
 KGROUP = dict(SFT, method="AMXINT4_KGroup_SFT")
 REQUIRED = list(BASE)
 OPTIONAL = dict(cpu_save=False, max_deferred_experts_per_token=None, method="AMXINT4", mode="inference",
-                lora_rank=16, lora_alpha=32.0, max_cache_depth=1, group_size=128, zero_point=True, gguf_type=None)
+                lora_rank=16, lora_alpha=32.0, max_cache_depth=1, group_size=None, zero_point=True, gguf_type=None)
 INT_FIELDS = ["layer_idx", "num_experts", "num_experts_per_tok", "hidden_size", "moe_intermediate_size",
               "num_gpu_experts", "cpuinfer_threads", "threadpool_count", "chunked_prefill_size",
               "lora_rank", "max_cache_depth", "max_deferred_experts_per_token"]
@@ -200,34 +200,57 @@ def test_kgroup_parameters(group_size, zero_point):
     assert (native.group_size, native.zero_point) == (group_size, zero_point)
 
 
-@pytest.mark.parametrize("name,value,message", [
-    ("group_size", 16, "group_size must be one of 32, 64, 128, got 16"),
-    ("group_size", 256, "group_size must be one of 32, 64, 128, got 256"),
-    ("group_size", 0, "group_size must be one of 32, 64, 128, got 0"),
-    ("group_size", 64.0, "group_size must be an integer, got float"),
-    ("group_size", True, "group_size must be an integer, got bool"),
-    ("group_size", "64", "group_size must be an integer, got str"),
-    ("zero_point", 1, "zero_point must be a bool, got int"),
-    ("zero_point", "no", "zero_point must be a bool, got str"),
+def test_kgroup_default_group_size():
+    config = validate_config(**KGROUP)
+    assert config.group_size is None and config.quant_options == dict(group_size=128, zero_point=True)
+    assert (config.to_native().group_size, config.to_native().zero_point) == (128, True)
+
+
+@pytest.mark.parametrize("group_size,zero_point,native", [
+    (None, True, (0, False)), (16, True, (0, False)), (64, True, (64, True)), (64, False, (64, False)),
+    (np.int64(128), True, (128, True)), (128, False, (128, False))])
+def test_amxint4_group_parameters(group_size, zero_point, native):
+    """AMXINT4 keeps int4_group16 (MOEConfig.group_size 0) at its default groups of 16; 64 and 128
+    store int4_kgroup."""
+    config = validate_config(**BASE, group_size=group_size, zero_point=zero_point)
+    assert config.quant_options == dict(group_size=16 if group_size is None else group_size, zero_point=zero_point)
+    assert (config.to_native().group_size, config.to_native().zero_point) == native
+
+
+@pytest.mark.parametrize("config,name,value,message", [
+    (KGROUP, "group_size", 16, "group_size must be one of 32, 64, 128 for AMXINT4_KGroup_SFT, got 16"),
+    (KGROUP, "group_size", 256, "group_size must be one of 32, 64, 128 for AMXINT4_KGroup_SFT, got 256"),
+    (KGROUP, "group_size", 0, "group_size must be one of 32, 64, 128 for AMXINT4_KGroup_SFT, got 0"),
+    (BASE, "group_size", 32, "group_size must be one of 16, 64, 128 for AMXINT4, got 32"),
+    (KGROUP, "group_size", 64.0, "group_size must be an integer, got float"),
+    (BASE, "group_size", True, "group_size must be an integer, got bool"),
+    (KGROUP, "group_size", "64", "group_size must be an integer, got str"),
+    (KGROUP, "zero_point", 1, "zero_point must be a bool, got int"),
+    (BASE, "zero_point", "no", "zero_point must be a bool, got str"),
+    (BASE, "zero_point", False, "zero_point=False needs group_size 64 or 128 with method='AMXINT4' (its groups of "
+                                "16 always have zero points)"),
 ])
-def test_kgroup_parameter_errors(name, value, message):
-    error = error_of(**KGROUP, **{name: value})
+def test_group_parameter_errors(config, name, value, message):
+    error = error_of(**config, **{name: value})
     assert str(error) == message and error.errors[0][0] == name
 
 
-@pytest.mark.parametrize("config", [SFT, dict(SFT, method="AMXINT8_SFT"), dict(SFT, method="AMXINT4_SFT"), BASE],
-                         ids=["AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "inference"])
-@pytest.mark.parametrize("name,value", [("group_size", 32), ("zero_point", False)])
-def test_kgroup_parameters_refused_with_other_methods(config, name, value):
-    method = config.get("method", "AMXINT4")  # BASE: the default method
+@pytest.mark.parametrize("config", [SFT, dict(SFT, method="AMXINT8_SFT"), dict(SFT, method="AMXINT4_SFT"),
+                                    dict(BASE, method="AMXINT8")],
+                         ids=["AMXBF16_SFT", "AMXINT8_SFT", "AMXINT4_SFT", "AMXINT8"])
+@pytest.mark.parametrize("name,value", [("group_size", 32), ("group_size", 128), ("zero_point", False)])
+def test_group_parameters_refused_with_other_methods(config, name, value):
     message = str(error_of(**config, **{name: value}))
-    assert message == f"{name} is only used with method='AMXINT4_KGroup_SFT' (got method='{method}')"
+    assert message == (f"{name} is only used with method='AMXINT4' or 'AMXINT4_KGroup_SFT' "
+                       f"(got method='{config['method']}')")
 
 
-def test_kgroup_parameters_at_defaults_are_accepted_with_other_methods():
-    assert validate_config(**SFT, group_size=128, zero_point=True).quant_options == {}
-    assert validate_config(**BASE, group_size=128).quant_options == {}
-    assert set(METHOD_ONLY_PARAMETERS) == {"AMXINT4_KGroup_SFT", "LLAMAFILE"}
+def test_group_parameters_at_defaults_are_accepted_with_other_methods():
+    assert validate_config(**SFT, group_size=None, zero_point=True).quant_options == {}
+    assert validate_config(**BASE, method="AMXINT8", group_size=None).quant_options == {}
+    assert validate_config(**dict(SFT, method="AMXINT4_SFT")).to_native().group_size == 128  # MOESFTConfig's default
+    assert METHOD_ONLY_PARAMETERS == {"group_size": ("AMXINT4", "AMXINT4_KGroup_SFT"),
+                                      "zero_point": ("AMXINT4", "AMXINT4_KGroup_SFT"), "gguf_type": ("LLAMAFILE",)}
 
 
 @pytest.mark.parametrize("value,expected", [(None, None), ("Q4_0", "Q4_0"), ("q8_0", "Q8_0"), ("Q6_K", "Q6_K"),
@@ -319,7 +342,7 @@ def test_json_schema_describes_every_field():
     assert properties["method"]["enum"] == list(INFERENCE_METHODS + SFT_METHODS)
     assert properties["num_experts"]["minimum"] == 1 and properties["layer_idx"]["minimum"] == 0
     assert properties["lora_alpha"]["exclusiveMinimum"] == 0
-    assert properties["group_size"]["enum"] == [32, 64, 128]
+    assert properties["group_size"]["anyOf"] == [{"enum": [16, 32, 64, 128], "type": "integer"}, {"type": "null"}]
     assert {name: properties[name]["default"] for name in OPTIONAL} == OPTIONAL
 
 

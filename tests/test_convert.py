@@ -343,17 +343,20 @@ def test_write_layer_checks_the_parts(tmp_path):
 
 # ---- the SFT methods ----
 
-@pytest.mark.parametrize("group_size,zero_point", [(None, None), (32, True), (64, False), (128, False)])
-def test_kgroup_round_trip_and_header(tmp_path, weights, group_size, zero_point):
+@pytest.mark.parametrize("method,group_size,zero_point", [
+    ("AMXINT4_KGroup_SFT", None, None), ("AMXINT4_KGroup_SFT", 32, True), ("AMXINT4_KGroup_SFT", 64, False),
+    ("AMXINT4_KGroup_SFT", 128, False), ("AMXINT4", 64, None), ("AMXINT4", 128, False)])
+def test_kgroup_round_trip_and_header(tmp_path, weights, method, group_size, zero_point):
+    """int4_kgroup files: AMXINT4_KGroup_SFT's, and AMXINT4's at group_size 64 or 128."""
     out = tmp_path / "out"
-    convert_checkpoint(checkpoint(tmp_path, weights), out, "AMXINT4_KGroup_SFT", layers=[2], group_size=group_size,
+    convert_checkpoint(checkpoint(tmp_path, weights), out, method, layers=[2], group_size=group_size,
                        zero_point=zero_point)
-    scheme = scheme_for_method("AMXINT4_KGroup_SFT", group_size, zero_point)
+    scheme = scheme_for_method(method, group_size, zero_point)
     metadata, _ = contents(layer_file(out, 2))
     assert {key: metadata[key] for key in ("method", "scheme", "group_size", "zero_point")} == \
-        {"method": "AMXINT4_KGroup_SFT", "scheme": "int4_kgroup", "group_size": str(scheme.group_size),
+        {"method": method, "scheme": "int4_kgroup", "group_size": str(scheme.group_size),
          "zero_point": "true" if scheme.zero_point else "false"}
-    with reader(out, 2, "AMXINT4_KGroup_SFT", group_size=group_size, zero_point=zero_point) as r:
+    with reader(out, 2, method, group_size=group_size, zero_point=zero_point) as r:
         r.verify()
         stacked = r.stacked()
     for matrix, w in zip(("gate", "up", "down"), weights[2]):
@@ -378,7 +381,7 @@ def test_kgroup_settings_are_part_of_the_file(tmp_path, weights):
         convert_checkpoint(ckpt, out, "AMXINT4_KGroup_SFT", layers=[1], group_size=32)
     with pytest.raises(FileNotFoundError, match="--method AMXINT4_KGroup_SFT --group-size 32 --no-zero-point"):
         reader(out, 2, "AMXINT4_KGroup_SFT", group_size=32, zero_point=False)
-    with pytest.raises(ValueError, match="^group_size and zero_point are options of int4_kgroup"):
+    with pytest.raises(ValueError, match="^group_size and zero_point are options of the INT4 group methods"):
         convert_checkpoint(ckpt, out, "AMXINT8", group_size=64)
 
 

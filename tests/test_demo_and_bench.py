@@ -19,7 +19,7 @@ import test_inference_quantized
 import test_llamafile
 import test_sft_quantized
 from kt_moe import cli
-from kt_moe.benchmark.cases import BASELINE_NAMES, ERROR_BOUNDS
+from kt_moe.benchmark.cases import BASELINE_NAMES, ERROR_BOUNDS, error_bound
 from kt_moe.benchmark.report import TABLE_WIDTH, Reporter
 from kt_moe.config import INFERENCE_METHODS, SFT_METHODS
 
@@ -33,8 +33,8 @@ GRAD_BOUND_FACTOR = {"AMXINT8_SFT": 2, "AMXINT4_SFT": 2, "AMXINT4_KGroup_SFT": 2
 def test_error_bounds_are_the_tests_bounds():
     assert ERROR_BOUNDS["BF16"] == inference_helpers.TOL
     assert ERROR_BOUNDS["AMXBF16_SFT"] == sft_helpers.TOL
-    for method, bound in test_inference_quantized.VS_ORIGINAL.items():
-        assert ERROR_BOUNDS[method] == bound
+    for case, bound in test_inference_quantized.VS_ORIGINAL.items():  # methods and "AMXINT4:<group>" cases
+        assert error_bound(case) == bound
     for method in ("AMXINT8_SFT", "AMXINT4_SFT", "AMXFP8_SFT"):
         assert ERROR_BOUNDS[method] == test_sft_quantized.VS_ORIGINAL[method]
     assert ERROR_BOUNDS["AMXINT4_KGroup_SFT"] == test_sft_quantized.VS_ORIGINAL_OTHER_KGROUP  # groups of 128
@@ -190,7 +190,8 @@ def bench_script(name):
                    "--repeats REPEATS timed steps per case (default: 10)"]),
     ("bench_gemm", ["--tokens TOKENS comma list of token counts T (default: 1,12,48,128)",
                     "--min-ms MIN_MS each repeat loops calls for at least this long (default: 20.0)"]),
-    ("bench_qgemm", ["--formats FORMATS comma list of weight formats (default: int8_channel,int4_group16)",
+    ("bench_qgemm", ["--formats FORMATS comma list of weight formats (default: "
+                     "int8_channel,int4_group16,int4_kgroup64,int4_kgroup128)",
                      "--threads {1,2} threads per product (column halves) (default: 1)"]),
 ])
 def test_bench_help_shows_defaults(capsys, name, defaults):

@@ -9,7 +9,9 @@ FP8 / RAWINT4 checkpoints are tested in test_native_formats.py.
 
 Shapes: H = 224 and I = 192 leave partial INT8 groups of 64, partial INT4 units of 64 inputs
 (I / 2 = 96 with two subpools) and partial FP8 blocks of 128 (and with two subpools slices that
-start inside a block), and are whole RAWINT4 groups of 32; q=600 runs in chunks of 256."""
+start inside a block), and are whole RAWINT4 groups of 32; q=600 runs in chunks of 256. AMXINT4's
+coarser groups (group_size 64 or 128: int4_kgroup, cases "AMXINT4:64" and "AMXINT4:128-sym") run on
+I = 256, whose halves are whole groups of 128 (H = 224 ends inside one)."""
 
 import pytest
 import torch
@@ -17,31 +19,58 @@ import torch
 import kt_moe
 from hf_fixtures import write_hf_checkpoint
 from inference_helpers import START_ISA, Shape, assert_close, build, make_layer, make_wrapper
-from kt_moe.quant import METHOD_SCHEMES, scheme_for_method
+from kt_moe.quant import scheme_for_method
 from kt_moe.weights.prequantized import LayerSettings, write_layer
 
 QSHAPE = Shape(num_experts=10, hidden=224, intermediate=192)
 QSMALL = Shape(num_experts=8, hidden=96, intermediate=64)  # the slow amx_emulated level
-METHODS = ("AMXINT8", "AMXINT4", "FP8", "RAWINT4", "MOE_INT8", "MOE_INT4")
-PREQUANTIZED_METHODS = ("AMXINT8", "AMXINT4", "MOE_INT8", "MOE_INT4")  # those `kt-moe convert` writes files for
+GSHAPE = Shape(num_experts=10, hidden=224, intermediate=256)  # AMXINT4's groups of 64 and 128
+GSMALL = Shape(num_experts=8, hidden=96, intermediate=256)  # ... at amx_emulated
+# A case is a method, or AMXINT4 with a coarser group choice: case -> its KTMoEWrapper options
+GROUPED = {"AMXINT4:64": dict(group_size=64), "AMXINT4:128-sym": dict(group_size=128, zero_point=False)}
+METHODS = ("AMXINT8", "AMXINT4", "FP8", "RAWINT4", "MOE_INT8", "MOE_INT4", *GROUPED)
+PREQUANTIZED_METHODS = ("AMXINT8", "AMXINT4", "MOE_INT8", "MOE_INT4", *GROUPED)  # those `kt-moe convert` writes files for
 # Against the dequantized weights: AMXINT8 / AMXINT4 quantize the activations to int8 (groups of 64 /
 # 32) on top of bf16 rounding; FP8 and RAWINT4 multiply the bf16 activations by the weights dequantized
 # to bf16, so only bf16 rounding is left (the issue's bar, 1e-2; measured at most 4.4e-3 over the grid
 # at every level).
-VS_DEQUANTIZED = {"AMXINT8": 2e-2, "AMXINT4": 2e-2, "FP8": 1e-2, "RAWINT4": 1e-2, "MOE_INT8": 2e-2, "MOE_INT4": 2e-2}
+VS_DEQUANTIZED = {"AMXINT8": 2e-2, "AMXINT4": 2e-2, "FP8": 1e-2, "RAWINT4": 1e-2, "MOE_INT8": 2e-2, "MOE_INT4": 2e-2,
+                  "AMXINT4:64": 2e-2, "AMXINT4:128-sym": 2e-2}
 # Against the original weights, the schemes' error on top. FP8 (blocks of 128) and RAWINT4 (symmetric
 # int4, groups of 32, no zero point), measured over the grids below, worst cases: FP8 0.051 (QSHAPE,
 # q=1, k=1, tp=1, at generic, avx512 and avx512_bf16) and 0.053 (QSMALL at amx_emulated, q=1, k=8,
 # tp=2); RAWINT4 0.184 (QSHAPE, q=3, k=6, tp=2) and 0.232 (QSMALL, q=1, k=6, tp=2). The mean over many
 # draws is 0.047 and 0.167; a single token's error scatters around it (60 other draws at q=1: up to
 # 0.062 and 0.289). Bounds: the grid's worst case x 1.3, rounded.
-VS_ORIGINAL = {"AMXINT8": 3e-2, "AMXINT4": 0.15, "FP8": 0.07, "RAWINT4": 0.30, "MOE_INT8": 3e-2, "MOE_INT4": 0.15}
+# AMXINT4's coarser groups (int4_kgroup; the scheme error is the weights'), over the grid on GSHAPE:
+# groups of 64 with zero points 0.159 worst (q=3, k=1, tp=2), 0.146 at q=600; symmetric groups of 128
+# 0.199 worst (q=1, k=6, tp=2), 0.176 at q=600. Against the dequantized weights like AMXINT4: at most
+# 0.017. Bounds: the worst case x 1.3.
+VS_ORIGINAL_GROUPED = {"AMXINT4:64": 0.21, "AMXINT4:128-sym": 0.26}
+VS_ORIGINAL = {"AMXINT8": 3e-2, "AMXINT4": 0.15, "FP8": 0.07, "RAWINT4": 0.30, "MOE_INT8": 3e-2, "MOE_INT4": 0.15,
+               **VS_ORIGINAL_GROUPED}
 
 
-def scheme(method):
-    """The method's kt_moe.quant scheme, with the default option (FP8: blocks of 128; RAWINT4: groups
+def method_of(case):
+    return case.split(":")[0]
+
+
+def shape_of(case, shape=QSHAPE):
+    """The layer a case runs on: `shape`, or for AMXINT4's coarser groups GSHAPE (GSMALL for QSMALL)."""
+    if case in GROUPED:
+        return GSMALL if shape == QSMALL else GSHAPE
+    return shape
+
+
+def scheme(case):
+    """The case's kt_moe.quant scheme, with the default option (FP8: blocks of 128; RAWINT4: groups
     of 32), as a wrapper built without a quantized checkpoint uses it."""
-    return scheme_for_method(method)
+    return scheme_for_method(method_of(case), **GROUPED.get(case, {}))
+
+
+def build_case(case, shape=QSHAPE, **kwargs):
+    """build() for a case: its method and options, on shape_of(case, shape)."""
+    return build(shape_of(case, shape), method=method_of(case), **GROUPED.get(case, {}), **kwargs)
 
 
 def check(method, out, layer, batch):
@@ -58,8 +87,8 @@ GRID = [(q, k, tp) for q in (1, 3, 16, 128, 600) for k in (1, 6, 8) for tp in (1
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("q,k,tp", GRID)
 def test_matches_references(method, q, k, tp):
-    wrapper, layer = build(QSHAPE, method=method, top_k=k, tp=tp, chunk=256, seed=q + tp)
-    assert wrapper.engine.weight_format == METHOD_SCHEMES[method]
+    wrapper, layer = build_case(method, top_k=k, tp=tp, chunk=256, seed=q + tp)
+    assert wrapper.engine.weight_format == scheme(method).name
     batch = layer.batch(q, k, seed=q)
     check(method, wrapper.forward(*batch), layer, batch)
 
@@ -73,17 +102,17 @@ OTHER_LEVELS = [level for level in kt_moe.cpu_info()["selectable"] if level != S
 def test_matches_references_at_each_isa_level(isa_level, method, q, k, tp):
     """The whole grid again at every other level (amx_emulated on a smaller layer: its tiles are
     emulated)."""
-    shape = QSMALL if isa_level == "amx_emulated" else QSHAPE
-    wrapper, layer = build(shape, method=method, top_k=k, tp=tp, chunk=256, seed=q + tp)
+    wrapper, layer = build_case(method, QSMALL if isa_level == "amx_emulated" else QSHAPE, top_k=k, tp=tp, chunk=256,
+                                seed=q + tp)
     batch = layer.batch(q, k, seed=q)
     check(method, wrapper.forward(*batch), layer, batch)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_deferred_and_masked(method):
-    wrapper, layer = build(QSHAPE, method=method, top_k=6, seed=3, max_deferred=2)
+    wrapper, layer = build_case(method, top_k=6, seed=3, max_deferred=2)
     x, ids, weights = layer.batch(9, 6, seed=3)
-    mask = torch.zeros(QSHAPE.num_experts, dtype=torch.bool)
+    mask = torch.zeros(layer.shape.num_experts, dtype=torch.bool)
     mask[[2, 7]] = True
     wrapper.set_gpu_experts_mask(mask)
     immediate, deferred = wrapper.select_deferred_experts(ids, weights, protected_k=3)
@@ -93,26 +122,27 @@ def test_deferred_and_masked(method):
     assert_close(now.float() + later.float(), expected, VS_DEQUANTIZED[method])
 
 
-@pytest.mark.parametrize("method", PREQUANTIZED_METHODS)
-def test_all_ways_of_loading_agree(tmp_path, method):
+@pytest.mark.parametrize("case", PREQUANTIZED_METHODS)
+def test_all_ways_of_loading_agree(tmp_path, case):
     """From tensors, from a Hugging Face checkpoint (both quantized while loading) and from a
     pre-quantized file: the same packed weights, so the same outputs, with a permuted map."""
-    layer = make_layer(QSHAPE, seed=5, physical_map=torch.tensor([3, 1, 4, 0, 9, 2, 6, 5, 8, 7]))
+    shape, method, options = shape_of(case), method_of(case), GROUPED.get(case, {})
+    layer = make_layer(shape, seed=5, physical_map=torch.tensor([3, 1, 4, 0, 9, 2, 6, 5, 8, 7]))
     batch = layer.batch(7, 6, seed=5)
-    from_tensors, _ = build(QSHAPE, method=method, top_k=6, seed=5, physical_map=layer.physical_map)
+    from_tensors, _ = build_case(case, top_k=6, seed=5, physical_map=layer.physical_map)
     expected = from_tensors.forward(*batch)
 
     hf = write_hf_checkpoint(tmp_path / "hf", {0: (layer.gate, layer.up, layer.down)})
-    from_checkpoint = make_wrapper(QSHAPE, method=method, top_k=6, weight_path=str(hf))
+    from_checkpoint = make_wrapper(shape, method=method, top_k=6, weight_path=str(hf), **options)
     from_checkpoint.load_weights(layer.physical_map)
     assert torch.equal(from_checkpoint.forward(*batch), expected)
 
-    settings = LayerSettings(method, 0, QSHAPE.num_experts, QSHAPE.hidden, QSHAPE.intermediate)
+    settings = LayerSettings(method, 0, shape.num_experts, shape.hidden, shape.intermediate, **options)
     matrices = dict(gate=layer.gate, up=layer.up, down=layer.down)
-    parts = [{m: scheme(method).quantize(w[e]) for m, w in matrices.items()} for e in range(QSHAPE.num_experts)]
+    parts = [{m: scheme(case).quantize(w[e]) for m, w in matrices.items()} for e in range(shape.num_experts)]
     (tmp_path / "pre").mkdir()
     write_layer(tmp_path / "pre", settings, parts, source="test")
-    from_file = make_wrapper(QSHAPE, method=method, top_k=6, weight_path=str(tmp_path / "pre"))
+    from_file = make_wrapper(shape, method=method, top_k=6, weight_path=str(tmp_path / "pre"), **options)
     from_file.load_weights(layer.physical_map)
     assert torch.equal(from_file.forward(*batch), expected)
 
@@ -129,6 +159,33 @@ def test_format_specific_loading_is_refused():
     bf16, _ = build(QSHAPE, top_k=6)
     with pytest.raises(ValueError, match="stores its experts as bf16: load them with load_expert_task"):
         bf16.engine.load_quant_expert_task(0, [q, s], [q, s], [q, s])
+
+
+def test_grouped_amxint4_splits_at_whole_groups():
+    """AMXINT4 at group_size 64 or 128 splits down's inputs across subpools at whole groups."""
+    with pytest.raises(ValueError, match=r"int4_kgroup weights are split across subpools at whole groups of 128 "
+                                         r"inputs: moe_intermediate_size / threadpool_count \(96\) must be a "
+                                         r"multiple of 128 when threadpool_count > 1"):
+        make_wrapper(QSHAPE, method="AMXINT4", tp=2, group_size=128)
+
+
+@pytest.mark.parametrize("case", GROUPED)
+def test_grouped_amxint4_is_bit_identical_across_levels(case):
+    """int4_kgroup's kernels take the same integer and fp32 steps at every level, the AMX tiles
+    included (native/formats/int4_kgroup/layout.hpp): decode, the few-rows kernels and the tiles."""
+    wrapper, layer = build_case(case, top_k=6, tp=2, chunk=256, seed=12)
+    levels = kt_moe.cpu_info()["selectable"]
+    for q in (1, 4, 300):
+        batch = layer.batch(q, 6, seed=q)
+        outputs = {}
+        try:
+            for level in levels:
+                kt_moe.set_isa(level)
+                outputs[level] = wrapper.forward(*batch)
+        finally:
+            kt_moe.set_isa(START_ISA)
+        for level, out in outputs.items():
+            assert torch.equal(out, outputs["generic"]), (level, q)
 
 
 def test_int4_any_size_and_splits_at_whole_groups():

@@ -268,8 +268,18 @@ def test_method_table():
     assert str(info.value) == ("method 'LLAMAFILE' has no kt-moe quantization scheme; expected one of AMXINT8, "
                                "AMXINT4, FP8, RAWINT4, MOE_INT8, MOE_INT4, AMXINT8_SFT, AMXINT4_SFT, "
                                "AMXINT4_KGroup_SFT, AMXFP8_SFT")
-    with pytest.raises(ValueError, match="^group_size and zero_point are options of int4_kgroup"):
+    with pytest.raises(ValueError, match=r"^group_size and zero_point are options of the INT4 group methods "
+                                         r"\(AMXINT4, AMXINT4_KGroup_SFT\); method 'AMXINT8' stores int8_channel"):
+        scheme_for_method("AMXINT8", group_size=32)
+    with pytest.raises(ValueError, match=r"^AMXINT4 takes group_size in \(16, 64, 128\), got 32"):
         scheme_for_method("AMXINT4", group_size=32)
+    with pytest.raises(ValueError, match="^AMXINT4 with groups of 16 has zero points: zero_point=False needs a "
+                                         "group_size of 64 or 128"):
+        scheme_for_method("AMXINT4", zero_point=False)
+    assert scheme_for_method("AMXINT4", 16, True) is scheme_for_method("AMXINT4")
+    grouped = scheme_for_method("AMXINT4", group_size=128, zero_point=False)
+    assert (grouped.name, grouped.group_size, grouped.zero_point) == ("int4_kgroup", 128, False)
+    assert scheme_for_method("AMXINT4", group_size=64).zero_point is True
     with pytest.raises(ValueError, match=r"^int4_kgroup takes group_size in \(32, 64, 128\)"):
         int4_kgroup_scheme(48, True)
 

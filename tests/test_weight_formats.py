@@ -43,7 +43,8 @@ def test_format_description():
     f = _native.weight_format("int4_kgroup", 64, True)
     assert (f["name"], f["group"], f["zero_point"]) == ("int4_kgroup", 64, True)
     assert [p["name"] for p in f["parts"]] == ["codes", "scale", "zero"]
-    assert (f["quantized_gemm"], f["dequant_bf16"]) == (False, True)
+    assert (f["quantized_gemm"], f["dequant_bf16"]) == (True, True)  # AMXINT4's group_size 64
+    assert _native.weight_format("int4_kgroup", 32, False)["quantized_gemm"] is False
     assert _native.weight_format("int8_channel")["parts"][1] == {
         "name": "scale", "dtype": "float32", "rows_per_unit": 1, "cols_per_unit": 0, "elems_per_unit": 1}
 
@@ -54,8 +55,8 @@ def test_unknown_names_options_and_families_are_clear_errors():
         _native.weight_format("fp4")
     with pytest.raises(ValueError, match="group_size must be 32, 64 or 128 for AMXINT4_KGroup_SFT, got 16"):
         _native.weight_format("int4_kgroup", 16, True)
-    with pytest.raises(ValueError, match="weight format int4_kgroup has no quantized GEMM kernels"):
-        _native.quant_act_layout("int4_kgroup", 64)
+    with pytest.raises(ValueError, match="weight format fp8 has no quantized GEMM kernels"):
+        _native.quant_act_layout("fp8", 64)
     with pytest.raises(ValueError, match="int4_packed: the group size must be a power of two in"):
         _native.weight_format("int4_packed", 24)
     with pytest.raises(ValueError, match=r"fp8: the scale block side must be in \[1, 65536\]"):

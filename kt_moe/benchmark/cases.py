@@ -27,13 +27,14 @@ from kt_moe.quant import scheme_for_method
 BF16_METHODS = ("BF16", "AMXBF16_SFT")
 
 
-def bytes_per_element(method: str, shape: Shape) -> float:
+def bytes_per_element(method: str, shape: Shape, **options) -> float:
     """Bytes per expert-weight element of the method's stored experts at `shape`, scales and zero
     points included (the bytes a step really reads): bf16 2; a quantized method its scheme's parts of
-    gate, up [I, H] and down [H, I] over their 3 H I elements (INT4 in groups of 16: 0.6875)."""
+    gate, up [I, H] and down [H, I] over their 3 H I elements (INT4 in groups of 16: 0.6875);
+    `options`: the scheme's (group_size, zero_point)."""
     if method in BF16_METHODS:
         return 2.0
-    parts = scheme_for_method(method).part_specs
+    parts = scheme_for_method(method, **options).part_specs
     total = 0
     for n, k, count in ((shape.intermediate, shape.hidden, 2), (shape.hidden, shape.intermediate, 1)):
         total += count * sum(math.prod(part_shape) * torch.empty((), dtype=dtype).element_size()
@@ -60,6 +61,12 @@ KT_METHOD_MODES = {method: mode for mode, methods in METHODS.items() for method 
 GGUF_CASE_PREFIX = "LLAMAFILE:"
 GGUF_TYPE_BOUNDS = {"F32": 5e-3, "F16": 5e-3, "BF16": 5e-3, "Q8_0": 2e-2, "Q6_K": 5e-2, "Q5_0": 0.1, "Q5_1": 0.1,
                     "Q4_0": 0.15, "Q4_1": 0.15, "Q4_K": 0.15}
+# An AMXINT4 case with its coarser group choice, "AMXINT4:64" or "AMXINT4:128" (int4_kgroup with zero
+# points; "AMXINT4:64-sym", "AMXINT4:128-sym": symmetric groups). Bounds: VS_ORIGINAL_GROUPED of
+# tests/test_inference_quantized.py for "64" and "128-sym"; "128" and "64-sym", whose errors lie
+# between those two (docs/quantization.md), take "128-sym"'s.
+GROUP_CASE_PREFIX = "AMXINT4:"
+GROUP_CASE_BOUNDS = {"64": 0.21, "128": 0.26, "64-sym": 0.26, "128-sym": 0.26}
 
 
 def case_method(name: str) -> str:
@@ -73,9 +80,21 @@ def gguf_case_types(name: str) -> List[str]:
     return types * 3 if len(types) == 1 else types
 
 
+def group_case_options(name: str) -> dict:
+    """The KTMoEWrapper options (group_size, zero_point) of an "AMXINT4:<G>[-sym]" case; KeyError for
+    another suffix."""
+    suffix = name[len(GROUP_CASE_PREFIX):]
+    if suffix not in GROUP_CASE_BOUNDS:
+        raise KeyError(name)
+    group, _, sym = suffix.partition("-")
+    return dict(group_size=int(group), zero_point=not sym)
+
+
 def error_bound(name: str) -> Optional[float]:
     if name.startswith(GGUF_CASE_PREFIX):
         return max(GGUF_TYPE_BOUNDS.get(t, 0.3) for t in gguf_case_types(name))
+    if name.startswith(GROUP_CASE_PREFIX):
+        return GROUP_CASE_BOUNDS[name[len(GROUP_CASE_PREFIX):]]
     return ERROR_BOUNDS.get(name)
 # Each mode's torch baselines, which run first: the plain torch loop (the ratio column "x torch" is
 # against it) and transformers' grouped_mm experts ("x gmm").
@@ -201,9 +220,11 @@ class KTMoEInference(Case):
     mode = "inference"
 
     def __init__(self, name: str):
-        self.name, self.options = name, {}
+        self.name, self.options, self.scheme_options = name, {}, {}
         if name.startswith(GGUF_CASE_PREFIX):
             self.options = dict(gguf_type=",".join(gguf_case_types(name)))
+        if name.startswith(GROUP_CASE_PREFIX):
+            self.options = self.scheme_options = group_case_options(name)
 
     def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
@@ -212,7 +233,7 @@ class KTMoEInference(Case):
             sizes = [GGML_QUANT_SIZES[GGMLQuantizationType[t]] for t in types]  # (weights, bytes) per block
             self.bytes_per_element = sum(size / block for block, size in sizes) / 3  # the matrices are equal in size
         else:
-            self.bytes_per_element = bytes_per_element(self.name, problem.shape)
+            self.bytes_per_element = bytes_per_element(case_method(self.name), problem.shape, **self.scheme_options)
         self.wrapper = ktmoe_wrapper(case_method(self.name), problem, threads, pools, **self.options)
 
     def step(self) -> Outputs:
@@ -248,6 +269,8 @@ def mode_of(name: str) -> str:
         types = name[len(GGUF_CASE_PREFIX):].upper().split("/")
         if len(types) not in (1, 3) or any(t not in GGUF_QUANTIZE_TYPES for t in types):
             raise KeyError(name)
+    if name.startswith(GROUP_CASE_PREFIX):
+        group_case_options(name)
     baselines = {baseline: mode for mode, names in BASELINES.items() for baseline in names}
     return baselines[name] if name in baselines else KT_METHOD_MODES[case_method(name)]
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from kt_moe import _native
-from kt_moe.config import DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT, KGROUP_SIZES
+from kt_moe.config import DEFAULT_GROUP_SIZE, DEFAULT_ZERO_POINT, KGROUP_SIZES, METHOD_GROUP_SIZES
 from kt_moe.quant.fp8 import dequantize_fp8_block, dequantize_fp8_channel, quantize_fp8_block, quantize_fp8_channel
 from kt_moe.quant.int4_group16 import GROUP_SIZE, dequantize_int4_group16, quantize_int4_group16
 from kt_moe.quant.int4_groups import dequantize_int4, quantize_int4
@@ -90,6 +90,10 @@ INT4_PACKED_SCHEME = "int4_packed"
 # inference methods first)
 METHOD_SCHEMES: Dict[str, str] = {method: entry["name"] for kind in ("inference_methods", "sft_methods")
                                   for entry in _native.weight_formats() for method in entry[kind]}
+# method -> the scheme its group_size choice stores when it is not the method's own format's group
+# (AMXINT4 with group_size 64 or 128: int4_kgroup)
+GROUPED_METHOD_SCHEMES: Dict[str, str] = {method: entry["name"] for entry in _native.weight_formats()
+                                          for method in entry["grouped_inference_methods"]}
 
 
 def int4_kgroup_scheme(group_size: int, zero_point: bool) -> QuantScheme:
@@ -142,20 +146,31 @@ OPTION_SCHEMES: Dict[str, Callable[[int], QuantScheme]] = {FP8_SCHEME: fp8_schem
 def scheme_for_method(method: str, group_size: Optional[int] = None,
                       zero_point: Optional[bool] = None) -> QuantScheme:
     """The scheme `method` stores its experts in. group_size and zero_point are those of
-    AMXINT4_KGroup_SFT (None: the config's defaults, 128 and True); group_size is FP8's and
-    AMXFP8_SFT's scale block side (0: a scale per output row) and RAWINT4's inputs per scale (None:
-    the registry's defaults, 128 and 32); the other methods take neither. ValueError for a method
-    without a scheme or options it does not take."""
+    AMXINT4_KGroup_SFT (None: the config's defaults, 128 and True) and AMXINT4 (None, or 16 with
+    zero points: int4_group16; 64 or 128: int4_kgroup, with zero points unless zero_point is False);
+    group_size is FP8's and AMXFP8_SFT's scale block side (0: a scale per output row) and RAWINT4's
+    inputs per scale (None: the registry's defaults, 128 and 32); the other methods take neither.
+    ValueError for a method without a scheme or options it does not take."""
     if method not in METHOD_SCHEMES:
         raise ValueError(f"method '{method}' has no kt-moe quantization scheme; "
                          f"expected one of {', '.join(METHOD_SCHEMES)}")
     name = METHOD_SCHEMES[method]
+    if method in GROUPED_METHOD_SCHEMES:
+        sizes, own = METHOD_GROUP_SIZES[method]
+        if group_size not in (None,) + sizes:
+            raise ValueError(f"{method} takes group_size in {sizes}, got {group_size!r}")
+        if group_size not in (None, own):
+            return int4_kgroup_scheme(group_size, DEFAULT_ZERO_POINT if zero_point is None else zero_point)
+        if zero_point is False:
+            raise ValueError(f"{method} with groups of {own} has zero points: zero_point=False needs a group_size "
+                             f"of {' or '.join(str(g) for g in sizes if g != own)}")
+        return SCHEMES[name]
     if name == KGROUP_SCHEME:
         return int4_kgroup_scheme(DEFAULT_GROUP_SIZE if group_size is None else group_size,
                                   DEFAULT_ZERO_POINT if zero_point is None else zero_point)
     if name in OPTION_SCHEMES and zero_point is None:
         return OPTION_SCHEMES[name](_native.weight_format(name)["group"] if group_size is None else group_size)
     if group_size is not None or zero_point is not None:
-        raise ValueError(f"group_size and zero_point are options of {KGROUP_SCHEME} (AMXINT4_KGroup_SFT); "
-                         f"method '{method}' stores {name}")
+        raise ValueError(f"group_size and zero_point are options of the INT4 group methods "
+                         f"({', '.join(METHOD_GROUP_SIZES)}); method '{method}' stores {name}")
     return SCHEMES[name]

@@ -221,8 +221,8 @@ def convert_checkpoint(input_dir: Union[str, os.PathLike], output_dir: Union[str
     ids, or a LayerRanges such as parse_layers("0-60"); each must be a MoE layer there) to
     `method` (one of CONVERT_METHODS; AMXINT8_SFT and AMXINT4_SFT write the files
     of AMXINT8 and AMXINT4) in `output_dir` (created if needed), resuming as the module docstring
-    describes. group_size and zero_point: AMXINT4_KGroup_SFT's scheme options (None for
-    the defaults; ValueError with another method). `progress(done, total, message)` is called as
+    describes. group_size and zero_point: the scheme options of AMXINT4 and AMXINT4_KGroup_SFT
+    (None for the defaults; ValueError with another method). `progress(done, total, message)` is called as
     experts are quantized. Returns one LayerResult per layer, in layer order."""
     scheme_for_method(method, group_size, zero_point)  # ValueError before anything is read
     if method not in CONVERT_METHODS:

@@ -87,8 +87,8 @@ def tensor_name(e: int, matrix: str, part: str) -> str:
 
 @dataclass(frozen=True)
 class LayerSettings:
-    """What a layer file is written for; the method (with AMXINT4_KGroup_SFT's group_size and
-    zero_point, None for their defaults) decides the scheme."""
+    """What a layer file is written for; the method (with the group_size and zero_point of AMXINT4
+    and AMXINT4_KGroup_SFT, None for their defaults) decides the scheme."""
 
     method: str
     layer_idx: int

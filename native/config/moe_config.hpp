@@ -28,8 +28,10 @@ struct MOEConfig : MoECommonConfig {
   bool cpu_save = false;                                  // keep results in CPU memory
   std::optional<int> max_deferred_experts_per_token;      // none: no deferral
   // The option of the method's weight format (formats/registry.cpp): FP8's scale block side
-  // (0: one scale per output row), RAWINT4's inputs per scale; the other methods ignore it.
+  // (0: one scale per output row), RAWINT4's inputs per scale, AMXINT4's inputs per INT4 scale
+  // (0 or 16: int4_group16; 64 or 128: int4_kgroup); the other methods ignore it.
   int group_size = 0;
+  bool zero_point = false;  // AMXINT4 with group_size 64 or 128: a zero point per group (else symmetric)
   // LLAMAFILE: the registered format of gate, up and down, in that order (a GGUF file's types, e.g.
   // gguf_q4_k, gguf_q4_k, gguf_q6_k); empty for the other methods.
   std::vector<std::string> matrix_formats;

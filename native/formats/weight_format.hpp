@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,9 @@ struct FormatEntry {
   // SFT methods that keep their base in this format when their checkpoint ships it
   // (MOESFTConfig.base_format: AMXINT4_KGroup_SFT on a pack-quantized INT4 checkpoint)
   std::vector<std::string> checkpoint_sft_methods;
+  // Inference methods that store this format when MOEConfig.group_size asks for one of its group
+  // sizes with a packed GEMM (AMXINT4 with group_size 64 or 128: int4_kgroup)
+  std::vector<std::string> grouped_inference_methods;
   // The format with `options` applied; std::invalid_argument for options it does not take.
   WeightFormat (*make)(const FormatOptions& options);
   FormatOptions defaults;  // the options of a format asked for by name alone
@@ -86,6 +90,11 @@ const std::vector<FormatEntry>& weight_format_entries();
 WeightFormat weight_format(const std::string& name, const FormatOptions* options = nullptr);
 // The entry whose inference_methods (sft: sft_methods) name `method`, or null.
 const FormatEntry* weight_format_entry_for_method(const std::string& method, bool sft);
+// The format the inference engine stores `method`'s experts in with MOEConfig's group_size and
+// zero_point: the method's entry's with those options, or, when group_size is neither 0 nor that
+// format's group, the format of an entry that lists the method in grouped_inference_methods and
+// has a packed GEMM at that group size; nullopt when no entry names the method.
+std::optional<WeightFormat> inference_weight_format(const std::string& method, int group_size, bool zero_point);
 // "A, B and C": the methods of every entry's inference_methods (sft: sft_methods), after `first`.
 std::string weight_format_methods(bool sft, const std::string& first);
 

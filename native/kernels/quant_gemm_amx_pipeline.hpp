@@ -13,11 +13,14 @@
 //        the block's 16 fp32 column scales at its start and its units F::kHeaderBytes on; the
 //        row's zero-point term F::row_offset(scale, sum, groups) and the column scales are
 //        applied once per row at the end: out = (acc - offset) * column scale;
-//      requantized (F::kRequantized true): each unit of F::kSourceUnitBytes is turned into signed
-//        int8 tiles (TDPBSSD) and one scale S per (column, unit) by F::requantize_unit, once per
-//        block and call, into a thread-local buffer: out = acc
+//      requantized (F::kRequantized true): each unit of F::kSourceUnitBytes is turned into int8
+//        tiles, signed (F::kSignedTiles, TDPBSSD) or unsigned (TDPBSUD), and F::kColumnValues
+//        values per column by F::requantize_unit, once per block and call, into a thread-local
+//        buffer: one scale S per (column, unit) and, with F::kUnitZeros, a zero term -z per
+//        (column, unit) (int4_kgroup: its zero points, in codes); out = acc
 //   C  16 x 16 exact int32 sums, stored and folded into the row tile's fp32 accumulators:
-//      acc = fma(C, a_s (in place) or S * a_s (requantized), acc).
+//      acc = fma(C, a_s, acc) in place; acc = fma(C, S * a_s, acc) requantized; with unit zeros
+//      acc = fma(fma(-z, a_sum, C), S * a_s, acc), the inner fma exact (int4_kgroup/layout.hpp).
 // The folds use an explicit FMA at both levels (the emulated one rounds once too), and nothing
 // else is left to FMA contraction, so amx and amx_emulated give bit-identical results.
 // A block's row tiles go in passes of up to three (kMaxPassRows; 4 -> 2 + 2, 5 -> 2 + 3): a pass
@@ -104,13 +107,15 @@ inline void fmadd(v16f& acc, const v16f& a, const v16f& b) {
 #endif
 }
 
-// A whole block of a requantized format: unit u into tiles + u * kTileBytes and scales + 16 u.
-// When `next` is not null, asks for the next block on the way.
+// A whole block of a requantized format: unit u into tiles + u * kTileBytes and its column values
+// (scales, then zero terms) to columns + u * F::kColumnValues. When `next` is not null, asks for
+// the next block on the way.
 template <class F>
-void requantize_block(const uint8_t* block, int units, uint8_t* tiles, float* scales, const uint8_t* next) {
+void requantize_block(const uint8_t* block, int units, uint8_t* tiles, float* columns, const uint8_t* next) {
   for (int u = 0; u < units; ++u) {
     if (next) prefetch_bytes(next + int64_t(u) * F::kSourceUnitBytes, F::kSourceUnitBytes);
-    F::requantize_unit(block + int64_t(u) * F::kSourceUnitBytes, tiles + int64_t(u) * kTileBytes, scales + u * kCols);
+    F::requantize_unit(block + int64_t(u) * F::kSourceUnitBytes, tiles + int64_t(u) * kTileBytes,
+                       columns + u * F::kColumnValues);
   }
 }
 
@@ -135,11 +140,12 @@ struct WeightStream {
 // ---- activation row tiles ----------------------------------------------------------------------
 
 // The A side of one row tile: its packed int8 tiles (unit g at q + g * kTileBytes, rows kUnitK
-// bytes apart); scale [units][16] and, for INT8, the zero-point term offset [16] per row (zero for
-// rows past m).
+// bytes apart); scale [units][16], for formats with unit zeros the activation sums sum [units][16],
+// and for INT8 the zero-point term offset [16] per row (zero for rows past m).
 struct RowTile {
   const int8_t* q;
   const float* scale;
+  const float* sum;
   const float* offset;
   int rows;
 };
@@ -150,11 +156,12 @@ class RowTiles {
  public:
   RowTiles(const QuantGemmArgs& args, const QuantActLayout& layout)
       : args_(args), units_(layout.groups), tiles_((args.m + kTileRows - 1) / kTileRows) {
-    const int64_t scale_bytes = sizeof(float) * tiles_ * kTileRows * (units_ + 1);
+    const int64_t scale_bytes = sizeof(float) * tiles_ * kTileRows * ((F::kUnitZeros ? 2 : 1) * units_ + 1);
     const int64_t tile_bytes = int64_t(tiles_) * units_ * kTileBytes;
     auto* base = static_cast<uint8_t*>(thread_scratch(ScratchSlot::row_tail, scale_bytes + tile_bytes));
     scale_ = reinterpret_cast<float*>(base);
     offset_ = scale_ + tiles_ * kTileRows * units_;
+    sum_ = offset_ + tiles_ * kTileRows;
     packed_ = reinterpret_cast<int8_t*>(base + scale_bytes);
     std::memset(base, 0, scale_bytes);  // rows past m: zero scales
     if (args.m % kTileRows)  // ... and zero values in the last tile
@@ -163,9 +170,11 @@ class RowTiles {
       const QuantRow a = quant_row(args, layout, i);
       const int t = i / kTileRows, r = i % kTileRows;
       float* scale = scale_ + int64_t(t) * kTileRows * units_ + r;
+      float* sum = sum_ + int64_t(t) * kTileRows * units_ + r;
       int8_t* row = packed_ + int64_t(t) * units_ * kTileBytes + r * kUnitK;
       for (int g = 0; g < units_; ++g) {
         scale[g * kTileRows] = a.scale[g];
+        if constexpr (F::kUnitZeros) sum[g * kTileRows] = a.sum[g];
         std::memcpy(row + int64_t(g) * kTileBytes, a.q + int64_t(g) * kUnitK, kUnitK);
       }
       if constexpr (!F::kRequantized) offset_[i] = F::row_offset(a.scale, a.sum, units_);
@@ -176,7 +185,8 @@ class RowTiles {
 
   RowTile operator[](int t) const {
     return {packed_ + int64_t(t) * units_ * kTileBytes, scale_ + int64_t(t) * kTileRows * units_,
-            offset_ + t * kTileRows, std::min(kTileRows, args_.m - t * kTileRows)};
+            F::kUnitZeros ? sum_ + int64_t(t) * kTileRows * units_ : nullptr, offset_ + t * kTileRows,
+            std::min(kTileRows, args_.m - t * kTileRows)};
   }
 
  private:
@@ -185,6 +195,7 @@ class RowTiles {
   int tiles_;
   float* scale_ = nullptr;
   float* offset_ = nullptr;
+  float* sum_ = nullptr;  // unit zeros only
   int8_t* packed_ = nullptr;
 };
 
@@ -192,11 +203,11 @@ class RowTiles {
 
 // The tile stages of a step other than its loads: its product into C tile Cj of A tile Aj and B
 // tile Bj, and the product's store to sums + Cj * 256 (int32 [16][16]).
-template <int Cj, int Aj, int Bj, bool SignedWeights>
+template <int Cj, int Aj, int Bj, bool SignedTiles>
 inline void multiply_step() {
   constexpr int C = kC0 + Cj, A = kA0 + Aj, B = kB0 + Bj;
   tile::zero<C>();
-  if constexpr (SignedWeights)
+  if constexpr (SignedTiles)
     tile::dpbssd<C, A, B>();
   else
     tile::dpbsud<C, A, B>();
@@ -207,19 +218,26 @@ inline void store_step(int32_t* sums) {
   tile::store<kC0 + Cj>(sums + Cj * kTileRows * kCols, kCols * sizeof(int32_t));
 }
 
-// acc[r] = fma(sums[r], the row's unit scale (* the unit's column scales S for INT4), acc[r]).
-template <bool UnitColumnScales>
-inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float* col_scales, v16f (&acc)[kTileRows]) {
-  v16f col_scale = {};
-  if constexpr (UnitColumnScales) load_vec(col_scale, col_scales + g * kCols);
+// acc[r] = fma(sums[r] (- the zero term), the row's unit scale (* the unit's column scales S of a
+// requantized format), acc[r]); `columns`: a requantized format's column values of the block.
+template <class F>
+inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float* columns, v16f (&acc)[kTileRows]) {
+  v16f col_scale = {}, col_zero = {};
+  if constexpr (F::kRequantized) load_vec(col_scale, columns + g * F::kColumnValues);
+  if constexpr (F::kUnitZeros) load_vec(col_zero, columns + g * F::kColumnValues + kCols);
   const float* row_scale = rt.scale + g * kTileRows;
 #pragma GCC unroll 16
   for (int r = 0; r < kTileRows; ++r) {
     v16i sum;
     load_vec(sum, sums + r * kCols);
-    const v16f d = __builtin_convertvector(sum, v16f);  // exact: |sum| < 2^24
+    v16f d = __builtin_convertvector(sum, v16f);  // exact: |sum| < 2^24
+    if constexpr (F::kUnitZeros) {
+      v16f row_sum;
+      splat(row_sum, rt.sum[g * kTileRows + r]);
+      fmadd(d, col_zero, row_sum);  // exact
+    }
     v16f m;
-    if constexpr (UnitColumnScales)
+    if constexpr (F::kRequantized)
       m = col_scale * row_scale[r];
     else
       splat(m, row_scale[r]);
@@ -234,7 +252,7 @@ inline void fold_unit(const int32_t* sums, const RowTile& rt, int g, const float
 struct RequantWork {
   const uint8_t* block = nullptr;  // null: nothing to do
   uint8_t* tiles = nullptr;
-  float* scales = nullptr;
+  float* columns = nullptr;
   int every = 1, phase = 0;
 };
 
@@ -261,7 +279,7 @@ inline void each_position(Step& step, std::integer_sequence<int, P...>) {
 // its product) and the vector unit folds while the tile unit multiplies. Tiles: step s's C tile
 // s % 4, A tile s % 2, B tile (s / R) % 2. b: the block's B tiles, one per unit (kTileBytes apart).
 template <class F, int R>
-inline void pass_block(const RowTile* rts, int units, const uint8_t* b, const float* col_scales,
+inline void pass_block(const RowTile* rts, int units, const uint8_t* b, const float* columns,
                        const WeightStream& stream, int first_step, const RequantWork& rq, int32_t* sums,
                        v16f (&acc)[R][kTileRows]) {
   constexpr int kSpan = pass_span(R);
@@ -274,7 +292,7 @@ inline void pass_block(const RowTile* rts, int units, const uint8_t* b, const fl
       const int s = s0 + P;
       if (s < steps) stream.ask(first_step + s);
       if (s >= 1 && s - 1 < steps)
-        multiply_step<kPrev % kTileSets, kPrev % 2, (kPrev / R) % 2, F::kRequantized>();
+        multiply_step<kPrev % kTileSets, kPrev % 2, (kPrev / R) % 2, F::kSignedTiles>();
       if (s >= 3 && s - 3 < steps) store_step<(P + 1) % kTileSets>(sums);
       if (s < steps) {
         const int g = s / R;
@@ -284,13 +302,13 @@ inline void pass_block(const RowTile* rts, int units, const uint8_t* b, const fl
           if constexpr (F::kRequantized) {
             if (rq.block && g % rq.every == rq.phase)
               F::requantize_unit(rq.block + int64_t(g) * F::kSourceUnitBytes, rq.tiles + int64_t(g) * kTileBytes,
-                                 rq.scales + g * kCols);
+                                 rq.columns + g * F::kColumnValues);
           }
         }
       }
       if (s >= 4 && s - 4 < steps)
-        fold_unit<F::kRequantized>(sums + (P % kTileSets) * kTileRows * kCols, rts[kFolded % R], (s - 4) / R,
-                                   col_scales, acc[kFolded % R]);
+        fold_unit<F>(sums + (P % kTileSets) * kTileRows * kCols, rts[kFolded % R], (s - 4) / R, columns,
+                     acc[kFolded % R]);
     };
     each_position(step, std::make_integer_sequence<int, kSpan>{});
   }
@@ -305,12 +323,12 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
   constexpr bool InPlace = !F::kRequantized;
   const int units = layout.groups;
   const int64_t block_bytes = args.w.format->block_bytes(args.w.k);
-  // requantized formats: two buffers of a block's B tiles [units][1024 B] and column scales S
-  // [units][16]: the current block's, and the next one's being written
-  const int64_t requant_bytes = int64_t(units) * (kTileBytes + kCols * 4);
+  // requantized formats: two buffers of a block's B tiles [units][1024 B] and column values
+  // [units][F::kColumnValues]: the current block's, and the next one's being written
+  const int64_t requant_bytes = InPlace ? 0 : int64_t(units) * (kTileBytes + F::kColumnValues * 4);
   auto* requantized = InPlace ? nullptr : static_cast<uint8_t*>(thread_scratch(ScratchSlot::packed, 2 * requant_bytes));
   auto tiles_of = [&](int i) { return requantized + (i % 2) * requant_bytes; };
-  auto scales_of = [&](int i) { return reinterpret_cast<float*>(tiles_of(i) + int64_t(units) * kTileBytes); };
+  auto columns_of = [&](int i) { return reinterpret_cast<float*>(tiles_of(i) + int64_t(units) * kTileBytes); };
   auto* sums = static_cast<int32_t*>(
       thread_scratch(ScratchSlot::tile_out, kTileSets * kTileRows * kCols * sizeof(int32_t)));
   const RowTiles<F> tiles(args, layout);
@@ -321,13 +339,13 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
   const int blocks = (args.n1 - args.n0 + kCols - 1) / kCols;
   const uint8_t* first = args.w.data + (args.n0 / kCols) * block_bytes;
   if constexpr (F::kRequantized)
-    requantize_block<F>(first, units, tiles_of(0), scales_of(0), blocks > 1 ? first + block_bytes : nullptr);
+    requantize_block<F>(first, units, tiles_of(0), columns_of(0), blocks > 1 ? first + block_bytes : nullptr);
   for (int i = 0; i < blocks; ++i) {
     const int n = args.n0 + i * kCols;
     const uint8_t* block = first + i * block_bytes;
     const uint8_t* next = i + 1 < blocks ? block + block_bytes : nullptr;
     RequantWork rq;
-    if (!InPlace && next && tiles.count() > 1) rq = {next, tiles_of(i + 1), scales_of(i + 1), passes, 0};
+    if (!InPlace && next && tiles.count() > 1) rq = {next, tiles_of(i + 1), columns_of(i + 1), passes, 0};
     // the bytes read next: INT8 multiplies the next block in place; a requantized format with two
     // or more row tiles requantizes the next block during this one and reads the one after it then
     // (with one row tile, requantize_block asks for its next block itself)
@@ -338,7 +356,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
       wanted = block + 2 * block_bytes;
     const WeightStream stream(wanted, block_bytes, units * tiles.count());
     const uint8_t* b = InPlace ? block + F::kHeaderBytes : tiles_of(i);
-    const float* col_scales = InPlace ? nullptr : scales_of(i);
+    const float* columns = InPlace ? nullptr : columns_of(i);
     v16f col_scale = {};
     if constexpr (InPlace) load_vec(col_scale, block);
     const int cols = std::min(kCols, args.n1 - n);
@@ -350,7 +368,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
       auto run = [&](auto pass_rows) {
         constexpr int R = decltype(pass_rows)::value;
         v16f acc[R][kTileRows] = {};
-        pass_block<F, R>(rts, units, b, col_scales, stream, units * t0, rq, sums, acc);
+        pass_block<F, R>(rts, units, b, columns, stream, units * t0, rq, sums, acc);
         for (int t = 0; t < R; ++t) {
           const RowTile& rt = rts[t];
 #pragma GCC unroll 16
@@ -372,7 +390,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
     }
     if constexpr (F::kRequantized) {
       if (next && tiles.count() == 1)  // one row tile: nothing to overlap with
-        requantize_block<F>(next, units, tiles_of(i + 1), scales_of(i + 1),
+        requantize_block<F>(next, units, tiles_of(i + 1), columns_of(i + 1),
                             i + 2 < blocks ? next + block_bytes : nullptr);
     }
   }

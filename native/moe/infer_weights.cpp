@@ -154,8 +154,9 @@ std::unique_ptr<InferWeights> make_infer_weights(const MOEConfig& config, Worker
     for (int m = 0; m < 3; ++m) formats[m] = weight_format(config.matrix_formats[m]);
     return std::make_unique<DequantInferWeights>(config, pool, formats);
   }
-  if (const FormatEntry* entry = weight_format_entry_for_method(config.method, false)) {
-    const WeightFormat format = entry->make({config.group_size, false});
+  if (const std::optional<WeightFormat> found =
+          inference_weight_format(config.method, config.group_size, config.zero_point)) {
+    const WeightFormat& format = *found;
     if (format.packed) return std::make_unique<QuantInferWeights>(config, pool, format);
     return std::make_unique<DequantInferWeights>(config, pool, std::array<WeightFormat, 3>{format, format, format});
   }

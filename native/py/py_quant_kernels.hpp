@@ -1,6 +1,6 @@
 // Python hooks of the quantized GEMM family (kernels/gemm_quant.hpp): packing a registered format's
-// canonical parts into a QuantWeight (int8_channel and int4_group16 by name), the activation record
-// layout, and test entries that run the quantizer and the product of one ISA level
+// canonical parts into a QuantWeight (any format with its options; int8_channel and int4_group16 also
+// from named tensors), the activation record layout, and test entries that run the quantizer and the product of one ISA level
 // (tests/test_quant_kernels.py, bench/bench_qgemm.py).
 // Tensors cross as nb::ndarray; device, dtype, shape and strides are checked here (ValueError).
 // Included by bindings.cpp only.
@@ -21,6 +21,8 @@
 #include "formats/weight_format.hpp"
 #include "kernels/fp16.hpp"
 #include "kernels/gemm_quant.hpp"
+#include "py/py_weight_formats.hpp"
+#include "py/quant_parts.hpp"
 
 namespace kt_moe::py {
 
@@ -129,6 +131,22 @@ inline void bind_quant_kernels(nanobind::module_& m) {
       "codes"_a, "scale"_a, "zero"_a, "k"_a = nb::none(),
       "Pack int4_group16: codes uint8 [N, Kp/2] (low nibble = even k), scale float16 [N, Kp/16], zero uint8 "
       "[N, Kp/16] (sixteenths of a code), Kp = k rounded up to a multiple of 16 (k defaults to Kp) -> QuantWeight.");
+
+  m.def(
+      "quant_pack",
+      [](const std::string& name, const std::vector<Array>& parts, int k, std::optional<int> group_size,
+         std::optional<bool> zero_point) {
+        const WeightFormat f = registered_format(name, group_size, zero_point);
+        const PackedFormat& format = f.packed_kernels();
+        if (parts.empty()) throw std::invalid_argument("parts: expected " + f.part_list());
+        const int n = quant_dim(parts[0].ndim() ? parts[0].shape(0) : 0, "n");
+        const MatrixParts src = checked_parts(f, parts, "w", n, k);
+        nb::gil_scoped_release unlocked;
+        return QuantWeight::pack(format, src, n, k);
+      },
+      "format"_a, "parts"_a, "k"_a, "group_size"_a = nb::none(), "zero_point"_a = nb::none(),
+      "Pack W [N, k] given as the canonical parts of the registered format `format` with its options (None: the "
+      "format's defaults), in the format's part order -> QuantWeight.");
 
   m.def(
       "quant_act_layout",

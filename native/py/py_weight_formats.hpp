@@ -15,6 +15,18 @@
 
 namespace kt_moe::py {
 
+// The registered format `name` with options (None: the format's defaults); ValueError for an
+// unknown name or options it does not take.
+inline WeightFormat registered_format(const std::string& name, std::optional<int> group_size,
+                                      std::optional<bool> zero_point) {
+  FormatOptions options;
+  for (const FormatEntry& e : weight_format_entries())
+    if (name == e.name) options = e.defaults;
+  if (group_size) options.group_size = *group_size;
+  if (zero_point) options.zero_point = *zero_point;
+  return weight_format(name, &options);
+}
+
 inline void bind_weight_formats(nanobind::module_& m) {
   namespace nb = nanobind;
   using namespace nb::literals;
@@ -28,21 +40,17 @@ inline void bind_weight_formats(nanobind::module_& m) {
           d["inference_methods"] = e.inference_methods;
           d["sft_methods"] = e.sft_methods;
           d["checkpoint_sft_methods"] = e.checkpoint_sft_methods;
+          d["grouped_inference_methods"] = e.grouped_inference_methods;
           out.append(d);
         }
         return out;
       },
-      "The registered weight formats: [{'name', 'inference_methods', 'sft_methods', 'checkpoint_sft_methods'}], in "
-      "registry order.");
+      "The registered weight formats: [{'name', 'inference_methods', 'sft_methods', 'checkpoint_sft_methods', "
+      "'grouped_inference_methods'}], in registry order.");
   m.def(
       "weight_format",
       [](const std::string& name, std::optional<int> group_size, std::optional<bool> zero_point) {
-        FormatOptions options;
-        for (const FormatEntry& e : weight_format_entries())
-          if (name == e.name) options = e.defaults;
-        if (group_size) options.group_size = *group_size;
-        if (zero_point) options.zero_point = *zero_point;
-        const WeightFormat f = weight_format(name, &options);
+        const WeightFormat f = registered_format(name, group_size, zero_point);
         nb::list parts;
         for (int i = 0; i < f.part_count; ++i) {
           const PartSpec& p = f.parts[i];

@@ -12,6 +12,6 @@ KT_GGUF_TYPES(KT_GGUF_MAKE_DECLARATION)
 #undef KT_GGUF_MAKE_DECLARATION
 
 // The registry's entries, one per type (no methods: LLAMAFILE takes them from MOEConfig.matrix_formats).
-#define KT_GGUF_REGISTRY_ENTRY(T, t) {"gguf_" #t, {}, {}, {}, &make_gguf_##t, {}},
+#define KT_GGUF_REGISTRY_ENTRY(T, t) {"gguf_" #t, {}, {}, {}, {}, &make_gguf_##t, {}},
 
 }  // namespace kt_moe

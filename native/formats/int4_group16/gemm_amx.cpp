@@ -147,6 +147,9 @@ inline void requantize_int4_unit(const uint8_t* unit, uint8_t* tile_rows, float*
 // The pipeline's policy (kernels/quant_gemm_amx_pipeline.hpp).
 struct Int4Tiles {
   static constexpr bool kRequantized = true;
+  static constexpr bool kSignedTiles = true;
+  static constexpr bool kUnitZeros = false;
+  static constexpr int kColumnValues = kCols;  // S
   static constexpr int kHeaderBytes = 0;
   static constexpr int kSourceUnitBytes = kUnitBytes;
   static void requantize_unit(const uint8_t* unit, uint8_t* tile_rows, float* scales) {

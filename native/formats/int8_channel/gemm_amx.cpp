@@ -12,6 +12,9 @@ namespace {
 // The pipeline's policy (kernels/quant_gemm_amx_pipeline.hpp).
 struct Int8Tiles {
   static constexpr bool kRequantized = false;
+  static constexpr bool kSignedTiles = false;
+  static constexpr bool kUnitZeros = false;
+  static constexpr int kColumnValues = 0;
   static constexpr int kHeaderBytes = int8_channel_layout::kHeaderBytes;
   static constexpr int kSourceUnitBytes = int8_channel_layout::kUnitBytes;
   static float row_offset(const float* scale, const float* sum, int groups) {
