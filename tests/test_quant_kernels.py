@@ -37,7 +37,7 @@ KGROUPS = {"int4_kgroup64": (64, True), "int4_kgroup64_sym": (64, False),
            "int4_kgroup128": (128, True), "int4_kgroup128_sym": (128, False)}
 FORMATS = ["int8_channel", "int4_group16", *KGROUPS]
 ACT_FORMATS = ["int8_channel", "int4_group16", "int4_kgroup"]  # the registered formats' records
-MS = [1, 2, 3, 7, 8, 16, 17, 24, 48, 70, 129]
+MS = [1, 2, 3, 7, 9, 16, 17, 24, 48, 70, 129]
 # (N, K) per format: N past whole 16-column blocks, K past whole 64-k units (and, for INT4, past
 # whole groups: K = 100, 40 and 130 end inside a group).
 SHAPES = {"int8_channel": [(1, 100), (33, 64), (50, 200), (16, 32)],
@@ -305,11 +305,12 @@ def extreme_weight(fmt, n, k):
 
 
 def extreme_activations(k):
-    """bf16 [8, k] whose records hold the quantizer's extremes: rows of +1 and -1 (every q = +127 or
+    """bf16 [9, k] whose records hold the quantizer's extremes: rows of +1 and -1 (every q = +127 or
     -127), +-1 alternating along k, an amax row (1 at every 64th k, 1e-3 elsewhere: q = 127 and 0),
-    random signs of 1, two rows of random values with one 1 per 64 k, and -+1 alternating."""
+    random signs of 1, two rows of random values with one 1 per 64 k, -+1 alternating, and +1
+    again."""
     gen = torch.Generator().manual_seed(37)
-    a = torch.empty(8, k)
+    a = torch.empty(9, k)
     a[0], a[1] = 1.0, -1.0
     a[2] = (torch.arange(k) % 2 * -2 + 1).float()
     a[3] = torch.where(torch.arange(k) % 64 == 0, 1.0, 1e-3)
@@ -317,6 +318,7 @@ def extreme_activations(k):
     a[5:7] = torch.rand(2, k, generator=gen) * 2 - 1
     a[5:7, ::64] = 1.0
     a[7] = -a[2]
+    a[8] = 1.0
     return a.to(torch.bfloat16)
 
 
@@ -329,14 +331,14 @@ def test_extreme_operands(fmt):
     30480 here and must not wrap). Against the float64 product of the dequantized operands (tight), and,
     where a level takes the generic level's fp32 order (the avx2 kernels, the VNNI kernels for
     INT4, every int4_kgroup kernel), bit-identical to it. m = 7 runs the 4-row and the 3-row
-    micro-kernels, m = 8 two 4-row ones (and int4_kgroup's AMX tiles: quant_amx_min_rows = 8)."""
+    micro-kernels, m = 9 two 4-row ones and a row (and int4_kgroup's AMX tiles: quant_amx_min_rows = 9)."""
     n, k = 40, 8192 + 40  # a partial last column block, K ending inside a 64-k unit
     w = extreme_weight(fmt, n, k)
     a = extreme_activations(k)
     records = quantize("generic", fmt, a)
     q, _, _ = fields(records, fmt, k)
     assert bool((q[:2, :k].abs() == 127).all()) and int(q[3, :k].abs().max()) == 127
-    for m in (7, 8):
+    for m in (7, 9):
         generic = run("generic", w, records[:m], m)
         for level in SELECTABLE:
             out = generic if level == "generic" else run(level, w, records[:m], m)
@@ -599,7 +601,7 @@ def test_packed_sizes():
     layout = _native.quant_act_layout("int4_kgroup", 2048)
     assert layout == dict(k=2048, group=64, groups=32, k_padded=2048, sum_group=64, sums=32, scale_offset=2048,
                           sum_offset=2176, row_bytes=2304)
-    assert _native.quant_amx_min_rows("int4_kgroup") == 8
+    assert _native.quant_amx_min_rows("int4_kgroup") == 9
 
 
 def test_hooks_reject_bad_input():

@@ -33,7 +33,9 @@
 // (measured cache-hot for int4_group16 on [m, 2048] x [1408, 2048], 1 thread: ~0.35 of ~0.45 ms at
 // m = 16), so with two or more row tiles the next block is requantized inside the current block's
 // passes, where the vector units wait for the tile unit (m = 64: 0.75 ms instead of 0.85 ms
-// requantizing each block before its row tiles, measured before the passes).
+// requantizing each block before its row tiles, measured before the passes). int4_kgroup only
+// unpacks nibbles, which even one row tile's pass hides (F::kOverlapRowTiles; m = 16 with the
+// weights read from memory, 1 thread: 0.364 -> 0.275 ms).
 // The weight bytes read next (INT8: the next block's B tiles; a requantized format: the source of
 // the block after the next, requantized during the next) are asked for into L2 (prefetcht2) a few
 // lines at the start of every step of every pass (WeightStream). Tile products hold back the
@@ -256,6 +258,18 @@ struct RequantWork {
   int every = 1, phase = 0;
 };
 
+// Row tiles from which a requantized format requantizes the next block inside the current block's
+// passes (F::kOverlapRowTiles): int4_group16's requantization costs about as much vector work as
+// three row tiles' folds, so with one row tile there is little to overlap it with (2); int4_kgroup
+// only unpacks nibbles, which one row tile's passes hide (1).
+template <class F>
+constexpr int overlap_row_tiles() {
+  if constexpr (F::kRequantized)
+    return F::kOverlapRowTiles;
+  else
+    return 0;
+}
+
 // The most row tiles one pass multiplies with each B tile it loads: R row tiles share the unit's
 // B tile (R + 1 KB of tile loads per R products instead of 2R KB); their accumulators
 // (R x 16 x 16 fp32) live on the stack.
@@ -340,19 +354,21 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
   const uint8_t* first = args.w.data + (args.n0 / kCols) * block_bytes;
   if constexpr (F::kRequantized)
     requantize_block<F>(first, units, tiles_of(0), columns_of(0), blocks > 1 ? first + block_bytes : nullptr);
+  // requantize the next block inside the current block's passes (else between the blocks)
+  const bool overlap = !InPlace && tiles.count() >= overlap_row_tiles<F>();
   for (int i = 0; i < blocks; ++i) {
     const int n = args.n0 + i * kCols;
     const uint8_t* block = first + i * block_bytes;
     const uint8_t* next = i + 1 < blocks ? block + block_bytes : nullptr;
     RequantWork rq;
-    if (!InPlace && next && tiles.count() > 1) rq = {next, tiles_of(i + 1), columns_of(i + 1), passes, 0};
-    // the bytes read next: INT8 multiplies the next block in place; a requantized format with two
-    // or more row tiles requantizes the next block during this one and reads the one after it then
-    // (with one row tile, requantize_block asks for its next block itself)
+    if (overlap && next) rq = {next, tiles_of(i + 1), columns_of(i + 1), passes, 0};
+    // the bytes read next: INT8 multiplies the next block in place; a requantized format that
+    // overlaps requantizes the next block during this one and reads the one after it then
+    // (otherwise requantize_block asks for its next block itself)
     const uint8_t* wanted = nullptr;
     if (InPlace)
       wanted = next;
-    else if (tiles.count() > 1 && i + 2 < blocks)
+    else if (overlap && i + 2 < blocks)
       wanted = block + 2 * block_bytes;
     const WeightStream stream(wanted, block_bytes, units * tiles.count());
     const uint8_t* b = InPlace ? block + F::kHeaderBytes : tiles_of(i);
@@ -389,7 +405,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
         run(std::integral_constant<int, 3>{});
     }
     if constexpr (F::kRequantized) {
-      if (next && tiles.count() == 1)  // one row tile: nothing to overlap with
+      if (next && !overlap)
         requantize_block<F>(next, units, tiles_of(i + 1), columns_of(i + 1),
                             i + 2 < blocks ? next + block_bytes : nullptr);
     }

@@ -150,6 +150,7 @@ struct Int4Tiles {
   static constexpr bool kSignedTiles = true;
   static constexpr bool kUnitZeros = false;
   static constexpr int kColumnValues = kCols;  // S
+  static constexpr int kOverlapRowTiles = 2;
   static constexpr int kHeaderBytes = 0;
   static constexpr int kSourceUnitBytes = kUnitBytes;
   static void requantize_unit(const uint8_t* unit, uint8_t* tile_rows, float* scales) {

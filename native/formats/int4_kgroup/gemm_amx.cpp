@@ -68,6 +68,7 @@ struct Int4KGroupTiles {
   static constexpr bool kSignedTiles = !ZeroPoint;
   static constexpr bool kUnitZeros = ZeroPoint;
   static constexpr int kColumnValues = (ZeroPoint ? 2 : 1) * kCols;  // scale (, -zero / 16)
+  static constexpr int kOverlapRowTiles = 1;
   static constexpr int kHeaderBytes = 0;
   static constexpr int kSourceUnitBytes = kUnitBytes;
   static void requantize_unit(const uint8_t* unit, uint8_t* tile_rows, float* columns) {
