@@ -3,7 +3,7 @@ environment (kt-kernel 0.7.2 needs torch 2.9.1: install it in a virtual environm
 Three steps; the peer's `time` runs with that environment's python:
 
     python bench/bench_peer.py write DIR [--method M]     # the layer, inputs and the oracle
-    python bench/bench_peer.py time DIR --impl ours --threads 1,2
+    python bench/bench_peer.py time DIR --impl ours --threads 1,2 [--group-size 64 [--symmetric]]
     PEER_VENV/bin/python bench/bench_peer.py time DIR --impl peer --threads 1,2
     python bench/bench_peer.py check DIR                  # every output against the oracle
 
@@ -16,6 +16,8 @@ Methods (`write --method`, kept in DIR/config.json):
     I=1408), also written as a safetensors checkpoint in DeepSeek's expert names, which the peer's
     BF16 reads; both AMX methods quantize the bf16 tensors at load (load_weights_from_tensors), and
     kt-moe's BF16 takes the tensors too; q = 1, 128 and 512.
+`--group-size 64` or `128` (with `--symmetric`: no zero points) times kt-moe's AMXINT4 with that
+group choice (int4_kgroup); its outputs are kept as out_ours-g64[-sym]_<threads>.pt.
 The oracle is kt_moe.reference on the layer's exact weights (gguf's dequantization for LLAMAFILE).
 `time` reads 512 MB of other memory before each timed call with torch on as many threads as the
 layer has, as bench_moe.py does, so that the experts come from memory and no core has idled before
@@ -114,14 +116,14 @@ def peer_runner(threads: int, directory: str, config: dict):
     return run
 
 
-def ours_runner(threads: int, directory: str, config: dict):
+def ours_runner(threads: int, directory: str, config: dict, **options):
     from kt_moe import KTMoEWrapper
     method = config["method"]
     E, H, I, k = (config[key] for key in ("E", "H", "I", "k"))
     wrapper = KTMoEWrapper(layer_idx=0, num_experts=E, num_experts_per_tok=k, hidden_size=H, moe_intermediate_size=I,
                            num_gpu_experts=0, cpuinfer_threads=threads, threadpool_count=1,
                            weight_path=os.path.join(directory, "model"), chunked_prefill_size=max(config["qs"]),
-                           method=method)
+                           method=method, **options)
     if method == "LLAMAFILE":
         wrapper.load_weights(torch.arange(E))
     else:
@@ -130,18 +132,25 @@ def ours_runner(threads: int, directory: str, config: dict):
     return lambda x, ids, weights: wrapper.forward(x, ids, weights.float())
 
 
-def time_impl(directory: str, impl: str, threads_list) -> None:
+def time_impl(directory: str, impl: str, threads_list, group_size=None, symmetric=False) -> None:
+    """group_size / symmetric: kt-moe's AMXINT4 group choice (None: its default)."""
     if len(threads_list) > 1:  # a process per thread count: the peer keeps its first thread pool
+        group = ["--group-size", str(group_size)] + (["--symmetric"] if symmetric else []) if group_size else []
         for threads in threads_list:
             subprocess.run([sys.executable, os.path.abspath(__file__), "time", directory, "--impl", impl, "--threads",
-                            str(threads)], check=True)
+                            str(threads)] + group, check=True)
         return
     config = config_of(directory)
     inputs = torch.load(os.path.join(directory, "inputs.pt"))
     evict = torch.ones(128 << 20, dtype=torch.float32)  # 512 MB
     threads = threads_list[0]
     torch.set_num_threads(threads)  # the read before each call keeps every core of the layer's threads busy
-    run = (peer_runner if impl == "peer" else ours_runner)(threads, directory, config)
+    options, label = {}, impl
+    if group_size:
+        options, label = dict(group_size=group_size, zero_point=not symmetric), f"ours-g{group_size}" + \
+            ("-sym" if symmetric else "")
+    run = peer_runner(threads, directory, config) if impl == "peer" else ours_runner(threads, directory, config,
+                                                                                      **options)
     outputs = {}
     for q, (x, ids, weights) in inputs.items():
         for _ in range(2):
@@ -152,9 +161,9 @@ def time_impl(directory: str, impl: str, threads_list) -> None:
             start = time.perf_counter()
             outputs[q] = run(x, ids, weights)
             times.append((time.perf_counter() - start) * 1e3)
-        print(f"{impl:5s} {config['method']:9s} threads {threads} q {q:4d}: median "
+        print(f"{label:5s} {config['method']:9s} threads {threads} q {q:4d}: median "
               f"{statistics.median(times):8.2f} ms (min {min(times):.2f}, max {max(times):.2f})", flush=True)
-    torch.save(outputs, os.path.join(directory, f"out_{impl}_{threads}.pt"))
+    torch.save(outputs, os.path.join(directory, f"out_{label}_{threads}.pt"))
 
 
 def check(directory: str) -> None:
@@ -178,11 +187,15 @@ def main() -> None:
     parser.add_argument("--types", default="Q4_K,Q4_K,Q6_K", help="write, LLAMAFILE: gate,up,down GGUF types")
     parser.add_argument("--impl", choices=("ours", "peer"), default="ours", help="time: whose implementation")
     parser.add_argument("--threads", default="1,2", help="time: comma list of cpuinfer_threads")
+    parser.add_argument("--group-size", type=int, choices=(64, 128), help="time, ours, AMXINT4: the group choice")
+    parser.add_argument("--symmetric", action="store_true", help="time, ours: --group-size without zero points")
     args = parser.parse_args()
+    if args.group_size and (args.impl != "ours" or config_of(args.directory)["method"] != "AMXINT4"):
+        parser.error("--group-size times kt-moe's AMXINT4 (--impl ours on an AMXINT4 layer)")
     if args.step == "write":
         write(args.directory, args.method, args.types)
     elif args.step == "time":
-        time_impl(args.directory, args.impl, [int(t) for t in args.threads.split(",")])
+        time_impl(args.directory, args.impl, [int(t) for t in args.threads.split(",")], args.group_size, args.symmetric)
     else:
         check(args.directory)
 

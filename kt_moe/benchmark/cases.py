@@ -11,7 +11,6 @@ from abc import ABC, abstractmethod
 from typing import List, Optional
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from kt_moe.config import GGUF_QUANTIZE_TYPES, METHODS
 from kt_moe.wrapper import KTMoEWrapper
@@ -27,14 +26,13 @@ from kt_moe.quant import scheme_for_method
 BF16_METHODS = ("BF16", "AMXBF16_SFT")
 
 
-def bytes_per_element(method: str, shape: Shape, **options) -> float:
+def bytes_per_element(method: str, shape: Shape) -> float:
     """Bytes per expert-weight element of the method's stored experts at `shape`, scales and zero
     points included (the bytes a step really reads): bf16 2; a quantized method its scheme's parts of
-    gate, up [I, H] and down [H, I] over their 3 H I elements (INT4 in groups of 16: 0.6875);
-    `options`: the scheme's (group_size, zero_point)."""
+    gate, up [I, H] and down [H, I] over their 3 H I elements (INT4 in groups of 16: 0.6875)."""
     if method in BF16_METHODS:
         return 2.0
-    parts = scheme_for_method(method, **options).part_specs
+    parts = scheme_for_method(method).part_specs
     total = 0
     for n, k, count in ((shape.intermediate, shape.hidden, 2), (shape.hidden, shape.intermediate, 1)):
         total += count * sum(math.prod(part_shape) * torch.empty((), dtype=dtype).element_size()
@@ -220,21 +218,21 @@ class KTMoEInference(Case):
     mode = "inference"
 
     def __init__(self, name: str):
-        self.name, self.options, self.scheme_options = name, {}, {}
+        self.name, self.options = name, {}
         if name.startswith(GGUF_CASE_PREFIX):
             self.options = dict(gguf_type=",".join(gguf_case_types(name)))
         if name.startswith(GROUP_CASE_PREFIX):
-            self.options = self.scheme_options = group_case_options(name)
+            self.options = group_case_options(name)
 
     def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
-        if case_method(self.name) == "LLAMAFILE":  # its GGUF types (Q8_0 unless the case names others)
-            types = gguf_case_types(self.name) if self.name.startswith(GGUF_CASE_PREFIX) else ["Q8_0"] * 3
-            sizes = [GGML_QUANT_SIZES[GGMLQuantizationType[t]] for t in types]  # (weights, bytes) per block
-            self.bytes_per_element = sum(size / block for block, size in sizes) / 3  # the matrices are equal in size
-        else:
-            self.bytes_per_element = bytes_per_element(case_method(self.name), problem.shape, **self.scheme_options)
-        self.wrapper = ktmoe_wrapper(case_method(self.name), problem, threads, pools, **self.options)
+        method, s = case_method(self.name), problem.shape
+        self.wrapper = ktmoe_wrapper(method, problem, threads, pools, **self.options)
+        # a quantized method reads its experts as it keeps them: packed blocks (int4_kgroup's units
+        # hold a scale and a zero point per 64 inputs whatever the group size), GGUF blocks, scales
+        # and alignment included
+        self.bytes_per_element = 2.0 if method in BF16_METHODS else \
+            self.wrapper.resident_bytes_per_expert() / (3 * s.hidden * s.intermediate)
 
     def step(self) -> Outputs:
         p = self.p
