@@ -2,14 +2,15 @@
 quantization of the quantized methods, their packing and the copies), and the memory the loaded
 layer holds.
 
-    python bench/bench_load.py [--shape dsv2-lite] [--methods AMXINT4,...] [--threads 2] [--repeats 3]
-        [--json-out FILE]
+    python bench/bench_load.py [--shape dsv2-lite] [--methods AMXINT4,AMXINT4:64,...] [--threads 2]
+        [--repeats 3] [--json-out FILE]
 
 Per method: median and min-max seconds of a whole layer's load (every expert; cpuinfer_threads and
 torch's threads = --threads, which the quantizers use; LLAMAFILE quantizes to Q8_0 with gguf), the bf16 input's GB/s (3 H I E weights of
 2 bytes / median) and the resident MiB of the loaded layer (resident_bytes_per_expert x E: codes,
 scales and zero points of the quantized methods). Each load is the first of a fresh wrapper, as
 when a model loads. Every JSON line names the machine (CPU model, ISA levels, torch version).
+Methods may carry bench_moe.py's options: AMXINT4:64 (group_size 64), LLAMAFILE:Q4_K, ...
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import List, Optional
 import torch
 
 from kt_moe.benchmark.arguments import HelpFormatter, csv_list
-from kt_moe.benchmark.cases import KT_METHOD_MODES, unloaded_wrapper
+from kt_moe.benchmark.cases import KT_METHOD_MODES, case_method, case_options, mode_of, unloaded_wrapper
 from kt_moe.benchmark.problem import layer_weights
 from kt_moe.benchmark.runner import cpu_model, isa_level, machine
 from kt_moe.benchmark.shapes import SHAPES
@@ -44,7 +45,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
                    help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)
-    unknown = [m for m in args.methods if m not in KT_METHOD_MODES]
+    def known(name: str) -> bool:
+        try:
+            return case_method(name) in KT_METHOD_MODES and bool(mode_of(name))
+        except KeyError:
+            return False
+
+    unknown = [m for m in args.methods if not known(m)]
     if unknown:
         p.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(KT_METHOD_MODES)}")
     if args.threads < 1 or args.repeats < 1:
@@ -68,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         times = []
         for _ in range(args.repeats):
             wrapper = None  # the previous load's memory goes back first
-            wrapper = unloaded_wrapper(method, shape, args.threads)
+            wrapper = unloaded_wrapper(case_method(method), shape, args.threads, **case_options(method))
             start = time.perf_counter()
             wrapper.load_weights_from_tensors(*experts, ids)
             times.append(time.perf_counter() - start)

@@ -88,6 +88,16 @@ def group_case_options(name: str) -> dict:
     return dict(group_size=int(group), zero_point=not sym)
 
 
+def case_options(name: str) -> dict:
+    """The KTMoEWrapper options a kt-moe case name carries: a LLAMAFILE case's gguf_type, an AMXINT4
+    case's group_size and zero_point, none for a plain method."""
+    if name.startswith(GGUF_CASE_PREFIX):
+        return dict(gguf_type=",".join(gguf_case_types(name)))
+    if name.startswith(GROUP_CASE_PREFIX):
+        return group_case_options(name)
+    return {}
+
+
 def error_bound(name: str) -> Optional[float]:
     if name.startswith(GGUF_CASE_PREFIX):
         return max(GGUF_TYPE_BOUNDS.get(t, 0.3) for t in gguf_case_types(name))
@@ -218,11 +228,7 @@ class KTMoEInference(Case):
     mode = "inference"
 
     def __init__(self, name: str):
-        self.name, self.options = name, {}
-        if name.startswith(GGUF_CASE_PREFIX):
-            self.options = dict(gguf_type=",".join(gguf_case_types(name)))
-        if name.startswith(GROUP_CASE_PREFIX):
-            self.options = group_case_options(name)
+        self.name, self.options = name, case_options(name)
 
     def setup(self, problem: Problem, threads: int, pools: int = 1) -> None:
         self.p = problem
