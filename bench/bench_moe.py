@@ -70,7 +70,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--methods", type=csv_list(str), default=None,
                    help="comma list of cases (default: every case of the mode); each mode's torch "
                         "baselines always run first. LLAMAFILE:Q4_K/Q4_K/Q8_0 runs LLAMAFILE with its "
-                        "weights quantized to those GGUF types (gate/up/down, or one for all; default Q8_0)")
+                        "weights quantized to those GGUF types (gate/up/down, or one for all; default Q8_0); "
+                        "AMXINT4:64, AMXINT4:128 (and -sym: symmetric) run AMXINT4 with that group_size")
     p.add_argument("--json-out", type=argparse.FileType("w"), default=None,
                    help="write the JSON lines here instead of after the table")
     args = p.parse_args(argv)
