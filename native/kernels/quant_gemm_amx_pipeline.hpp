@@ -172,11 +172,10 @@ class RowTiles {
       const QuantRow a = quant_row(args, layout, i);
       const int t = i / kTileRows, r = i % kTileRows;
       float* scale = scale_ + int64_t(t) * kTileRows * units_ + r;
-      float* sum = sum_ + int64_t(t) * kTileRows * units_ + r;
       int8_t* row = packed_ + int64_t(t) * units_ * kTileBytes + r * kUnitK;
       for (int g = 0; g < units_; ++g) {
         scale[g * kTileRows] = a.scale[g];
-        if constexpr (F::kUnitZeros) sum[g * kTileRows] = a.sum[g];
+        if constexpr (F::kUnitZeros) sum_[int64_t(t) * kTileRows * units_ + g * kTileRows + r] = a.sum[g];
         std::memcpy(row + int64_t(g) * kTileBytes, a.q + int64_t(g) * kUnitK, kUnitK);
       }
       if constexpr (!F::kRequantized) offset_[i] = F::row_offset(a.scale, a.sum, units_);
