@@ -26,6 +26,17 @@ inline __m512i dpbusd(__m512i acc, __m512i w, __m512i a) {
 #endif
 }
 
+// dpbusd for weight bytes in 0..15 (int4 codes taken from their nibbles): without VNNI,
+// vpmaddubsw's pair sums (at most 2 * 15 * 128 in magnitude) are exact in int16, so two
+// instructions do what the general form widens both operands for.
+inline __m512i dpbusd_nibbles(__m512i acc, __m512i w, __m512i a) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(acc, w, a);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, a), _mm512_set1_epi16(1)));
+#endif
+}
+
 // acc[lane] += p.word[2 lane] * s.word[2 lane] + p.word[2 lane + 1] * s.word[2 lane + 1] (signed).
 inline __m512i dpwssd(__m512i acc, __m512i p, __m512i s) {
 #if defined(__AVX512VNNI__)

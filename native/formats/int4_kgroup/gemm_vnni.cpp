@@ -1,6 +1,6 @@
 // int4_kgroup's quantized GEMM (layout.hpp) on AVX-512 vectors (levels avx512 and avx512_bf16,
 // kernels/quant_gemm_vnni_loop.hpp): both nibbles taken down to 0..15 bytes (the low with an and,
-// the high with a shift and an and), P per row and unit in two or four int32 accumulators (exact in
+// the high with a shift and an and; dpbusd_nibbles, which the avx512 level does with vpmaddubsw), P per row and unit in two or four int32 accumulators (exact in
 // any order), then layout.hpp's fp32 steps in gemm_generic.cpp's order (bit-identical results).
 #include "formats/int4_kgroup/int4_kgroup.hpp"
 #include "formats/int4_kgroup/layout.hpp"
@@ -35,8 +35,8 @@ struct Int4Block {
         const int c = (2 * j) % kChains;
         for (int r = 0; r < R; ++r) {
           const int8_t* x = a[r].q + g * kUnitK + j * kQuadK;
-          p[r][c] = dpbusd(p[r][c], wl, broadcast_quad(x));
-          p[r][c + 1] = dpbusd(p[r][c + 1], wh, broadcast_quad(x + 32));
+          p[r][c] = dpbusd_nibbles(p[r][c], wl, broadcast_quad(x));
+          p[r][c + 1] = dpbusd_nibbles(p[r][c + 1], wh, broadcast_quad(x + 32));
         }
       }
       const __m512 s = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kScaleOffset)));
