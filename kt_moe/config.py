@@ -279,8 +279,9 @@ class KTMoEConfig(BaseModel):
     @property
     def quant_options(self) -> dict:
         """The options of the method's quantization scheme (kt_moe.quant.scheme_for_method's
-        keywords): group_size (None: the method's default) and zero_point for AMXINT4 and
-        AMXINT4_KGroup_SFT, gguf_type for LLAMAFILE, none for the other methods."""
+        keywords): group_size (int4_group_size: the method's default when group_size is None) and
+        zero_point for AMXINT4 and AMXINT4_KGroup_SFT, gguf_type for LLAMAFILE, none for the other
+        methods."""
         options = {name: getattr(self, name) for name, methods in METHOD_ONLY_PARAMETERS.items()
                    if self.method in methods}
         if "group_size" in options:
