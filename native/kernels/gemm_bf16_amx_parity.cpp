@@ -11,7 +11,7 @@
 // twice the tile work of a packed P and no packing, which pays off while the product is
 // memory-bound (few rows).
 //
-// Loop: blocks of kBlockChunks chunks (16 rows of P each); per block, pairs of 32-column blocks
+// Loop: blocks of pass_chunks() chunks (16 rows of P each); per block, pairs of 32-column blocks
 // across all of P's columns, every 16-row group of R against each pair while its P tiles are in
 // L1. fp32 partial sums wait between blocks in ScratchSlot::accumulators, each 32-column block
 // holding its even columns then its odd ones; they are put back in order when written to C.
@@ -41,7 +41,27 @@ namespace {
 constexpr int kChunkRows = kTilePairs;           // 16 rows of P per tile
 constexpr int kBlockCols = 2 * kResultCols;      // 32 columns of P per tile
 constexpr int kPairCols = 2 * kBlockCols;        // the micro-kernel's 64 columns
-constexpr int kBlockChunks = 4;                  // rows of P per pass: 64, a few streams at once
+constexpr int kMaxBlockChunks = 4;               // rows of P per pass: at most 64
+
+// A pass reads its rows of P side by side, 128 bytes of each at a time: one stream per row, each in
+// pages of its own once a row spans 4 KB. Measured on Sapphire Rapids (1 thread, plain reads of
+// rows 4160 bytes apart): 24 to 48 such streams read at 14.7-15.0 GB/s, 56 at 12.9 and 64 at 10.4
+// (the L2 streamer follows a limited number of pages). So a P read from memory takes the chunks
+// per pass whose rows span about kPassPages pages (rounded, at most kMaxBlockChunks): bf16
+// weights [1408, 2048] at their padded stride (4160 bytes) take 3, [2048, 1408] ones (2880 bytes)
+// keep 4, as does a P small enough to be in L2 (the SFT engine's dequantized blocks), since fewer
+// chunks per pass cost more accumulator round trips. Measured with huge-page weights as the engine
+// keeps them: [1408, 2048] for 12 rows, 1 thread, 0.66-0.69 -> 0.58-0.61 ms; the DeepSeek-V2-Lite
+// AMXBF16_SFT backward at q = 128, 2 threads, 73-79 -> 65-72 ms (two builds, 7 interleaved rounds).
+constexpr int64_t kPageBytes = 4096, kPassPages = 48;
+constexpr int64_t kCachedBytes = int64_t(1) << 20;
+int pass_chunks(const GemmPlan& p) {
+  const int64_t ld_bytes = p.ldp * int64_t(sizeof(bf16_t));
+  if (int64_t(p.depth) * ld_bytes <= kCachedBytes) return kMaxBlockChunks;
+  const int64_t row_bytes = kChunkRows * ld_bytes;
+  const int64_t chunks = (kPassPages * kPageBytes + row_bytes / 2) / row_bytes;
+  return static_cast<int>(std::clamp<int64_t>(chunks, 1, kMaxBlockChunks));
+}
 
 enum : int { kC00 = 0, kC01 = 1, kC10 = 2, kC11 = 3, kEven = 4, kOdd = 5, kP0 = 6, kP1 = 7 };
 
@@ -207,8 +227,9 @@ void gemm_bf16_amx_parity(const GemmPlan& p) {
   auto* out = static_cast<float*>(thread_scratch(ScratchSlot::tile_out, sizeof(float) * 2 * kTileRows * kPairCols));
   float* ordered = out + kTileRows * kPairCols;
   const int64_t acc_ld = padded_row_stride(int64_t(blocks + 1) / 2 * kPairCols, sizeof(float));
+  const int block_chunks = pass_chunks(p);
   float* acc = nullptr;
-  if (chunks > kBlockChunks)
+  if (chunks > block_chunks)
     acc = static_cast<float*>(
         thread_scratch(ScratchSlot::accumulators, sizeof(float) * groups * kTileRows * acc_ld));
   const int64_t e_stride = e_ld * int64_t(sizeof(bf16_t));
@@ -216,8 +237,8 @@ void gemm_bf16_amx_parity(const GemmPlan& p) {
   if (groups == 1)  // one row group: the result and "A" tiles hold just its rows (fewer tile-product rows)
     for (int t : {kC00, kC01, kC10, kC11, kEven, kOdd}) config.rows[t] = static_cast<uint8_t>(p.rows);
   const tile::Scope scope(config);
-  for (int c0 = 0; c0 < chunks; c0 += kBlockChunks) {
-    const int cn = std::min(kBlockChunks, chunks - c0);
+  for (int c0 = 0; c0 < chunks; c0 += block_chunks) {
+    const int cn = std::min(block_chunks, chunks - c0);
     const bool first = c0 == 0, last = c0 + cn == chunks;
     for (int b = 0; b < blocks; b += 2) {
       const bool two = b + 1 < blocks;
