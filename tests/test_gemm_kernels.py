@@ -82,12 +82,13 @@ def test_layouts_and_tails(level, a_layout, b_layout):
 def test_blocked_paths(level):
     """Shapes that cross the packed kernels' blocks: the weight read as [K, N] in several row blocks
     and column panels (partial sums kept between blocks; for AMX's few rows, passes of 4 chunks of 16
-    rows, or of 3 for a weight of more than 1 MB with rows about 4 KB apart, the last pass partial), a
-    long K, and many tokens."""
+    rows, or of 3 for a weight of more than 1 MB with rows 4 KB apart or more, the last pass partial),
+    a long K, and many tokens."""
     check(level, 33, 2048, 290, "mk", "kn", alpha=0.5, accumulate=True, pad=3)
     check(level, 2, 2048, 200, "mk", "kn")
     check(level, 12, 2048, 300, "mk", "kn", accumulate=True, pad=5)
     check(level, 20, 2050, 300, "mk", "kn", pad=3)
+    check(level, 9, 7200, 160, "mk", "kn")
     check(level, 40, 40, 13001, "mk", "nk", pad=2)
     check(level, 20, 1100, 96, "km", "nk", accumulate=True)
     check(level, 300, 48, 40, "km", "kn")

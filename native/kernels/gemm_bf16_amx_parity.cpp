@@ -47,10 +47,11 @@ constexpr int kMaxBlockChunks = 4;               // rows of P per pass: at most 
 // pages of its own once a row spans 4 KB. Measured on Sapphire Rapids (1 thread, plain reads of
 // rows 4160 bytes apart): 24 to 48 such streams read at 14.7-15.0 GB/s, 56 at 12.9 and 64 at 10.4
 // (the L2 streamer follows a limited number of pages). So a P read from memory takes the chunks
-// per pass whose rows span about kPassPages pages (rounded, at most kMaxBlockChunks): bf16
-// weights [1408, 2048] at their padded stride (4160 bytes) take 3, [2048, 1408] ones (2880 bytes)
-// keep 4, as does a P small enough to be in L2 (the SFT engine's dequantized blocks), since fewer
-// chunks per pass cost more accumulator round trips. Measured with huge-page weights as the engine
+// per pass whose rows keep about kPassPages pages in use (rounded, at most kMaxBlockChunks; a row
+// longer than a page uses one at a time): bf16 weights [1408, 2048] at their padded stride (4160
+// bytes) and any with longer rows take 3, [2048, 1408] ones (2880 bytes) keep 4, as does a P small
+// enough to be in L2 (the SFT engine's dequantized blocks), since fewer chunks per pass cost more
+// accumulator round trips. Measured with huge-page weights as the engine
 // keeps them: [1408, 2048] for 12 rows, 1 thread, 0.66-0.69 -> 0.58-0.61 ms; the DeepSeek-V2-Lite
 // AMXBF16_SFT backward at q = 128, 2 threads, 73-79 -> 65-72 ms (two builds, 7 interleaved rounds).
 constexpr int64_t kPageBytes = 4096, kPassPages = 48;
@@ -58,8 +59,8 @@ constexpr int64_t kCachedBytes = int64_t(1) << 20;
 int pass_chunks(const GemmPlan& p) {
   const int64_t ld_bytes = p.ldp * int64_t(sizeof(bf16_t));
   if (int64_t(p.depth) * ld_bytes <= kCachedBytes) return kMaxBlockChunks;
-  const int64_t row_bytes = kChunkRows * ld_bytes;
-  const int64_t chunks = (kPassPages * kPageBytes + row_bytes / 2) / row_bytes;
+  const int64_t chunk_bytes = kChunkRows * std::min(ld_bytes, kPageBytes);  // of the pages in use
+  const int64_t chunks = (kPassPages * kPageBytes + chunk_bytes / 2) / chunk_bytes;
   return static_cast<int>(std::clamp<int64_t>(chunks, 1, kMaxBlockChunks));
 }
 
