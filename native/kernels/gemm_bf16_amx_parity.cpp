@@ -51,9 +51,9 @@ constexpr int kMaxBlockChunks = 4;               // rows of P per pass: at most 
 // longer than a page uses one at a time): bf16 weights [1408, 2048] at their padded stride (4160
 // bytes) and any with longer rows take 3, [2048, 1408] ones (2880 bytes) keep 4, as does a P small
 // enough to be in L2 (the SFT engine's dequantized blocks), since fewer chunks per pass cost more
-// accumulator round trips. Measured with huge-page weights as the engine
-// keeps them: [1408, 2048] for 12 rows, 1 thread, 0.66-0.69 -> 0.58-0.61 ms; the DeepSeek-V2-Lite
-// AMXBF16_SFT backward at q = 128, 2 threads, 73-79 -> 65-72 ms (two builds, 7 interleaved rounds).
+// accumulator round trips. Measured with huge-page weights as the engine keeps them: [1408, 2048]
+// for 12 rows, 1 thread, 0.66-0.69 -> 0.58-0.61 ms; the DeepSeek-V2-Lite AMXBF16_SFT backward at
+// q = 128, 2 threads, 73-79 -> 65-72 ms (two builds, 7 interleaved rounds).
 constexpr int64_t kPageBytes = 4096, kPassPages = 48;
 constexpr int64_t kCachedBytes = int64_t(1) << 20;
 int pass_chunks(const GemmPlan& p) {
