@@ -32,17 +32,27 @@ using DequantFn = void (*)(const QuantMatrixView& w, int r0, int r1, int c0, int
 using DequantDotFn = bool (*)(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda, float* c,
                               int64_t ldc);
 constexpr int kDequantDotMaxRows = 4;
-// The same product for any m (the prefill), where a format has one that beats dequantizing row
-// blocks for the bf16 GEMM; false, having written nothing, for a matrix it does not take.
+// The same product for any m (the prefill; the decode too where the format has no few-rows product),
+// where a format has one that beats dequantizing row blocks for the bf16 GEMM; false, having
+// written nothing, for a matrix (or activations) it does not take.
 using DequantGemmFn = DequantDotFn;
+
+// C[i, j - j0] (+)= sum_r a[i, r] W[r, j]   for i < m, j0 <= j < j1 (accumulate: add to C), with
+// the weights' fp32 values, straight from the stored parts: the backward's product with the weight
+// transposed, where a format has one that beats dequantizing row blocks for the bf16 GEMM. a: bf16
+// [m, rows] (row stride lda); c: fp32 (row stride ldc) at column j0. Returns false, having written
+// nothing, for a matrix (or a) it does not take.
+using DequantGemmNnFn = bool (*)(const QuantMatrixView& w, int m, int j0, int j1, const bf16_t* a, int64_t lda,
+                                 float* c, int64_t ldc, bool accumulate);
 
 // A format's dequantizers, each table listing the levels that have their own kernel (by_level.hpp).
 struct DequantFormat {
   const char* name;
-  bool row_scales;                // D = W / scale[r]: the products apply scale (fp32 [rows]) themselves
-  ByLevel<DequantFn> kernels;     // a generic entry at least
-  ByLevel<DequantDotFn> dot;      // empty: the format has no few-rows product
-  ByLevel<DequantGemmFn> gemm;    // empty: the format has no many-rows product
+  bool row_scales;                     // D = W / scale[r]: the products apply scale (fp32 [rows]) themselves
+  ByLevel<DequantFn> kernels;          // a generic entry at least
+  ByLevel<DequantDotFn> dot;           // empty: the format has no few-rows product
+  ByLevel<DequantGemmFn> gemm;         // empty: the format has no many-rows product
+  ByLevel<DequantGemmNnFn> gemm_nn{};  // empty: the format has no product with W transposed
 };
 
 // A quantized W [rows, cols] (logical shape) as the format stores it. Row r's values start at
@@ -71,5 +81,9 @@ DequantFn dequant_bf16_kernel(const DequantFormat& format, IsaLevel level);
 inline DequantDotFn dequant_dot_kernel(const DequantFormat& format, IsaLevel level) { return format.dot.at(level); }
 // The format's many-rows product at `level` (or a fallback level's), or null.
 inline DequantGemmFn dequant_gemm_kernel(const DequantFormat& format, IsaLevel level) { return format.gemm.at(level); }
+// The format's product with W transposed at `level` (or a fallback level's), or null.
+inline DequantGemmNnFn dequant_gemm_nn_kernel(const DequantFormat& format, IsaLevel level) {
+  return format.gemm_nn.at(level);
+}
 
 }  // namespace kt_moe

@@ -187,7 +187,7 @@ void gemm_tiles(const GemmPlan& p) {
     acc = static_cast<float*>(thread_scratch(ScratchSlot::accumulators, sizeof(float) * acc_rows * acc_ld));
   }
   const RowGroups groups(p, chunks);
-  const tile::Scope scope(full_tile_config());
+  const tile::Scope scope(tile::full_config());
   for (int j0 = 0; j0 < p.cols; j0 += shape.cols) {
     const int jn = std::min(shape.cols, p.cols - j0);
     for (int c0 = 0; c0 < chunks; c0 += shape.chunks) {

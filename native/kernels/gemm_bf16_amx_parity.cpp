@@ -234,7 +234,7 @@ void gemm_bf16_amx_parity(const GemmPlan& p) {
     acc = static_cast<float*>(
         thread_scratch(ScratchSlot::accumulators, sizeof(float) * groups * kTileRows * acc_ld));
   const int64_t e_stride = e_ld * int64_t(sizeof(bf16_t));
-  tile::Config config = full_tile_config();
+  tile::Config config = tile::full_config();
   if (groups == 1)  // one row group: the result and "A" tiles hold just its rows (fewer tile-product rows)
     for (int t : {kC00, kC01, kC10, kC11, kEven, kOdd}) config.rows[t] = static_cast<uint8_t>(p.rows);
   const tile::Scope scope(config);

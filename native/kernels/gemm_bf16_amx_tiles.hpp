@@ -1,6 +1,6 @@
 // What the two AMX bf16 GEMM paths share (gemm_bf16_amx.cpp: P packed; gemm_bf16_amx_parity.cpp:
-// P read in place): the tile geometry and their tile configuration, every tile at its largest
-// shape (16 rows x 64 bytes), loaded per call through tile::Scope.
+// P read in place): the tile geometry (every tile at its largest shape, tile::full_config(), loaded
+// per call through tile::Scope), the weight rows' prefetch and the parity path's plan limits.
 #pragma once
 
 #include "kernels/amx/tile.hpp"
@@ -13,15 +13,6 @@ constexpr int kTileRows = tile::kMaxRows;            // 16 rows of an "A" tile /
 constexpr int kTileK = tile::kMaxColBytes / 2;       // 32 bf16 per "A" tile row (16 k pairs)
 constexpr int kTilePairs = kTileK / 2;               // 16 pair rows of a "B" tile
 constexpr int kResultCols = tile::kMaxColBytes / 4;  // 16 fp32 columns of a result tile
-
-inline tile::Config full_tile_config() {
-  tile::Config cfg;
-  for (int t = 0; t < tile::kTileCount; ++t) {
-    cfg.rows[t] = tile::kMaxRows;
-    cfg.colsb[t] = tile::kMaxColBytes;
-  }
-  return cfg;
-}
 
 // Asks for `lines` 64-byte lines from each of the 16 rows starting at `base` (row stride
 // stride_bytes) ahead of their tile loads. Both paths stream a weight from memory as tiles of 16

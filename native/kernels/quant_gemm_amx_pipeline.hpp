@@ -77,12 +77,8 @@ static_assert(kUnitK == tile::kMaxColBytes && kUnitQuads == tile::kMaxRows, "one
 constexpr int kTileSets = 4;
 enum : int { kC0 = 0, kA0 = 4, kA1 = 5, kB0 = 6, kB1 = 7 };
 
-// Every tile is 16 rows x 64 bytes (C: 16 x 16 int32; A: 16 rows x 64 k; B: 16 quads x 64 B).
-inline tile::Config tile_config() {
-  tile::Config cfg;
-  for (int t = 0; t < tile::kTileCount; ++t) cfg.rows[t] = kTileRows, cfg.colsb[t] = tile::kMaxColBytes;
-  return cfg;
-}
+// Every tile is 16 rows x 64 bytes (tile::full_config(); C: 16 x 16 int32; A: 16 rows x 64 k; B: 16
+// quads x 64 B).
 
 // v = the bytes at p (out-parameter: a by-value 64-byte vector changes the ABI without AVX-512).
 template <class V>
@@ -345,7 +341,7 @@ void gemm_quant_tiles(const QuantGemmArgs& args) {
   auto* sums = static_cast<int32_t*>(
       thread_scratch(ScratchSlot::tile_out, kTileSets * kTileRows * kCols * sizeof(int32_t)));
   const RowTiles<F> tiles(args, layout);
-  const tile::Scope scope(tile_config());
+  const tile::Scope scope(tile::full_config());
   // the row tiles in passes of at most kMaxPassRows, as even as can be (4 -> 2 + 2)
   const int passes = (tiles.count() + kMaxPassRows - 1) / kMaxPassRows;
   auto pass_first = [&](int p) { return p * tiles.count() / passes; };

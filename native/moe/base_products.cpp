@@ -51,7 +51,7 @@ void base_nt(const BaseKernels& kernels, const WeightView& w, int m, int n0, int
   if (dot && m <= kDequantDotMaxRows && dot(w.quant, m, n0, n1, a, lda, c, ldc))
     return;  // the decode: no bf16 block, the weights read once
   const DequantGemmFn many = dequant_gemm_kernel(*w.quant.format, kernels.level);
-  if (many && m > kDequantDotMaxRows && many(w.quant, m, n0, n1, a, lda, c, ldc)) return;
+  if (many && (m > kDequantDotMaxRows || !dot) && many(w.quant, m, n0, n1, a, lda, c, ldc)) return;
   const DequantFn dequant = dequant_bf16_kernel(*w.quant.format, kernels.level);
   const float* scale = row_scales(w);
   const int step = block_rows(K, kForwardBlockBytes);
@@ -76,6 +76,8 @@ void base_nn(const BaseKernels& kernels, const WeightView& w, int m, int j0, int
     return;
   }
   if (m <= 0 || width <= 0) return;
+  const DequantGemmNnFn product = dequant_gemm_nn_kernel(*w.quant.format, kernels.level);
+  if (product && product(w.quant, m, j0, j1, a, lda, c, ldc, accumulate)) return;
   const int step = std::min(block_rows(width, kBackwardBlockBytes), rows);
   const int64_t ld = block_ld(width);
   const DequantFn dequant = dequant_bf16_kernel(*w.quant.format, kernels.level);

@@ -1,7 +1,9 @@
 // Python hooks of the dequantizers (kernels/dequant_bf16.hpp): dequant_bf16_test runs the one of an
 // ISA level on a stored matrix given as C-contiguous arrays (tests/test_sft_dequant_kernels.py,
-// test_dequant_levels.py), dequant_product_test a GGUF format's few-rows or many-rows product
-// (tests/test_gguf_levels.py). Included by bindings.cpp only.
+// test_dequant_levels.py), dequant_product_test a GGUF format's or int8_channel's few-rows or
+// many-rows product (tests/test_gguf_levels.py, test_int8_stored_product.py), dequant_product_nn_test
+// int8_channel's product with the weight transposed (test_int8_stored_product.py). Included by
+// bindings.cpp only.
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -112,11 +114,13 @@ inline void dequant_bf16_test(const std::string& level_name, const Array& values
 }
 
 // c (fp32 [m, n1 - n0]) = a (bf16 [m, cols]) times rows [n0, n1) of W^T, W the GGUF matrix of
-// format `format` in values (gguf_view), by the few-rows product (DequantDotFn: m <= 4) or the
-// many-rows one (gemm) of `level`; false, with c untouched, where the level has none or it does
-// not take the matrix.
+// format `format` in values (gguf_view) or, format "int8_channel", values int8 [rows, >= cols] with
+// scale fp32 [rows] (col0 0), by the few-rows product (DequantDotFn: m <= 4) or the many-rows one
+// (gemm) of `level`; false, with c untouched, where the level has none or it does not take the
+// matrix (or the activations).
 inline bool dequant_product_test(const std::string& level_name, const std::string& format, const Array& values,
-                                 int col0, int cols, int n0, int n1, const Array& a, const Array& c, bool gemm) {
+                                 int col0, int cols, int n0, int n1, const Array& a, const Array& c, bool gemm,
+                                 const std::optional<Array>& scale) {
   const IsaLevel level = parse_runnable_isa_level(level_name);
   if (values.ndim() != 2 || a.ndim() != 2) throw std::invalid_argument("values and a must be 2-d arrays");
   QuantMatrixView w;
@@ -124,8 +128,18 @@ inline bool dequant_product_test(const std::string& level_name, const std::strin
   w.cols = cols;
   w.values = static_cast<const uint8_t*>(values.data());
   w.ld_values = values.shape(1);
-  if (format.rfind("gguf_", 0) != 0) throw std::invalid_argument("format must be 'gguf_<type>'");
-  gguf_view(w, format, values, col0, cols);
+  if (format == "int8_channel") {
+    checked<const int8_t>(values, "values", DType::i8, {w.rows, w.ld_values});
+    if (!scale || col0 != 0 || cols < 0 || cols > w.ld_values)
+      throw std::invalid_argument("int8_channel needs scale [rows], col0 0 and cols <= the stored row");
+    w.format = weight_format("int8_channel").dequant;
+    w.scale = checked<const float>(*scale, "scale", DType::f32, {w.rows});
+    w.ld_scale = 1;
+  } else if (format.rfind("gguf_", 0) == 0) {
+    gguf_view(w, format, values, col0, cols);
+  } else {
+    throw std::invalid_argument("format must be 'gguf_<type>' or 'int8_channel'");
+  }
   const int m = int(a.shape(0));
   const bf16_t* x = checked<const bf16_t>(a, "a", DType::bf16, {m, cols});
   float* out = checked<float>(c, "c", DType::f32, {m, n1 - n0});
@@ -135,6 +149,31 @@ inline bool dequant_product_test(const std::string& level_name, const std::strin
   if (!product) return false;
   nanobind::gil_scoped_release unlocked;
   return product(w, m, n0, n1, x, cols, out, n1 - n0);
+}
+
+// c (fp32 [m, j1 - j0]) (+)= a (bf16 [m, rows]) times columns [j0, j1) of W (int8_channel: values
+// int8 [rows, ld], scale fp32 [rows]) by the product with W transposed (DequantGemmNnFn) of `level`;
+// false, with c untouched, where the level has none or it does not take the matrix or a.
+inline bool dequant_product_nn_test(const std::string& level_name, const Array& values, const Array& scale, int j0,
+                                    int j1, const Array& a, const Array& c, bool accumulate) {
+  const IsaLevel level = parse_runnable_isa_level(level_name);
+  if (values.ndim() != 2 || a.ndim() != 2) throw std::invalid_argument("values and a must be 2-d arrays");
+  QuantMatrixView w;
+  w.format = weight_format("int8_channel").dequant;
+  w.rows = int(values.shape(0));
+  w.ld_values = values.shape(1);
+  w.cols = int(w.ld_values);
+  w.values = reinterpret_cast<const uint8_t*>(checked<const int8_t>(values, "values", DType::i8, {w.rows, w.ld_values}));
+  w.scale = checked<const float>(scale, "scale", DType::f32, {w.rows});
+  w.ld_scale = 1;
+  const int m = int(a.shape(0));
+  const bf16_t* x = checked<const bf16_t>(a, "a", DType::bf16, {m, w.rows});
+  float* out = checked<float>(c, "c", DType::f32, {m, j1 - j0});
+  if (j0 < 0 || j0 > j1 || j1 > w.cols || m < 1) throw std::invalid_argument("need 0 <= j0 <= j1 <= ld and 1 <= m");
+  const DequantGemmNnFn product = dequant_gemm_nn_kernel(*w.format, level);
+  if (!product) return false;
+  nanobind::gil_scoped_release unlocked;
+  return product(w, m, j0, j1, x, w.rows, out, j1 - j0, accumulate);
 }
 
 inline void bind_dequant_kernels(nanobind::module_& m) {
@@ -151,11 +190,18 @@ inline void bind_dequant_kernels(nanobind::module_& m) {
         "per group x group block; format 'gguf_<type>': the type's blocks, logical column c at stored column "
         "col0 + c). ValueError on bad input.");
   m.def("dequant_product_test", &dequant_product_test, "level"_a, "format"_a, "values"_a.noconvert(), "col0"_a,
-        "cols"_a, "n0"_a, "n1"_a, "a"_a.noconvert(), "c"_a.noconvert(), "gemm"_a,
+        "cols"_a, "n0"_a, "n1"_a, "a"_a.noconvert(), "c"_a.noconvert(), "gemm"_a, "scale"_a.noconvert() = nb::none(),
         "Test hook: c (fp32 [m, n1 - n0]) = a (bf16 [m, cols]) times rows [n0, n1) of W^T, W a GGUF format's "
-        "blocks (uint8 [rows, ld], logical column c at stored column col0 + c), by the few-rows product of `level` "
-        "(m <= 4) or, gemm, its many-rows one. Returns False, c untouched, where the level has none or it does not "
-        "take the matrix (col0 != 0). ValueError on bad input.");
+        "blocks (uint8 [rows, ld], logical column c at stored column col0 + c) or, format 'int8_channel', int8 "
+        "[rows, ld] with fp32 row scales `scale`, by the few-rows product of `level` (m <= 4) or, gemm, its "
+        "many-rows one. Returns False, c untouched, where the level has none or it does not take the matrix (col0 "
+        "!= 0) or the activations (int8_channel: an Inf or NaN). ValueError on bad input.");
+  m.def("dequant_product_nn_test", &dequant_product_nn_test, "level"_a, "values"_a.noconvert(), "scale"_a.noconvert(),
+        "j0"_a, "j1"_a, "a"_a.noconvert(), "c"_a.noconvert(), "accumulate"_a,
+        "Test hook: c (fp32 [m, j1 - j0]) = (accumulate: c +) a (bf16 [m, rows]) times columns [j0, j1) of W, W "
+        "int8_channel's int8 [rows, ld] with fp32 row scales, by the product with W transposed of `level`. Returns "
+        "False, c untouched, where the level has none or it does not take a (an Inf or NaN in a * scale). ValueError "
+        "on bad input.");
 }
 
 }  // namespace kt_moe::py

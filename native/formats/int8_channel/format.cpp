@@ -20,7 +20,8 @@ const PackedFormat kPacked = {
 
 }  // namespace
 
-// D = q (exact); the products apply the row scale.
+// D = q (exact); the products apply the row scale. At the AMX levels the many-rows products take
+// the int8 rows into the tiles instead (gemm_stored_amx.cpp, gemm_stored_nn_amx.cpp).
 const DequantFormat kInt8ChannelDequant = {
     "int8_channel", true,
     {{IsaLevel::generic, &generic::dequant_int8_channel},
@@ -28,7 +29,10 @@ const DequantFormat kInt8ChannelDequant = {
      KT_X86_ENTRY(avx512, &avx512::dequant_int8_channel)
      KT_X86_ENTRY(avx512_bf16, &avx512_bf16::dequant_int8_channel)},
     {},
-    {}};
+    {KT_X86_ENTRY(amx, &amx::gemm_stored_int8_channel)
+     {IsaLevel::amx_emulated, &amx_emulated::gemm_stored_int8_channel}},
+    {KT_X86_ENTRY(amx, &amx::gemm_stored_nn_int8_channel)
+     {IsaLevel::amx_emulated, &amx_emulated::gemm_stored_nn_int8_channel}}};
 
 WeightFormat make_int8_channel(const FormatOptions&) {
   WeightFormat f;

@@ -31,10 +31,20 @@ void dequant_int8_channel(const QuantMatrixView& w, int r0, int r1, int c0, int 
 }  // namespace avx512_bf16
 namespace amx {
 void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_amx.cpp, AMX-INT8 tiles
-}
+// gemm_stored_amx.cpp, gemm_stored_nn_amx.cpp: the products from the stored rows (a DequantGemmFn,
+// a DequantGemmNnFn)
+bool gemm_stored_int8_channel(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda,
+                              float* c, int64_t ldc);
+bool gemm_stored_nn_int8_channel(const QuantMatrixView& w, int m, int j0, int j1, const bf16_t* a, int64_t lda,
+                                 float* c, int64_t ldc, bool accumulate);
+}  // namespace amx
 namespace amx_emulated {
 void gemm_int8_channel(const QuantGemmArgs& args);  // gemm_amx.cpp, tile instructions emulated
-}
+bool gemm_stored_int8_channel(const QuantMatrixView& w, int m, int n0, int n1, const bf16_t* a, int64_t lda,
+                              float* c, int64_t ldc);  // gemm_stored_amx.cpp
+bool gemm_stored_nn_int8_channel(const QuantMatrixView& w, int m, int j0, int j1, const bf16_t* a, int64_t lda,
+                                 float* c, int64_t ldc, bool accumulate);  // gemm_stored_nn_amx.cpp
+}  // namespace amx_emulated
 
 // The bf16 dequantizers by level (format.cpp).
 extern const DequantFormat kInt8ChannelDequant;

@@ -7,6 +7,7 @@
 //
 // Interface (namespace kt_moe::KT_KERNEL_NS::tile; tile numbers T, C, A, B are 0..7):
 //   Config                       the 64-byte LDTILECFG block, palette 1
+//   full_config()                every tile at 16 rows x 64 bytes
 //   configure(const Config&)     LDTILECFG: per-thread state; zeroes every tile
 //   release()                    TILERELEASE: back to the initial (unconfigured) state
 //   zero<T>()                    TILEZERO
@@ -42,6 +43,16 @@ struct alignas(64) Config {
   uint8_t rows[16] = {};
 };
 static_assert(sizeof(Config) == 64, "LDTILECFG reads exactly 64 bytes");
+
+// Every tile at its largest shape, 16 rows x 64 bytes: the configuration the kernels load.
+inline Config full_config() {
+  Config cfg;
+  for (int t = 0; t < kTileCount; ++t) {
+    cfg.rows[t] = kMaxRows;
+    cfg.colsb[t] = kMaxColBytes;
+  }
+  return cfg;
+}
 
 inline void configure(const Config& cfg);  // defined by the implementation included below
 inline void release();
