@@ -1,5 +1,6 @@
 // The base products of the SFT engine (base_products.hpp): bf16 straight to the GEMM, quantized
-// through dequantized row blocks in ScratchSlot::dequantized. A row_scales format's blocks hold
+// through the format's own products where it has them, else dequantized row blocks in
+// ScratchSlot::dequantized. A row_scales format's blocks hold
 // W / scale exactly (int8_channel: q; kernels/dequant_bf16.hpp), so its row scales are applied here:
 // the forward scales C's columns in fp32, the backward scales the block's columns of A (rounded to
 // bf16, as the GEMM reads bf16).

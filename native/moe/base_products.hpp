@@ -2,8 +2,9 @@
 // the bf16 base (read in place by the bf16 GEMM) and the quantized ones (a block of stored rows
 // dequantized to bf16 into thread scratch, then the bf16 GEMM of the active level on the block).
 // A few rows (at most kDequantDotMaxRows) go through the format's fused product instead, when it
-// has one (kernels/dequant_bf16.hpp). Both directions walk ROW blocks of the stored W [N, K], so the
-// backward needs no transposed copy of a quantized weight:
+// has one, and a format's many-rows products (`gemm` forward, `gemm_nn` backward; int8_channel's at
+// the AMX levels) take any rows they accept first (kernels/dequant_bf16.hpp). Both directions walk
+// ROW blocks of the stored W [N, K], so the backward needs no transposed copy of a quantized weight:
 //   base_nt (forward, the weight as stored):  C[:, b0 - n0 : b1 - n0] = A x W[b0:b1, :]^T
 //   base_nn (backward, the weight transposed): C += A[:, k0:k1] x W[k0:k1, j0:j1]
 // Blocks hold the dequantized weight, or for a row_scales format (int8_channel) W / scale exactly,

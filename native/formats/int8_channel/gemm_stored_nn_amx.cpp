@@ -19,8 +19,9 @@
 // Tiles: sums 0..2, the pieces' A tiles 3..5, B tiles 6 and 7 in turn. The repacking reads four
 // rows at a time and asks for the rows kPrefetchRows on (a stream per row is too short for the
 // hardware prefetcher): with 8 or 16 the DeepSeek-V2-Lite AMXINT8_SFT backward (q = 128, 2 threads)
-// took 52-58 ms against 59-61 ms without, and asking instead for the next block's lines while a
-// block's tiles are multiplied made it slower (scratch measurements, interleaved builds).
+// took 52-58 ms against 59-61 ms with no software prefetch, and asking instead for the next block's
+// lines while a block's tiles are multiplied took 62-65 ms (256 KB or 512 KB blocks alike; scratch
+// measurements, interleaved builds).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
