@@ -2,10 +2,10 @@
 // the stored rows share (gemm_stored_amx.cpp: the forward, bf16 tokens; gemm_stored_nn_amx.cpp: the
 // backward, fp32 gradients times the row scales). Per row i, with s_i its shift (the row's largest
 // |v| times 2^s_i lies in [2^21, 2^22)):
-//   X = rint(v * 2^s_i) = 65536 h + 256 m + l        h, m, l in [-128, 127]   (|X| < 2^22)
-// X is exact for a bf16 v within 2^14 of the row's largest (8 significant bits) and for an fp32 v
-// of the largest's binade with its last bit rounded; smaller values are rounded to 2^-22 of the
-// largest. The scaling is two exact power-of-two products (2^s_i can be out of the fp32 range), so
+//   X = rint(v * 2^s_i) = 65536 h + 256 m + l        h in [-64, 64], m, l in [-128, 127]
+// The rounding is within 2^-22 of the row's largest |v|: X is exact for a bf16 v within 2^14 of the
+// largest (8 significant bits); an fp32 v keeps 22 of its 24 bits in the largest's binade, fewer
+// below. The scaling is two exact power-of-two products (2^s_i can be out of the fp32 range), so
 // every level rounds the same way. With the pieces' int32 tile sums H, M, L against int8 weights
 // (each exact while the depth is below kMaxDepth):
 //   sum v q = 2^-s_i * (65536 H + 256 M + L)      (combined exactly in int64, then rounded once)

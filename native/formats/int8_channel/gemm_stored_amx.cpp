@@ -7,10 +7,11 @@
 // The bf16 activations are split exactly into three int8 pieces per row (activation_pieces.hpp):
 // each row's three int32 sums over K are exact, combined exactly and rounded once to fp32,
 //   C[i, n] = float(65536 H + 256 M + L) * scale[n] * 2^-s_i       (2^-s_i an exact factor)
-// So C is the dequantized weight's product up to that one rounding (and the pieces' rounding of
-// activations below 2^-14 of their row's largest), with no bf16 rounding and no fp32 summation
-// order, and amx and amx_emulated give the same bits. A non-finite activation is not taken
-// (returns false, nothing written: the caller's dequantized bf16 GEMM propagates it).
+// So C is the dequantized weight's product up to that rounding and the scale product's (and the
+// pieces' rounding of activations below 2^-14 of their row's largest, to 2^-22 of it), with no
+// bf16 rounding and no fp32 summation order, and amx and amx_emulated give the same bits. A
+// non-finite activation, or more than kMaxTokens rows, is not taken (returns false, nothing
+// written: the caller's dequantized bf16 GEMM propagates an Inf or NaN).
 //
 // Tiles: the weight's 16-row groups are the "A" tiles (16 rows x 64 k, read in place with the row
 // stride ld_values; the partial last group and the partial last 64 k from zero-padded copies); the

@@ -12,10 +12,11 @@
 // pieces' int32 sums run over the block in tiles 0..2 and wait between blocks in
 // ScratchSlot::accumulators, exact over all rows; the last block combines them exactly and rounds
 // once: C[i, j] = fma(float(65536 H + 256 M + L), 2^-s_i, C[i, j] or 0). So C is the product with
-// the dequantized weight up to that rounding, the one of g and the pieces' rounding of values
-// below 2^-22 of their row's largest, with no bf16 rounding of g (the dequantized path rounds it)
-// and no fp32 summation order; amx and amx_emulated give the same bits. A non-finite g is not taken
-// (returns false, nothing written: the caller's dequantized bf16 GEMM propagates it).
+// the dequantized weight up to that rounding, the one of g and the pieces' (within 2^-22 of the
+// row's largest |g|), with no bf16 rounding of g (the dequantized path rounds it) and no fp32
+// summation order; amx and amx_emulated give the same bits. A non-finite g, or more than
+// kMaxTokens rows, is not taken (returns false, nothing written: the caller's dequantized bf16 GEMM
+// propagates an Inf or NaN).
 // Tiles: sums 0..2, the pieces' A tiles 3..5, B tiles 6 and 7 in turn. The repacking reads four
 // rows at a time and asks for the rows kPrefetchRows on (a stream per row is too short for the
 // hardware prefetcher): with 8 or 16 the DeepSeek-V2-Lite AMXINT8_SFT backward (q = 128, 2 threads)
@@ -228,7 +229,8 @@ bool gemm_stored_nn_int8_channel(const QuantMatrixView& w, int m, int j0, int j1
           float* ci = c + i * ldc + cb * kCols;
           for (int col = 0; col < cols; ++col) {
             const int at = t * kCols + col;
-            const float x = static_cast<float>(combine(sums[at], sums[kRows * kCols + at], sums[2 * kRows * kCols + at]));
+            const int64_t exact = combine(sums[at], sums[kRows * kCols + at], sums[2 * kRows * kCols + at]);
+            const float x = static_cast<float>(exact);
             ci[col] = __builtin_fmaf(x, factor[i], accumulate ? ci[col] : 0.0f);
           }
         }
